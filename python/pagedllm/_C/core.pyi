@@ -1,0 +1,150 @@
+"""Type stub and contract of ``pagedllm._C.core`` — the step API (csrc/bindings/core_bindings.cc).
+
+What crosses the C++/Python boundary, and nothing else. String request ids, tokenizers and text
+stay in Python; Python maps its ids to int handles (unique for the Scheduler's lifetime).
+
+One engine step is always:
+    plan = scheduler.schedule()
+    sampled = model_runner.execute(plan)            # int32 [plan.num_sampled]
+    outputs = scheduler.update(plan, sampled)
+add_request / abort_request are called between steps (never between schedule and update by the
+engine; if it happens anyway, update() skips the aborted request).
+"""
+from enum import IntEnum
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+class CoreError(RuntimeError):
+    """A broken contract inside the core (a bug, never user input)."""
+
+class SchedulingPolicy(IntEnum):
+    FCFS = 0
+    PRIORITY = 1  # lower `priority` value first, then arrival time
+
+class FinishReason(IntEnum):
+    NONE = 0    # still running
+    STOP = 1    # EOS or a stop token id (StepOutput.stop_token_id says which)
+    LENGTH = 2  # max_tokens or max_model_len reached
+    ABORT = 3
+
+class SchedulerConfig:
+    def __init__(
+        self,
+        *,
+        num_blocks: int,                   # KV blocks in the pool, including the null block 0
+        block_size: int = 16,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 8192,
+        max_model_len: int = 2048,
+        enable_prefix_caching: bool = True,
+        enable_chunked_prefill: bool = True,  # if False, a prompt is scheduled whole or not at all
+        policy: SchedulingPolicy = SchedulingPolicy.FCFS,
+    ) -> None: ...
+    # same names as readable attributes; invalid values raise ValueError naming the field
+    num_blocks: int
+    block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_prefix_caching: bool
+    enable_chunked_prefill: bool
+    policy: SchedulingPolicy
+    @property
+    def max_blocks_per_seq(self) -> int: ...  # ceil(max_model_len / block_size)
+
+class RequestParams:
+    """The sampling limits the core enforces (the rest of sampling lives in Python)."""
+    def __init__(
+        self,
+        *,
+        max_tokens: int,                   # >= 0 new tokens (0 only with prompt logprobs)
+        min_tokens: int = 0,               # EOS / stop_token_ids ignored before this many
+        ignore_eos: bool = False,
+        eos_token_id: int = -1,            # -1: the model has none
+        stop_token_ids: Sequence[int] = (),
+        priority: int = 0,
+        arrival_time: float = 0.0,         # seconds; orders FCFS among equal priority
+        cache_salt: str = "",              # separates prefix-cache entries (extra hash key)
+        skip_prefix_cache: bool = False,   # never reuse cached blocks (e.g. prompt logprobs)
+    ) -> None: ...
+    max_tokens: int
+    min_tokens: int
+    ignore_eos: bool
+    eos_token_id: int
+    stop_token_ids: list[int]
+    priority: int
+    arrival_time: float
+    cache_salt: str
+    skip_prefix_cache: bool
+
+class BatchPlan:
+    """One step's work. Arrays are read-only int32 numpy views over buffers the core owns:
+    zero-copy, and unchanged for as long as this object lives (a newer schedule() never writes
+    into a plan Python still holds)."""
+    num_seqs: int          # S
+    num_tokens: int        # T = query_start_loc[S]
+    num_sampled: int       # N = len(logits_indices)
+    max_query_len: int     # max over sequences of tokens scheduled this step
+    max_seq_len: int       # max of seq_lens
+    input_ids: npt.NDArray[np.int32]        # [T]
+    positions: npt.NDArray[np.int32]        # [T] absolute position of each token
+    slot_mapping: npt.NDArray[np.int32]     # [T] block_id * block_size + offset of its K/V
+    query_start_loc: npt.NDArray[np.int32]  # [S + 1] prefix sum of tokens per sequence
+    seq_lens: npt.NDArray[np.int32]         # [S] context length after this step
+    num_computed: npt.NDArray[np.int32]     # [S] tokens already in the KV cache before this step
+    block_table: npt.NDArray[np.int32]      # [S, max_blocks_per_seq], padded with null block 0
+    logits_indices: npt.NDArray[np.int32]   # [N] token rows whose logits are sampled
+    sampled_seq_indices: npt.NDArray[np.int32]  # [N] sequence row of each sampled token
+    handles: npt.NDArray[np.int64]          # [S] request handle of each sequence row
+    preempted_handles: npt.NDArray[np.int64]  # [P] requests preempted while planning this step
+    # Sequence rows are ordered: requests that were running (in running order), then the ones
+    # newly scheduled from the waiting queue. A sequence is sampled iff this step brings it to
+    # its last known token (num_computed + scheduled == prompt + output tokens): a partial
+    # prefill chunk samples nothing.
+
+class StepOutput:
+    handle: int
+    new_token_ids: list[int]      # tokens appended this step (0 or 1 today)
+    finish_reason: FinishReason
+    stop_token_id: int            # the EOS/stop token that finished it, else -1
+    num_cached_tokens: int        # prompt tokens served from the prefix cache
+
+class SchedulerStats:
+    num_running: int
+    num_waiting: int              # includes preempted requests waiting to resume
+    num_blocks_total: int         # usable blocks (excludes the null block)
+    num_blocks_used: int          # referenced by at least one request
+    num_blocks_free: int          # free, including cached-but-evictable blocks
+    prefix_cache_queries: int     # prompt tokens looked up (cumulative)
+    prefix_cache_hits: int        # prompt tokens found (cumulative)
+    num_preemptions: int          # cumulative
+    @property
+    def kv_cache_usage(self) -> float: ...  # used / total
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None: ...
+    @property
+    def config(self) -> SchedulerConfig: ...
+    def add_request(
+        self, handle: int, prompt_token_ids: npt.ArrayLike, params: RequestParams
+    ) -> None:
+        """Queue a request. ValueError for: a handle in use, an empty prompt, a token id < 0,
+        a prompt that leaves no room (len >= max_model_len when max_tokens > 0, or more blocks
+        than the whole cache holds). Never queues what can never run."""
+    def abort_request(self, handle: int) -> bool:
+        """Drop a request at any point and free its blocks. False if the handle is unknown
+        (already finished or never added)."""
+    def schedule(self) -> BatchPlan: ...  # releases the GIL
+    def update(self, plan: BatchPlan, sampled_token_ids: npt.ArrayLike) -> list[StepOutput]:
+        """Append the sampled tokens ([plan.num_sampled] int32, aligned with logits_indices),
+        run the stop checks (max_tokens, EOS unless ignore_eos and not before min_tokens,
+        stop_token_ids, max_model_len) and free finished requests. Returns one StepOutput per
+        sampled sequence. Releases the GIL."""
+    def has_unfinished_requests(self) -> bool: ...
+    def num_unfinished_requests(self) -> int: ...
+    def stats(self) -> SchedulerStats: ...
+    def check_invariants(self) -> None:
+        """Raise CoreError if any block/ref-count/table invariant is broken (tests, debugging)."""
+    def reset_prefix_cache(self) -> bool: ...

@@ -1,0 +1,101 @@
+"""Engine configuration: plain dataclasses validated in __post_init__.
+
+EngineArgs (engine/arg_utils.py) is the user-facing, vLLM-named form; it builds an EngineConfig.
+Every invalid value raises ValueError naming the field; nothing here asserts on user input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+_DTYPES = ("auto", "float16", "half", "bfloat16", "float32", "float")
+
+
+def _require(cond: bool, field_name: str, message: str) -> None:
+    if not cond:
+        raise ValueError(f"{field_name}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    model: str                        # local dir, .gguf file, or a hub id in the local cache
+    tokenizer: Optional[str] = None   # defaults to model
+    tokenizer_mode: str = "auto"      # "auto" | "slow"
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: Optional[int] = None   # None: from the model's config
+    load_format: str = "auto"         # "auto" | "safetensors" | "pt" | "dummy" | "gguf"
+    gguf_file: Optional[str] = None   # a file inside `model` when `model` is a directory
+    served_model_name: Optional[str] = None
+    # Filled by pagedllm.models.loader.resolve_model_config(): the transformers config object,
+    # the torch dtype chosen, and the resolved max_model_len.
+    hf_config: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.model, str) and self.model != "", "model", "must be a non-empty string")
+        _require(self.dtype in _DTYPES, "dtype", f"must be one of {_DTYPES}, got {self.dtype!r}")
+        _require(self.tokenizer_mode in ("auto", "slow"), "tokenizer_mode", "must be 'auto' or 'slow'")
+        _require(self.load_format in ("auto", "safetensors", "pt", "dummy", "gguf"), "load_format",
+                 f"unknown load format {self.load_format!r}")
+        _require(self.max_model_len is None or self.max_model_len > 0, "max_model_len", "must be > 0")
+        if self.tokenizer is None:
+            self.tokenizer = self.model
+
+
+@dataclass
+class CacheConfig:
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    num_gpu_blocks_override: Optional[int] = None
+    kv_cache_space_bytes: Optional[int] = None   # CPU: bytes for the KV cache (default 1 GiB)
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.block_size in (8, 16, 32, 64, 128), "block_size", "must be 8, 16, 32, 64 or 128")
+        _require(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization", "must be in (0, 1]")
+        _require(self.num_gpu_blocks_override is None or self.num_gpu_blocks_override >= 2,
+                 "num_gpu_blocks_override", "must be >= 2")
+        _require(self.kv_cache_space_bytes is None or self.kv_cache_space_bytes > 0,
+                 "kv_cache_space_bytes", "must be > 0")
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: Optional[int] = None  # None: max(8192, max_model_len) when chunked
+    enable_chunked_prefill: bool = True
+    policy: str = "fcfs"                          # "fcfs" | "priority"
+
+    def __post_init__(self) -> None:
+        _require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
+        _require(self.max_num_batched_tokens is None or self.max_num_batched_tokens >= 1,
+                 "max_num_batched_tokens", "must be >= 1")
+        _require(self.policy in ("fcfs", "priority"), "scheduling_policy", "must be 'fcfs' or 'priority'")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+
+
+@dataclass
+class DeviceConfig:
+    device: str = "auto"   # "auto" (cuda if available) | "cuda" | "cpu"
+    enforce_eager: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.device in ("auto", "cuda", "cpu"), "device", "must be 'auto', 'cuda' or 'cpu'")
+
+
+@dataclass
+class EngineConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig
+    scheduler_config: SchedulerConfig
+    parallel_config: ParallelConfig
+    device_config: DeviceConfig
