@@ -51,7 +51,10 @@ void Scheduler::add_request(int64_t handle, std::vector<int32_t> prompt, Request
   r->serial = next_serial_++;
   r->num_prompt_tokens = static_cast<int32_t>(len);
   r->token_ids = std::move(prompt);
+  // Sized once for the longest sequence, so steps never reallocate them.
   r->token_ids.reserve(static_cast<size_t>(longest_seq));
+  r->block_ids.reserve(static_cast<size_t>(blocks_needed));
+  if (config_.enable_prefix_caching) r->block_hashes.reserve(static_cast<size_t>(blocks_needed));
   r->params = std::move(params);
   int32_t slot;
   if (!free_slots_.empty()) {
