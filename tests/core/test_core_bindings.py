@@ -202,7 +202,7 @@ def test_concurrent_adds_and_aborts_while_stepping() -> None:
 
 # ---- against the Python reference ---------------------------------------------------------------
 
-def _random_scenario(seed: int) -> None:
+def _random_scenario(seed: int) -> dict[str, int]:
     rng = random.Random(seed)
     bs = rng.choice([1, 2, 4, 8, 16])
     max_model_len = rng.randrange(8, 80)
@@ -219,6 +219,7 @@ def _random_scenario(seed: int) -> None:
     prefixes = [[rng.randrange(97) for _ in range(max_model_len)] for _ in range(3)]
     handle = 0
     live: set[int] = set()
+    seen = {"partial_chunks": 0, "finished": 0, "aborted": 0, "hit_tokens": 0}
     for step in range(150):
         for _ in range(rng.choice([0, 0, 1, 2])):
             handle += 1
@@ -242,11 +243,13 @@ def _random_scenario(seed: int) -> None:
             victim = rng.choice(sorted(live))
             assert s.abort_request(victim) == ref.abort(victim)
             live.discard(victim)
+            seen["aborted"] += 1
         plan = s.schedule()
         want = ref.schedule()
         for name, expected in want.items():
             np.testing.assert_array_equal(getattr(plan, name), expected, err_msg=f"seed {seed} step {step} {name}")
         assert plan.preempted_handles.size == 0
+        seen["partial_chunks"] += plan.num_seqs - plan.num_sampled
         sampled = sample_for(plan)
         got = s.update(plan, sampled)
         expected_out = ref.update(want, sampled)
@@ -255,11 +258,36 @@ def _random_scenario(seed: int) -> None:
         for h, _, reason, _ in expected_out:
             if reason:
                 live.discard(h)
+                seen["finished"] += 1
         s.check_invariants()
     stats = s.stats()
     assert (stats.prefix_cache_queries, stats.prefix_cache_hits) == (ref.queries, ref.hits)
+    seen["hit_tokens"] = stats.prefix_cache_hits
+    return seen
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_plans_match_the_python_reference(seed: int) -> None:
     _random_scenario(seed)
+
+
+def test_reference_scenarios_cover_chunks_hits_aborts_and_finishes() -> None:
+    totals = {"partial_chunks": 0, "finished": 0, "aborted": 0, "hit_tokens": 0}
+    for seed in range(100, 110):
+        for key, value in _random_scenario(seed).items():
+            totals[key] += value
+    assert all(v > 10 for v in totals.values()), totals
+
+
+def test_accepts_lists_tuples_and_torch_tensors() -> None:
+    torch = pytest.importorskip("torch")
+    s = make_scheduler()
+    s.add_request(1, torch.tensor([1, 2, 3]), core.RequestParams(max_tokens=2))
+    s.add_request(2, (4, 5), core.RequestParams(max_tokens=2))
+    s.add_request(3, np.array([7, 8], dtype=np.uint16), core.RequestParams(max_tokens=2))
+    plan = s.schedule()
+    assert plan.input_ids.tolist() == [1, 2, 3, 4, 5, 7, 8]
+    out = s.update(plan, torch.tensor([9, 9, 9], dtype=torch.int64))
+    assert out.new_token_ids.tolist() == [9, 9, 9]
+    with pytest.raises(ValueError):
+        s.add_request(4, np.array([2**33], dtype=np.uint64), core.RequestParams(max_tokens=2))
