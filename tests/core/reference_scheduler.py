@@ -185,7 +185,7 @@ class ReferenceScheduler:
             if r.computed == len(r.tokens):
                 logits.append(qsl[-1] - 1)
                 seqidx.append(s)
-        i32 = lambda v: np.asarray(v, dtype=np.int32)  # noqa: E731
+        i32 = lambda v: np.asarray(v, dtype=np.int32)
         return {"input_ids": i32(ids), "positions": i32(pos), "slot_mapping": i32(slots),
                 "query_start_loc": i32(qsl), "seq_lens": i32(lens), "num_computed": i32(comp),
                 "block_table": table, "logits_indices": i32(logits), "sampled_seq_indices": i32(seqidx),

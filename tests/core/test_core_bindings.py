@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from pagedllm._C import core
 
 # The reference lives next to this file; loaded by path (pytest runs with --import-mode=importlib).
@@ -30,7 +29,7 @@ def fake_token(handle: int, position: int) -> int:
 
 
 def make_scheduler(**overrides) -> core.Scheduler:
-    kwargs = dict(num_blocks=64, block_size=4, max_num_seqs=8, max_num_batched_tokens=32, max_model_len=64)
+    kwargs = {"num_blocks": 64, "block_size": 4, "max_num_seqs": 8, "max_num_batched_tokens": 32, "max_model_len": 64}
     kwargs.update(overrides)
     return core.Scheduler(core.SchedulerConfig(**kwargs))
 
@@ -212,8 +211,8 @@ def _random_scenario(seed: int) -> dict[str, int]:
     caching = rng.random() < 0.8
     # Enough blocks for every running request at full length: the reference never preempts.
     num_blocks = max_num_seqs * -(-max_model_len // bs) + 1 + rng.randrange(0, 8)
-    kw = dict(num_blocks=num_blocks, block_size=bs, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
-              max_model_len=max_model_len, enable_prefix_caching=caching, enable_chunked_prefill=chunked)
+    kw = {"num_blocks": num_blocks, "block_size": bs, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": budget,
+              "max_model_len": max_model_len, "enable_prefix_caching": caching, "enable_chunked_prefill": chunked}
     ref = reference_scheduler.ReferenceScheduler(**kw)
     s = core.Scheduler(core.SchedulerConfig(**kw))
     prefixes = [[rng.randrange(97) for _ in range(max_model_len)] for _ in range(3)]
@@ -226,9 +225,9 @@ def _random_scenario(seed: int) -> dict[str, int]:
             n = rng.randrange(1, max_model_len)
             base = rng.choice(prefixes)
             prompt = [base[i] if rng.random() < 0.9 else rng.randrange(97) for i in range(n)]
-            kwargs = dict(max_tokens=rng.choice([0, 1, 3, 10, 40]), eos=rng.choice([-1, 5]),
-                          stop_ids=tuple(rng.sample(range(97), 2)) if rng.random() < 0.3 else (),
-                          salt=rng.choice(["", "", "s"]), arrival_time=float(rng.randrange(0, 1000)))
+            kwargs = {"max_tokens": rng.choice([0, 1, 3, 10, 40]), "eos": rng.choice([-1, 5]),
+                      "stop_ids": tuple(rng.sample(range(97), 2)) if rng.random() < 0.3 else (),
+                      "salt": rng.choice(["", "", "s"]), "arrival_time": float(rng.randrange(0, 1000))}
             kwargs["min_tokens"] = rng.randrange(0, kwargs["max_tokens"] + 1) if rng.random() < 0.3 else 0
             params = core.RequestParams(max_tokens=kwargs["max_tokens"], min_tokens=kwargs["min_tokens"],
                                         eos_token_id=kwargs["eos"], stop_token_ids=list(kwargs["stop_ids"]),

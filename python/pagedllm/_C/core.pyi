@@ -10,8 +10,8 @@ One engine step is always:
 add_request / abort_request are called between steps (never between schedule and update by the
 engine; if it happens anyway, update() skips the aborted request).
 """
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import Sequence
 
 import numpy as np
 import numpy.typing as npt
