@@ -80,6 +80,17 @@ void KVCacheManager::forget_cache_entries(Request& r, int32_t first_block) {
   r.num_hashed_blocks = std::min(r.num_hashed_blocks, std::max(first_block, 0));
 }
 
+void KVCacheManager::truncate(Request& r, int32_t num_tokens) {
+  forget_cache_entries(r, num_tokens / block_size_);
+  const size_t keep = static_cast<size_t>(blocks_for(num_tokens));
+  if (r.block_ids.size() <= keep) return;
+  while (r.block_ids.size() > keep) {
+    pool_.decref(r.block_ids.back());
+    r.block_ids.pop_back();
+  }
+  ++r.block_epoch;  // ids at these indices will differ when it grows again
+}
+
 void KVCacheManager::free(Request& r) {
   for (auto it = r.block_ids.rbegin(); it != r.block_ids.rend(); ++it) pool_.decref(*it);
   r.block_ids.clear();
