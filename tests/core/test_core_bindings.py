@@ -164,6 +164,21 @@ def test_update_misuse_raises() -> None:
     assert issubclass(core.CoreError, RuntimeError)
 
 
+def test_a_plan_never_applied_is_planned_again() -> None:
+    s = make_scheduler()
+    s.add_request(1, list(range(10)), core.RequestParams(max_tokens=2))
+    failed = s.schedule()  # the step "fails": no update()
+    retry = s.schedule()
+    np.testing.assert_array_equal(retry.input_ids, failed.input_ids)
+    np.testing.assert_array_equal(retry.num_computed, failed.num_computed)
+    assert s.stats().num_blocks_used == 3  # the failed step's blocks were returned
+    with pytest.raises(core.CoreError):
+        s.update(failed, [1])
+    out = s.update(retry, [1])
+    assert out[0].new_token_ids == [1]
+    s.check_invariants()
+
+
 def test_concurrent_adds_and_aborts_while_stepping() -> None:
     s = make_scheduler(num_blocks=256, max_num_seqs=16, max_model_len=64)
     stop = threading.Event()
