@@ -305,3 +305,31 @@ def test_accepts_lists_tuples_and_torch_tensors() -> None:
     assert out.new_token_ids.tolist() == [9, 9, 9]
     with pytest.raises(ValueError):
         s.add_request(4, np.array([2**33], dtype=np.uint64), core.RequestParams(max_tokens=2))
+
+
+def test_stub_names_exist_at_runtime() -> None:
+    """Every class, attribute and method core.pyi declares exists in the compiled module."""
+    import ast
+
+    pyi = Path(__file__).resolve().parents[2] / "python" / "pagedllm" / "_C" / "core.pyi"
+    tree = ast.parse(pyi.read_text())
+    missing = []
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        cls = getattr(core, node.name, None)
+        if cls is None:
+            missing.append(node.name)
+            continue
+        for item in node.body:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                name = item.target.id
+            elif isinstance(item, ast.Assign) and isinstance(item.targets[0], ast.Name):
+                name = item.targets[0].id
+            elif isinstance(item, ast.FunctionDef):
+                name = item.name
+            else:
+                continue
+            if not hasattr(cls, name):
+                missing.append(f"{node.name}.{name}")
+    assert not missing, missing
