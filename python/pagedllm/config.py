@@ -52,7 +52,7 @@ class CacheConfig:
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     num_gpu_blocks_override: Optional[int] = None
-    kv_cache_space_bytes: Optional[int] = None   # CPU: bytes for the KV cache (default 1 GiB)
+    kv_cache_space_bytes: Optional[int] = None   # CPU: KV cache bytes (default 4 GiB, <= 1/4 of free RAM)
     enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
