@@ -69,7 +69,8 @@ def test_sharded_linears_rebuild_the_full_product(tp_size):
     torch.manual_seed(0)
     x = torch.randn(3, 8)
     full_w, full_b = torch.randn(12, 8), torch.randn(12)
-    col = [ColumnParallelLinear(8, 12, bias=True, tp_rank=r, tp_size=tp_size) for r in range(tp_size)]
+    col = [ColumnParallelLinear(8, 12, bias=True, tp_rank=r, tp_size=tp_size)
+           for r in range(tp_size)]
     for layer in col:
         layer.weight.weight_loader(layer.weight, full_w)
         layer.bias.weight_loader(layer.bias, full_b)

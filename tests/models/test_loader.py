@@ -136,7 +136,8 @@ def test_dtypes(tiny_llama):
 
 
 def test_max_model_len_is_validated(tiny_llama):
-    assert resolve_model_config(ModelConfig(model=str(tiny_llama), max_model_len=100)).max_model_len == 100
+    config = resolve_model_config(ModelConfig(model=str(tiny_llama), max_model_len=100))
+    assert config.max_model_len == 100
     with pytest.raises(ValueError, match="max_model_len"):
         resolve_model_config(ModelConfig(model=str(tiny_llama), max_model_len=513))
 

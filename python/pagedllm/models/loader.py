@@ -36,7 +36,8 @@ def resolve_model_path(model: str, revision: Optional[str] = None) -> str:
                          f"Hugging Face cache (pagedllm never downloads): {exc}") from None
 
 
-def resolve_model_config(model_config: ModelConfig, device: torch.device | str = "cpu") -> ModelConfig:
+def resolve_model_config(model_config: ModelConfig,
+                         device: torch.device | str = "cpu") -> ModelConfig:
     """Fill model_config.hf_config, .torch_dtype, .max_model_len and .model_path (in place)."""
     from transformers import AutoConfig
 
@@ -47,8 +48,8 @@ def resolve_model_config(model_config: ModelConfig, device: torch.device | str =
         hf_config = gguf_loader.load_gguf_config(directory, name)
     else:
         model_config.gguf_path = None
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=model_config.trust_remote_code,
-                                               revision=model_config.revision)
+        hf_config = AutoConfig.from_pretrained(
+            path, trust_remote_code=model_config.trust_remote_code, revision=model_config.revision)
     model_config.model_path = path
     model_config.hf_config = hf_config
     resolve_model_class(getattr(hf_config, "architectures", None))   # fail early if unsupported
@@ -160,7 +161,8 @@ def _indexed_or_globbed(path: str, index_name: str, pattern: str) -> list[str]:
                   if not os.path.basename(f).startswith("consolidated"))
 
 
-def iterate_checkpoint_weights(path: str, load_format: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_checkpoint_weights(path: str,
+                               load_format: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor of the checkpoint, with a progress bar for large ones."""
     from tqdm.auto import tqdm
 

@@ -30,7 +30,8 @@ class KVCacheSpec:
         return 2 * self.block_size * self.num_kv_heads * self.head_dim * element * self.num_layers
 
 
-def kv_cache_spec(hf_config: Any, block_size: int, dtype: torch.dtype, tp_size: int = 1) -> KVCacheSpec:
+def kv_cache_spec(hf_config: Any, block_size: int, dtype: torch.dtype,
+                  tp_size: int = 1) -> KVCacheSpec:
     heads = hf_config.num_attention_heads
     kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
@@ -65,7 +66,8 @@ def _available_ram() -> int:
         return DEFAULT_CPU_KV_CACHE_BYTES * 4
 
 
-def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int, device: torch.device) -> list[torch.Tensor]:
+def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int,
+                       device: torch.device) -> list[torch.Tensor]:
     """Zero-filled so that a kernel reading a whole block never meets NaN garbage."""
     shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
     if torch.device(device).type == "cpu":
