@@ -77,7 +77,7 @@ class EngineCore:
         if runner is None:
             from pagedllm.worker.model_runner import ModelRunner
             runner = ModelRunner(config.model_config, config.cache_config, config.device_config,
-                                 config.parallel_config)
+                                 config.parallel_config, scheduler_config=config.scheduler_config)
             runner.load_model()
             num_blocks = runner.determine_num_blocks()
             runner.allocate_kv_cache(num_blocks)
@@ -88,6 +88,9 @@ class EngineCore:
         self.max_model_len: int = int(runner.max_model_len)
         self.vocab_size: int = int(runner.vocab_size)
         self.eos_token_id: Optional[int] = runner.eos_token_id
+        # Further EOS ids (generation_config may list several) act as stop tokens, as in vLLM.
+        self.extra_eos_ids: list[int] = [t for t in getattr(runner, "eos_token_ids", [])
+                                         if t != self.eos_token_id]
         self.device: torch.device = runner.device
 
         sc = config.scheduler_config
@@ -127,6 +130,8 @@ class EngineCore:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(params.seed)
         stop_ids = list(params.stop_token_ids or [])
+        if not params.ignore_eos:
+            stop_ids += [t for t in self.extra_eos_ids if t not in stop_ids]
         core_params = self._core.RequestParams(
             max_tokens=max_tokens, min_tokens=params.min_tokens, ignore_eos=params.ignore_eos,
             eos_token_id=-1 if self.eos_token_id is None else int(self.eos_token_id),
@@ -210,6 +215,7 @@ class EngineCore:
                 banned = list(p.stop_token_ids or [])
                 if req.eos_token_id is not None and not p.ignore_eos:
                     banned.append(req.eos_token_id)
+                    banned += self.extra_eos_ids
             has_pen = (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
                        or p.repetition_penalty != 1.0)
             rows.append(SamplingRow(

@@ -41,6 +41,19 @@ class EngineStats:
     mean_step_model_s: float       # model forward + sampling
 
 
+def load_tokenizer(config: EngineConfig) -> Any:
+    """The model's tokenizer (models' get_tokenizer handles GGUF files and the default model)."""
+    try:
+        from pagedllm.transformers_utils.tokenizer import get_tokenizer
+    except ImportError:   # not merged yet: plain transformers on the model directory
+        from transformers import AutoTokenizer
+        mc = config.model_config
+        return AutoTokenizer.from_pretrained(
+            mc.tokenizer, revision=mc.revision, trust_remote_code=mc.trust_remote_code,
+            use_fast=mc.tokenizer_mode != "slow")
+    return get_tokenizer(config.model_config)
+
+
 def parse_prompt(prompt: PromptType) -> tuple[Optional[str], Optional[list[int]]]:
     """vLLM's prompt forms: a string, a list of token ids, {"prompt": str} or
     {"prompt_token_ids": [...]} (optionally with "prompt" too)."""
@@ -59,15 +72,15 @@ def parse_prompt(prompt: PromptType) -> tuple[Optional[str], Optional[list[int]]
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, *, max_logprobs: int = 20, runner: Any = None,
-                 tokenizer: Any = None, log_stats: bool = True) -> None:
+                 tokenizer: Any = None, log_stats: bool = True,
+                 skip_tokenizer_init: bool = False) -> None:
         self.config = config
         self.model_config = config.model_config
         self.max_logprobs = max_logprobs
         self.log_stats = log_stats
         self.engine_core = EngineCore(config, runner=runner)
-        if tokenizer is None:
-            from pagedllm.transformers_utils.tokenizer import get_tokenizer
-            tokenizer = get_tokenizer(config.model_config)
+        if tokenizer is None and not skip_tokenizer_init:
+            tokenizer = load_tokenizer(config)
         self.tokenizer = tokenizer
         self.output_processor = OutputProcessor(tokenizer)
         self._next_handle = 1
@@ -78,7 +91,8 @@ class LLMEngine:
                          usage_context: UsageContext = UsageContext.ENGINE_CONTEXT) -> "LLMEngine":
         config = engine_args.create_engine_config()
         return cls(config, max_logprobs=engine_args.max_logprobs,
-                   log_stats=not engine_args.disable_log_stats)
+                   log_stats=not engine_args.disable_log_stats,
+                   skip_tokenizer_init=engine_args.skip_tokenizer_init)
 
     # -- model info -----------------------------------------------------------------------------
     @property
@@ -150,6 +164,8 @@ class LLMEngine:
             value = getattr(params, name)
             if value is not None and value > self.max_logprobs:
                 raise ValueError(f"{name}: {value} exceeds max_logprobs {self.max_logprobs}")
+        if self.tokenizer is None and params.stop:
+            raise ValueError("stop: stop strings need a tokenizer (skip_tokenizer_init is set)")
         if params.prompt_logprobs is not None and params.n > 1:
             raise ValueError("prompt_logprobs: not supported together with n > 1")
 
