@@ -60,13 +60,19 @@ def tokenizer_of() -> Callable[[Path], object]:
     return lambda path: _tokenizer(str(path))
 
 
-@torch.inference_mode()
 def hf_generate_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    """transformers' own greedy generate (stops at EOS; the EOS id is kept, as vLLM does)."""
-    ids = torch.tensor([prompt_ids])
+    """transformers' own greedy generate (stops at EOS; the EOS id is kept, as vLLM does).
+    Memoised: several tests compare against the same prompts."""
+    return list(_hf_generate_cached(model, tuple(prompt_ids), max_new_tokens))
+
+
+@functools.lru_cache(maxsize=None)
+@torch.inference_mode()
+def _hf_generate_cached(model, prompt_ids: tuple[int, ...], max_new_tokens: int) -> tuple[int, ...]:
+    ids = torch.tensor([list(prompt_ids)])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                          max_new_tokens=max_new_tokens, pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
+    return tuple(out[0, len(prompt_ids):].tolist())
 
 
 @torch.inference_mode()
