@@ -46,11 +46,17 @@ def load_tokenizer(config: EngineConfig) -> Any:
     try:
         from pagedllm.transformers_utils.tokenizer import get_tokenizer
     except ImportError:   # not merged yet: plain transformers on the model directory
+        import os
+
         from transformers import AutoTokenizer
         mc = config.model_config
-        return AutoTokenizer.from_pretrained(
-            mc.tokenizer, revision=mc.revision, trust_remote_code=mc.trust_remote_code,
-            use_fast=mc.tokenizer_mode != "slow")
+        kwargs: dict[str, Any] = dict(revision=mc.revision, trust_remote_code=mc.trust_remote_code,
+                                      use_fast=mc.tokenizer_mode != "slow")
+        source = mc.tokenizer
+        gguf_path = getattr(mc, "gguf_path", None)
+        if gguf_path and mc.tokenizer in (mc.model, None):
+            source, kwargs["gguf_file"] = os.path.split(gguf_path)
+        return AutoTokenizer.from_pretrained(source, **kwargs)
     return get_tokenizer(config.model_config)
 
 
