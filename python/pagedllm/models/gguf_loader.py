@@ -7,6 +7,7 @@ rotary halves of each head for GPT-J-style rotation); we undo that so the weight
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any, Iterator
@@ -25,6 +26,8 @@ _LAYER_NAMES = {
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
                  "output": "lm_head"}
 SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3")
+_ARCHITECTURE_OF_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def split_gguf_path(model: str, gguf_file: str | None) -> tuple[str, str]:
@@ -45,7 +48,12 @@ def is_gguf(model: str, gguf_file: str | None) -> bool:
 def load_gguf_config(directory: str, file_name: str) -> Any:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(directory, gguf_file=file_name)
+    config = AutoConfig.from_pretrained(directory, gguf_file=file_name)
+    if not getattr(config, "architectures", None):
+        # GGUF metadata names the family only; pick its causal-LM class.
+        config.architectures = [_ARCHITECTURE_OF_MODEL_TYPE.get(config.model_type,
+                                                                config.model_type)]
+    return config
 
 
 def _unpermute_rotary_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -57,19 +65,29 @@ def _unpermute_rotary_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor
     return w.transpose(1, 2).reshape(shape)
 
 
-def gguf_architecture(path: str) -> str:
+@functools.lru_cache(maxsize=2)
+def open_gguf(path: str) -> Any:
+    """A memory-mapped gguf.GGUFReader; cached because parsing the metadata (a whole tokenizer
+    vocabulary) takes seconds and loading needs it more than once."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
-    return str(reader.fields["general.architecture"].contents())
+    return gguf.GGUFReader(path)
+
+
+def gguf_architecture(path: str) -> str:
+    return str(open_gguf(path).fields["general.architecture"].contents())
+
+
+def has_output_weight(path: str) -> bool:
+    """False when the LM head is tied to the token embedding (no output.weight stored)."""
+    return any(t.name == "output.weight" for t in open_gguf(path).tensors)
 
 
 def iterate_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, float32 tensor) for every tensor of the GGUF file."""
-    import gguf
     from gguf.quants import dequantize
 
-    reader = gguf.GGUFReader(path)
+    reader = open_gguf(path)
     arch = str(reader.fields["general.architecture"].contents())
     if arch not in SUPPORTED_GGUF_ARCHS:
         raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: "
@@ -83,7 +101,7 @@ def iterate_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch
         array = dequantize(tensor.data, tensor.tensor_type)
         # ggml lists dims fastest-first; HF wants them slowest-first.
         shape = [int(d) for d in reversed(tensor.shape.tolist())]
-        weight = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(shape)
+        weight = torch.from_numpy(np.array(array, dtype=np.float32))  # writable copy.reshape(shape)
         if arch == "llama" and name.endswith("self_attn.q_proj.weight"):
             weight = _unpermute_rotary_rows(weight, num_heads)
         elif arch == "llama" and name.endswith("self_attn.k_proj.weight"):

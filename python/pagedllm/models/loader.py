@@ -100,7 +100,7 @@ def build_model(model_config: ModelConfig, device: torch.device, tp_rank: int = 
         resolve_model_config(model_config, device)
     hf_config = model_config.hf_config
     gguf_path = getattr(model_config, "gguf_path", None)
-    if gguf_path is not None and not _gguf_has_output_weight(gguf_path):
+    if gguf_path is not None and not gguf_loader.has_output_weight(gguf_path):
         hf_config.tie_word_embeddings = True   # the file stores no separate LM head
     _, model_class = resolve_model_class(getattr(hf_config, "architectures", None))
     with _default_dtype(model_config.torch_dtype), torch.device(device):
@@ -113,12 +113,6 @@ def build_model(model_config: ModelConfig, device: torch.device, tp_rank: int = 
         model.load_weights(iterate_checkpoint_weights(model_config.model_path,
                                                       model_config.load_format))
     return model.eval()
-
-
-def _gguf_has_output_weight(path: str) -> bool:
-    import gguf
-
-    return any(t.name == "output.weight" for t in gguf.GGUFReader(path).tensors)
 
 
 def initialize_dummy_weights(model: nn.Module, seed: int) -> None:
