@@ -10,7 +10,8 @@ import torch
 
 from pagedllm.worker.sampler import Sampler, SamplingBatch, SamplingRow
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])]
 
 
 def _logits(n: int, v: int, seed: int = 0) -> torch.Tensor:
