@@ -22,9 +22,10 @@ _NAMED_DTYPES = {"float16": torch.float16, "half": torch.float16, "bfloat16": to
 _PROGRESS_BAR_MIN_BYTES = 256 * 1024 * 1024
 
 
-def resolve_model_path(model: str, revision: Optional[str] = None) -> str:
+def resolve_model_path(model: str, revision: Optional[str] = None,
+                       field_name: str = "model") -> str:
     """A local path for `model`: itself if it exists, else the snapshot of a hub id in the local
-    HF cache (offline). ValueError naming `model` otherwise."""
+    HF cache (offline). ValueError naming `field_name` otherwise."""
     if os.path.exists(model):
         return model
     try:
@@ -32,7 +33,7 @@ def resolve_model_path(model: str, revision: Optional[str] = None) -> str:
 
         return snapshot_download(model, revision=revision, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
-        raise ValueError(f"model: {model!r} is neither a local path nor a model in the local "
+        raise ValueError(f"{field_name}: {model!r} is neither a local path nor a model in the local "
                          f"Hugging Face cache (pagedllm never downloads): {exc}") from None
 
 
