@@ -67,12 +67,12 @@ class LlamaAttention(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)                           # [T, (Hq + 2 Hkv) * D]
-        # Contiguous copies: the kernels take dense [T, H, D] rows.
-        q, k, v = (t.contiguous() for t in qkv.split([self.q_size, self.kv_size, self.kv_size],
-                                                     dim=-1))
-        if self.qk_norm:
-            q = self.q_norm(q.view(-1, self.head_dim)).view(q.shape)
-            k = self.k_norm(k.view(-1, self.head_dim)).view(k.shape)
+        # Views into qkv, no copies: the kernels take rows with any stride as long as each
+        # row is dense (rotary rotates them in place inside qkv).
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm:   # per-head RMSNorm; produces new dense tensors
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)
         q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v, kv_cache, meta)               # [T, Hq * D]
         return self.o_proj(out)

@@ -22,9 +22,10 @@ _NAMED_DTYPES = {"float16": torch.float16, "half": torch.float16, "bfloat16": to
 _PROGRESS_BAR_MIN_BYTES = 256 * 1024 * 1024
 
 
-def resolve_model_path(model: str, revision: Optional[str] = None) -> str:
+def resolve_model_path(model: str, revision: Optional[str] = None,
+                       field_name: str = "model") -> str:
     """A local path for `model`: itself if it exists, else the snapshot of a hub id in the local
-    HF cache (offline). ValueError naming `model` otherwise."""
+    HF cache (offline). ValueError naming `field_name` otherwise."""
     if os.path.exists(model):
         return model
     try:
@@ -32,11 +33,12 @@ def resolve_model_path(model: str, revision: Optional[str] = None) -> str:
 
         return snapshot_download(model, revision=revision, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
-        raise ValueError(f"model: {model!r} is neither a local path nor a model in the local "
+        raise ValueError(f"{field_name}: {model!r} is neither a local path nor a model in the local "
                          f"Hugging Face cache (pagedllm never downloads): {exc}") from None
 
 
-def resolve_model_config(model_config: ModelConfig, device: torch.device | str = "cpu") -> ModelConfig:
+def resolve_model_config(model_config: ModelConfig,
+                         device: torch.device | str = "cpu") -> ModelConfig:
     """Fill model_config.hf_config, .torch_dtype, .max_model_len and .model_path (in place)."""
     from transformers import AutoConfig
 
@@ -47,8 +49,8 @@ def resolve_model_config(model_config: ModelConfig, device: torch.device | str =
         hf_config = gguf_loader.load_gguf_config(directory, name)
     else:
         model_config.gguf_path = None
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=model_config.trust_remote_code,
-                                               revision=model_config.revision)
+        hf_config = AutoConfig.from_pretrained(
+            path, trust_remote_code=model_config.trust_remote_code, revision=model_config.revision)
     model_config.model_path = path
     model_config.hf_config = hf_config
     resolve_model_class(getattr(hf_config, "architectures", None))   # fail early if unsupported
@@ -160,7 +162,8 @@ def _indexed_or_globbed(path: str, index_name: str, pattern: str) -> list[str]:
                   if not os.path.basename(f).startswith("consolidated"))
 
 
-def iterate_checkpoint_weights(path: str, load_format: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_checkpoint_weights(path: str,
+                               load_format: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor of the checkpoint, with a progress bar for large ones."""
     from tqdm.auto import tqdm
 

@@ -5,8 +5,9 @@ core, so they are copied, never aliased).
 CUDA (UNTESTED here: no GPU on the development machine): persistent pinned host buffers and
 persistent device buffers sized for the largest step, filled with one non_blocking copy each.
 Fixed device addresses are what CUDA-graph replay of decode batches needs: a decode batch of S
-sequences is padded to a captured size S' >= S with slot -1 (no cache write), seq_len 0 and
-null-block rows, whose outputs are ignored.
+sequences is padded to a captured size S' >= S with slot -1 (no cache write), seq_len 1 and
+null-block rows (they attend to the never-written, zero null block, so stay finite), whose
+outputs are ignored.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class CudaInputBuffers:
         h["query_start_loc"][: num_seqs + 1] = plan.query_start_loc
         h["query_start_loc"][num_seqs + 1: rows + 1] = np.arange(num_tokens + 1, tokens + 1)
         h["seq_lens"][:num_seqs] = plan.seq_lens
-        h["seq_lens"][num_seqs:rows] = 0
+        h["seq_lens"][num_seqs:rows] = 1
         width = plan.block_table.shape[1]
         h["block_table"][:num_seqs, :width] = plan.block_table
         h["block_table"][num_seqs:rows] = 0
