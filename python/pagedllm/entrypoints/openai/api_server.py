@@ -334,14 +334,17 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def run_server(args: argparse.Namespace) -> int:
-    """Serve until a signal (returns 0) or until the engine dies (returns 1)."""
-    from pagedllm.engine.arg_utils import AsyncEngineArgs
-    from pagedllm.engine.async_llm_engine import AsyncLLMEngine
+async def run_server(args: argparse.Namespace, engine: Any = None) -> int:
+    """Serve until a signal (returns 0) or until the engine dies (returns 1).
 
+    `engine` is built from the EngineArgs flags unless one is given (tests pass a fake)."""
     sock = _bind(args.host, args.port)   # bind first: a busy port fails before loading the model
-    engine_args = AsyncEngineArgs.from_cli_args(args)
-    engine = await maybe_await(AsyncLLMEngine.from_engine_args(engine_args))
+    if engine is None:
+        from pagedllm.engine.arg_utils import AsyncEngineArgs
+        from pagedllm.engine.async_llm_engine import AsyncLLMEngine
+
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        engine = await maybe_await(AsyncLLMEngine.from_engine_args(engine_args))
     exit_code = 0
     try:
         ctx = await build_context(engine, args)

@@ -11,7 +11,8 @@ import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator,
+                      model_serializer, model_validator)
 
 # Limits that protect the server from requests that would exhaust it (issue 6).
 MAX_BODY_BYTES = 8 * 1024 * 1024     # larger bodies get 413 before JSON parsing
@@ -32,6 +33,20 @@ def random_id(prefix: str) -> str:
 class OpenAIBaseModel(BaseModel):
     # Unknown fields are accepted and ignored, as OpenAI's API does (clients send extras).
     model_config = ConfigDict(extra="ignore")
+
+
+class OmitNoneModel(OpenAIBaseModel):
+    """Serializes without the fields named in _omit_if_none while they are None (OpenAI leaves
+    `role` out of later stream deltas and `usage` out of content chunks)."""
+    _omit_if_none: tuple[str, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        for name in self._omit_if_none:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
 
 
 class ErrorInfo(OpenAIBaseModel):
@@ -272,7 +287,8 @@ class ChatCompletionResponse(OpenAIBaseModel):
     usage: UsageInfo
 
 
-class DeltaMessage(OpenAIBaseModel):
+class DeltaMessage(OmitNoneModel):
+    _omit_if_none = ("role", "content")
     role: Optional[str] = None
     content: Optional[str] = None
 
@@ -285,7 +301,8 @@ class ChatStreamChoice(OpenAIBaseModel):
     stop_reason: Optional[Union[int, str]] = None
 
 
-class ChatCompletionChunk(OpenAIBaseModel):
+class ChatCompletionChunk(OmitNoneModel):
+    _omit_if_none = ("usage",)
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -294,7 +311,8 @@ class ChatCompletionChunk(OpenAIBaseModel):
     usage: Optional[UsageInfo] = None
 
 
-class CompletionChunk(OpenAIBaseModel):
+class CompletionChunk(OmitNoneModel):
+    _omit_if_none = ("usage",)
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int

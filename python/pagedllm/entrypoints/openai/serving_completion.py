@@ -33,6 +33,17 @@ class ChoiceState:
     token_ids: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _PromptOnly:
+    """An engine output with its generated part hidden (echo with max_tokens=0)."""
+    index: int
+    finish_reason: Optional[str]
+    text: str = ""
+    token_ids: tuple = ()
+    logprobs: Optional[list] = None
+    stop_reason: Optional[str] = None
+
+
 class OpenAIServingCompletion(OpenAIServing):
 
     def prepare_prompts(self, req: CompletionRequest) -> list[PreparedPrompt]:
@@ -63,7 +74,9 @@ class OpenAIServingCompletion(OpenAIServing):
         prompts = self.prepare_prompts(req)
         if req.max_tokens == 0 and not req.echo:
             raise BadRequestError("max_tokens must be >= 1 unless echo is true", param="max_tokens")
-        max_tokens = [self.resolve_max_tokens(len(p.token_ids), req.max_tokens, "max_tokens")
+        # echo with max_tokens=0 (prompt scoring): the engine needs max_tokens >= 1, so one token
+        # is generated and dropped from the answer.
+        max_tokens = [max(1, self.resolve_max_tokens(len(p.token_ids), req.max_tokens, "max_tokens"))
                       for p in prompts]
         want_logprobs = req.logprobs is not None
         params = [self.sampling_params(
@@ -97,6 +110,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 if out.prompt_logprobs is not None:
                     prompt_logprobs[i] = out.prompt_logprobs
                 for comp in out.outputs:
+                    comp = self.visible(req, comp)
                     key = (i, comp.index)
                     n_new = len(comp.token_ids) - seen_tokens.get(key, 0)
                     seen_tokens[key] = len(comp.token_ids)
@@ -154,6 +168,7 @@ class OpenAIServingCompletion(OpenAIServing):
         try:
             async for i, out in merge_async_iterators(*calls):
                 for comp in out.outputs:
+                    comp = self.visible(req, comp)
                     key = (i, comp.index)
                     st = states.setdefault(key, ChoiceState())
                     if st.finished:
@@ -209,6 +224,13 @@ class OpenAIServingCompletion(OpenAIServing):
         yield SSE_DONE
 
     # ---- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def visible(req: CompletionRequest, comp: Any) -> Any:
+        """What the client sees of one engine output (nothing generated when max_tokens=0)."""
+        if req.max_tokens != 0:
+            return comp
+        return _PromptOnly(comp.index, "length" if comp.finish_reason is not None else None)
 
     def prompt_text(self, prompt: PreparedPrompt) -> str:
         if prompt.text is not None:

@@ -196,7 +196,7 @@ class OpenAIServing:
 
     def sampling_params(self, req: SamplingFields, max_tokens: int, logprobs: Optional[int],
                         prompt_logprobs: Optional[int]) -> Any:
-        from pagedllm import SamplingParams  # the engine's class (vLLM's API)
+        from pagedllm.sampling_params import SamplingParams  # the engine's class (vLLM's API)
 
         kwargs: dict[str, Any] = dict(n=req.n, max_tokens=max_tokens)
         # Pass only what the client set, so the engine's own defaults stay in force.

@@ -1,0 +1,78 @@
+"""Start `python -m pagedllm.entrypoints.openai.api_server` as a subprocess on a free loopback port.
+
+The server binds port 0 and logs its URL; we read it from the log file, then wait for /health.
+`stop()` sends SIGTERM and returns the exit code (0 means a graceful shutdown).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import httpx
+
+_URL_RE = re.compile(r"Serving on (http://[^\s]+)")
+_FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
+
+
+class ServerProcess:
+    def __init__(self, model: str, *extra_args: str, startup_timeout: float = 120.0,
+                 fake_engine: Optional[bool] = None) -> None:
+        if fake_engine is None:
+            fake_engine = os.environ.get("PAGEDLLM_TEST_FAKE_ENGINE") == "1"
+        self.log_file = tempfile.NamedTemporaryFile("w+", prefix="pagedllm-server-", suffix=".log",
+                                                    delete=False)
+        entry = [str(_FAKE_ENGINE)] if fake_engine else ["-m", "pagedllm.entrypoints.openai.api_server"]
+        cmd = [sys.executable, *entry, "--model", str(model), "--port", "0",
+               "--disable-uvicorn-access-log", *extra_args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=env,
+                                     cwd=str(Path(__file__).parent))
+        self.url = self._wait_for_url(startup_timeout)
+        self.base_url = self.url + "/v1"
+
+    def log(self) -> str:
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def _wait_for_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            match = _URL_RE.search(self.log())
+            if match:
+                url = match.group(1)
+                while time.monotonic() < deadline:
+                    try:
+                        if httpx.get(url + "/health", timeout=2).status_code == 200:
+                            return url
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.1)
+            time.sleep(0.1)
+        self.proc.kill()
+        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"server did not stop within {timeout}s:\n{self.log()}")
+        return self.proc.returncode
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.log_file.close()
+            os.unlink(self.log_file.name)
