@@ -94,7 +94,8 @@ def validation_error_message(errors: list[dict]) -> tuple[str, Optional[str]]:
     if first.get("type") == "json_invalid":
         return "Malformed JSON body: " + str(first.get("ctx", {}).get("error", "")), None
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
-    param = ".".join(loc) if loc else None
+    where = ".".join(loc) if loc else None
     msg = str(first.get("msg", "invalid value"))
     extra = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-    return (f"{param}: {msg}{extra}" if param else msg + extra), param
+    # `param` names the top-level field; the message keeps the full path (e.g. messages.0.role).
+    return (f"{where}: {msg}{extra}" if where else msg + extra), (loc[0] if loc else None)
