@@ -1,11 +1,17 @@
 """Session-wide fixtures: tiny random-weight HF model directories, built once per test session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pagedllm.testing.tiny_models import SUPPORTED_ARCHS, make_tiny_model
+
+# Tiny tensors on a shared 2-core machine: one intra-op thread is ~50x faster than two threads
+# contending with other processes, and results do not depend on the thread count.
+torch.set_num_threads(int(os.environ.get("PAGEDLLM_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

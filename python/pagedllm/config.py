@@ -32,6 +32,9 @@ class ModelConfig:
     # Filled by pagedllm.models.loader.resolve_model_config(): the transformers config object,
     # the torch dtype chosen, and the resolved max_model_len.
     hf_config: Any = field(default=None, repr=False)
+    torch_dtype: Any = field(default=None, repr=False)        # torch.dtype once resolved
+    model_path: Optional[str] = field(default=None, repr=False)  # local dir or file
+    gguf_path: Optional[str] = field(default=None, repr=False)   # the .gguf file, if GGUF
 
     def __post_init__(self) -> None:
         _require(isinstance(self.model, str) and self.model != "", "model", "must be a non-empty string")

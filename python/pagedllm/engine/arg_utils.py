@@ -25,6 +25,7 @@ class EngineArgs:
     model: Optional[str] = None
     tokenizer: Optional[str] = None
     tokenizer_mode: str = "auto"
+    skip_tokenizer_init: bool = False
     trust_remote_code: bool = False
     revision: Optional[str] = None
     seed: int = 0
@@ -58,6 +59,8 @@ class EngineArgs:
                        help="model directory, .gguf file or cached hub id (default: SmolLM2 GGUF)")
         g.add_argument("--tokenizer", type=str, default=d.tokenizer)
         g.add_argument("--tokenizer-mode", type=str, default=d.tokenizer_mode, choices=["auto", "slow"])
+        g.add_argument("--skip-tokenizer-init", action="store_true", default=d.skip_tokenizer_init,
+                       help="no tokenizer: prompts must be token ids, outputs carry no text")
         g.add_argument("--trust-remote-code", action="store_true", default=d.trust_remote_code)
         g.add_argument("--revision", type=str, default=d.revision)
         g.add_argument("--seed", type=int, default=d.seed)

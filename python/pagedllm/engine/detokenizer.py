@@ -22,7 +22,9 @@ class IncrementalDetokenizer:
                  params: SamplingParams) -> None:
         self.tokenizer = tokenizer
         self.params = params
-        context = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:]) if params.detokenize else []
+        # Without a tokenizer (skip_tokenizer_init) there is no text, only token ids.
+        self.enabled = params.detokenize and tokenizer is not None
+        context = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:]) if self.enabled else []
         self._ids: list[int] = context      # context + detokenized output tokens
         self._prefix_offset = 0             # start of the decoding window
         self._read_offset = len(context)    # tokens before this are already in `text`
@@ -41,7 +43,7 @@ class IncrementalDetokenizer:
         request (its text is left out unless include_stop_str_in_output). Returns the stop string
         if one now appears in the text (the text is then cut there), else None."""
         self._num_output_tokens += len(new_token_ids)
-        if not self.params.detokenize:
+        if not self.enabled:
             return None
         ids = list(new_token_ids)
         if stop_terminated and ids and not self.params.include_stop_str_in_output:
@@ -56,7 +58,7 @@ class IncrementalDetokenizer:
 
     def finish(self) -> None:
         """The sequence ended for a reason the detokenizer did not see (length, abort): flush."""
-        if self.params.detokenize and self.stop_string is None:
+        if self.enabled and self.stop_string is None:
             self.text += self._next_piece(final=True)
 
     def _next_piece(self, final: bool) -> str:
