@@ -76,3 +76,45 @@ class ServerProcess:
         finally:
             self.log_file.close()
             os.unlink(self.log_file.name)
+
+
+class InProcessServer:
+    """The same server in a background thread of this process, so a test can reach its engine
+    (e.g. `server.engine._fault_injector`). `stop()` asks uvicorn to exit and returns the code."""
+
+    def __init__(self, model: str, *extra_args: str, startup_timeout: float = 120.0) -> None:
+        import asyncio
+        import threading
+
+        from pagedllm.engine.arg_utils import AsyncEngineArgs
+        from pagedllm.engine.async_llm_engine import AsyncLLMEngine
+        from pagedllm.entrypoints.openai.api_server import make_parser, run_server
+
+        args = make_parser().parse_args(["--model", str(model), "--port", "0",
+                                         "--disable-uvicorn-access-log", *extra_args])
+        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs.from_cli_args(args))
+        self.exit_code: Optional[int] = None
+        self._ready = threading.Event()
+        self._server = None
+
+        def on_ready(url: str, server) -> None:
+            self.url, self._server = url, server
+            self._ready.set()
+
+        def run() -> None:
+            self.exit_code = asyncio.run(run_server(args, engine=self.engine, on_ready=on_ready))
+            self._ready.set()
+
+        self._thread = threading.Thread(target=run, name="pagedllm-test-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(startup_timeout) or self._server is None:
+            raise RuntimeError("in-process server did not start")
+        self.base_url = self.url + "/v1"
+
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError("in-process server did not stop")
+        return self.exit_code

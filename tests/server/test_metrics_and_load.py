@@ -86,16 +86,19 @@ def test_disconnect_mid_stream_frees_blocks(server):
     assert after["pagedllm:kv_cache_blocks_used"] == 0
     assert after["pagedllm:num_requests_running"] == 0
     assert time.monotonic() - closed_at < 5.0
+    assert after["pagedllm:request_aborted_total"] == during["pagedllm:request_aborted_total"] + 1
     assert after["pagedllm:request_success_total"] >= during["pagedllm:request_success_total"]
 
 
 def test_disconnect_non_streaming_aborts(server):
-    body = {"model": MODEL, "prompt": "Waiting for a reply", "max_tokens": 150, "ignore_eos": True}
+    before = scrape(server.url)
+    body = {"model": MODEL, "prompt": "Wait", "max_tokens": 240, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + "/v1/completions", json=body, timeout=0.5)
+        httpx.post(server.url + "/v1/completions", json=body, timeout=0.05)
     after = wait_until_idle(server.url, timeout=10.0)
     assert after["pagedllm:kv_cache_blocks_used"] == 0
     assert after["pagedllm:num_requests_running"] == 0
+    assert after["pagedllm:request_aborted_total"] == before["pagedllm:request_aborted_total"] + 1
 
 
 async def test_200_concurrent_streams_complete(server):

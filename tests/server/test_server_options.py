@@ -1,6 +1,6 @@
-"""A server with --api-key, --metrics-public, --max-num-waiting and a model without a chat template:
-auth on every route, back-pressure 503, the missing-template 400, the CLI clients, and a
-graceful exit 0 on SIGINT with a stream in flight."""
+"""A server with --api-key, --metrics-public and a model without a chat template: auth on every
+route, the missing-template 400, the CLI clients, and a graceful exit 0 on SIGINT with a stream
+in flight."""
 from __future__ import annotations
 
 import json
@@ -29,9 +29,8 @@ def keyed_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
     cfg.pop("chat_template", None)
     cfg_path.write_text(json.dumps(cfg))
     (model / "chat_template.jinja").unlink(missing_ok=True)
-    proc = ServerProcess(str(model), "--api-key", KEY, "--metrics-public", "--max-num-waiting", "1",
-                         "--max-num-seqs", "1", "--max-model-len", "256", "--served-model-name",
-                         "tiny", "--device", "cpu")
+    proc = ServerProcess(str(model), "--api-key", KEY, "--metrics-public", "--max-model-len", "256",
+                         "--served-model-name", "tiny", "--device", "cpu")
     yield proc
     proc.close()
 
@@ -65,27 +64,6 @@ def test_missing_chat_template_400(keyed_server):
     assert "chat template" in resp.json()["error"]["message"]
 
 
-def test_back_pressure_503(keyed_server):
-    """max_num_seqs=1: A runs, B waits (1 waiting = the limit), C is refused with 503."""
-    url = keyed_server.url + "/v1/completions"
-    long_body = {"model": "tiny", "prompt": "Long one", "max_tokens": 200, "ignore_eos": True,
-                 "stream": True}
-    with httpx.Client(timeout=60, headers=AUTH) as a, httpx.Client(timeout=60, headers=AUTH) as b:
-        with a.stream("POST", url, json=long_body) as ra:
-            assert ra.status_code == 200
-            next(line for line in ra.iter_lines() if line.startswith("data: "))  # A is running
-            with b.stream("POST", url, json=long_body) as rb:
-                assert rb.status_code == 200  # headers go out at once; B waits for a slot
-                resp = httpx.post(url, headers=AUTH, timeout=60,
-                                  json={"model": "tiny", "prompt": "C", "max_tokens": 2})
-                assert resp.status_code == 503, resp.text
-                assert resp.json()["error"]["code"] == "server_overloaded"
-    # After A and B went away the server accepts again.
-    ok = httpx.post(url, headers=AUTH, timeout=60, json={"model": "tiny", "prompt": "D",
-                                                         "max_tokens": 2})
-    assert ok.status_code == 200, ok.text
-
-
 def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", *args], input=stdin,
                           capture_output=True, text=True, timeout=120)
@@ -117,7 +95,7 @@ def test_sigint_finishes_in_flight_stream_and_exits_0(keyed_server):
     with httpx.Client(timeout=60, headers=AUTH) as c:
         with c.stream("POST", keyed_server.url + "/v1/completions", json=body) as resp:
             lines = resp.iter_lines()
-            events.append(next(line for line in lines if line.startswith("data: ")))
+            events.append(next(lines))
             stopper = threading.Thread(target=keyed_server.stop, args=(signal.SIGINT,))
             stopper.start()
             events.extend(line for line in lines if line)

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -282,8 +282,8 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
     hf_config = _first(model_config, "hf_config")
     vocab = int(_first(hf_config, "vocab_size", "text_config.vocab_size", default=0) or len(tokenizer))
     max_len = int(_first(model_config, "max_model_len", default=0)
-                  or _first(engine, "max_model_len", "engine_config.model_config.max_model_len",
-                            default=2048))
+                  or _first(engine, "max_model_len", "engine.max_model_len",
+                            "engine.engine_core.max_model_len", default=2048))
     return ServerContext(
         engine=engine, tokenizer=tokenizer, served_model_names=names, model_path=model_path,
         max_model_len=max_len, vocab_size=vocab,
@@ -293,14 +293,12 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
 
 
 def describe_engine(engine: Any, model_config: Any, stats: Any) -> str:
-    dtype = _first(model_config, "torch_dtype", "resolved_dtype", "dtype",
-                   default=_first(engine, "dtype", default="?"))
-    device = _first(engine, "device", "engine_config.device_config.device",
-                    "engine.device_config.device", "engine_core.model_runner.device",
-                    default="?")
+    dtype = _first(engine, "engine.engine_core.runner.dtype", "dtype",
+                   default=_first(model_config, "dtype", default="?"))
+    device = _first(engine, "engine.engine_core.runner.device", "device",
+                    "engine.config.device_config.device", default="?")
     blocks = _first(stats, "num_blocks_total", default="?")
-    block_size = _first(engine, "engine_config.cache_config.block_size",
-                        "cache_config.block_size", default=None)
+    block_size = _first(engine, "engine.config.cache_config.block_size", default=None)
     kv = f"{blocks} KV blocks" + (f" of {block_size} tokens" if block_size else "")
     return f"dtype {dtype}, device {device}, {kv}"
 
@@ -334,10 +332,12 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def run_server(args: argparse.Namespace, engine: Any = None) -> int:
+async def run_server(args: argparse.Namespace, engine: Any = None,
+                     on_ready: Optional[Callable[[str, uvicorn.Server], None]] = None) -> int:
     """Serve until a signal (returns 0) or until the engine dies (returns 1).
 
-    `engine` is built from the EngineArgs flags unless one is given (tests pass a fake)."""
+    `engine` is built from the EngineArgs flags unless one is given (tests pass their own);
+    `on_ready(url, server)` is called once the socket listens (tests stop it with should_exit)."""
     sock = _bind(args.host, args.port)   # bind first: a busy port fails before loading the model
     if engine is None:
         from pagedllm.engine.arg_utils import AsyncEngineArgs
@@ -387,6 +387,8 @@ async def run_server(args: argparse.Namespace, engine: Any = None) -> int:
                 await asyncio.sleep(0.5)
 
         watch = asyncio.ensure_future(watchdog())
+        if on_ready is not None:
+            on_ready(f"http://{shown_host}:{port}", server)
         try:
             await server.serve(sockets=[sock])
         finally:

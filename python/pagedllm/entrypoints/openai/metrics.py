@@ -72,6 +72,9 @@ class ServerMetrics:
                                          registry=r)
         self.request_success = Counter(PREFIX + "request_success", "Requests finished, by reason.",
                                        labels + ["finished_reason"], registry=r)
+        self.request_aborted = Counter(PREFIX + "request_aborted",
+                                       "Engine requests aborted before finishing (client gone, "
+                                       "cancelled or failed).", labels, registry=r)
         self.request_errors = Counter(PREFIX + "request_errors", "Requests answered with an error.",
                                       labels + ["status"], registry=r)
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Time to first token.",
@@ -81,6 +84,12 @@ class ServerMetrics:
                              labels, buckets=_ITL_BUCKETS, registry=r)
         self.e2e = Histogram(PREFIX + "e2e_request_latency_seconds", "End-to-end request latency.",
                              labels, buckets=_LATENCY_BUCKETS, registry=r)
+        # Create the unlabelled-by-reason series now, so a scrape shows them at zero from the start.
+        for metric in (self.prompt_tokens, self.generation_tokens, self.request_aborted,
+                       self.ttft, self.itl, self.e2e, self.num_running, self.num_waiting,
+                       self.kv_usage, self.kv_blocks_used, self.kv_blocks_total,
+                       self.prefix_hit_rate, self.in_flight):
+            metric.labels(model_name)
         self._engine_counters = _EngineCounters()
         r.register(self._engine_counters)
 

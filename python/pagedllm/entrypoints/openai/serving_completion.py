@@ -256,6 +256,9 @@ class OpenAIServingCompletion(OpenAIServing):
             if entry is None:
                 lp.top_logprobs.append(None)
             else:
-                lp.top_logprobs.append({t: v for _, t, v in top_entries(tok, entry, num or 0)})
+                top: dict[str, float] = {}
+                for _, t, v in top_entries(tok, entry, num or 0):
+                    top.setdefault(t, v)   # two ids may print alike (half characters): keep the best
+                lp.top_logprobs.append(top)
             lp.text_offset.append(st.text_offset)
             st.text_offset += len(text)

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional, Sequence
 
+import anyio
+
 from pagedllm.entrypoints.openai.errors import (APIError, BadRequestError, EngineDeadError,
                                                 ModelNotFoundError, OverloadedError)
 from pagedllm.entrypoints.openai.metrics import ServerMetrics
@@ -104,12 +106,18 @@ class EngineCall:
         finally:
             self.release()
             if not self.finished:
-                await self.serving.abort(self.request_id)
-                if gen is not None and hasattr(gen, "aclose"):
-                    try:
-                        await gen.aclose()
-                    except Exception:  # the engine's own cleanup; nothing more to do here
-                        logger.debug("closing the engine stream failed", exc_info=True)
+                # Shielded: a disconnect cancels this task (and anyio re-cancels every await in a
+                # cancelled scope), but the abort must still reach the engine.
+                with anyio.CancelScope(shield=True):
+                    if gen is not None and hasattr(gen, "aclose"):
+                        try:
+                            await gen.aclose()
+                        except Exception:  # the engine's own cleanup; nothing more to do here
+                            logger.debug("closing the engine stream failed", exc_info=True)
+                    await self.serving.abort(self.request_id)
+                metrics = self.serving.ctx.metrics
+                if metrics is not None:
+                    metrics.request_aborted.labels(metrics.model_name).inc()
 
 
 async def merge_async_iterators(*iterators: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
