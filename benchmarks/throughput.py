@@ -22,7 +22,7 @@ from model_shapes import SHAPES, write_shape_dir  # noqa: E402
 from pagedllm.engine.arg_utils import EngineArgs  # noqa: E402
 from pagedllm.engine.llm_engine import LLMEngine  # noqa: E402
 from pagedllm.sampling_params import SamplingParams  # noqa: E402
-from workloads import random_requests  # noqa: E402
+from workloads import WORKLOADS, random_requests  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(SHAPES),
         default=None,
         help="use a real model's shape (config only; implies --load-format dummy)",
+    )
+    parser.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        default=None,
+        help="a named workload of benchmarks/workloads.py (overrides the length/count flags; "
+        "the HF peer takes the same name)",
     )
     parser.add_argument("--output-json", type=str, default=None)
     parser.add_argument("--warmup-steps", type=int, default=2)
@@ -66,11 +73,13 @@ def main(argv: list[str] | None = None) -> dict:
     engine_args = EngineArgs.from_cli_args(args)
     engine = LLMEngine.from_engine_args(engine_args)
     vocab = engine.engine_core.vocab_size
-    in_lo, in_hi = _bounds(args.input_len, args.random_range_ratio)
-    out_lo, out_hi = _bounds(args.output_len, args.random_range_ratio)
-    requests = random_requests(
-        args.num_prompts, in_lo, in_hi, out_lo, out_hi, vocab, seed=args.seed
-    )
+    if args.workload:
+        num_prompts, in_lo, in_hi, out_lo, out_hi = WORKLOADS[args.workload]
+    else:
+        num_prompts = args.num_prompts
+        in_lo, in_hi = _bounds(args.input_len, args.random_range_ratio)
+        out_lo, out_hi = _bounds(args.output_len, args.random_range_ratio)
+    requests = random_requests(num_prompts, in_lo, in_hi, out_lo, out_hi, vocab, seed=args.seed)
 
     # Warm up (first-call allocations, lazy inits) on a throw-away request.
     if args.warmup_steps > 0:
@@ -111,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "model": engine_args.model or "(default)",
         "model_shape": args.model_shape,
+        "workload": args.workload,
         "device": str(core.device),
         "num_requests": len(requests),
         "num_prompt_tokens": num_prompt,
