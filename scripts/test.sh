@@ -8,6 +8,8 @@ echo "== ctest (C++ core)"
 cmake -S . -B build/ctest -G Ninja -DPAGEDLLM_BUILD_TESTS=ON -DPAGEDLLM_CUDA=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build/ctest -j "$jobs"
 ctest --test-dir build/ctest --output-on-failure -j "$jobs"
+echo "== randomized core stress (1 minute; run with --seconds 600 locally for the long run)"
+build/ctest/tests/cpp/core_stress --seconds 60 --seed "${PAGEDLLM_STRESS_SEED:-$RANDOM}"
 echo "== ctest under ASan + UBSan"
 cmake -S . -B build/asan -G Ninja -DPAGEDLLM_BUILD_TESTS=ON -DPAGEDLLM_CUDA=OFF -DPAGEDLLM_SANITIZE=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
