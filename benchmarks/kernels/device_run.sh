@@ -25,13 +25,3 @@ export PYTHONPATH=/tmp/site:/tmp/fi FLASHINFER_WORKSPACE_BASE=/tmp/fi_cache
 timeout "${BENCH_TIMEOUT:-200}" python3 -u benchmarks/kernels/paged_attention.py --out "$OUT/bench.json" \
   --png "$OUT/decode_gbps.png" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"; tail -32 "$OUT/bench.log"
-if [ -n "${DEEP_TOO:-}" ]; then
-  # Second decode pipeline shape (PAGEDLLM_DECODE_PIPELINE=deep): GPU attention tests + decode timings.
-  export PAGEDLLM_DECODE_PIPELINE=deep PYTHONPATH=/tmp/site
-  cd "$ROOT/tests" && timeout 120 python3 -m pytest -q -p no:cacheprovider kernels/test_paged_attention.py -m gpu \
-    -x -o addopts="" --import-mode=importlib > "$OUT/pytest_deep.log" 2>&1
-  echo "pytest (deep) rc=$?"; tail -3 "$OUT/pytest_deep.log"
-  cd "$ROOT" && timeout 120 python3 -u benchmarks/kernels/paged_attention.py --out "$OUT/bench_deep.json" \
-    --no-flashinfer --prefill "" > "$OUT/bench_deep.log" 2>&1
-  echo "bench (deep) rc=$?"; tail -16 "$OUT/bench_deep.log"
-fi

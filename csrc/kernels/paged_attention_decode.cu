@@ -9,8 +9,6 @@
 // (max, sum) and merge_splits_kernel combines them with log-sum-exp weights.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <stdexcept>
 #include <type_traits>
 
@@ -59,22 +57,15 @@ constexpr int tile_tokens() {
   constexpr int t = 16384 / row;
   return t > 64 ? 64 : (t < 16 ? 16 : t);
 }
-// Two pipeline shapes: "wide" (tiles of up to 32 KB of K+V, 2 stages) and "deep" (half-size
-// tiles, 3 stages: less shared memory per CTA, more CTAs per SM). PAGEDLLM_DECODE_PIPELINE=deep
-// selects the second (benchmarks/kernels/paged_attention.py measures both).
-template <typename T, int D, bool Deep>
-constexpr int pipeline_tile() {
-  constexpr int t = tile_tokens<T, D>();
-  return Deep ? (t / 2 < 16 ? 16 : t / 2) : t;
-}
-template <bool Deep>
-constexpr int pipeline_stages() { return Deep ? 3 : 2; }
+// Two stages of up-to-32 KB tiles. Measured on an H100 (benchmarks/kernels/NOTES.md): half-size
+// tiles three stages deep (more CTAs per SM) ran 4-11% slower.
+constexpr int kStages = 2;
 
-template <typename T, int D, int NG, bool Deep>
+template <typename T, int D, int NG>
 constexpr int token_kernel_smem_bytes() {
   constexpr int row = D * static_cast<int>(sizeof(T));
-  constexpr int tiles = pipeline_stages<Deep>() * 2 * pipeline_tile<T, D, Deep>() * row;  // K and V
-  constexpr int logits = NG * pipeline_tile<T, D, Deep>() * 4;
+  constexpr int tiles = kStages * 2 * tile_tokens<T, D>() * row;  // K and V, kStages deep
+  constexpr int logits = NG * tile_tokens<T, D>() * 4;
   constexpr int red = kTokenKernelWarps * NG * D * 4;
   return tiles + (logits > red ? logits : red);
 }
@@ -82,14 +73,13 @@ constexpr int token_kernel_smem_bytes() {
 // Pipeline: K/V tiles of TILE tokens stream into shared memory with cp.async, kStages deep,
 // so a CTA keeps up to kStages tiles of loads in flight while it computes on the oldest. Per
 // tile: logits [NG][TILE] -> online-softmax update (running max / sum per head) -> P . V.
-template <typename T, int D, int NG, bool Deep>
+template <typename T, int D, int NG>
 __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     token_attention_kernel(const TokenKernelParams p) {
-  constexpr int kStages = pipeline_stages<Deep>();
   constexpr int TPT = threads_per_token<T, D>();
   constexpr int E = D / TPT;
   constexpr int NTG = kTokenKernelWarps * 32 / TPT;  // rows processed side by side
-  constexpr int TILE = pipeline_tile<T, D, Deep>();
+  constexpr int TILE = tile_tokens<T, D>();
   constexpr int ROW = D * static_cast<int>(sizeof(T));  // bytes per K (or V) row
   constexpr int CR = ROW / 16;                          // 16-byte chunks per row
   constexpr int STAGE = 2 * TILE * ROW;                 // bytes per stage: K tile then V tile
@@ -350,16 +340,16 @@ int log2_exact(int v) {
   return l;
 }
 
-template <typename T, int D, int NG, bool Deep>
+template <typename T, int D, int NG>
 void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t stream) {
-  constexpr int smem = token_kernel_smem_bytes<T, D, NG, Deep>();
+  constexpr int smem = token_kernel_smem_bytes<T, D, NG>();
   static bool configured = false;  // opt in to > 48 KB of dynamic shared memory once
   if (!configured) {
-    cudaFuncSetAttribute(token_attention_kernel<T, D, NG, Deep>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaFuncSetAttribute(token_attention_kernel<T, D, NG>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     configured = true;
   }
   const dim3 grid(num_tokens, p.num_kv_heads * p.slices, p.num_splits);
-  token_attention_kernel<T, D, NG, Deep><<<grid, kTokenKernelWarps * 32, smem, stream>>>(p);
+  token_attention_kernel<T, D, NG><<<grid, kTokenKernelWarps * 32, smem, stream>>>(p);
   cuda::check_launch("paged_attention (token kernel)");
   if (p.num_splits > 1) {
     const dim3 mgrid(num_tokens, p.num_q_heads);
@@ -368,25 +358,14 @@ void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t strea
   }
 }
 
-template <typename T, int D, bool Deep>
-void launch_for_group(const TokenKernelParams& p, int ng, int num_tokens, cudaStream_t s) {
-  switch (ng) {
-    case 1: launch_typed<T, D, 1, Deep>(p, num_tokens, s); break;
-    case 2: launch_typed<T, D, 2, Deep>(p, num_tokens, s); break;
-    case 4: launch_typed<T, D, 4, Deep>(p, num_tokens, s); break;
-    default: launch_typed<T, D, 8, Deep>(p, num_tokens, s); break;
-  }
-}
-
-bool deep_pipeline() {
-  const char* v = std::getenv("PAGEDLLM_DECODE_PIPELINE");
-  return v != nullptr && std::strcmp(v, "deep") == 0;
-}
-
 template <typename T, int D>
 void launch_for_dim(const TokenKernelParams& p, int ng, int num_tokens, cudaStream_t s) {
-  if (deep_pipeline()) launch_for_group<T, D, true>(p, ng, num_tokens, s);
-  else launch_for_group<T, D, false>(p, ng, num_tokens, s);
+  switch (ng) {
+    case 1: launch_typed<T, D, 1>(p, num_tokens, s); break;
+    case 2: launch_typed<T, D, 2>(p, num_tokens, s); break;
+    case 4: launch_typed<T, D, 4>(p, num_tokens, s); break;
+    default: launch_typed<T, D, 8>(p, num_tokens, s); break;
+  }
 }
 
 }  // namespace
