@@ -151,3 +151,15 @@ def test_layer_bindings_reject_bad_inputs():
     with pytest.raises(ValueError, match="int32 or int64"):
         _C.ops.rotary_embedding(d(pos.float()), d(q), d(k), 64, d(cache), True)
 
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
+def test_cuda_descriptors_without_gpu_raise_runtime_error():
+    # A CPU-only build says it has no CUDA kernels; a CUDA build on a machine without a GPU
+    # reports the launch failure. Either way a clear RuntimeError, no crash. (Host memory is
+    # passed as "device 0": neither path dereferences it.)
+    x = torch.randn(4, 64)
+    fake_cuda = ops._desc(x)[:4] + (0,)
+    w = ops._desc(torch.ones(64))[:4] + (0,)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        _C.ops.rms_norm(fake_cuda, fake_cuda, w, 1e-6)
