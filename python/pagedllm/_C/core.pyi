@@ -8,13 +8,17 @@ One engine step is always:
     sampled = model_runner.execute(plan)            # int32 [plan.num_sampled]
     outputs = scheduler.update(plan, sampled)
 add_request / abort_request are called between steps (never between schedule and update by the
-engine; if it happens anyway, update() skips the aborted request).
+engine; if it happens anyway, update() skips the aborted request). Calls are serialized by a lock,
+so any thread may make them.
 """
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import Sequence
 
 import numpy as np
 import numpy.typing as npt
+
+# n > 1 (parallel sampling) is the engine's job: it adds n requests with the same prompt; the prefix
+# cache shares their full prompt blocks once the first has computed them.
 
 class CoreError(RuntimeError):
     """A broken contract inside the core (a bug, never user input)."""
@@ -105,11 +109,26 @@ class BatchPlan:
     # prefill chunk samples nothing.
 
 class StepOutput:
+    """One entry of StepOutputs (made on access)."""
     handle: int
-    new_token_ids: list[int]      # tokens appended this step (0 or 1 today)
+    new_token_ids: list[int]      # tokens appended this step (0 or 1 today; 0 when max_tokens == 0)
     finish_reason: FinishReason
     stop_token_id: int            # the EOS/stop token that finished it, else -1
-    num_cached_tokens: int        # prompt tokens served from the prefix cache
+    num_cached_tokens: int        # prompt tokens served from the prefix cache at first admission
+    @property
+    def finished(self) -> bool: ...  # finish_reason != NONE
+
+class StepOutputs(Sequence[StepOutput]):
+    """What update() returns: one entry per sampled sequence still alive, in plan order.
+    A sequence of StepOutput (len, indexing, iteration) and, for vectorized use without one
+    Python object per request, the same data as read-only numpy arrays (valid while held)."""
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> StepOutput: ...  # IndexError past the end
+    handles: npt.NDArray[np.int64]            # [N]
+    new_token_ids: npt.NDArray[np.int32]      # [N] the appended token, -1 if none
+    finish_reasons: npt.NDArray[np.int32]     # [N] FinishReason values (0 = still running)
+    stop_token_ids: npt.NDArray[np.int32]     # [N]
+    num_cached_tokens: npt.NDArray[np.int32]  # [N]
 
 class SchedulerStats:
     num_running: int
@@ -131,20 +150,38 @@ class Scheduler:
         self, handle: int, prompt_token_ids: npt.ArrayLike, params: RequestParams
     ) -> None:
         """Queue a request. ValueError for: a handle in use, an empty prompt, a token id < 0,
-        a prompt that leaves no room (len >= max_model_len when max_tokens > 0, or more blocks
-        than the whole cache holds). Never queues what can never run."""
+        a prompt that leaves no room (len >= max_model_len when max_tokens > 0, len >
+        max_model_len), or one whose longest sequence (min(len + max_tokens, max_model_len))
+        needs more blocks than the whole cache holds. Never queues what can never run.
+        TypeError for non-integer token ids."""
     def abort_request(self, handle: int) -> bool:
         """Drop a request at any point and free its blocks. False if the handle is unknown
         (already finished or never added)."""
-    def schedule(self) -> BatchPlan: ...  # releases the GIL
-    def update(self, plan: BatchPlan, sampled_token_ids: npt.ArrayLike) -> list[StepOutput]:
-        """Append the sampled tokens ([plan.num_sampled] int32, aligned with logits_indices),
-        run the stop checks (max_tokens, EOS unless ignore_eos and not before min_tokens,
-        stop_token_ids, max_model_len) and free finished requests. Returns one StepOutput per
-        sampled sequence. Releases the GIL."""
+    def schedule(self) -> BatchPlan:
+        """Plan the next step (releases the GIL). Running requests first (in running order),
+        then waiting ones in served order (FCFS: arrival_time then add order; PRIORITY: priority
+        first), within max_num_seqs and max_num_batched_tokens, long prompts chunked. When blocks
+        run out the running request served last is preempted (blocks freed, recomputed later with
+        its prefix hits; listed in plan.preempted_handles) and no waiting request is admitted that
+        step. The plan's tokens count as computed from here on, and its full blocks become prefix
+        cache entries: the runner writes a layer's K/V for the whole plan before that layer's
+        attention reads the cache. If the step fails, abort its requests (an abort before update()
+        also forgets the cache entries that step created) or simply schedule() again: a plan
+        never applied by update() is rolled back first (its tokens are planned again; requests it
+        admitted go back to waiting), so no failed step leaves unwritten K/V reachable."""
+    def update(self, plan: BatchPlan, sampled_token_ids: npt.ArrayLike) -> StepOutputs:
+        """Append the sampled tokens ([plan.num_sampled] integers, aligned with logits_indices),
+        run the stop checks and free finished requests. Returns one StepOutput per sampled
+        sequence (requests aborted since schedule() are skipped). Releases the GIL.
+        Stop checks, in order: a stop token (EOS unless ignore_eos, or one of stop_token_ids)
+        counts only when at least min_tokens outputs precede it -> STOP; then
+        max_tokens outputs or max_model_len tokens -> LENGTH. max_tokens == 0 finishes LENGTH
+        right after the prompt, appending nothing.
+        CoreError if `plan` is not the latest schedule() result or was already applied;
+        ValueError for a wrong count or a negative id; TypeError for non-integer data."""
     def has_unfinished_requests(self) -> bool: ...
     def num_unfinished_requests(self) -> int: ...
     def stats(self) -> SchedulerStats: ...
     def check_invariants(self) -> None:
         """Raise CoreError if any block/ref-count/table invariant is broken (tests, debugging)."""
-    def reset_prefix_cache(self) -> bool: ...
+    def reset_prefix_cache(self) -> bool: ...  # False (and nothing done) while any block is in use

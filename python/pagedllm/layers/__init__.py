@@ -1,0 +1,1 @@
+"""Model building blocks: linear (tensor-parallel-ready), embeddings, norms, rotary, attention."""

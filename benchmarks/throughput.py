@@ -1,0 +1,139 @@
+"""Offline throughput, in the form of `vllm bench throughput` (random prompts, ignore_eos).
+
+    python benchmarks/throughput.py --model DIR --input-len 128 --output-len 64 --num-prompts 64
+    python benchmarks/throughput.py --model-shape qwen3-0.6b --load-format dummy ...
+
+Every EngineArgs flag is accepted (vLLM's spellings). Prints one JSON object: requests/s, output
+tok/s, total tok/s, and the mean step time split into host (schedule, batch preparation, update,
+output processing) and model (forward + sampling) time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from model_shapes import SHAPES, write_shape_dir  # noqa: E402
+from pagedllm.engine.arg_utils import EngineArgs  # noqa: E402
+from pagedllm.engine.llm_engine import LLMEngine  # noqa: E402
+from pagedllm.sampling_params import SamplingParams  # noqa: E402
+from workloads import random_requests  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--input-len", type=int, default=1024)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--num-prompts", type=int, default=1000)
+    parser.add_argument(
+        "--random-range-ratio",
+        type=float,
+        default=0.0,
+        help="lengths uniform in [len * (1 - r), len * (1 + r)]",
+    )
+    parser.add_argument(
+        "--model-shape",
+        choices=sorted(SHAPES),
+        default=None,
+        help="use a real model's shape (config only; implies --load-format dummy)",
+    )
+    parser.add_argument("--output-json", type=str, default=None)
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    EngineArgs.add_cli_args(parser)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.random_range_ratio < 1.0:
+        parser.error("--random-range-ratio must be in [0, 1)")
+    if args.model_shape:
+        args.model = write_shape_dir(args.model_shape)
+        args.load_format = "dummy"
+        args.skip_tokenizer_init = True
+    return args
+
+
+def _bounds(length: int, ratio: float) -> tuple[int, int]:
+    return max(1, int(length * (1 - ratio))), max(1, int(length * (1 + ratio)))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    engine_args = EngineArgs.from_cli_args(args)
+    engine = LLMEngine.from_engine_args(engine_args)
+    vocab = engine.engine_core.vocab_size
+    in_lo, in_hi = _bounds(args.input_len, args.random_range_ratio)
+    out_lo, out_hi = _bounds(args.output_len, args.random_range_ratio)
+    requests = random_requests(
+        args.num_prompts, in_lo, in_hi, out_lo, out_hi, vocab, seed=args.seed
+    )
+
+    # Warm up (first-call allocations, lazy inits) on a throw-away request.
+    if args.warmup_steps > 0:
+        engine.add_request(
+            "warmup",
+            requests[0].prompt_token_ids[:16],
+            SamplingParams(max_tokens=args.warmup_steps, ignore_eos=True, detokenize=False),
+        )
+        while engine.has_unfinished_requests():
+            engine.step()
+    core = engine.engine_core
+    steps0, host0, model0 = core.num_steps, core.time_host, core.time_model
+    out0 = engine._time_output
+
+    start = time.perf_counter()
+    for i, req in enumerate(requests):
+        engine.add_request(
+            str(i),
+            {"prompt_token_ids": req.prompt_token_ids},
+            SamplingParams(
+                temperature=1.0,
+                top_p=1.0,
+                max_tokens=req.output_len,
+                ignore_eos=True,
+                detokenize=False,
+            ),
+        )
+    num_output = 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                num_output += len(out.outputs[0].token_ids)
+    elapsed = time.perf_counter() - start
+
+    num_prompt = sum(len(r.prompt_token_ids) for r in requests)
+    steps = max(core.num_steps - steps0, 1)
+    stats = engine.get_stats()
+    result = {
+        "model": engine_args.model or "(default)",
+        "model_shape": args.model_shape,
+        "device": str(core.device),
+        "num_requests": len(requests),
+        "num_prompt_tokens": num_prompt,
+        "num_output_tokens": num_output,
+        "elapsed_time": round(elapsed, 4),
+        "requests_per_second": round(len(requests) / elapsed, 3),
+        "output_tokens_per_second": round(num_output / elapsed, 2),
+        "total_tokens_per_second": round((num_prompt + num_output) / elapsed, 2),
+        "num_steps": steps,
+        "mean_step_ms": round(1000 * elapsed / steps, 3),
+        "mean_step_host_ms": round(
+            1000 * ((core.time_host - host0) + (engine._time_output - out0)) / steps, 3
+        ),
+        "mean_step_model_ms": round(1000 * (core.time_model - model0) / steps, 3),
+        "num_preemptions": stats.num_preemptions,
+        "kv_blocks_total": stats.num_blocks_total,
+    }
+    print(json.dumps(result, indent=2))
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

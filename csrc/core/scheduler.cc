@@ -1,0 +1,368 @@
+#include "core/scheduler.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "core/core_error.h"
+
+namespace pagedllm::core {
+
+namespace {
+constexpr size_t kMaxPooledPlans = 8;
+}
+
+Scheduler::Scheduler(const SchedulerConfig& config)
+    : config_((config.validate(), config)),
+      kv_(config.num_blocks, config.block_size, config.enable_prefix_caching),
+      waiting_(ServedOrder{config.policy}) {
+  running_.reserve(static_cast<size_t>(config.max_num_seqs));
+  scheduled_.reserve(static_cast<size_t>(config.max_num_seqs));
+}
+
+Scheduler::~Scheduler() = default;
+
+void Scheduler::add_request(int64_t handle, std::vector<int32_t> prompt, RequestParams params) {
+  if (handle_to_slot_.count(handle)) {
+    throw std::invalid_argument("handle: " + std::to_string(handle) + " is already in use");
+  }
+  if (prompt.empty()) throw std::invalid_argument("prompt_token_ids: must not be empty");
+  for (int32_t t : prompt) {
+    if (t < 0) throw std::invalid_argument("prompt_token_ids: token ids must be >= 0");
+  }
+  params.validate();
+  const int64_t len = static_cast<int64_t>(prompt.size());
+  // A request that samples needs room for at least one more token within max_model_len.
+  const int64_t longest_prompt = params.max_tokens > 0 ? config_.max_model_len - 1 : config_.max_model_len;
+  if (len > longest_prompt) {
+    throw std::invalid_argument("prompt_token_ids: " + std::to_string(len) + " tokens leave no room within max_model_len=" +
+                                std::to_string(config_.max_model_len));
+  }
+  // Its longest possible sequence must fit the whole cache, or it could never finish.
+  const int64_t longest_seq = std::min<int64_t>(len + params.max_tokens, config_.max_model_len);
+  const int64_t blocks_needed = (longest_seq + config_.block_size - 1) / config_.block_size;
+  if (blocks_needed > kv_.pool().num_usable()) {
+    throw std::invalid_argument("prompt_token_ids: prompt plus max_tokens needs " + std::to_string(blocks_needed) +
+                                " KV blocks but the cache has only " + std::to_string(kv_.pool().num_usable()));
+  }
+
+  auto r = std::make_unique<Request>();
+  r->handle = handle;
+  r->serial = next_serial_++;
+  r->num_prompt_tokens = static_cast<int32_t>(len);
+  r->token_ids = std::move(prompt);
+  // Sized once for the longest sequence, so steps never reallocate them.
+  r->token_ids.reserve(static_cast<size_t>(longest_seq));
+  r->block_ids.reserve(static_cast<size_t>(blocks_needed));
+  if (config_.enable_prefix_caching) r->block_hashes.reserve(static_cast<size_t>(blocks_needed));
+  r->params = std::move(params);
+  int32_t slot;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    slot = static_cast<int32_t>(slots_.size());
+    slots_.emplace_back();
+  }
+  r->slot = slot;
+  Request* raw = r.get();
+  slots_[static_cast<size_t>(slot)] = std::move(r);
+  handle_to_slot_.emplace(handle, slot);
+  waiting_.insert(raw);
+}
+
+const Request* Scheduler::find_request(int64_t handle) const {
+  auto it = handle_to_slot_.find(handle);
+  return it == handle_to_slot_.end() ? nullptr : slots_[static_cast<size_t>(it->second)].get();
+}
+
+void Scheduler::forget_uncomputed_cache_entries(Request& r) {
+  // Blocks registered by the pending step whose K/V may never have been written.
+  if (pending_step_id_ == 0 || r.pending_step_id != pending_step_id_) return;
+  kv_.forget_cache_entries(r, r.computed_before_step / config_.block_size);
+}
+
+void Scheduler::release(Request* r) {
+  kv_.free(*r);
+  handle_to_slot_.erase(r->handle);
+  const int32_t slot = r->slot;
+  slots_[static_cast<size_t>(slot)].reset();
+  free_slots_.push_back(slot);
+}
+
+bool Scheduler::abort_request(int64_t handle) {
+  auto it = handle_to_slot_.find(handle);
+  if (it == handle_to_slot_.end()) return false;
+  Request* r = slots_[static_cast<size_t>(it->second)].get();
+  if (r->status == RequestStatus::kRunning) {
+    running_.erase(std::find(running_.begin(), running_.end(), r));
+  } else {
+    waiting_.erase(r);
+  }
+  r->status = RequestStatus::kFinishedAborted;
+  forget_uncomputed_cache_entries(*r);
+  release(r);
+  return true;
+}
+
+std::shared_ptr<BatchPlan> Scheduler::acquire_plan() {
+  // use_count() == 1: only this pool holds it, so no caller can observe a rewrite.
+  for (auto& p : plans_) {
+    if (p.use_count() == 1) return p;
+  }
+  auto p = std::make_shared<BatchPlan>(config_.max_num_seqs, config_.max_num_batched_tokens,
+                                       config_.max_blocks_per_seq(), config_.block_size);
+  if (plans_.size() < kMaxPooledPlans) plans_.push_back(p);
+  return p;
+}
+
+Request* Scheduler::pick_victim() const {
+  Request* victim = nullptr;
+  for (Request* r : running_) {
+    if (r->status != RequestStatus::kRunning) continue;
+    if (victim == nullptr || Request::served_before(*victim, *r, config_.policy)) victim = r;
+  }
+  return victim;
+}
+
+void Scheduler::preempt(Request* r, BatchPlan& plan, int32_t& budget) {
+  if (r->in_plan) {
+    // Already given tokens this step (PRIORITY can pick such a victim): take them back, and
+    // forget the cache entries its allocation created since their K/V will not be computed.
+    budget += r->scheduled_tokens;
+    scheduled_.erase(std::find(scheduled_.begin(), scheduled_.end(), r));
+    kv_.forget_cache_entries(*r, r->num_computed_tokens / config_.block_size);
+    r->in_plan = false;
+    r->scheduled_tokens = 0;
+  }
+  kv_.free(*r);
+  r->num_computed_tokens = 0;
+  r->status = RequestStatus::kPreempted;
+  waiting_.insert(r);
+  ++num_preemptions_;
+  plan.add_preempted(r->handle);
+}
+
+void Scheduler::roll_back(const BatchPlan& plan) {
+  bool any_readmitted = false;
+  for (int32_t row = 0; row < plan.num_seqs; ++row) {
+    Request* r = slots_[static_cast<size_t>(plan.row_slot[static_cast<size_t>(row)])].get();
+    if (r == nullptr || r->serial != plan.row_serial[static_cast<size_t>(row)] ||
+        r->status != RequestStatus::kRunning || r->pending_step_id != plan.step_id) {
+      continue;
+    }
+    r->pending_step_id = 0;
+    if (r->admitted_step_id == plan.step_id) {
+      // Admitted by that step: its prefix hits may be blocks that same step was to compute,
+      // so it goes back to waiting and looks the cache up again (those entries are gone).
+      kv_.forget_cache_entries(*r, r->computed_before_step / config_.block_size);
+      kv_.free(*r);
+      r->num_computed_tokens = 0;
+      r->status = RequestStatus::kWaiting;
+      waiting_.insert(r);
+      any_readmitted = true;
+    } else {
+      kv_.truncate(*r, r->computed_before_step);
+      r->num_computed_tokens = r->computed_before_step;
+    }
+  }
+  if (any_readmitted) {
+    running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                  [](const Request* q) { return q->status != RequestStatus::kRunning; }),
+                   running_.end());
+  }
+}
+
+std::shared_ptr<const BatchPlan> Scheduler::schedule() {
+  // Invariants on entry (check_invariants): a running request holds exactly
+  // ceil(num_computed_tokens / block_size) blocks; a waiting one holds none; every usable
+  // block is either in the free queue (ref 0) or referenced by running requests' tables.
+  if (pending_plan_) {
+    roll_back(*pending_plan_);  // the last plan never reached update(): its step did not happen
+    pending_plan_.reset();
+  }
+  std::shared_ptr<BatchPlan> plan_ptr = acquire_plan();
+  BatchPlan& plan = *plan_ptr;
+  plan.clear();
+  plan.step_id = next_step_id_++;
+  pending_step_id_ = plan.step_id;
+  scheduled_.clear();
+
+  int32_t budget = config_.max_num_batched_tokens;
+  bool preempted_any = false;
+
+  // 1. Running requests, in running order.
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    Request* r = running_[i];
+    if (r->status != RequestStatus::kRunning) continue;  // preempted earlier in this loop
+    int32_t num_new = r->num_tokens() - r->num_computed_tokens;
+    if (num_new > budget) {
+      if (!config_.enable_chunked_prefill) continue;
+      num_new = budget;
+    }
+    bool scheduled = false;
+    for (;;) {
+      if (kv_.allocate_slots(*r, num_new)) {
+        scheduled = true;
+        break;
+      }
+      Request* victim = pick_victim();
+      preempt(victim, plan, budget);
+      preempted_any = true;
+      if (victim == r) break;
+    }
+    if (!scheduled) break;  // it preempted itself: nothing later can fit either
+    r->scheduled_tokens = num_new;
+    r->in_plan = true;
+    scheduled_.push_back(r);
+    budget -= num_new;
+  }
+  if (preempted_any) {
+    running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                  [](const Request* r) { return r->status != RequestStatus::kRunning; }),
+                   running_.end());
+  }
+
+  // 2. Waiting requests in served order; none while this step had to preempt (no room).
+  while (!preempted_any && budget > 0 && !waiting_.empty() &&
+         static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
+    Request* r = *waiting_.begin();
+    const ComputedBlocks hit = kv_.get_computed_blocks(*r);
+    int32_t num_new = r->num_tokens() - hit.num_tokens;
+    if (num_new > budget) {
+      if (!config_.enable_chunked_prefill) break;  // whole prompts only; keep the order
+      num_new = budget;
+    }
+    if (!kv_.allocate_slots(*r, num_new, hit)) break;
+    waiting_.erase(waiting_.begin());
+    if (kv_.prefix_caching() && !r->params.skip_prefix_cache) {
+      kv_.prefix_cache().record_lookup(r->num_tokens(), hit.num_tokens);
+    }
+    if (r->num_cached_tokens < 0) r->num_cached_tokens = hit.num_tokens;
+    r->num_computed_tokens = hit.num_tokens;
+    r->status = RequestStatus::kRunning;
+    r->admitted_step_id = plan.step_id;
+    r->scheduled_tokens = num_new;
+    r->in_plan = true;
+    running_.push_back(r);
+    scheduled_.push_back(r);
+    budget -= num_new;
+  }
+
+  // 3. Write the plan; the scheduled tokens count as computed from here on.
+  for (Request* r : scheduled_) {
+    const int32_t before = r->num_computed_tokens;
+    plan.add_sequence(*r, before, r->scheduled_tokens);
+    r->computed_before_step = before;
+    r->pending_step_id = plan.step_id;
+    r->num_computed_tokens = before + r->scheduled_tokens;
+    r->scheduled_tokens = 0;
+    r->in_plan = false;
+  }
+  pending_plan_ = plan_ptr;
+  return plan_ptr;
+}
+
+void Scheduler::update(const BatchPlan& plan, const int32_t* sampled, size_t num_sampled, StepOutputs& out) {
+  if (plan.step_id != pending_step_id_) {
+    throw CoreError("update(): the plan is not the latest schedule() result, or was already applied");
+  }
+  if (num_sampled != static_cast<size_t>(plan.num_sampled)) {
+    throw std::invalid_argument("sampled_token_ids: expected " + std::to_string(plan.num_sampled) +
+                                " token ids (plan.num_sampled), got " + std::to_string(num_sampled));
+  }
+  for (size_t k = 0; k < num_sampled; ++k) {
+    if (sampled[k] < 0) throw std::invalid_argument("sampled_token_ids: token ids must be >= 0");
+  }
+  pending_step_id_ = 0;
+  pending_plan_.reset();
+  out.clear();
+  bool any_finished = false;
+  for (size_t k = 0; k < num_sampled; ++k) {
+    const size_t row = static_cast<size_t>(plan.sampled_seq_indices[k]);
+    Request* r = slots_[static_cast<size_t>(plan.row_slot[row])].get();
+    // Skips requests aborted (and maybe replaced in their slot) since schedule().
+    if (r == nullptr || r->serial != plan.row_serial[row] || r->status != RequestStatus::kRunning) continue;
+    int32_t token = -1;
+    RequestStatus status;
+    if (r->params.max_tokens == 0) {
+      status = RequestStatus::kFinishedLength;  // prompt only: done once the prompt is computed
+    } else {
+      token = sampled[k];
+      status = r->append_and_check_stop(token, config_.max_model_len);
+    }
+    out.push(r->handle, token, static_cast<int32_t>(finish_reason_of(status)), r->stop_token_id,
+             std::max(r->num_cached_tokens, 0));
+    if (is_finished(status)) {
+      r->status = status;
+      any_finished = true;
+    }
+  }
+  if (!any_finished) return;
+  size_t kept = 0;
+  for (Request* r : running_) {
+    if (is_finished(r->status)) {
+      release(r);
+    } else {
+      running_[kept++] = r;
+    }
+  }
+  running_.resize(kept);
+}
+
+SchedulerStats Scheduler::stats() const {
+  SchedulerStats s;
+  s.num_running = static_cast<int32_t>(running_.size());
+  s.num_waiting = static_cast<int32_t>(waiting_.size());
+  s.num_blocks_total = kv_.pool().num_usable();
+  s.num_blocks_used = kv_.pool().num_used();
+  s.num_blocks_free = kv_.pool().num_free();
+  s.prefix_cache_queries = kv_.prefix_cache().queries();
+  s.prefix_cache_hits = kv_.prefix_cache().hits();
+  s.num_preemptions = num_preemptions_;
+  return s;
+}
+
+void Scheduler::check_invariants() const {
+  kv_.check_invariants();
+  const BlockPool& pool = kv_.pool();
+  std::vector<int32_t> refs(static_cast<size_t>(pool.num_blocks()), 0);
+  if (static_cast<int32_t>(running_.size()) > config_.max_num_seqs) throw CoreError("more running than max_num_seqs");
+  if (running_.size() + waiting_.size() != handle_to_slot_.size()) {
+    throw CoreError("running + waiting != live requests");
+  }
+  for (const Request* r : running_) {
+    const std::string who = "request " + std::to_string(r->handle) + ": ";
+    if (r->status != RequestStatus::kRunning) throw CoreError(who + "in running with another status");
+    if (find_request(r->handle) != r) throw CoreError(who + "running but not in the request table");
+    if (r->num_computed_tokens > r->num_tokens() || r->num_tokens() > config_.max_model_len) {
+      throw CoreError(who + "token counts out of range");
+    }
+    if (static_cast<int32_t>(r->block_ids.size()) != kv_.blocks_for(r->num_computed_tokens)) {
+      throw CoreError(who + "holds " + std::to_string(r->block_ids.size()) + " blocks for " +
+                      std::to_string(r->num_computed_tokens) + " computed tokens");
+    }
+    if (r->num_hashed_blocks > static_cast<int32_t>(r->block_ids.size())) throw CoreError(who + "hashed past its blocks");
+    for (int32_t id : r->block_ids) {
+      if (id <= kNullBlock || id >= pool.num_blocks()) throw CoreError(who + "holds invalid block " + std::to_string(id));
+      ++refs[static_cast<size_t>(id)];
+    }
+  }
+  for (const Request* r : waiting_) {
+    if (r->status != RequestStatus::kWaiting && r->status != RequestStatus::kPreempted) {
+      throw CoreError("request " + std::to_string(r->handle) + ": waiting with another status");
+    }
+    if (!r->block_ids.empty() || r->num_computed_tokens != 0) {
+      throw CoreError("request " + std::to_string(r->handle) + ": waiting but holds blocks");
+    }
+    if (find_request(r->handle) != r) throw CoreError("waiting request not in the request table");
+  }
+  for (int32_t id = 1; id < pool.num_blocks(); ++id) {
+    if (pool.block(id).ref_cnt != refs[static_cast<size_t>(id)]) {
+      throw CoreError("block " + std::to_string(id) + " has ref_cnt " + std::to_string(pool.block(id).ref_cnt) +
+                      " but " + std::to_string(refs[static_cast<size_t>(id)]) + " block-table entries");
+    }
+  }
+}
+
+}  // namespace pagedllm::core

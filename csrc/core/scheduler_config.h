@@ -1,0 +1,24 @@
+// Scheduler limits; validate() throws std::invalid_argument naming the field.
+#pragma once
+
+#include <cstdint>
+
+#include "core/request.h"
+
+namespace pagedllm::core {
+
+struct SchedulerConfig {
+  int32_t num_blocks = 0;              // KV blocks in the pool, including the null block 0
+  int32_t block_size = 16;
+  int32_t max_num_seqs = 256;
+  int32_t max_num_batched_tokens = 8192;
+  int32_t max_model_len = 2048;
+  bool enable_prefix_caching = true;
+  bool enable_chunked_prefill = true;  // false: a prompt is scheduled whole or not at all
+  SchedulingPolicy policy = SchedulingPolicy::kFcfs;
+
+  int32_t max_blocks_per_seq() const { return (max_model_len + block_size - 1) / block_size; }
+  void validate() const;
+};
+
+}  // namespace pagedllm::core

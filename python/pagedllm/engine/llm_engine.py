@@ -1,0 +1,287 @@
+"""LLMEngine: the synchronous engine (vLLM's LLMEngine interface).
+
+It turns prompts into token ids, maps string request ids to core handles (n handles for n > 1,
+all sharing the prompt), runs EngineCore steps and turns their token ids into RequestOutputs.
+Thread model: one thread at a time (LLM calls it directly; AsyncLLMEngine from its worker thread).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Union
+
+from pagedllm.config import EngineConfig
+from pagedllm.engine.arg_utils import EngineArgs
+from pagedllm.engine.core import EngineCore, StepFailedError
+from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.outputs import RequestOutput
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.usage.usage_lib import UsageContext
+
+PromptType = Union[str, list[int], dict[str, Any]]
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of the scheduler's counters plus the engine's token counters."""
+
+    num_running: int
+    num_waiting: int
+    num_blocks_total: int
+    num_blocks_used: int
+    num_blocks_free: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+    num_unfinished_requests: int
+    num_prompt_tokens: int  # cumulative, prompt tokens of every added request
+    num_generation_tokens: int  # cumulative, tokens generated
+    num_steps: int
+    mean_step_host_s: float  # schedule + batch prep + update + output processing
+    mean_step_model_s: float  # model forward + sampling
+
+
+def load_tokenizer(config: EngineConfig) -> Any:
+    """The model's tokenizer (models' get_tokenizer handles GGUF files and the default model)."""
+    try:
+        from pagedllm.transformers_utils.tokenizer import get_tokenizer
+    except ImportError:  # not merged yet: plain transformers on the model directory
+        import os
+
+        from transformers import AutoTokenizer
+
+        mc = config.model_config
+        kwargs: dict[str, Any] = dict(
+            revision=mc.revision,
+            trust_remote_code=mc.trust_remote_code,
+            use_fast=mc.tokenizer_mode != "slow",
+        )
+        source = mc.tokenizer
+        gguf_path = getattr(mc, "gguf_path", None)
+        if gguf_path and mc.tokenizer in (mc.model, None):
+            source, kwargs["gguf_file"] = os.path.split(gguf_path)
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    return get_tokenizer(config.model_config)
+
+
+def parse_prompt(prompt: PromptType) -> tuple[Optional[str], Optional[list[int]]]:
+    """vLLM's prompt forms: a string, a list of token ids, {"prompt": str} or
+    {"prompt_token_ids": [...]} (optionally with "prompt" too)."""
+    if isinstance(prompt, str):
+        return prompt, None
+    if isinstance(prompt, dict):
+        ids = prompt.get("prompt_token_ids")
+        text = prompt.get("prompt")
+        if ids is None and text is None:
+            raise ValueError("prompt: a dict prompt needs 'prompt' or 'prompt_token_ids'")
+        return text, (list(ids) if ids is not None else None)
+    if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+        return None, list(prompt)
+    raise ValueError(f"prompt: expected str, list[int] or dict, got {type(prompt).__name__}")
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        max_logprobs: int = 20,
+        runner: Any = None,
+        tokenizer: Any = None,
+        log_stats: bool = True,
+        skip_tokenizer_init: bool = False,
+    ) -> None:
+        self.config = config
+        self.model_config = config.model_config
+        self.max_logprobs = max_logprobs
+        self.log_stats = log_stats
+        self.engine_core = EngineCore(config, runner=runner)
+        if tokenizer is None and not skip_tokenizer_init:
+            tokenizer = load_tokenizer(config)
+        self.tokenizer = tokenizer
+        self.output_processor = OutputProcessor(tokenizer)
+        self._next_handle = 1
+        self._time_output = 0.0
+
+    @classmethod
+    def from_engine_args(
+        cls, engine_args: EngineArgs, usage_context: UsageContext = UsageContext.ENGINE_CONTEXT
+    ) -> "LLMEngine":
+        config = engine_args.create_engine_config()
+        return cls(
+            config,
+            max_logprobs=engine_args.max_logprobs,
+            log_stats=not engine_args.disable_log_stats,
+            skip_tokenizer_init=engine_args.skip_tokenizer_init,
+        )
+
+    # -- model info -----------------------------------------------------------------------------
+    @property
+    def max_model_len(self) -> int:
+        return self.engine_core.max_model_len
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def shutdown(self) -> None:
+        """Stop tensor-parallel workers, if any. The engine is unusable afterwards."""
+        self.engine_core.close()
+
+    def get_model_config(self) -> Any:
+        return self.model_config
+
+    # -- requests ---------------------------------------------------------------------------------
+    def tokenize_prompt(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
+        text, ids = parse_prompt(prompt)
+        if ids is None:
+            if self.tokenizer is None:
+                raise ValueError("prompt: text prompts need a tokenizer; pass token ids")
+            ids = list(self.tokenizer.encode(text))
+        return text, ids
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: Optional[SamplingParams] = None,
+        arrival_time: Optional[float] = None,
+        priority: int = 0,
+    ) -> None:
+        """Queue a request. ValueError for a duplicate id or an invalid prompt/params."""
+        if not isinstance(request_id, str):
+            request_id = str(request_id)
+        if self.output_processor.has_request(request_id):
+            raise ValueError(f"request_id: {request_id!r} is already running")
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise ValueError(
+                f"sampling_params: expected SamplingParams, got {type(params).__name__}"
+            )
+        arrival_time = time.time() if arrival_time is None else arrival_time
+        text, ids = self.tokenize_prompt(prompt)
+        self._validate(ids, params)
+        if priority:
+            params = params.clone()
+            params.priority = priority
+        max_tokens = params.max_tokens
+        room = self.max_model_len - len(ids)
+        max_tokens = room if max_tokens is None else min(max_tokens, room)
+        handles = [self._new_handle() for _ in range(params.n)]
+        added: list[int] = []
+        try:
+            for index, handle in enumerate(handles):
+                child_params = params
+                if params.n > 1 and params.seed is not None:
+                    child_params = params.clone()
+                    child_params.seed = params.seed + index  # distinct but reproducible samples
+                self.engine_core.add_request(handle, ids, child_params, arrival_time, max_tokens)
+                added.append(handle)
+        except Exception:
+            for h in added:
+                self.engine_core.abort_request(h)
+            raise
+        self.output_processor.add_request(request_id, text, ids, params, handles, arrival_time)
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise ValueError("prompt: must not be empty")
+        vocab = self.engine_core.vocab_size
+        bad = [t for t in ids if not (0 <= t < vocab)]
+        if bad:
+            raise ValueError(
+                f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})"
+            )
+        if len(ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(ids)} tokens leaves no room under max_model_len {self.max_model_len}"
+            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, name)
+            if value is not None and value > self.max_logprobs:
+                raise ValueError(f"{name}: {value} exceeds max_logprobs {self.max_logprobs}")
+        if self.tokenizer is None and params.stop:
+            raise ValueError("stop: stop strings need a tokenizer (skip_tokenizer_init is set)")
+        if params.prompt_logprobs is not None and params.n > 1:
+            raise ValueError("prompt_logprobs: not supported together with n > 1")
+
+    def _new_handle(self) -> int:
+        h = self._next_handle
+        self._next_handle += 1
+        return h
+
+    def abort_request(self, request_id: Union[str, Iterable[str]]) -> list[RequestOutput]:
+        """Abort requests (unknown or finished ids are ignored). Returns their final outputs
+        (finish_reason "abort")."""
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        finals = []
+        for rid in ids:
+            for h in self.output_processor.unfinished_handles(rid):
+                self.engine_core.abort_request(h)
+            ro = self.output_processor.abort_request(rid)
+            if ro is not None:
+                finals.append(ro)
+        return finals
+
+    def has_request(self, request_id: str) -> bool:
+        return self.output_processor.has_request(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.output_processor.requests) or self.engine_core.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.output_processor.requests)
+
+    # -- stepping ---------------------------------------------------------------------------------
+    def step_with_failures(self) -> tuple[list[RequestOutput], dict[str, BaseException]]:
+        """One engine step. Returns the outputs, and the requests that a failed model forward
+        took down (request_id -> the exception); the engine itself stays usable."""
+        try:
+            core_outputs = self.engine_core.step()
+        except StepFailedError as e:
+            failed = {}
+            for rid in self.output_processor.fail_handles(e.handles, e.cause):
+                for h in self.output_processor.pop_failed(rid):
+                    self.engine_core.abort_request(h)
+                failed[rid] = e.cause
+            return [], failed
+        t0 = time.perf_counter()
+        outputs, to_abort = self.output_processor.process_outputs(core_outputs)
+        for h in to_abort:
+            self.engine_core.abort_request(h)
+        self._time_output += time.perf_counter() - t0
+        return outputs, {}
+
+    def step(self) -> list[RequestOutput]:
+        outputs, failed = self.step_with_failures()
+        if failed:
+            first = next(iter(failed.values()))
+            raise RuntimeError(f"step failed for requests {sorted(failed)}") from first
+        return outputs
+
+    # -- stats ------------------------------------------------------------------------------------
+    def get_stats(self) -> EngineStats:
+        s = self.engine_core.stats()
+        core = self.engine_core
+        steps = max(core.num_steps, 1)
+        return EngineStats(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            num_blocks_total=s.num_blocks_total,
+            num_blocks_used=s.num_blocks_used,
+            num_blocks_free=s.num_blocks_free,
+            kv_cache_usage=s.kv_cache_usage,
+            prefix_cache_queries=s.prefix_cache_queries,
+            prefix_cache_hits=s.prefix_cache_hits,
+            num_preemptions=s.num_preemptions,
+            num_unfinished_requests=self.get_num_unfinished_requests(),
+            num_prompt_tokens=core.num_prompt_tokens,
+            num_generation_tokens=core.num_generation_tokens,
+            num_steps=core.num_steps,
+            mean_step_host_s=(core.time_host + self._time_output) / steps,
+            mean_step_model_s=core.time_model / steps,
+        )
+
+    def reset_prefix_cache(self) -> bool:
+        return self.engine_core.reset_prefix_cache()

@@ -1,0 +1,176 @@
+"""Linear layers, written tensor-parallel-ready.
+
+Column-parallel layers split the output features across `tp_size` ranks, row-parallel layers split
+the input features and sum the partial results. With tp_size == 1 (the only size run today) both
+are plain linears. Each parameter carries a `weight_loader(param, loaded_weight, shard_id=None)`
+that copies this rank's slice of a full checkpoint tensor into it, so models never slice weights.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _check_divisible(total: int, tp_size: int, what: str) -> int:
+    if total % tp_size != 0:
+        raise ValueError(f"tensor_parallel_size: {what}={total} is not divisible by {tp_size}")
+    return total // tp_size
+
+
+def _all_reduce(x: torch.Tensor) -> torch.Tensor:
+    # UNTESTED until the tensor-parallel issue: sums partial row-parallel outputs across ranks.
+    torch.distributed.all_reduce(x)
+    return x
+
+
+class LinearBase(nn.Module):
+    def __init__(self, input_size: int, output_size: int, bias: bool,
+                 tp_rank: int = 0, tp_size: int = 1, params_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.tp_rank = tp_rank
+        self.tp_size = tp_size
+        self.params_dtype = params_dtype or torch.get_default_dtype()
+
+    def _make_params(self, out_features: int, in_features: int, bias: bool) -> None:
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=self.params_dtype),
+                                   requires_grad=False)   # [out, in]
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=self.params_dtype),
+                                     requires_grad=False)  # [out]
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
+                      shard_id: object = None) -> None:
+        raise NotImplementedError
+
+
+class ReplicatedLinear(LinearBase):
+    """The full weight on every rank."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = True, **kwargs):
+        super().__init__(input_size, output_size, bias, **kwargs)
+        self._make_params(output_size, input_size, bias)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        _copy_checked(param.data, loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ColumnParallelLinear(LinearBase):
+    """y = x W^T + b with W's rows (output features) split across ranks; output stays split."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = True, **kwargs):
+        super().__init__(input_size, output_size, bias, **kwargs)
+        self.output_size_per_rank = _check_divisible(output_size, self.tp_size, "output_size")
+        self._make_params(self.output_size_per_rank, input_size, bias)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        n = param.shape[0]
+        _copy_checked(param.data, loaded.narrow(0, self.tp_rank * n, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel linears sharing an input, stored as one matrix (e.g. gate and up).
+    Checkpoint tensors arrive one at a time with shard_id = their index in `output_sizes`."""
+
+    def __init__(self, input_size: int, output_sizes: Sequence[int], bias: bool = True, **kwargs):
+        self.output_sizes = list(output_sizes)
+        super().__init__(input_size, sum(output_sizes), bias, **kwargs)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
+            raise ValueError(f"shard_id must be an index into {self.output_sizes}, "
+                             f"got {shard_id!r}")
+        sizes = [s // self.tp_size for s in self.output_sizes]
+        offset = sum(sizes[:shard_id])
+        n = sizes[shard_id]
+        _copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, self.tp_rank * n, n))
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """Q, K and V projections as one matrix; rows are [q heads | k heads | v heads] of this rank.
+    KV heads are split across ranks when there are at least tp_size of them, else replicated."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
+                 bias: bool = True, tp_rank: int = 0, tp_size: int = 1,
+                 params_dtype: Optional[torch.dtype] = None):
+        self.head_dim = head_dim
+        self.num_heads = _check_divisible(num_heads, tp_size, "num_attention_heads")
+        if num_kv_heads >= tp_size:
+            self.num_kv_heads = _check_divisible(num_kv_heads, tp_size, "num_key_value_heads")
+            self.kv_replicas = 1
+        else:
+            self.num_kv_heads = 1
+            self.kv_replicas = _check_divisible(tp_size, num_kv_heads, "tp_size over kv heads")
+        # Sized so that output_size / tp_size is exactly this rank's rows.
+        total = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp_size
+        super().__init__(hidden_size, total, bias, tp_rank=tp_rank, tp_size=tp_size,
+                         params_dtype=params_dtype)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        q_rows = self.num_heads * self.head_dim
+        kv_rows = self.num_kv_heads * self.head_dim
+        if shard_id == "q":
+            offset, n, src = 0, q_rows, self.tp_rank
+        elif shard_id == "k":
+            offset, n, src = q_rows, kv_rows, self.tp_rank // self.kv_replicas
+        elif shard_id == "v":
+            offset, n, src = q_rows + kv_rows, kv_rows, self.tp_rank // self.kv_replicas
+        else:
+            raise ValueError(f"shard_id must be 'q', 'k' or 'v', got {shard_id!r}")
+        _copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, src * n, n))
+
+
+class RowParallelLinear(LinearBase):
+    """y = x W^T + b with W's columns (input features) split across ranks; the partial products
+    are summed across ranks and the bias is added once, after the sum."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = True,
+                 reduce_results: bool = True, **kwargs):
+        super().__init__(input_size, output_size, bias, **kwargs)
+        self.input_size_per_rank = _check_divisible(input_size, self.tp_size, "input_size")
+        self.reduce_results = reduce_results
+        self._make_params(output_size, self.input_size_per_rank, bias)
+
+    def weight_loader(self, param, loaded, shard_id=None):
+        if param.dim() == 1:   # bias: full on every rank
+            _copy_checked(param.data, loaded)
+            return
+        n = param.shape[1]
+        _copy_checked(param.data, loaded.narrow(1, self.tp_rank * n, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return F.linear(x, self.weight, self.bias)
+        out = F.linear(x, self.weight)
+        if self.reduce_results:
+            out = _all_reduce(out)
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+
+def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
+    if dst.shape != src.shape:
+        raise ValueError(f"checkpoint tensor of shape {tuple(src.shape)} does not fit parameter "
+                         f"slice of shape {tuple(dst.shape)}")
+    dst.copy_(src.to(dst.dtype))
+
+
+def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor,
+                          shard_id: object = None) -> None:
+    """For parameters without a layer-specific loader (norms, OPT's positional table)."""
+    _copy_checked(param.data, loaded)

@@ -1,0 +1,215 @@
+"""Llama-family decoder (Llama 2/3/3.x, Mistral) over the paged KV cache.
+
+The same blocks serve Qwen2 (q/k/v bias) and Qwen3 (per-head q/k RMSNorm): see models/qwen.py.
+Parameter names follow Hugging Face except q/k/v -> qkv_proj and gate/up -> gate_up_proj, which
+load_weights() stacks.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from pagedllm.layers.activation import SiluAndMul
+from pagedllm.layers.attention import Attention
+from pagedllm.layers.layernorm import RMSNorm
+from pagedllm.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
+                                    RowParallelLinear, default_weight_loader)
+from pagedllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters_from_config
+from pagedllm.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.worker.attention_metadata import AttentionMetadata
+
+
+def head_dim_of(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class DecoderOptions:
+    """What distinguishes the Llama-like families."""
+
+    def __init__(self, qkv_bias: bool = False, qk_norm: bool = False):
+        self.qkv_bias = qkv_bias
+        self.qk_norm = qk_norm
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, options: DecoderOptions, tp_rank: int,
+                 tp_size: int, sliding_window: Optional[int]):
+        super().__init__()
+        hidden = config.hidden_size
+        self.head_dim = head_dim_of(config)
+        num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        qkv_bias = options.qkv_bias or getattr(config, "attention_bias", False)
+        self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, config.num_attention_heads,
+                                          num_kv_heads, bias=qkv_bias, tp_rank=tp_rank,
+                                          tp_size=tp_size)
+        self.num_heads = self.qkv_proj.num_heads          # on this rank
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, hidden,
+                                        bias=getattr(config, "attention_bias", False),
+                                        tp_rank=tp_rank, tp_size=tp_size)
+        rope_params = rope_parameters_from_config(config)
+        rotary_dim = int(self.head_dim * rope_params.get(
+            "partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
+        self.rotary_emb = RotaryEmbedding(self.head_dim, rotary_dim,
+                                          config.max_position_embeddings, rope_params,
+                                          is_neox_style=True)
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
+                              self.num_kv_heads, sliding_window=sliding_window)
+        self.qk_norm = options.qk_norm
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)                           # [T, (Hq + 2 Hkv) * D]
+        # Views into qkv, no copies: the kernels take rows with any stride as long as each
+        # row is dense (rotary rotates them in place inside qkv).
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm:   # per-head RMSNorm; produces new dense tensors
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)
+        q, k = self.rotary_emb(positions, q, k)
+        out = self.attn(q, k, v, kv_cache, meta)               # [T, Hq * D]
+        return self.o_proj(out)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: Any, tp_rank: int, tp_size: int):
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise ValueError(f"hidden_act: only 'silu' is supported, got {config.hidden_act!r}")
+        bias = getattr(config, "mlp_bias", False)
+        inter = config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter, inter],
+                                                       bias=bias, tp_rank=tp_rank, tp_size=tp_size)
+        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=bias,
+                                           tp_rank=tp_rank, tp_size=tp_size)
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, options: DecoderOptions, tp_rank: int,
+                 tp_size: int, sliding_window: Optional[int]):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx, options, tp_rank, tp_size,
+                                        sliding_window)
+        self.mlp = LlamaMLP(config, tp_rank, tp_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions, hidden, residual, kv_cache, meta):
+        # `residual` carries the un-normalized stream; the fused norm adds into it in place.
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: Any, options: DecoderOptions, tp_rank: int, tp_size: int,
+                 sliding_windows: list[Optional[int]]):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
+                                                   tp_rank=tp_rank, tp_size=tp_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, options, tp_rank, tp_size, sliding_windows[i])
+            for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids, positions, kv_caches, meta):
+        hidden = self.embed_tokens(input_ids)                  # [T, H]
+        residual = None
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    """Model interface used by ModelRunner:
+    forward(input_ids [T], positions [T], kv_caches list of [2, NB, BS, Hkv, D], meta) -> [T, H];
+    compute_logits(hidden [N, H]) -> float32 [N, V]; load_weights(iterable of (hf_name, tensor))."""
+
+    options = DecoderOptions()
+    # (our parameter, checkpoint name, shard id)
+    stacked_params = (
+        (".qkv_proj.", ".q_proj.", "q"), (".qkv_proj.", ".k_proj.", "k"),
+        (".qkv_proj.", ".v_proj.", "v"),
+        (".gate_up_proj.", ".gate_proj.", 0), (".gate_up_proj.", ".up_proj.", 1),
+    )
+
+    def __init__(self, config: Any, tp_rank: int = 0, tp_size: int = 1):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, self.options, tp_rank, tp_size,
+                                self.sliding_windows(config))
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
+                                      tp_rank=tp_rank, tp_size=tp_size)
+        if self.tie_word_embeddings:
+            self.lm_head.tie_to(self.model.embed_tokens)
+
+    @staticmethod
+    def sliding_windows(config: Any) -> list[Optional[int]]:
+        """Per-layer sliding window (None = full attention). Llama has none."""
+        return [None] * config.num_hidden_layers
+
+    def forward(self, input_ids, positions, kv_caches, meta):
+        return self.model(input_ids, positions, kv_caches, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        load_named_weights(self, weights, self.stacked_params,
+                           skip=lambda n: "rotary_emb.inv_freq" in n
+                           or (self.tie_word_embeddings and n.startswith("lm_head.")))
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    @staticmethod
+    def sliding_windows(config: Any) -> list[Optional[int]]:
+        return [getattr(config, "sliding_window", None)] * config.num_hidden_layers
+
+
+def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
+                       stacked_params, skip) -> None:
+    """Copy checkpoint tensors into `model`'s parameters through their weight loaders; raise
+    ValueError naming any parameter the checkpoint did not provide or any unknown tensor."""
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    for name, tensor in weights:
+        if skip(name):
+            continue
+        for ours, theirs, shard_id in stacked_params:
+            if theirs in name:
+                target = name.replace(theirs, ours)
+                if target not in params:
+                    raise ValueError(f"checkpoint tensor {name!r} has no parameter {target!r}")
+                param = params[target]
+                param.weight_loader(param, tensor, shard_id)
+                loaded.add(target)
+                break
+        else:
+            if name not in params:
+                raise ValueError(f"checkpoint tensor {name!r} matches no model parameter")
+            param = params[name]
+            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+            loaded.add(name)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise ValueError(f"checkpoint is missing weights: {missing[:10]}"
+                         f"{' ...' if len(missing) > 10 else ''}")
+

@@ -1,0 +1,1 @@
+"""Glue to Hugging Face transformers (tokenizers)."""

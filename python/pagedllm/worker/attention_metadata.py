@@ -1,0 +1,24 @@
+"""What every attention layer needs to know about a step, built once per step by ModelRunner."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Device tensors for one forward pass (S sequences, T tokens).
+
+    Invariants: query_start_loc[0] == 0, query_start_loc[S] == T; for sequence i the tokens
+    query_start_loc[i]..query_start_loc[i+1]-1 sit at the last positions of its seq_lens[i]
+    context, and block_table[i] lists at least ceil(seq_lens[i] / block_size) real blocks.
+    """
+    slot_mapping: torch.Tensor      # [T] int32, slot of each token's K/V (-1: do not write)
+    block_table: torch.Tensor       # [S, max_blocks] int32, padded with null block 0
+    query_start_loc: torch.Tensor   # [S + 1] int32
+    seq_lens: torch.Tensor          # [S] int32, context length including this step's tokens
+    num_seqs: int
+    num_tokens: int
+    max_query_len: int
+    max_seq_len: int

@@ -1,0 +1,108 @@
+"""BatchPlan arrays -> device tensors for one forward pass.
+
+CPU: plain tensor copies of the plan's numpy views (the views are read-only and owned by the
+core, so they are copied, never aliased).
+CUDA (UNTESTED here: no GPU on the development machine): persistent pinned host buffers and
+persistent device buffers sized for the largest step, filled with one non_blocking copy each.
+Fixed device addresses are what CUDA-graph replay of decode batches needs: a decode batch of S
+sequences is padded to a captured size S' >= S with slot -1 (no cache write), seq_len 1 and
+null-block rows (they attend to the never-written, zero null block, so stay finite), whose
+outputs are ignored.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from pagedllm.worker.attention_metadata import AttentionMetadata
+
+
+class StepInputs:
+    """input_ids [T], positions [T] and the attention metadata of one step."""
+
+    def __init__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
+        self.input_ids = input_ids      # [T] int32
+        self.positions = positions      # [T] int32
+        self.meta = meta
+
+
+def _as_int32(array: np.ndarray) -> torch.Tensor:
+    return torch.tensor(np.asarray(array, dtype=np.int32))
+
+
+def build_cpu_inputs(plan: Any) -> StepInputs:
+    meta = AttentionMetadata(
+        slot_mapping=_as_int32(plan.slot_mapping),
+        block_table=_as_int32(plan.block_table),
+        query_start_loc=_as_int32(plan.query_start_loc),
+        seq_lens=_as_int32(plan.seq_lens),
+        num_seqs=int(plan.num_seqs), num_tokens=int(plan.num_tokens),
+        max_query_len=int(plan.max_query_len), max_seq_len=int(plan.max_seq_len),
+    )
+    return StepInputs(_as_int32(plan.input_ids), _as_int32(plan.positions), meta)
+
+
+class CudaInputBuffers:
+    """UNTESTED (needs CUDA). Persistent pinned + device buffers for the largest step."""
+
+    _TOKEN_FIELDS = ("input_ids", "positions", "slot_mapping")
+
+    def __init__(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int,
+                 device: torch.device):
+        self.device = device
+        self.max_blocks_per_seq = max_blocks_per_seq
+
+        def pair(*shape):
+            host = torch.zeros(shape, dtype=torch.int32, pin_memory=True)
+            return host, torch.zeros(shape, dtype=torch.int32, device=device)
+
+        self.host, self.dev = {}, {}
+        for name in self._TOKEN_FIELDS:                            # [max_num_tokens] each
+            self.host[name], self.dev[name] = pair(max_num_tokens)
+        self.host["query_start_loc"], self.dev["query_start_loc"] = pair(max_num_seqs + 1)
+        self.host["seq_lens"], self.dev["seq_lens"] = pair(max_num_seqs)
+        self.host["block_table"], self.dev["block_table"] = pair(max_num_seqs, max_blocks_per_seq)
+        # Set after the copies of a step; the next step waits on it before touching host buffers.
+        self._copied: Optional[torch.cuda.Event] = None
+
+    def build(self, plan: Any, padded_num_seqs: Optional[int] = None) -> StepInputs:
+        """Copy the plan in; pad the sequence rows to padded_num_seqs (decode graphs) if given."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        num_tokens, num_seqs = int(plan.num_tokens), int(plan.num_seqs)
+        rows = padded_num_seqs or num_seqs
+        # Decode padding: one padded token per padded sequence.
+        tokens = num_tokens + (rows - num_seqs)
+        h = {k: v.numpy() for k, v in self.host.items()}
+        h["input_ids"][:num_tokens] = plan.input_ids
+        h["positions"][:num_tokens] = plan.positions
+        h["slot_mapping"][:num_tokens] = plan.slot_mapping
+        h["input_ids"][num_tokens:tokens] = 0
+        h["positions"][num_tokens:tokens] = 0
+        h["slot_mapping"][num_tokens:tokens] = -1
+        h["query_start_loc"][: num_seqs + 1] = plan.query_start_loc
+        h["query_start_loc"][num_seqs + 1: rows + 1] = np.arange(num_tokens + 1, tokens + 1)
+        h["seq_lens"][:num_seqs] = plan.seq_lens
+        h["seq_lens"][num_seqs:rows] = 1
+        width = plan.block_table.shape[1]
+        h["block_table"][:num_seqs, :width] = plan.block_table
+        h["block_table"][num_seqs:rows] = 0
+
+        def to_dev(name: str, n: int) -> torch.Tensor:
+            self.dev[name][:n].copy_(self.host[name][:n], non_blocking=True)
+            return self.dev[name][:n]
+
+        meta = AttentionMetadata(
+            slot_mapping=to_dev("slot_mapping", tokens),
+            block_table=to_dev("block_table", rows)[:, :width],
+            query_start_loc=to_dev("query_start_loc", rows + 1),
+            seq_lens=to_dev("seq_lens", rows),
+            num_seqs=rows, num_tokens=tokens,
+            max_query_len=int(plan.max_query_len), max_seq_len=int(plan.max_seq_len),
+        )
+        inputs = StepInputs(to_dev("input_ids", tokens), to_dev("positions", tokens), meta)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        return inputs

@@ -1,0 +1,226 @@
+"""ModelRunner: loads the model, owns the paged KV cache, and runs one BatchPlan per step.
+
+execute_model(plan) writes the plan's new K/V into the cache and returns float32 logits for the
+rows that are sampled. The plan is only read (its arrays are views the core owns).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from pagedllm.models.loader import build_model, resolve_model_config
+from pagedllm.worker.attention_metadata import AttentionMetadata
+from pagedllm.worker.input_buffers import CudaInputBuffers, StepInputs, build_cpu_inputs
+from pagedllm.worker.kv_cache import (KVCacheSpec, allocate_kv_caches, cpu_num_blocks,
+                                      kv_cache_spec)
+
+# Tokens of the profiling forward when no scheduler config says how many a step may hold.
+DEFAULT_PROFILE_TOKENS = 8192
+
+
+def resolve_device(device_config: DeviceConfig) -> torch.device:
+    if device_config.device == "cpu":
+        return torch.device("cpu")
+    if device_config.device == "cuda" or torch.cuda.is_available():
+        if not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' requested but CUDA is not available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class ModelRunner:
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
+                 device_config: DeviceConfig, parallel_config: ParallelConfig, rank: int = 0,
+                 *, scheduler_config: Optional[SchedulerConfig] = None):
+        self.model_config = model_config
+        self.cache_config = cache_config
+        self.device_config = device_config
+        self.parallel_config = parallel_config
+        self.scheduler_config = scheduler_config
+        self.rank = rank
+        self.device = resolve_device(device_config)
+        if model_config.hf_config is None or model_config.torch_dtype is None:
+            resolve_model_config(model_config, self.device)
+        self.hf_config = model_config.hf_config
+        self.dtype: torch.dtype = model_config.torch_dtype
+        self.max_model_len: int = model_config.max_model_len
+        self.vocab_size: int = self.hf_config.vocab_size
+        self.eos_token_ids: list[int] = _eos_token_ids(model_config)
+        self.eos_token_id: Optional[int] = self.eos_token_ids[0] if self.eos_token_ids else None
+        self.block_size = cache_config.block_size
+        self.kv_spec: KVCacheSpec = kv_cache_spec(self.hf_config, self.block_size, self.dtype,
+                                                  parallel_config.tensor_parallel_size)
+        self.model: Optional[torch.nn.Module] = None
+        self.kv_caches: list[torch.Tensor] = []   # per layer [2, NB, BS, Hkv, D]
+        self._cuda_buffers: Optional[CudaInputBuffers] = None
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def load_model(self) -> None:
+        self.model = build_model(self.model_config, self.device, tp_rank=self.rank,
+                                 tp_size=self.parallel_config.tensor_parallel_size)
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        return (self.max_model_len + self.block_size - 1) // self.block_size
+
+    def _max_num_seqs(self) -> int:
+        return self.scheduler_config.max_num_seqs if self.scheduler_config else 256
+
+    def _max_num_batched_tokens(self) -> int:
+        if self.scheduler_config and self.scheduler_config.max_num_batched_tokens:
+            return self.scheduler_config.max_num_batched_tokens
+        return max(DEFAULT_PROFILE_TOKENS, self.max_model_len)
+
+    def determine_num_blocks(self) -> int:
+        """KV blocks (null block 0 included) to allocate on this device."""
+        if self.cache_config.num_gpu_blocks_override is not None and self.device.type == "cuda":
+            return self.cache_config.num_gpu_blocks_override
+        # More blocks than max_num_seqs full-length sequences can hold are never used.
+        useful = self._max_num_seqs() * self.max_blocks_per_seq + 1
+        if self.device.type == "cpu":
+            return cpu_num_blocks(self.kv_spec, self.cache_config.kv_cache_space_bytes, useful)
+        return self._profile_gpu_num_blocks(useful)
+
+    def _profile_gpu_num_blocks(self, useful: int) -> int:
+        """UNTESTED (needs CUDA). Blocks = (total * utilization - memory in use after loading
+        - peak extra memory of a full-size forward) / bytes per block."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        free_before, total = torch.cuda.mem_get_info(self.device)
+        allocated_before = torch.cuda.memory_allocated(self.device)
+        self.profile_run(self._max_num_batched_tokens())
+        torch.cuda.synchronize(self.device)
+        activation_peak = torch.cuda.max_memory_allocated(self.device) - allocated_before
+        torch.cuda.empty_cache()
+        # Everything in use before profiling (weights, other processes, the CUDA context).
+        in_use = total - free_before
+        budget = total * self.cache_config.gpu_memory_utilization - in_use - activation_peak
+        num_blocks = int(budget // self.kv_spec.bytes_per_block)
+        if num_blocks < 2:
+            raise ValueError(f"gpu_memory_utilization: {self.cache_config.gpu_memory_utilization}"
+                             f" leaves no room for the KV cache (budget {budget / 2**30:.2f} GiB)")
+        return min(num_blocks, useful)
+
+    @torch.inference_mode()
+    def profile_run(self, num_tokens: int) -> torch.Tensor:
+        """A forward pass of `num_tokens` prompt tokens (sequences of at most max_model_len) plus
+        logits for max_num_seqs rows, against a throw-away cache just big enough for it: the
+        peak activation memory a real step can reach. Returns the logits."""
+        self._require_model()
+        lengths = [self.max_model_len] * (num_tokens // self.max_model_len)
+        if num_tokens % self.max_model_len:
+            lengths.append(num_tokens % self.max_model_len)
+        plan = _synthetic_prefill_plan(lengths, self.block_size, self.max_blocks_per_seq)
+        blocks_needed = int(plan.block_table.max()) + 1
+        saved = self.kv_caches
+        self.kv_caches = allocate_kv_caches(self.kv_spec, blocks_needed, self.device)
+        try:
+            rows = np.resize(np.asarray(plan.logits_indices), min(self._max_num_seqs(), num_tokens))
+            return self.execute_model(plan, rows)
+        finally:
+            self.kv_caches = saved
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """num_blocks includes the null block 0."""
+        if num_blocks < 2:
+            raise ValueError(f"num_blocks: need at least 2 (null block + 1), got {num_blocks}")
+        self.kv_caches = []
+        self.kv_caches = allocate_kv_caches(self.kv_spec, num_blocks, self.device)
+        self.num_blocks = num_blocks
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise RuntimeError("ModelRunner.load_model() must run before executing the model")
+
+    def _prepare(self, plan: Any) -> StepInputs:
+        if self.device.type == "cpu":
+            return build_cpu_inputs(plan)
+        if self._cuda_buffers is None:
+            self._cuda_buffers = CudaInputBuffers(
+                max(self._max_num_batched_tokens(), self._max_num_seqs()), self._max_num_seqs(),
+                max(self.max_blocks_per_seq, plan.block_table.shape[1]), self.device)
+        return self._cuda_buffers.build(plan)
+
+    @torch.inference_mode()
+    def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Run the plan's tokens; float32 logits [len(rows), vocab] for token rows `logits_rows`
+        (default plan.logits_indices), on this runner's device."""
+        self._require_model()
+        if not self.kv_caches:
+            raise RuntimeError("ModelRunner.allocate_kv_cache() must run before executing")
+        rows = plan.logits_indices if logits_rows is None else logits_rows
+        rows = np.asarray(rows, dtype=np.int64)                         # [N]
+        if int(plan.num_tokens) == 0:
+            return torch.empty((len(rows), self.vocab_size), dtype=torch.float32,
+                               device=self.device)
+        inputs = self._prepare(plan)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches,
+                            inputs.meta)                                # [T, H]
+        if len(rows) == 0:
+            return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
+        index = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        return self.model.compute_logits(hidden.index_select(0, index))  # [N, V] float32
+
+
+class _SyntheticPlan:
+    """The BatchPlan fields ModelRunner reads, for profiling and tests."""
+
+    def __init__(self, **fields: Any):
+        self.__dict__.update(fields)
+
+
+def _synthetic_prefill_plan(lengths: list[int], block_size: int, max_blocks: int) -> _SyntheticPlan:
+    """Whole prompts of the given lengths (token id 0), blocks 1, 2, ... assigned in order."""
+    num_seqs = len(lengths)
+    qsl = np.zeros(num_seqs + 1, dtype=np.int32)                        # [S + 1]
+    qsl[1:] = np.cumsum(lengths)
+    table = np.zeros((num_seqs, max_blocks), dtype=np.int32)            # [S, max_blocks]
+    slots, positions = [], []
+    next_block = 1
+    for i, n in enumerate(lengths):
+        nb = (n + block_size - 1) // block_size
+        table[i, :nb] = np.arange(next_block, next_block + nb)
+        pos = np.arange(n)
+        slots.append(table[i, pos // block_size] * block_size + pos % block_size)
+        positions.append(pos)
+        next_block += nb
+    seq_lens = np.asarray(lengths, dtype=np.int32)
+    return _SyntheticPlan(
+        num_seqs=num_seqs, num_tokens=int(qsl[-1]), num_sampled=num_seqs,
+        max_query_len=max(lengths), max_seq_len=max(lengths),
+        input_ids=np.zeros(int(qsl[-1]), dtype=np.int32),
+        positions=np.concatenate(positions).astype(np.int32),
+        slot_mapping=np.concatenate(slots).astype(np.int32),
+        query_start_loc=qsl, seq_lens=seq_lens, num_computed=np.zeros(num_seqs, dtype=np.int32),
+        block_table=table, logits_indices=(qsl[1:] - 1).astype(np.int32),
+        sampled_seq_indices=np.arange(num_seqs, dtype=np.int32),
+        handles=np.arange(num_seqs, dtype=np.int64), preempted_handles=np.zeros(0, np.int64),
+    )
+
+
+def _eos_token_ids(model_config: ModelConfig) -> list[int]:
+    """EOS ids from generation_config.json (preferred, as HF generate does) or the config."""
+    value = None
+    path = model_config.model_path
+    if path and os.path.isdir(path):
+        gen_path = os.path.join(path, "generation_config.json")
+        if os.path.isfile(gen_path):
+            with open(gen_path) as f:
+                value = json.load(f).get("eos_token_id")
+    if value is None:
+        value = getattr(model_config.hf_config, "eos_token_id", None)
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+__all__ = ["ModelRunner", "AttentionMetadata", "resolve_device"]
