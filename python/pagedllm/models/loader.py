@@ -18,8 +18,6 @@ from pagedllm.models.registry import resolve_model_class
 
 _NAMED_DTYPES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
                  "float32": torch.float32, "float": torch.float32}
-# Show the weight-loading progress bar only when loading takes noticeable time.
-_PROGRESS_BAR_MIN_BYTES = 256 * 1024 * 1024
 
 
 def resolve_model_path(model: str, revision: Optional[str] = None,
@@ -170,7 +168,7 @@ def iterate_checkpoint_weights(path: str,
     files = _checkpoint_files(path, load_format)
     total = sum(os.path.getsize(f) for f in files)
     with tqdm(total=total, unit="B", unit_scale=True, desc="Loading weights",
-              disable=total < _PROGRESS_BAR_MIN_BYTES) as bar:
+              disable=total < gguf_loader.PROGRESS_BAR_MIN_BYTES) as bar:
         for file in files:
             if file.endswith(".safetensors"):
                 from safetensors import safe_open
