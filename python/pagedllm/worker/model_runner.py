@@ -2,6 +2,15 @@
 
 execute_model(plan) writes the plan's new K/V into the cache and returns float32 logits for the
 rows that are sampled. The plan is only read (its arrays are views the core owns).
+
+GPU path (UNTESTED on this CPU-only development machine; the GPU issue validates it):
+- inputs go through CudaInputBuffers: persistent pinned host + device buffers, one
+  non_blocking copy per array per step (input_buffers.py);
+- KV blocks come from gpu_memory_utilization after profile_run() of max_num_batched_tokens;
+- CUDA graphs (not implemented yet) fit in without changing the model: for a pure-decode plan,
+  pad S sequences to padded_batch_size(S) with CudaInputBuffers.build(plan, padded_num_seqs),
+  capture model.forward once per size on those fixed buffers (max_query_len=1 and max_seq_len =
+  max_model_len as fixed kernel bounds), replay, and read the first S rows. enforce_eager skips it.
 """
 from __future__ import annotations
 
