@@ -51,6 +51,12 @@ def load_gguf_config(directory: str, file_name: str) -> Any:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(directory, gguf_file=file_name)
+    # transformers ignores attention.key_length (the head size) for some families and falls
+    # back to a default (Qwen3Config: 128); the file's value is authoritative.
+    fields = open_gguf(os.path.join(directory, file_name)).fields
+    key_length = fields.get(f"{config.model_type}.attention.key_length")
+    if key_length is not None:
+        config.head_dim = int(key_length.contents())
     if not getattr(config, "architectures", None):
         # GGUF metadata names the family only; pick its causal-LM class.
         config.architectures = [_ARCHITECTURE_OF_MODEL_TYPE.get(config.model_type,
