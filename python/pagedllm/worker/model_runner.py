@@ -66,6 +66,7 @@ class ModelRunner:
                                                   parallel_config.tensor_parallel_size)
         self.model: Optional[torch.nn.Module] = None
         self.kv_caches: list[torch.Tensor] = []   # per layer [2, NB, BS, Hkv, D]
+        self.num_blocks = 0                         # set by allocate_kv_cache (null block incl.)
         self._cuda_buffers: Optional[CudaInputBuffers] = None
 
     # ---- setup -------------------------------------------------------------------------------
