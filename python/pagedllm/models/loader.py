@@ -52,7 +52,7 @@ def resolve_model_config(model_config: ModelConfig,
     model_config.model_path = path
     model_config.hf_config = hf_config
     resolve_model_class(getattr(hf_config, "architectures", None))   # fail early if unsupported
-    model_config.torch_dtype = _choose_dtype(model_config.dtype, hf_config, torch.device(device))
+    model_config.torch_dtype = choose_dtype(model_config.dtype, hf_config, torch.device(device))
     derived = derived_max_model_len(hf_config)
     if model_config.max_model_len is None:
         model_config.max_model_len = derived
@@ -70,7 +70,9 @@ def derived_max_model_len(hf_config: Any) -> int:
     return 2048
 
 
-def _choose_dtype(requested: str, hf_config: Any, device: torch.device) -> torch.dtype:
+def choose_dtype(requested: str, hf_config: Any, device: torch.device) -> torch.dtype:
+    """The dtype named by `requested`; for "auto": float32 on CPU, else the checkpoint's 16-bit
+    dtype (bfloat16 for float32 checkpoints)."""
     if requested != "auto":
         return _NAMED_DTYPES[requested]
     if device.type == "cpu":

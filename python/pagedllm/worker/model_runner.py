@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
-from pagedllm.models.loader import build_model, resolve_model_config
+from pagedllm.models.loader import build_model, choose_dtype, resolve_model_config
 from pagedllm.worker.attention_metadata import AttentionMetadata
 from pagedllm.worker.input_buffers import CudaInputBuffers, StepInputs, build_cpu_inputs
 from pagedllm.worker.kv_cache import (KVCacheSpec, allocate_kv_caches, cpu_num_blocks,
@@ -53,8 +53,11 @@ class ModelRunner:
         self.scheduler_config = scheduler_config
         self.rank = rank
         self.device = resolve_device(device_config)
-        if model_config.hf_config is None or model_config.torch_dtype is None:
+        if model_config.hf_config is None:
             resolve_model_config(model_config, self.device)
+        # "auto" depends on the device: choose again in case the config was resolved elsewhere.
+        model_config.torch_dtype = choose_dtype(model_config.dtype, model_config.hf_config,
+                                                self.device)
         self.hf_config = model_config.hf_config
         self.dtype: torch.dtype = model_config.torch_dtype
         self.max_model_len: int = model_config.max_model_len
