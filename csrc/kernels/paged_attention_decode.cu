@@ -1,11 +1,10 @@
-// The token kernel of paged attention: one CTA per (query token, KV-head slice, KV split).
+// The token kernel of paged attention: one CTA per (query token, KV-head slice, KV split);
+// grid (num_tokens, num_kv_heads * slices, num_splits).
 //
 // GQA packing: the CTA computes up to NG query heads that share one KV head, so each K/V row is
-// read from memory once for all of them. Lanes are grouped TPT to a token (each lane holds E =
-// D / TPT dims, loaded as one or a few aligned words), so a warp reads 32 / TPT whole rows per
-// load instruction. The context is walked in partitions of kPartition tokens: logits of a
-// partition go to shared memory, get softmaxed against the running max (online softmax across
-// partitions), then weight the V rows. When the batch alone cannot fill the GPU, the context is
+// read from memory once for all of them. K/V tiles stream into shared memory through cp.async,
+// kStages deep; lanes are grouped TPT to a token (each lane holds E = D / TPT dims), and each
+// tile's logits get softmaxed against the running max (online softmax), then weight the V rows. When the batch alone cannot fill the GPU, the context is
 // split across CTAs (flash-decoding); each split writes a normalized partial output plus its
 // (max, sum) and merge_splits_kernel combines them with log-sum-exp weights.
 #include <algorithm>
@@ -43,17 +42,51 @@ __device__ __forceinline__ void load_row(const T* src, float (&dst)[E]) {
   }
 }
 
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Tokens per pipeline tile: K + V of a tile take at most 32 KB of shared memory.
+template <typename T, int D>
+constexpr int tile_tokens() {
+  constexpr int row = D * static_cast<int>(sizeof(T));
+  constexpr int t = 16384 / row;
+  return t > 64 ? 64 : (t < 16 ? 16 : t);
+}
+constexpr int kStages = 2;
+
+template <typename T, int D, int NG>
+constexpr int token_kernel_smem_bytes() {
+  constexpr int row = D * static_cast<int>(sizeof(T));
+  constexpr int tiles = kStages * 2 * tile_tokens<T, D>() * row;  // K and V, kStages deep
+  constexpr int logits = NG * tile_tokens<T, D>() * 4;
+  constexpr int red = kTokenKernelWarps * NG * D * 4;
+  return tiles + (logits > red ? logits : red);
+}
+
+// Pipeline: K/V tiles of TILE tokens stream into shared memory with cp.async, kStages deep,
+// so a CTA keeps up to kStages tiles of loads in flight while it computes on the oldest. Per
+// tile: logits [NG][TILE] -> online-softmax update (running max / sum per head) -> P . V.
 template <typename T, int D, int NG>
 __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     token_attention_kernel(const TokenKernelParams p) {
   constexpr int TPT = threads_per_token<T, D>();
   constexpr int E = D / TPT;
-  constexpr int NTG = kTokenKernelWarps * 32 / TPT;  // rows in flight per load step
-  constexpr int U = 4;                                // load steps unrolled per thread
-  extern __shared__ float smem[];  // logits [NG][kPartition], later red [warps][NG][D]
+  constexpr int NTG = kTokenKernelWarps * 32 / TPT;  // rows processed side by side
+  constexpr int TILE = tile_tokens<T, D>();
+  constexpr int ROW = D * static_cast<int>(sizeof(T));  // bytes per K (or V) row
+  constexpr int CR = ROW / 16;                          // 16-byte chunks per row
+  constexpr int STAGE = 2 * TILE * ROW;                 // bytes per stage: K tile then V tile
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* logits = reinterpret_cast<float*>(smem_raw + kStages * STAGE);  // [NG][TILE]
+  float* red = logits;                                                   // [warps][NG][D] at the end
   __shared__ float m_run[NG], l_run[NG], alpha[NG];
 
-  const int t = blockIdx.y;
+  const int t = blockIdx.x;
   if (t >= p.query_start_loc[p.num_seqs]) return;  // padding row: nothing owns it
   const int s = find_sequence(p.query_start_loc, p.num_seqs, t);
   const int q_begin = p.query_start_loc[s];
@@ -66,11 +99,45 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
   const int t0 = max(kv_lo, z * p.split_tokens);
   const int t1 = min(kv_end, (z + 1) * p.split_tokens);
 
-  const int kvh = blockIdx.x / p.slices;
-  const int g0 = (blockIdx.x % p.slices) * NG;
+  const int kvh = blockIdx.y / p.slices;
+  const int g0 = (blockIdx.y % p.slices) * NG;
   const int ng = min(NG, p.group - g0);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tg = tid / TPT, li = tid % TPT;
+
+  const int64_t row = static_cast<int64_t>(p.num_kv_heads) * D;  // elements per cache slot
+  const T* kcache = static_cast<const T*>(p.kv_cache) + static_cast<int64_t>(kvh) * D;
+  const T* vcache = kcache + p.kv_plane;
+  const int32_t* btab = p.block_table + static_cast<int64_t>(s) * p.max_blocks;
+  const int bmask = (1 << p.block_shift) - 1;
+  const int num_tiles = (t1 - t0 + TILE - 1) / TILE;
+
+  // Issue the copies of tile i into stage i % kStages (rows past t1 are zero-filled).
+  auto issue_tile = [&](int i) {
+    unsigned char* stage = smem_raw + (i % kStages) * STAGE;
+    const int base = t0 + i * TILE;
+    for (int c = tid; c < 2 * TILE * CR; c += kTokenKernelWarps * 32) {
+      const int half = c / (TILE * CR);  // 0: K, 1: V
+      const int rem = c - half * TILE * CR;
+      const int j = rem / CR, w = rem - j * CR;
+      const int tok = base + j;
+      const T* src = half ? vcache : kcache;
+      int bytes = 0;
+      if (tok < t1) {
+        const int64_t slot =
+            (static_cast<int64_t>(btab[tok >> p.block_shift]) << p.block_shift) | (tok & bmask);
+        src += slot * row;
+        bytes = 16;
+      }
+      cp_async16(stage + half * TILE * ROW + j * ROW + w * 16,
+                 reinterpret_cast<const unsigned char*>(src) + w * 16, bytes);
+    }
+  };
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < num_tiles) issue_tile(i);
+    cp_async_commit();
+  }
 
   float q[NG][E];  // pre-scaled query rows of this CTA's heads
   const T* qrow = static_cast<const T*>(p.query) + static_cast<int64_t>(t) * p.q_stride +
@@ -87,116 +154,90 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     }
   }
   if (tid < NG) { m_run[tid] = -INFINITY; l_run[tid] = 0.0f; alpha[tid] = 0.0f; }
-
   float acc[NG][E];
 #pragma unroll
   for (int g = 0; g < NG; ++g)
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[g][e] = 0.0f;
 
-  const int64_t row = static_cast<int64_t>(p.num_kv_heads) * D;  // elements per cache slot
-  const T* kbase = static_cast<const T*>(p.kv_cache) + static_cast<int64_t>(kvh) * D + li * E;
-  const T* vbase = kbase + p.kv_plane;
-  const int32_t* btab = p.block_table + static_cast<int64_t>(s) * p.max_blocks;
-  const int bmask = (1 << p.block_shift) - 1;
-  float* logits = smem;
-
-  for (int pb = t0; pb < t1; pb += kPartition) {
-    const int n = min(kPartition, t1 - pb);
-    // Phase 1: logits of this partition, [ng][n].
-    for (int j0 = 0; j0 < n; j0 += NTG * U) {
-      float kf[U][E];
+  for (int i = 0; i < num_tiles; ++i) {
+    // Keep kStages - 1 tiles in flight beyond the one computed now.
+    if (i + kStages - 1 < num_tiles) issue_tile(i + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncthreads();
+    const unsigned char* stage = smem_raw + (i % kStages) * STAGE;
+    const T* sk = reinterpret_cast<const T*>(stage);              // [TILE][D]
+    const T* sv = reinterpret_cast<const T*>(stage + TILE * ROW);  // [TILE][D]
+    const int n = min(TILE, t1 - (t0 + i * TILE));
+    // Logits of the tile, [ng][n].
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int j = j0 + u * NTG + tg;
-        if (j < n) {
-          const int tok = pb + j;
-          const int64_t slot =
-              (static_cast<int64_t>(btab[tok >> p.block_shift]) << p.block_shift) | (tok & bmask);
-          load_row<T, E>(kbase + slot * row, kf[u]);
-        } else {
+    for (int j0 = 0; j0 < TILE; j0 += NTG) {
+      const int j = j0 + tg;
+      float kf[E];
+      load_row<T, E>(sk + j * D + li * E, kf);
+      float part[NG];
 #pragma unroll
-          for (int e = 0; e < E; ++e) kf[u][e] = 0.0f;
-        }
+      for (int g = 0; g < NG; ++g) {
+        part[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) part[g] += q[g][e] * kf[e];
       }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        float part[NG];
+      for (int o = TPT / 2; o > 0; o >>= 1)
 #pragma unroll
-        for (int g = 0; g < NG; ++g) {
-          part[g] = 0.0f;
+        for (int g = 0; g < NG; ++g) part[g] += __shfl_xor_sync(0xffffffffu, part[g], o);
+      if (li == 0 && j < n) {
 #pragma unroll
-          for (int e = 0; e < E; ++e) part[g] += q[g][e] * kf[u][e];
-        }
-#pragma unroll
-        for (int o = TPT / 2; o > 0; o >>= 1)
-#pragma unroll
-          for (int g = 0; g < NG; ++g) part[g] += __shfl_xor_sync(0xffffffffu, part[g], o);
-        const int j = j0 + u * NTG + tg;
-        if (li == 0 && j < n) {
-#pragma unroll
-          for (int g = 0; g < NG; ++g)
-            if (g < ng) logits[g * kPartition + j] = part[g];
-        }
+        for (int g = 0; g < NG; ++g)
+          if (g < ng) logits[g * TILE + j] = part[g];
       }
     }
     __syncthreads();
-    // Phase 2: per head, new running max, exp in place, running sum.
+    // Per head: new running max, exp in place, running sum.
     for (int g = warp; g < ng; g += kTokenKernelWarps) {
-      float* lg = logits + g * kPartition;
+      float* lg = logits + g * TILE;
       float m = -INFINITY;
       for (int j = lane; j < n; j += 32) m = fmaxf(m, lg[j]);
       m = cuda::warp_max(m);
       const float m_new = fmaxf(m_run[g], m);
       float sum = 0.0f;
-      for (int j = lane; j < n; j += 32) {
-        const float e = __expf(lg[j] - m_new);
+      for (int j = lane; j < TILE; j += 32) {
+        const float e = j < n ? __expf(lg[j] - m_new) : 0.0f;  // zero weight past the end
         lg[j] = e;
         sum += e;
       }
       sum = cuda::warp_sum(sum);
       if (lane == 0) {
-        const float a = __expf(m_run[g] - m_new);  // 0 on the first partition (m_run = -inf)
+        const float a = __expf(m_run[g] - m_new);  // 0 on the first tile (m_run = -inf)
         alpha[g] = a;
         l_run[g] = l_run[g] * a + sum;
         m_run[g] = m_new;
       }
     }
     __syncthreads();
-    // Phase 3: rescale the accumulator to the new max, then add P . V for the partition.
+    // Rescale the accumulator to the new max, then add P . V of the tile.
 #pragma unroll
     for (int g = 0; g < NG; ++g) {
       const float a = g < ng ? alpha[g] : 0.0f;
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[g][e] *= a;
     }
-    for (int j0 = 0; j0 < n; j0 += NTG * U) {
-      float vf[U][E];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int j = j0 + u * NTG + tg;
-        if (j < n) {
-          const int tok = pb + j;
-          const int64_t slot =
-              (static_cast<int64_t>(btab[tok >> p.block_shift]) << p.block_shift) | (tok & bmask);
-          load_row<T, E>(vbase + slot * row, vf[u]);
-        }
-      }
+    for (int j0 = 0; j0 < TILE; j0 += NTG) {
+      const int j = j0 + tg;
+      float vf[E];
+      load_row<T, E>(sv + j * D + li * E, vf);
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int j = j0 + u * NTG + tg;
-        if (j < n) {
+      for (int g = 0; g < NG; ++g) {
+        const float pj = g < ng ? logits[g * TILE + j] : 0.0f;
 #pragma unroll
-          for (int g = 0; g < NG; ++g) {
-            const float pj = g < ng ? logits[g * kPartition + j] : 0.0f;
-#pragma unroll
-            for (int e = 0; e < E; ++e) acc[g][e] += pj * vf[u][e];
-          }
-        }
+        for (int e = 0; e < E; ++e) acc[g][e] += pj * vf[e];
       }
     }
-    __syncthreads();  // logits are rewritten by the next partition
+    __syncthreads();  // the stage and the logits are rewritten next
   }
+  cp_async_wait<0>();
 
   // Sum the accumulators of the token groups: within the warp by shuffles, across warps in smem.
 #pragma unroll
@@ -205,7 +246,6 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     for (int g = 0; g < NG; ++g)
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
-  float* red = smem;  // [warps][NG][D]; the loop ended with a barrier, logits are dead
   if (lane < TPT) {
 #pragma unroll
     for (int g = 0; g < NG; ++g)
@@ -238,7 +278,7 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
 // w_z = l_z * exp(m_z - max_z m_z). Skips exactly the splits the token kernel skipped.
 template <typename T>
 __global__ void merge_splits_kernel(const TokenKernelParams p, int head_dim) {
-  const int t = blockIdx.y, hq = blockIdx.x;
+  const int t = blockIdx.x, hq = blockIdx.y;
   if (t >= p.query_start_loc[p.num_seqs]) return;
   const int s = find_sequence(p.query_start_loc, p.num_seqs, t);
   const int q_begin = p.query_start_loc[s];
@@ -300,12 +340,17 @@ int log2_exact(int v) {
 
 template <typename T, int D, int NG>
 void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t stream) {
-  const int smem = std::max(NG * kPartition, kTokenKernelWarps * NG * D) * static_cast<int>(sizeof(float));
-  const dim3 grid(p.num_kv_heads * p.slices, num_tokens, p.num_splits);
+  constexpr int smem = token_kernel_smem_bytes<T, D, NG>();
+  static bool configured = false;  // opt in to > 48 KB of dynamic shared memory once
+  if (!configured) {
+    cudaFuncSetAttribute(token_attention_kernel<T, D, NG>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    configured = true;
+  }
+  const dim3 grid(num_tokens, p.num_kv_heads * p.slices, p.num_splits);
   token_attention_kernel<T, D, NG><<<grid, kTokenKernelWarps * 32, smem, stream>>>(p);
   cuda::check_launch("paged_attention (token kernel)");
   if (p.num_splits > 1) {
-    const dim3 mgrid(p.num_q_heads, num_tokens);
+    const dim3 mgrid(num_tokens, p.num_q_heads);
     merge_splits_kernel<T><<<mgrid, std::min(D, 128), 0, stream>>>(p, D);
     cuda::check_launch("paged_attention (merge splits)");
   }

@@ -6,8 +6,8 @@
 // shares every K/V tile it loads. Each warp owns 16 rows; S = Q K^T and O += P V run on
 // mma.sync.m16n8k16 with float accumulators; the S fragment is reused as the A operand of P V
 // (flash-attention-2 register layout), so P never touches shared memory. Online softmax in base 2.
-// K/V tiles of 64 keys are gathered from the pages into padded shared memory (conflict-free
-// fragment reads).
+// K/V tiles of 64 keys are gathered from the pages by cp.async into padded shared memory
+// (conflict-free fragment reads), double-buffered so the next tile loads during the math.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -21,6 +21,15 @@ namespace {
 constexpr int kBlockM = 64;
 constexpr int kBlockN = 64;
 constexpr int kWarps = 4;
+constexpr int kStages = 2;
+
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 struct PrefillParams {
   void* out;                       // [T, Hq, D]
@@ -67,21 +76,23 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
   }
 }
 
-template <typename T>
-__device__ __forceinline__ uint32_t pack_raw(T lo, T hi) {
-  const uint16_t l = *reinterpret_cast<const uint16_t*>(&lo);
-  const uint16_t h = *reinterpret_cast<const uint16_t*>(&hi);
-  return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
+// Four 8x8 b16 matrices, transposed: lane l addresses row (l & 7) of matrix l / 8.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const PrefillParams p) {
   constexpr int DP = D + 8;  // padded smem row (elements): fragment reads hit 32 distinct banks
   constexpr int KS = D / 16;       // k-steps of Q K^T
-  constexpr int DT = D / 8;        // n-tiles of P V
+  constexpr int DT = D / 8;        // n-tiles of P V (even for every supported D)
+  static_assert(DT % 2 == 0, "ldmatrix.x4 covers two n-tiles");
   constexpr int NT = kBlockN / 8;  // n-tiles of Q K^T
-  __shared__ __align__(16) T sK[kBlockN][DP];
-  __shared__ __align__(16) T sV[kBlockN][DP];
+  // [kStages][K tile, V tile][kBlockN][DP], filled by cp.async kStages - 1 tiles ahead.
+  extern __shared__ __align__(16) unsigned char smem_raw[];
 
   const int s = blockIdx.z, kvh = blockIdx.y;
   const int q_begin = p.query_start_loc[s];
@@ -130,23 +141,46 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
   const int32_t* btab = p.block_table + static_cast<int64_t>(s) * p.max_blocks;
   const int bmask = (1 << p.block_shift) - 1;
   constexpr int kChunks = kBlockN * D / 8;  // 16-byte chunks per tile
+  constexpr int kStageBytes = 2 * kBlockN * DP * static_cast<int>(sizeof(T));
 
-  for (int kt = kv_lo / kBlockN * kBlockN; kt < kv_end; kt += kBlockN) {
-    // Gather the K and V tiles (keys kt .. kt + 63) from their pages.
+  const int kt0 = kv_lo / kBlockN * kBlockN;
+  const int num_tiles = (kv_end - kt0 + kBlockN - 1) / kBlockN;
+  // Gather the K and V tiles of keys kt0 + i * 64 .. + 63 from their pages (zero past kv_end).
+  auto issue_tile = [&](int i) {
+    T* sk = reinterpret_cast<T*>(smem_raw + (i % kStages) * kStageBytes);
+    T* sv = sk + kBlockN * DP;
+    const int kt = kt0 + i * kBlockN;
 #pragma unroll 4
     for (int c = tid; c < kChunks; c += kWarps * 32) {
       const int key = c / (D / 8), col = (c % (D / 8)) * 8;
       const int kp = kt + key;
-      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      const T* ksrc = kcache;
+      const T* vsrc = vcache;
+      int bytes = 0;
       if (kp < kv_end) {
         const int64_t slot = (static_cast<int64_t>(btab[kp >> p.block_shift]) << p.block_shift) | (kp & bmask);
-        kv = *reinterpret_cast<const uint4*>(kcache + slot * row + col);
-        vv = *reinterpret_cast<const uint4*>(vcache + slot * row + col);
+        ksrc += slot * row + col;
+        vsrc += slot * row + col;
+        bytes = 16;
       }
-      *reinterpret_cast<uint4*>(&sK[key][col]) = kv;
-      *reinterpret_cast<uint4*>(&sV[key][col]) = vv;
+      cp_async16(sk + key * DP + col, ksrc, bytes);
+      cp_async16(sv + key * DP + col, vsrc, bytes);
     }
+  };
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < num_tiles) issue_tile(i);
+    cp_async_commit();
+  }
+
+  for (int it = 0; it < num_tiles; ++it) {
+    const int kt = kt0 + it * kBlockN;
+    if (it + kStages - 1 < num_tiles) issue_tile(it + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
     __syncthreads();
+    const T (*sK)[DP] = reinterpret_cast<const T (*)[DP]>(smem_raw + (it % kStages) * kStageBytes);
+    const T (*sV)[DP] = sK + kBlockN;
 
     // S = Q K^T for 16 rows x 64 keys.
     float sc[NT][4];
@@ -211,17 +245,19 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
       pa[1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
       pa[2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
       pa[3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-      const int k0 = kk * 16 + tig * 2;
+      // V B-fragments for two n-tiles per ldmatrix.x4.trans: lanes 0-15 address keys
+      // kk*16 + 0..15 at column dt*8, lanes 16-31 the same keys at column dt*8 + 8.
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        const int n = dt * 8 + gid;
-        const uint32_t b0 = pack_raw<T>(sV[k0][n], sV[k0 + 1][n]);
-        const uint32_t b1 = pack_raw<T>(sV[k0 + 8][n], sV[k0 + 9][n]);
-        mma16816<T>(o[dt], pa, b0, b1);
+      for (int dt = 0; dt < DT; dt += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, &sV[kk * 16 + (lane & 15)][dt * 8 + (lane >> 4) * 8]);
+        mma16816<T>(o[dt], pa, b[0], b[1]);
+        mma16816<T>(o[dt + 1], pa, b[2], b[3]);
       }
     }
-    __syncthreads();  // the next tile overwrites sK / sV
+    __syncthreads();  // the next issue overwrites this stage
   }
+  cp_async_wait<0>();
 
 #pragma unroll
   for (int off = 1; off <= 2; off <<= 1) {
@@ -244,7 +280,13 @@ template <typename T, int D>
 void launch_prefill_typed(const PrefillParams& p, const PagedAttentionArgs& a) {
   const int tiles = (a.max_query_len * p.group + kBlockM - 1) / kBlockM;
   const dim3 grid(tiles, a.num_kv_heads, a.num_seqs);
-  prefill_attention_kernel<T, D><<<grid, kWarps * 32, 0, cuda::as_stream(a.stream)>>>(p);
+  constexpr int smem = kStages * 2 * kBlockN * (D + 8) * static_cast<int>(sizeof(T));
+  static bool configured = false;  // opt in to > 48 KB of dynamic shared memory once
+  if (!configured) {
+    cudaFuncSetAttribute(prefill_attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    configured = true;
+  }
+  prefill_attention_kernel<T, D><<<grid, kWarps * 32, smem, cuda::as_stream(a.stream)>>>(p);
   cuda::check_launch("paged_attention (prefill kernel)");
 }
 

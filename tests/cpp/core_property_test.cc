@@ -25,6 +25,7 @@ TEST(SchedulerProperty, RandomSequencesKeepInvariantsAndFinishEveryRequest) {
   EXPECT_GT(total.preemptions, 10);
   EXPECT_GT(total.rejected, 10);
   EXPECT_GT(total.prefix_hits, 0);
+  EXPECT_GT(total.failed_steps, 100);
   std::printf("steps=%lld added=%lld finished=%lld aborted=%lld rejected=%lld preemptions=%lld hits=%lld/%lld\n",
               static_cast<long long>(total.steps), static_cast<long long>(total.added),
               static_cast<long long>(total.finished), static_cast<long long>(total.aborted),

@@ -476,10 +476,35 @@ TEST(Scheduler, UpdateRejectsStaleOrMismatchedInput) {
   s.update(*plan, two, 1, out);
   EXPECT_THROW(s.update(*plan, two, 1, out), CoreError);  // applied twice
   auto p2 = s.schedule();
-  auto p3 = s.schedule();  // p2 never applied (a failed step): its request gets no new tokens
-  EXPECT_EQ(p3->num_seqs, 0);
+  auto p3 = s.schedule();  // p2 never applied (a failed step): rolled back, planned again
+  ASSERT_EQ(p3->num_seqs, 1);
+  EXPECT_EQ(p3->num_computed[0], p2->num_computed[0]);
+  EXPECT_EQ(p3->input_ids[0], p2->input_ids[0]);
   EXPECT_THROW(s.update(*p2, two, 1, out), CoreError);
+  s.check_invariants();
+  s.update(*p3, two, 1, out);
   EXPECT_TRUE(s.abort_request(1));
+  s.check_invariants();
+}
+
+TEST(Scheduler, AnUnappliedPlanIsRolledBackWithItsBlocksAndCacheEntries) {
+  Scheduler s(config(32, 4, 10));
+  s.add_request(1, iota(10), params(4));
+  auto failed = s.schedule();  // never applied: blocks 1 2 3, with 1 2 registered in the cache
+  ASSERT_EQ(failed->num_tokens, 10);
+  EXPECT_EQ(s.stats().num_blocks_used, 3);
+  EXPECT_TRUE(s.kv_cache_manager().pool().block(1).has_hash);
+  auto retry = s.schedule();
+  ASSERT_EQ(retry->num_seqs, 1);
+  EXPECT_EQ(retry->num_computed[0], 0);
+  EXPECT_EQ(retry->num_tokens, 10);
+  EXPECT_EQ(s.stats().num_blocks_used, 3);  // the failed step's blocks went back
+  // Blocks 1 2 3 returned tail-first behind 4..31, so the retry got 4 5 6; only they are cached.
+  EXPECT_EQ(Ids(retry->block_table.begin(), retry->block_table.begin() + 3), (Ids{4, 5, 6}));
+  EXPECT_FALSE(s.kv_cache_manager().pool().block(1).has_hash);
+  EXPECT_FALSE(s.kv_cache_manager().pool().block(2).has_hash);
+  EXPECT_TRUE(s.kv_cache_manager().pool().block(4).has_hash);
+  EXPECT_EQ(s.kv_cache_manager().prefix_cache().size(), 2u);
   s.check_invariants();
 }
 

@@ -31,11 +31,11 @@ inline int32_t fake_next_token(int64_t handle, int32_t position) {
 
 struct SimStats {
   int64_t ops = 0, steps = 0, added = 0, rejected = 0, finished = 0, aborted = 0, preemptions = 0;
-  int64_t tokens_scheduled = 0, prefix_hits = 0, prefix_queries = 0;
+  int64_t tokens_scheduled = 0, prefix_hits = 0, prefix_queries = 0, failed_steps = 0;
   void operator+=(const SimStats& o) {
     ops += o.ops; steps += o.steps; added += o.added; rejected += o.rejected; finished += o.finished;
     aborted += o.aborted; preemptions += o.preemptions; tokens_scheduled += o.tokens_scheduled;
-    prefix_hits += o.prefix_hits; prefix_queries += o.prefix_queries;
+    prefix_hits += o.prefix_hits; prefix_queries += o.prefix_queries; failed_steps += o.failed_steps;
   }
 };
 
@@ -94,7 +94,8 @@ class SchedulerSim {
     std::vector<int32_t> tokens;     // prompt + outputs
     std::vector<uint64_t> digests;   // digest of tokens[0..p] for each position p
     int32_t num_prompt = 0;
-    int32_t computed = 0;            // our model of num_computed_tokens
+    int32_t computed = 0;            // our model of num_computed_tokens; -1: after a failed step
+    int32_t before_failed_step = 0;  // num_computed_tokens before that failed step
   };
 
   void check_invariants() {
@@ -206,6 +207,9 @@ class SchedulerSim {
     }
     int32_t sampled = 0;
     std::vector<const Tracked*> rows(static_cast<size_t>(p.num_seqs));
+    // A failed step: the runner wrote garbage, update() is never called, the next schedule()
+    // rolls the plan back. Nobody may ever read that garbage through the prefix cache.
+    const bool failed_step = uniform(0, 32) == 0;
     // 1. Check each row and "run" it: write its tokens' digests into the simulated KV cache.
     for (int32_t s = 0; s < p.num_seqs; ++s) {
       const size_t si = static_cast<size_t>(s);
@@ -217,13 +221,23 @@ class SchedulerSim {
       const int32_t nc = p.num_computed[si], len = p.seq_lens[si];
       if (q1 <= q0 || len != nc + (q1 - q0)) fail("row lengths inconsistent");
       if (len > static_cast<int32_t>(t.tokens.size())) fail("scheduled past the known tokens");
-      if (t.computed == 0) {
+      if (t.computed < 0) {
+        // Rolled back: resumes where it was, or (if that step admitted it) from its prefix hits.
+        if (nc != t.before_failed_step && (nc % bs != 0 || nc >= static_cast<int32_t>(t.tokens.size()))) {
+          fail("bad restart after a failed step");
+        }
+      } else if (t.computed == 0) {
         if (nc % bs != 0 || nc >= static_cast<int32_t>(t.tokens.size())) fail("prefix hit of a bad length");
         if (nc > 0 && (!cfg_.enable_prefix_caching || t.params.skip_prefix_cache)) fail("prefix hit while disabled");
       } else if (nc != t.computed) {
         fail("num_computed " + std::to_string(nc) + " but expected " + std::to_string(t.computed));
       }
-      t.computed = len;
+      if (failed_step) {
+        t.before_failed_step = nc;
+        t.computed = -1;
+      } else {
+        t.computed = len;
+      }
       const int32_t* table = &p.block_table[si * static_cast<size_t>(p.max_blocks_per_seq)];
       const int32_t nblocks = (len + bs - 1) / bs;
       for (int32_t b = 0; b < p.max_blocks_per_seq; ++b) {
@@ -238,7 +252,7 @@ class SchedulerSim {
         if (p.positions[qi] != pos || p.input_ids[qi] != t.tokens[static_cast<size_t>(pos)]) fail("token row wrong");
         const int32_t slot = table[pos / bs] * bs + pos % bs;
         if (p.slot_mapping[qi] != slot) fail("slot_mapping disagrees with the block table");
-        kv_[static_cast<size_t>(slot)] = t.digests[static_cast<size_t>(pos)];
+        kv_[static_cast<size_t>(slot)] = failed_step ? 0xBADULL + rng_() : t.digests[static_cast<size_t>(pos)];
       }
       const bool should_sample = len == static_cast<int32_t>(t.tokens.size());
       if (should_sample) {
@@ -251,6 +265,10 @@ class SchedulerSim {
       stats_.tokens_scheduled += q1 - q0;
     }
     if (sampled != p.num_sampled) fail("sampled a partial prefill");
+    if (failed_step) {
+      ++stats_.failed_steps;
+      return;
+    }
     // 2. Attention reads: every position of every row must hold its own request's content.
     for (int32_t s = 0; s < p.num_seqs; ++s) {
       const size_t si = static_cast<size_t>(s);

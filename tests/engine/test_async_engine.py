@@ -1,4 +1,5 @@
 """AsyncLLMEngine: streaming, output kinds, aborts, errors, faults, idleness, scale."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +7,6 @@ import time
 
 import psutil
 import pytest
-
 from pagedllm.engine.arg_utils import AsyncEngineArgs
 from pagedllm.engine.async_llm_engine import AsyncLLMEngine, EngineDeadError
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -15,7 +15,9 @@ from .conftest import PROMPTS, engine_kwargs
 
 
 def _make_engine(path, **overrides) -> AsyncLLMEngine:
-    return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=str(path), **engine_kwargs(**overrides)))
+    return AsyncLLMEngine.from_engine_args(
+        AsyncEngineArgs(model=str(path), **engine_kwargs(**overrides))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ async def test_generate_both_forms_agree(engine):
     assert not any(o.finished for o in first[:-1])
     assert first[-1].outputs[0].token_ids == second[-1].outputs[0].token_ids
     assert len(first[-1].outputs[0].token_ids) == 8
-    assert len(first) == 8   # one output per generated token (CUMULATIVE)
+    assert len(first) == 8  # one output per generated token (CUMULATIVE)
     m = first[-1].metrics
     assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time
     # Ids are free again once finished and consumed.
@@ -50,10 +52,15 @@ async def test_generate_both_forms_agree(engine):
 async def test_output_kinds(engine):
     base = dict(temperature=0.0, max_tokens=10, ignore_eos=True)
     cum = await _collect(engine, PROMPTS[6], SamplingParams(**base), "cum")
-    delta = await _collect(engine, PROMPTS[6], SamplingParams(
-        **base, output_kind=RequestOutputKind.DELTA), "delta")
-    final = await _collect(engine, PROMPTS[6], SamplingParams(
-        **base, output_kind=RequestOutputKind.FINAL_ONLY), "final")
+    delta = await _collect(
+        engine, PROMPTS[6], SamplingParams(**base, output_kind=RequestOutputKind.DELTA), "delta"
+    )
+    final = await _collect(
+        engine,
+        PROMPTS[6],
+        SamplingParams(**base, output_kind=RequestOutputKind.FINAL_ONLY),
+        "final",
+    )
     full = cum[-1].outputs[0]
     assert len(final) == 1 and final[0].outputs[0].token_ids == full.token_ids
     assert final[0].outputs[0].text == full.text
@@ -144,7 +151,7 @@ async def test_one_thousand_concurrent_generates(engine):
 
 async def test_idle_engine_uses_no_cpu(engine):
     await _collect(engine, PROMPTS[0], SamplingParams(max_tokens=4), "before-idle")
-    await asyncio.sleep(0.5)   # let torch/OpenMP worker threads stop spinning
+    await asyncio.sleep(0.5)  # let torch/OpenMP worker threads stop spinning
     proc = psutil.Process()
     before = proc.cpu_times()
     t0 = time.monotonic()
@@ -162,13 +169,16 @@ async def test_n2_stop_string_stops_one_child_only(engine):
     t0, t1 = free.outputs[0].text, free.outputs[1].text
     assert free.outputs[0].token_ids != free.outputs[1].token_ids
     # A stop string from child 0's text that child 1 never produces.
-    stop = next(t0[i:i + 3] for i in range(2, len(t0) - 3)
-                if t0[i:i + 3] not in t1 and t0[i:i + 3].strip() and t0.find(t0[i:i + 3]) == i)
+    stop = next(
+        t0[i : i + 3]
+        for i in range(2, len(t0) - 3)
+        if t0[i : i + 3] not in t1 and t0[i : i + 3].strip() and t0.find(t0[i : i + 3]) == i
+    )
     stopped = await _collect(engine, PROMPTS[7], SamplingParams(**params, stop=[stop]), "n2-stop")
     last = stopped[-1]
     c0, c1 = last.outputs
     assert (c0.finish_reason, c0.stop_reason) == ("stop", stop)
-    assert c0.text == t0[:t0.index(stop)]
+    assert c0.text == t0[: t0.index(stop)]
     assert (c1.finish_reason, c1.text, c1.token_ids) == ("length", t1, free.outputs[1].token_ids)
     # While child 1 kept going, outputs still carried both completions (CUMULATIVE).
     assert all(len(o.outputs) == 2 for o in stopped)
@@ -203,7 +213,9 @@ async def test_engine_death_fails_every_waiting_generate(tiny_llama):
     engine = _make_engine(tiny_llama)
     try:
         params = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
-        tasks = [asyncio.create_task(_collect(engine, PROMPTS[i], params, f"d{i}")) for i in range(4)]
+        tasks = [
+            asyncio.create_task(_collect(engine, PROMPTS[i], params, f"d{i}")) for i in range(4)
+        ]
         while engine.get_stats().num_running == 0:
             await asyncio.sleep(0.01)
 
@@ -234,4 +246,4 @@ async def test_shutdown_fails_waiting_generates_and_later_calls(tiny_llama):
         await asyncio.wait_for(task, timeout=30)
     with pytest.raises(EngineDeadError):
         await engine.add_request("after", PROMPTS[0], params)
-    engine.shutdown()   # idempotent
+    engine.shutdown()  # idempotent

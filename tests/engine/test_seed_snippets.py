@@ -1,5 +1,6 @@
 """The two snippets of shared/seed-asyncllmengine.txt, verbatim but for `vllm` -> `pagedllm` and
 the model (a tiny OPT instead of facebook/opt-125m)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,7 @@ import textwrap
 import pytest
 
 # Usage snippet: module-level engine creation (no running loop), then the awaits in a coroutine.
-USAGE = '''
+USAGE = """
 from pagedllm.engine.async_llm_engine import AsyncLLMEngine
 from pagedllm.engine.arg_utils import AsyncEngineArgs
 from pagedllm.sampling_params import SamplingParams
@@ -39,10 +40,10 @@ async def main():
         if request_output.finished:
             print(request_output.outputs[0].text)
             RESULTS.append(request_output)
-'''
+"""
 
 # FastAPI snippet: the engine is created inside the running loop, by a startup hook.
-FASTAPI = '''
+FASTAPI = """
 import time
 from fastapi import FastAPI
 from pagedllm.engine.async_llm_engine import AsyncLLMEngine
@@ -68,7 +69,7 @@ async def generate(prompt: str):
     async for output in engine.generate(request_id):
         if output.finished:
             return {"text": output.outputs[0].text}
-'''
+"""
 
 
 def test_usage_snippet_runs_verbatim(tiny_opt, capsys):

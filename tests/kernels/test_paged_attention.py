@@ -188,7 +188,8 @@ def test_decode_on_side_stream_and_graph_gpu():
 # ------------------------------------------------------------------------- reshape_and_cache
 def check_reshape_and_cache(dtype, device, num_tokens, block_size, strided):
     g = torch.Generator().manual_seed(num_tokens)
-    num_blocks, hkv, d = 40, 4, 64
+    hkv, d = 4, 64
+    num_blocks = num_tokens // block_size + 8  # more slots than tokens
     cache = torch.randn(2, num_blocks, block_size, hkv, d, generator=g).to(dtype=dtype, device=device)
     expect = cache.clone()
     slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens].to(torch.int32)

@@ -4,6 +4,7 @@ It turns prompts into token ids, maps string request ids to core handles (n hand
 all sharing the prompt), runs EngineCore steps and turns their token ids into RequestOutputs.
 Thread model: one thread at a time (LLM calls it directly; AsyncLLMEngine from its worker thread).
 """
+
 from __future__ import annotations
 
 import time
@@ -24,6 +25,7 @@ PromptType = Union[str, list[int], dict[str, Any]]
 @dataclass
 class EngineStats:
     """A snapshot of the scheduler's counters plus the engine's token counters."""
+
     num_running: int
     num_waiting: int
     num_blocks_total: int
@@ -34,24 +36,28 @@ class EngineStats:
     prefix_cache_hits: int
     num_preemptions: int
     num_unfinished_requests: int
-    num_prompt_tokens: int         # cumulative, prompt tokens of every added request
-    num_generation_tokens: int     # cumulative, tokens generated
+    num_prompt_tokens: int  # cumulative, prompt tokens of every added request
+    num_generation_tokens: int  # cumulative, tokens generated
     num_steps: int
-    mean_step_host_s: float        # schedule + batch prep + update + output processing
-    mean_step_model_s: float       # model forward + sampling
+    mean_step_host_s: float  # schedule + batch prep + update + output processing
+    mean_step_model_s: float  # model forward + sampling
 
 
 def load_tokenizer(config: EngineConfig) -> Any:
     """The model's tokenizer (models' get_tokenizer handles GGUF files and the default model)."""
     try:
         from pagedllm.transformers_utils.tokenizer import get_tokenizer
-    except ImportError:   # not merged yet: plain transformers on the model directory
+    except ImportError:  # not merged yet: plain transformers on the model directory
         import os
 
         from transformers import AutoTokenizer
+
         mc = config.model_config
-        kwargs: dict[str, Any] = dict(revision=mc.revision, trust_remote_code=mc.trust_remote_code,
-                                      use_fast=mc.tokenizer_mode != "slow")
+        kwargs: dict[str, Any] = dict(
+            revision=mc.revision,
+            trust_remote_code=mc.trust_remote_code,
+            use_fast=mc.tokenizer_mode != "slow",
+        )
         source = mc.tokenizer
         gguf_path = getattr(mc, "gguf_path", None)
         if gguf_path and mc.tokenizer in (mc.model, None):
@@ -77,9 +83,16 @@ def parse_prompt(prompt: PromptType) -> tuple[Optional[str], Optional[list[int]]
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, *, max_logprobs: int = 20, runner: Any = None,
-                 tokenizer: Any = None, log_stats: bool = True,
-                 skip_tokenizer_init: bool = False) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        max_logprobs: int = 20,
+        runner: Any = None,
+        tokenizer: Any = None,
+        log_stats: bool = True,
+        skip_tokenizer_init: bool = False,
+    ) -> None:
         self.config = config
         self.model_config = config.model_config
         self.max_logprobs = max_logprobs
@@ -93,12 +106,16 @@ class LLMEngine:
         self._time_output = 0.0
 
     @classmethod
-    def from_engine_args(cls, engine_args: EngineArgs,
-                         usage_context: UsageContext = UsageContext.ENGINE_CONTEXT) -> "LLMEngine":
+    def from_engine_args(
+        cls, engine_args: EngineArgs, usage_context: UsageContext = UsageContext.ENGINE_CONTEXT
+    ) -> "LLMEngine":
         config = engine_args.create_engine_config()
-        return cls(config, max_logprobs=engine_args.max_logprobs,
-                   log_stats=not engine_args.disable_log_stats,
-                   skip_tokenizer_init=engine_args.skip_tokenizer_init)
+        return cls(
+            config,
+            max_logprobs=engine_args.max_logprobs,
+            log_stats=not engine_args.disable_log_stats,
+            skip_tokenizer_init=engine_args.skip_tokenizer_init,
+        )
 
     # -- model info -----------------------------------------------------------------------------
     @property
@@ -120,9 +137,14 @@ class LLMEngine:
             ids = list(self.tokenizer.encode(text))
         return text, ids
 
-    def add_request(self, request_id: str, prompt: PromptType,
-                    params: Optional[SamplingParams] = None, arrival_time: Optional[float] = None,
-                    priority: int = 0) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: Optional[SamplingParams] = None,
+        arrival_time: Optional[float] = None,
+        priority: int = 0,
+    ) -> None:
         """Queue a request. ValueError for a duplicate id or an invalid prompt/params."""
         if not isinstance(request_id, str):
             request_id = str(request_id)
@@ -130,7 +152,9 @@ class LLMEngine:
             raise ValueError(f"request_id: {request_id!r} is already running")
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params: expected SamplingParams, got {type(params).__name__}")
+            raise ValueError(
+                f"sampling_params: expected SamplingParams, got {type(params).__name__}"
+            )
         arrival_time = time.time() if arrival_time is None else arrival_time
         text, ids = self.tokenize_prompt(prompt)
         self._validate(ids, params)
@@ -147,7 +171,7 @@ class LLMEngine:
                 child_params = params
                 if params.n > 1 and params.seed is not None:
                     child_params = params.clone()
-                    child_params.seed = params.seed + index   # distinct but reproducible samples
+                    child_params.seed = params.seed + index  # distinct but reproducible samples
                 self.engine_core.add_request(handle, ids, child_params, arrival_time, max_tokens)
                 added.append(handle)
         except Exception:
@@ -162,10 +186,13 @@ class LLMEngine:
         vocab = self.engine_core.vocab_size
         bad = [t for t in ids if not (0 <= t < vocab)]
         if bad:
-            raise ValueError(f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+            raise ValueError(
+                f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})"
+            )
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt: {len(ids)} tokens leaves no room under max_model_len "
-                             f"{self.max_model_len}")
+            raise ValueError(
+                f"prompt: {len(ids)} tokens leaves no room under max_model_len {self.max_model_len}"
+            )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > self.max_logprobs:
@@ -235,16 +262,22 @@ class LLMEngine:
         core = self.engine_core
         steps = max(core.num_steps, 1)
         return EngineStats(
-            num_running=s.num_running, num_waiting=s.num_waiting,
-            num_blocks_total=s.num_blocks_total, num_blocks_used=s.num_blocks_used,
-            num_blocks_free=s.num_blocks_free, kv_cache_usage=s.kv_cache_usage,
-            prefix_cache_queries=s.prefix_cache_queries, prefix_cache_hits=s.prefix_cache_hits,
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            num_blocks_total=s.num_blocks_total,
+            num_blocks_used=s.num_blocks_used,
+            num_blocks_free=s.num_blocks_free,
+            kv_cache_usage=s.kv_cache_usage,
+            prefix_cache_queries=s.prefix_cache_queries,
+            prefix_cache_hits=s.prefix_cache_hits,
             num_preemptions=s.num_preemptions,
             num_unfinished_requests=self.get_num_unfinished_requests(),
             num_prompt_tokens=core.num_prompt_tokens,
-            num_generation_tokens=core.num_generation_tokens, num_steps=core.num_steps,
+            num_generation_tokens=core.num_generation_tokens,
+            num_steps=core.num_steps,
             mean_step_host_s=(core.time_host + self._time_output) / steps,
-            mean_step_model_s=core.time_model / steps)
+            mean_step_model_s=core.time_model / steps,
+        )
 
     def reset_prefix_cache(self) -> bool:
         return self.engine_core.reset_prefix_cache()

@@ -1,0 +1,335 @@
+"""Pydantic models of the OpenAI-compatible HTTP API: requests (validated, with limits) and responses.
+
+Request models reject what can never be served with a 400 before anything reaches the engine:
+out-of-range sampling values, too many choices / logprobs / stop strings, non-finite floats.
+Checks that need the model (prompt length vs max_model_len, token ids vs vocab) live in the
+serving classes, which know the tokenizer.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, Optional, Union
+
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator,
+                      model_serializer, model_validator)
+
+# Limits that protect the server from requests that would exhaust it (issue 6).
+MAX_BODY_BYTES = 8 * 1024 * 1024     # larger bodies get 413 before JSON parsing
+MAX_N = 128                          # choices per prompt (OpenAI's own cap)
+MAX_LOGPROBS = 20                    # top-N logprobs per token (completions and chat)
+MAX_STOP_STRINGS = 32
+MAX_STOP_STRING_CHARS = 1024
+MAX_PROMPTS_PER_REQUEST = 1024       # a list of prompts in one /v1/completions call
+MAX_TOKENS_CAP = 1 << 20             # absolute ceiling; the real one is max_model_len - prompt
+MAX_MESSAGES = 4096
+MAX_SEED = (1 << 63) - 1
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class OpenAIBaseModel(BaseModel):
+    # Unknown fields are accepted and ignored, as OpenAI's API does (clients send extras).
+    model_config = ConfigDict(extra="ignore")
+
+
+class OmitNoneModel(OpenAIBaseModel):
+    """Serializes without the fields named in _omit_if_none while they are None (OpenAI leaves
+    `role` out of later stream deltas and `usage` out of content chunks)."""
+    _omit_if_none: tuple[str, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        for name in self._omit_if_none:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
+
+
+class ErrorInfo(OpenAIBaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[Union[str, int]] = None
+
+
+class ErrorResponse(OpenAIBaseModel):
+    error: ErrorInfo
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: Optional[bool] = False
+    continuous_usage_stats: Optional[bool] = False
+
+
+# Non-finite floats (JSON "NaN" / "Infinity", which Python's json accepts) are rejected everywhere.
+def _finite(**kw: Any) -> Any:
+    return Field(allow_inf_nan=False, **kw)
+
+
+class SamplingFields(OpenAIBaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model: Optional[str] = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: Optional[float] = _finite(default=None, ge=0.0, le=1e4)
+    top_p: Optional[float] = _finite(default=None, gt=0.0, le=1.0)
+    top_k: Optional[int] = Field(None, ge=-1, le=1 << 31)
+    min_p: Optional[float] = _finite(default=None, ge=0.0, le=1.0)
+    presence_penalty: Optional[float] = _finite(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = _finite(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: Optional[float] = _finite(default=None, gt=0.0, le=100.0)
+    seed: Optional[int] = Field(None, ge=-MAX_SEED - 1, le=MAX_SEED)
+    stop: Optional[Union[str, list[str]]] = None
+    stop_token_ids: Optional[list[int]] = Field(None, max_length=MAX_STOP_STRINGS)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = Field(None, max_length=1024)
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_CAP)
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v: Optional[Union[str, list[str]]]) -> Optional[list[str]]:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else list(v)
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+        for s in stops:
+            if s == "":
+                raise ValueError("stop strings must be non-empty")
+            if len(s) > MAX_STOP_STRING_CHARS:
+                raise ValueError(f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters")
+        return stops
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _check_stop_ids(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and any(t < 0 for t in v):
+            raise ValueError("stop_token_ids must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _check_stream_options(self) -> "SamplingFields":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+PromptInput = Union[str, list[str], list[int], list[list[int]]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: PromptInput
+    max_tokens: Optional[int] = Field(16, ge=0, le=MAX_TOKENS_CAP)
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    suffix: Optional[str] = None
+    best_of: Optional[int] = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, v: PromptInput) -> PromptInput:
+        if isinstance(v, str):
+            return v
+        if len(v) == 0:
+            raise ValueError("prompt must not be empty")
+        if len(v) > MAX_PROMPTS_PER_REQUEST and not all(isinstance(x, int) for x in v):
+            raise ValueError(f"at most {MAX_PROMPTS_PER_REQUEST} prompts per request")
+        return v
+
+    @model_validator(mode="after")
+    def _check_unsupported(self) -> "CompletionRequest":
+        if self.suffix:
+            raise ValueError("suffix is not supported")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of is not supported (it must equal n)")
+        return self
+
+
+class ChatContentPart(OpenAIBaseModel):
+    type: str
+    text: Optional[str] = None
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Optional[Union[str, list[ChatContentPart]]] = None
+    name: Optional[str] = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise ValueError(f"only text content parts are supported, got {part.type!r}")
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_CAP)
+    max_completion_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_CAP)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    add_generation_prompt: bool = True
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _check_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> Optional[int]:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class TokenizeRequest(OpenAIBaseModel):
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    messages: Optional[list[ChatMessage]] = Field(None, max_length=MAX_MESSAGES)
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "TokenizeRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class DetokenizeRequest(OpenAIBaseModel):
+    model: Optional[str] = None
+    tokens: list[int] = Field(..., max_length=1 << 20)
+
+
+# ---- responses -----------------------------------------------------------------------------
+
+class UsageInfo(OpenAIBaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class CompletionLogprobs(OpenAIBaseModel):
+    text_offset: list[int] = Field(default_factory=list)
+    token_logprobs: list[Optional[float]] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
+
+
+class CompletionChoice(OpenAIBaseModel):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Optional[str] = None
+    stop_reason: Optional[Union[int, str]] = None
+
+
+class CompletionResponse(OpenAIBaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[UsageInfo] = None
+
+
+class ChatTopLogprob(OpenAIBaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class ChatTokenLogprob(ChatTopLogprob):
+    top_logprobs: list[ChatTopLogprob] = Field(default_factory=list)
+
+
+class ChatChoiceLogprobs(OpenAIBaseModel):
+    content: Optional[list[ChatTokenLogprob]] = None
+
+
+class ChatResponseMessage(OpenAIBaseModel):
+    role: str = "assistant"
+    content: Optional[str] = None
+
+
+class ChatCompletionChoice(OpenAIBaseModel):
+    index: int
+    message: ChatResponseMessage
+    logprobs: Optional[ChatChoiceLogprobs] = None
+    finish_reason: Optional[str] = None
+    stop_reason: Optional[Union[int, str]] = None
+
+
+class ChatCompletionResponse(OpenAIBaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: UsageInfo
+
+
+class DeltaMessage(OmitNoneModel):
+    _omit_if_none = ("role", "content")
+    role: Optional[str] = None
+    content: Optional[str] = None
+
+
+class ChatStreamChoice(OpenAIBaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: Optional[ChatChoiceLogprobs] = None
+    finish_reason: Optional[str] = None
+    stop_reason: Optional[Union[int, str]] = None
+
+
+class ChatCompletionChunk(OmitNoneModel):
+    _omit_if_none = ("usage",)
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
+    usage: Optional[UsageInfo] = None
+
+
+class CompletionChunk(OmitNoneModel):
+    _omit_if_none = ("usage",)
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[UsageInfo] = None
+
+
+class ModelCard(OpenAIBaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "pagedllm"
+    root: Optional[str] = None
+    max_model_len: Optional[int] = None
+
+
+class ModelList(OpenAIBaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

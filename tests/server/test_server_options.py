@@ -1,0 +1,108 @@
+"""A server with --api-key, --metrics-public and a model without a chat template: auth on every
+route, the missing-template 400, the CLI clients, and a graceful exit 0 on SIGINT with a stream
+in flight."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server_process import ServerProcess
+
+KEY = "s3cret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+    model = tmp_path_factory.mktemp("no_template") / "model"
+    shutil.copytree(tiny_llama, model)
+    cfg_path = model / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    proc = ServerProcess(str(model), "--api-key", KEY, "--metrics-public", "--max-model-len", "256",
+                         "--served-model-name", "tiny", "--device", "cpu")
+    yield proc
+    proc.close()
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("POST", "/v1/completions"),
+                                          ("POST", "/v1/chat/completions"), ("POST", "/tokenize"),
+                                          ("POST", "/detokenize"), ("GET", "/version")])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                     {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"},
+                                     {"Authorization": f"Bearer {KEY}x"}])
+def test_auth_required_401(keyed_server, method, path, headers):
+    resp = httpx.request(method, keyed_server.url + path, headers=headers, json={})
+    assert resp.status_code == 401
+    err = resp.json()["error"]
+    assert err["type"] == "authentication_error" and err["message"]
+
+
+def test_auth_ok_and_public_routes(keyed_server):
+    assert httpx.get(keyed_server.url + "/health").status_code == 200
+    assert httpx.get(keyed_server.url + "/metrics").status_code == 200   # --metrics-public
+    assert httpx.get(keyed_server.url + "/v1/models", headers=AUTH).status_code == 200
+    resp = httpx.post(keyed_server.url + "/v1/completions", headers=AUTH, timeout=60,
+                      json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+    assert resp.status_code == 200, resp.text
+
+
+def test_missing_chat_template_400(keyed_server):
+    resp = httpx.post(keyed_server.url + "/v1/chat/completions", headers=AUTH, timeout=60,
+                      json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status_code == 400
+    assert "chat template" in resp.json()["error"]["message"]
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pagedllm.entrypoints.cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_complete_and_chat(keyed_server):
+    expected = httpx.post(keyed_server.url + "/v1/completions", headers=AUTH, timeout=60,
+                          json={"model": "tiny", "prompt": "Once upon", "max_tokens": 6,
+                                "temperature": 0}).json()["choices"][0]["text"]
+    done = run_cli("complete", "--url", keyed_server.base_url, "--api-key", KEY, "--max-tokens", "6",
+                   "--temperature", "0", "-q", "Once upon")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected + "\n"
+    # stdin mode: one completion per line
+    lines = run_cli("complete", "--url", keyed_server.base_url, "--api-key", KEY, "--max-tokens", "6",
+                    "--temperature", "0", stdin="Once upon\nOnce upon\n")
+    assert lines.stdout == (expected + "\n") * 2
+    # This model has no chat template: the chat client reports the server's 400 and fails.
+    chat = run_cli("chat", "--url", keyed_server.base_url, "--api-key", KEY, "-q", "hello")
+    assert chat.returncode != 0 and "chat template" in chat.stderr
+    unauthorized = run_cli("complete", "--url", keyed_server.base_url, "--api-key", "bad", "-q", "x")
+    assert unauthorized.returncode != 0 and "401" in unauthorized.stderr
+
+
+def test_sigint_finishes_in_flight_stream_and_exits_0(keyed_server):
+    body = {"model": "tiny", "prompt": "Finish me", "max_tokens": 40, "ignore_eos": True,
+            "stream": True}
+    events: list[str] = []
+    with httpx.Client(timeout=60, headers=AUTH) as c:
+        with c.stream("POST", keyed_server.url + "/v1/completions", json=body) as resp:
+            lines = resp.iter_lines()
+            events.append(next(lines))
+            stopper = threading.Thread(target=keyed_server.stop, args=(signal.SIGINT,))
+            stopper.start()
+            events.extend(line for line in lines if line)
+            stopper.join()
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(events[-2][6:])
+    assert last["choices"][0]["finish_reason"] == "length"
+    assert keyed_server.proc.returncode == 0, keyed_server.log()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(keyed_server.url + "/health", timeout=2)
