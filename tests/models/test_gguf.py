@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
 from pagedllm.models.default_model import default_model_path
+from pagedllm.testing.hf_reference import hf_greedy
 from pagedllm.testing.plans import HandPlanner
 from pagedllm.testing.tiny_models import make_tiny_model
 from pagedllm.transformers_utils.tokenizer import get_tokenizer
@@ -199,16 +200,3 @@ def test_default_smollm2_greedy_matches_transformers_gguf():
         expected = hf_greedy(hf, ids, 16)
         assert generated == expected, (tokenizer.decode(generated), tokenizer.decode(expected))
     assert "Paris" in tokenizer.decode(ours[0])
-
-
-@torch.inference_mode()
-def hf_greedy(model, ids: list[int], num_tokens: int) -> list[int]:
-    """Greedy decoding with transformers' KV cache, not stopping at EOS (generate() would stop
-    there, and min_new_tokens would change the logits by masking EOS)."""
-    out = model(torch.tensor([ids]), use_cache=True)
-    tokens = []
-    for _ in range(num_tokens):
-        tokens.append(int(out.logits[0, -1].argmax()))
-        out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values,
-                    use_cache=True)
-    return tokens
