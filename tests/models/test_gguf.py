@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
 from pagedllm.models.default_model import default_model_path
+from pagedllm.testing.hf_reference import hf_greedy
 from pagedllm.testing.plans import HandPlanner
 from pagedllm.testing.tiny_models import make_tiny_model
 from pagedllm.transformers_utils.tokenizer import get_tokenizer
@@ -24,7 +25,8 @@ _HF_TO_GGUF_LAYER = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
+    "mlp.down_proj": "ffn_down", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
 }
 
 
@@ -35,14 +37,16 @@ def _llama_cpp_permute(w: np.ndarray, num_heads: int) -> np.ndarray:
             .reshape(w.shape))
 
 
-def write_llama_gguf(hf_dir: Path, out: Path, quant: str) -> Path:
+def write_gguf(hf_dir: Path, out: Path, quant: str) -> Path:
+    """The HF checkpoint as llama.cpp's converter would write it (Llama or Qwen3)."""
     import gguf
     from gguf.quants import quantize
 
     config = AutoConfig.from_pretrained(hf_dir)
+    arch = config.model_type
     weights = load_file(hf_dir / "model.safetensors")
-    writer = gguf.GGUFWriter(str(out), "llama")
-    writer.add_name("tiny-llama")
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_name(f"tiny-{arch}")
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -50,19 +54,30 @@ def write_llama_gguf(hf_dir: Path, out: Path, quant: str) -> Path:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(10000.0)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(0 if quant == "F32" else 7)
+    if config.rope_parameters.get("rope_type") == "llama3":
+        # llama.cpp's form of llama3 scaling: a divisor per frequency, from transformers' own
+        # llama3 and default frequencies.
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+        exponents = torch.arange(0, config.head_dim, 2, dtype=torch.int64).float()
+        plain = 1.0 / (config.rope_parameters["rope_theta"] ** (exponents / config.head_dim))
+        writer.add_tensor("rope_freqs.weight", (plain / scaled).float().numpy())
     for name, tensor in weights.items():
         array = tensor.float().numpy()
         if name.startswith("model.layers."):
             _, _, layer, rest = name.split(".", 3)
             module, kind = rest.rsplit(".", 1)
             gguf_name = f"blk.{layer}.{_HF_TO_GGUF_LAYER[module]}.{kind}"
-            if module == "self_attn.q_proj":
+            if arch == "llama" and module == "self_attn.q_proj":
                 array = _llama_cpp_permute(array, config.num_attention_heads)
-            elif module == "self_attn.k_proj":
+            elif arch == "llama" and module == "self_attn.k_proj":
                 array = _llama_cpp_permute(array, config.num_key_value_heads)
         else:
             gguf_name = {"model.embed_tokens.weight": "token_embd.weight",
@@ -123,7 +138,7 @@ def tiny_llama_for_gguf(tmp_path_factory):
 
 def test_tiny_gguf_f32_round_trip_matches_safetensors(tiny_llama_for_gguf):
     hf_dir, root = tiny_llama_for_gguf
-    path = write_llama_gguf(hf_dir, root / "tiny-f32.gguf", "F32")
+    path = write_gguf(hf_dir, root / "tiny-f32.gguf", "F32")
     tokens = list(range(3, 40))
     from_gguf = prefill_logits(gguf_runner(str(path)), tokens)
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
@@ -134,12 +149,40 @@ def test_tiny_gguf_f32_round_trip_matches_safetensors(tiny_llama_for_gguf):
 
 def test_tiny_gguf_q8_dir_plus_file_matches_transformers_gguf(tiny_llama_for_gguf):
     hf_dir, root = tiny_llama_for_gguf
-    path = write_llama_gguf(hf_dir, root / "tiny-q8.gguf", "Q8_0")
+    path = write_gguf(hf_dir, root / "tiny-q8.gguf", "Q8_0")
     tokens = list(range(100, 140))
     ours = prefill_logits(gguf_runner(str(root), gguf_file="tiny-q8.gguf"), tokens)
     with torch.inference_mode():
         expected = hf_model_from_gguf(str(path))(torch.tensor([tokens])).logits[0]
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+
+def test_tiny_qwen3_gguf_untied_with_qk_norm(tmp_path):
+    # head_dim 32 != hidden / heads = 16: only attention.key_length says so.
+    hf_dir = make_tiny_model("qwen3", tmp_path / "hf", seed=8, tie_word_embeddings=False)
+    path = write_gguf(hf_dir, tmp_path / "tiny-qwen3.gguf", "F32")
+    tokens = list(range(20, 60))
+    runner = gguf_runner(str(path))
+    assert runner.model.lm_head.weight is not runner.model.model.embed_tokens.weight
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        expected = hf(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(prefill_logits(runner, tokens), expected, rtol=0, atol=1e-4)
+
+
+def test_tiny_llama3_gguf_with_rope_freqs(tmp_path):
+    hf_dir = make_tiny_model("llama", tmp_path / "hf", seed=9, rope_theta=500000.0,
+                             rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                               high_freq_factor=4.0,
+                                               original_max_position_embeddings=64))
+    path = write_gguf(hf_dir, tmp_path / "tiny-llama3.gguf", "F32")
+    runner = gguf_runner(str(path))
+    assert len(runner.hf_config.gguf_rope_freq_factors) == 16
+    tokens = list(range(3, 300))   # long enough for every frequency band to matter
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        expected = hf(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(prefill_logits(runner, tokens), expected, rtol=0, atol=1e-4)
 
 
 def test_gguf_path_errors(tmp_path):
@@ -181,16 +224,3 @@ def test_default_smollm2_greedy_matches_transformers_gguf():
         expected = hf_greedy(hf, ids, 16)
         assert generated == expected, (tokenizer.decode(generated), tokenizer.decode(expected))
     assert "Paris" in tokenizer.decode(ours[0])
-
-
-@torch.inference_mode()
-def hf_greedy(model, ids: list[int], num_tokens: int) -> list[int]:
-    """Greedy decoding with transformers' KV cache, not stopping at EOS (generate() would stop
-    there, and min_new_tokens would change the logits by masking EOS)."""
-    out = model(torch.tensor([ids]), use_cache=True)
-    tokens = []
-    for _ in range(num_tokens):
-        tokens.append(int(out.logits[0, -1].argmax()))
-        out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values,
-                    use_cache=True)
-    return tokens

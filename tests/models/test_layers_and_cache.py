@@ -107,3 +107,11 @@ def test_qkv_and_merged_loaders_place_shards():
     torch.testing.assert_close(merged.weight.data, torch.cat([gate, up]))
     with pytest.raises(ValueError, match="does not fit"):
         merged.weight.weight_loader(merged.weight, torch.randn(6, 5), 0)
+
+
+def test_padded_decode_batch_sizes():
+    from pagedllm.worker.input_buffers import padded_batch_size
+
+    assert [padded_batch_size(n) for n in (1, 2, 3, 5, 8, 9, 17, 512)] == [1, 2, 4, 8, 8, 16,
+                                                                           24, 512]
+    assert padded_batch_size(600) == 600

@@ -180,3 +180,18 @@ def test_untied_qwen3_and_tied_llama(tmp_path):
         assert (head is embed) == tie
         torch.testing.assert_close(all_position_logits(runner), hf_all_position_logits(path),
                                    rtol=0, atol=1e-4)
+
+
+def test_auto_dtype_depends_on_device():
+    from types import SimpleNamespace
+
+    from pagedllm.models.loader import choose_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    fp32, fp16 = SimpleNamespace(dtype="float32"), SimpleNamespace(dtype=torch.float16)
+    assert choose_dtype("auto", fp32, cpu) == torch.float32
+    assert choose_dtype("auto", fp16, cpu) == torch.float32
+    assert choose_dtype("auto", fp32, cuda) == torch.bfloat16
+    assert choose_dtype("auto", fp16, cuda) == torch.float16
+    assert choose_dtype("half", fp32, cpu) == torch.float16
+    assert choose_dtype("float", fp16, cuda) == torch.float32

@@ -9,23 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from pagedllm.testing.hf_reference import hf_greedy
 from pagedllm.worker.model_runner import ModelRunner
 
 core = pytest.importorskip("pagedllm._C.core")
 
 BLOCK_SIZE = 16
 NEW_TOKENS = 12
-
-
-@torch.inference_mode()
-def hf_greedy(model, ids, num_tokens):
-    out = model(torch.tensor([ids]), use_cache=True)
-    tokens = []
-    for _ in range(num_tokens):
-        tokens.append(int(out.logits[0, -1].argmax()))
-        out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values,
-                    use_cache=True)
-    return tokens
 
 
 def run_with_scheduler(path, prompts, num_blocks, max_num_batched_tokens):

@@ -33,9 +33,19 @@ class DecoderOptions:
         self.qk_norm = qk_norm
 
 
+def make_rotary_embedding(config: Any) -> RotaryEmbedding:
+    """The model's rotary table ([max_position_embeddings, rotary_dim] float32)."""
+    head_dim = head_dim_of(config)
+    rope_params = rope_parameters_from_config(config)
+    rotary_dim = int(head_dim * rope_params.get(
+        "partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
+    return RotaryEmbedding(head_dim, rotary_dim, config.max_position_embeddings, rope_params,
+                           is_neox_style=True)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, layer_idx: int, options: DecoderOptions, tp_rank: int,
-                 tp_size: int, sliding_window: Optional[int]):
+                 tp_size: int, sliding_window: Optional[int], rotary_emb: RotaryEmbedding):
         super().__init__()
         hidden = config.hidden_size
         self.head_dim = head_dim_of(config)
@@ -51,12 +61,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, hidden,
                                         bias=getattr(config, "attention_bias", False),
                                         tp_rank=tp_rank, tp_size=tp_size)
-        rope_params = rope_parameters_from_config(config)
-        rotary_dim = int(self.head_dim * rope_params.get(
-            "partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
-        self.rotary_emb = RotaryEmbedding(self.head_dim, rotary_dim,
-                                          config.max_position_embeddings, rope_params,
-                                          is_neox_style=True)
+        self.rotary_emb = rotary_emb   # shared by all layers: one cos/sin table per model
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
                               self.num_kv_heads, sliding_window=sliding_window)
         self.qk_norm = options.qk_norm
@@ -97,10 +102,10 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: Any, layer_idx: int, options: DecoderOptions, tp_rank: int,
-                 tp_size: int, sliding_window: Optional[int]):
+                 tp_size: int, sliding_window: Optional[int], rotary_emb: RotaryEmbedding):
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_idx, options, tp_rank, tp_size,
-                                        sliding_window)
+                                        sliding_window, rotary_emb)
         self.mlp = LlamaMLP(config, tp_rank, tp_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -123,8 +128,9 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                    tp_rank=tp_rank, tp_size=tp_size)
+        rotary_emb = make_rotary_embedding(config)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, options, tp_rank, tp_size, sliding_windows[i])
+            LlamaDecoderLayer(config, i, options, tp_rank, tp_size, sliding_windows[i], rotary_emb)
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

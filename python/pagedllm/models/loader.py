@@ -18,8 +18,6 @@ from pagedllm.models.registry import resolve_model_class
 
 _NAMED_DTYPES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
                  "float32": torch.float32, "float": torch.float32}
-# Show the weight-loading progress bar only when loading takes noticeable time.
-_PROGRESS_BAR_MIN_BYTES = 256 * 1024 * 1024
 
 
 def resolve_model_path(model: str, revision: Optional[str] = None,
@@ -54,7 +52,7 @@ def resolve_model_config(model_config: ModelConfig,
     model_config.model_path = path
     model_config.hf_config = hf_config
     resolve_model_class(getattr(hf_config, "architectures", None))   # fail early if unsupported
-    model_config.torch_dtype = _choose_dtype(model_config.dtype, hf_config, torch.device(device))
+    model_config.torch_dtype = choose_dtype(model_config.dtype, hf_config, torch.device(device))
     derived = derived_max_model_len(hf_config)
     if model_config.max_model_len is None:
         model_config.max_model_len = derived
@@ -72,7 +70,9 @@ def derived_max_model_len(hf_config: Any) -> int:
     return 2048
 
 
-def _choose_dtype(requested: str, hf_config: Any, device: torch.device) -> torch.dtype:
+def choose_dtype(requested: str, hf_config: Any, device: torch.device) -> torch.dtype:
+    """The dtype named by `requested`; for "auto": float32 on CPU, else the checkpoint's 16-bit
+    dtype (bfloat16 for float32 checkpoints)."""
     if requested != "auto":
         return _NAMED_DTYPES[requested]
     if device.type == "cpu":
@@ -170,7 +170,7 @@ def iterate_checkpoint_weights(path: str,
     files = _checkpoint_files(path, load_format)
     total = sum(os.path.getsize(f) for f in files)
     with tqdm(total=total, unit="B", unit_scale=True, desc="Loading weights",
-              disable=total < _PROGRESS_BAR_MIN_BYTES) as bar:
+              disable=total < gguf_loader.PROGRESS_BAR_MIN_BYTES) as bar:
         for file in files:
             if file.endswith(".safetensors"):
                 from safetensors import safe_open

@@ -19,6 +19,20 @@ import torch
 from pagedllm.worker.attention_metadata import AttentionMetadata
 
 
+# Decode batch sizes a CUDA-graph runner would capture (vLLM-like: small sizes one by one, then
+# multiples of 8). A decode step of S sequences replays the graph of padded_batch_size(S).
+DECODE_GRAPH_BATCH_SIZES = (1, 2, 4) + tuple(range(8, 513, 8))
+
+
+def padded_batch_size(num_seqs: int, sizes: tuple[int, ...] = DECODE_GRAPH_BATCH_SIZES) -> int:
+    """The smallest captured size >= num_seqs, or num_seqs itself when it exceeds them all
+    (such a step runs eagerly)."""
+    for size in sizes:
+        if size >= num_seqs:
+            return size
+    return num_seqs
+
+
 class StepInputs:
     """input_ids [T], positions [T] and the attention metadata of one step."""
 
