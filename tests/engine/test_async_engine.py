@@ -247,3 +247,23 @@ async def test_shutdown_fails_waiting_generates_and_later_calls(tiny_llama):
     with pytest.raises(EngineDeadError):
         await engine.add_request("after", PROMPTS[0], params)
     engine.shutdown()  # idempotent
+
+
+async def test_generate_keywords_and_list_abort(engine):
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+    outs = [
+        o
+        async for o in engine.generate(
+            prompt={"prompt_token_ids": [1, 5, 9]}, sampling_params=params, request_id="kw"
+        )
+    ]
+    assert outs[-1].finished and outs[-1].prompt is None
+    assert outs[-1].prompt_token_ids == [1, 5, 9]
+    long = SamplingParams(temperature=0.0, max_tokens=300, ignore_eos=True)
+    await engine.add_request("la", PROMPTS[0], long)
+    await engine.add_request("lb", PROMPTS[1], long)
+    await engine.abort_request(["la", "lb", "not-there"])
+    for rid in ("la", "lb"):
+        got = [o async for o in engine.generate(request_id=rid)]
+        assert got[-1].finished and got[-1].outputs[0].finish_reason == "abort"
+    assert engine.get_stats().num_blocks_used == 0

@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import Any, AsyncGenerator, Callable, Optional
+from typing import Any, AsyncGenerator, Callable, Iterable, Optional, Union
 
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.llm_engine import EngineStats, LLMEngine, PromptType
@@ -243,23 +243,28 @@ class AsyncLLMEngine:
         self.engine.add_request(request_id, prompt, params, arrival_time, priority)
         return self.engine.get_stats()
 
-    async def abort_request(self, request_id: str) -> None:
-        """End the request: its stream gets a final output with finish_reason "abort" and its
-        KV blocks are freed at the next step boundary. Unknown/finished ids are ignored."""
+    async def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
+        """End the request(s): each stream gets a final output with finish_reason "abort" and
+        the KV blocks are freed at the next step boundary. Unknown/finished ids are ignored."""
         if self._dead_error is not None or self._shutdown:
             return
-        finals, stats = await self._in_worker(self._abort_in_worker, request_id)
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        finals, stats = await self._in_worker(self._abort_in_worker, ids)
         self._stats = stats
         for out in finals:
             self._deliver(out)
 
-    def _abort_in_worker(self, request_id: str) -> tuple[list[RequestOutput], EngineStats]:
-        finals = self.engine.abort_request(request_id)
-        return finals, self.engine.get_stats()
+    def _abort_in_worker(self, ids: list[str]) -> tuple[list[RequestOutput], EngineStats]:
+        finals = self.engine.abort_request(ids)
+        self._stats = self.engine.get_stats()
+        return finals, self._stats
+
+    async def reset_prefix_cache(self) -> bool:
+        return await self._in_worker(self.engine.reset_prefix_cache)
 
     def generate(
         self,
-        prompt_or_request_id: Any,
+        prompt: Any = None,
         sampling_params: Optional[SamplingParams] = None,
         request_id: Optional[str] = None,
         *,
@@ -269,19 +274,21 @@ class AsyncLLMEngine:
         **_: Any,
     ) -> AsyncGenerator[RequestOutput, None]:
         """Two forms: generate(request_id) streams a request added with add_request();
-        generate(prompt, sampling_params, request_id) adds and streams (vLLM's form)."""
-        if sampling_params is None and request_id is None:
-            if not isinstance(prompt_or_request_id, str):
+        generate(prompt, sampling_params, request_id) adds and streams (vLLM's form; keywords
+        work too). The stream ends after the output with finished=True."""
+        if sampling_params is None and (request_id is None or prompt is None):
+            rid = request_id if prompt is None else prompt
+            if not isinstance(rid, str):
                 raise ValueError(
                     "generate: pass a request_id (after add_request) or "
                     "(prompt, sampling_params, request_id)"
                 )
-            return self._stream_outputs(prompt_or_request_id, add=None)
+            return self._stream_outputs(rid, add=None)
         if request_id is None:
             raise ValueError(
                 "request_id: generate(prompt, sampling_params, request_id) needs an id"
             )
-        add = (prompt_or_request_id, sampling_params or SamplingParams(), priority)
+        add = (prompt, sampling_params or SamplingParams(), priority)
         return self._stream_outputs(request_id, add=add)
 
     async def _stream_outputs(
@@ -320,7 +327,7 @@ class AsyncLLMEngine:
                 self._streams.pop(request_id, None)
                 self._active.discard(request_id)
                 try:
-                    self._executor.submit(self.engine.abort_request, request_id)
+                    self._executor.submit(self._abort_in_worker, [request_id])
                 except RuntimeError:
                     pass  # executor already shut down
 

@@ -7,6 +7,7 @@ Thread model: one thread at a time (LLM calls it directly; AsyncLLMEngine from i
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Union
@@ -18,6 +19,11 @@ from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.usage.usage_lib import UsageContext
+
+logger = logging.getLogger(__name__)
+
+# Seconds between two stats lines in the log (when log_stats is on).
+_STATS_LOG_INTERVAL_S = 5.0
 
 PromptType = Union[str, list[int], dict[str, Any]]
 
@@ -104,6 +110,7 @@ class LLMEngine:
         self.output_processor = OutputProcessor(tokenizer)
         self._next_handle = 1
         self._time_output = 0.0
+        self._last_log = (time.monotonic(), 0, 0)  # (when, prompt tokens, generation tokens)
 
     @classmethod
     def from_engine_args(
@@ -251,6 +258,8 @@ class LLMEngine:
         for h in to_abort:
             self.engine_core.abort_request(h)
         self._time_output += time.perf_counter() - t0
+        if self.log_stats:
+            self._maybe_log_stats()
         return outputs, {}
 
     def step(self) -> list[RequestOutput]:
@@ -259,6 +268,25 @@ class LLMEngine:
             first = next(iter(failed.values()))
             raise RuntimeError(f"step failed for requests {sorted(failed)}") from first
         return outputs
+
+    def _maybe_log_stats(self) -> None:
+        now = time.monotonic()
+        then, prompt0, gen0 = self._last_log
+        if now - then < _STATS_LOG_INTERVAL_S:
+            return
+        core = self.engine_core
+        s = core.stats()
+        logger.info(
+            "prompt throughput: %.1f tok/s, generation throughput: %.1f tok/s, running: %d, "
+            "waiting: %d, KV cache usage: %.1f%%, prefix cache hit rate: %.1f%%",
+            (core.num_prompt_tokens - prompt0) / (now - then),
+            (core.num_generation_tokens - gen0) / (now - then),
+            s.num_running,
+            s.num_waiting,
+            100 * s.kv_cache_usage,
+            100 * s.prefix_cache_hits / max(s.prefix_cache_queries, 1),
+        )
+        self._last_log = (now, core.num_prompt_tokens, core.num_generation_tokens)
 
     # -- stats ------------------------------------------------------------------------------------
     def get_stats(self) -> EngineStats:
