@@ -185,6 +185,16 @@ def test_tiny_llama3_gguf_with_rope_freqs(tmp_path):
     torch.testing.assert_close(prefill_logits(runner, tokens), expected, rtol=0, atol=1e-4)
 
 
+def test_directory_with_one_gguf_needs_no_file_name(tiny_llama_for_gguf, tmp_path):
+    hf_dir, _ = tiny_llama_for_gguf
+    write_gguf(hf_dir, tmp_path / "only.gguf", "F32")
+    runner = gguf_runner(str(tmp_path))
+    assert runner.model_config.gguf_path == str(tmp_path / "only.gguf")
+    write_gguf(hf_dir, tmp_path / "second.gguf", "F32")
+    with pytest.raises(ValueError, match="gguf_file.*several"):
+        gguf_runner(str(tmp_path))
+
+
 def test_gguf_path_errors(tmp_path):
     with pytest.raises(ValueError, match="gguf_file"):
         ModelRunner(ModelConfig(model=str(tmp_path), gguf_file="missing.gguf"), CacheConfig(),

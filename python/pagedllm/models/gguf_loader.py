@@ -47,6 +47,18 @@ def is_gguf(model: str, gguf_file: str | None) -> bool:
     return bool(gguf_file) or model.endswith(".gguf")
 
 
+def sole_gguf_in_directory(directory: str) -> str | None:
+    """The one .gguf file of a directory without config.json (None if it has a config.json or
+    no .gguf); ValueError naming gguf_file when several .gguf files make it ambiguous."""
+    if not os.path.isdir(directory) or os.path.isfile(os.path.join(directory, "config.json")):
+        return None
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".gguf"))
+    if len(files) > 1:
+        raise ValueError(f"gguf_file: {directory!r} holds several GGUF files {files}; "
+                         f"name one with gguf_file")
+    return files[0] if files else None
+
+
 def load_gguf_config(directory: str, file_name: str) -> Any:
     """A transformers config built from the GGUF metadata. Read with our cached reader rather
     than AutoConfig(gguf_file=...), which parses the whole file again (seconds for a 49k-token
