@@ -122,7 +122,7 @@ def test_engine_args_cli_round_trip() -> None:
         (dict(gpu_memory_utilization=1.5), "gpu_memory_utilization"),
         (dict(max_num_seqs=0), "max_num_seqs"),
         (dict(dtype="int8"), "dtype"),
-        (dict(tensor_parallel_size=2), "tensor_parallel_size"),
+        (dict(tensor_parallel_size=0), "tensor_parallel_size"),
         (dict(device="tpu"), "device"),
         (dict(scheduling_policy="lifo"), "scheduling_policy"),
         (dict(max_model_len=0), "max_model_len"),

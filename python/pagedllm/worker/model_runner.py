@@ -3,18 +3,18 @@
 execute_model(plan) writes the plan's new K/V into the cache and returns float32 logits for the
 rows that are sampled. The plan is only read (its arrays are views the core owns).
 
-GPU path (UNTESTED on this CPU-only development machine; the GPU issue validates it):
+GPU path:
 - inputs go through CudaInputBuffers: persistent pinned host + device buffers, one
   non_blocking copy per array per step (input_buffers.py);
-- KV blocks come from gpu_memory_utilization after profile_run() of max_num_batched_tokens;
-- CUDA graphs (not implemented yet) fit in without changing the model: for a pure-decode plan,
-  pad S sequences to padded_batch_size(S) with CudaInputBuffers.build(plan, padded_num_seqs),
-  capture model.forward once per size on those fixed buffers (max_query_len=1 and max_seq_len =
-  max_model_len as fixed kernel bounds), replay, and read the first S rows. enforce_eager skips it.
+- KV blocks come from gpu_memory_utilization after profile_run() of max_num_batched_tokens, with
+  the decode CUDA graphs' memory counted first;
+- pure-decode plans replay a CUDA graph captured per padded batch size (cuda_graphs.py);
+  enforce_eager turns graphs off.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Optional
 
@@ -24,9 +24,12 @@ import torch
 from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
 from pagedllm.models.loader import build_model, choose_dtype, resolve_model_config
 from pagedllm.worker.attention_metadata import AttentionMetadata
+from pagedllm.worker.cuda_graphs import DecodeGraphs, capture_sizes
 from pagedllm.worker.input_buffers import CudaInputBuffers, StepInputs, build_cpu_inputs
 from pagedllm.worker.kv_cache import (KVCacheSpec, allocate_kv_caches, cpu_num_blocks,
                                       kv_cache_spec)
+
+logger = logging.getLogger(__name__)
 
 # Tokens of the profiling forward when no scheduler config says how many a step may hold.
 DEFAULT_PROFILE_TOKENS = 8192
@@ -71,6 +74,7 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []   # per layer [2, NB, BS, Hkv, D]
         self.num_blocks = 0                         # set by allocate_kv_cache (null block incl.)
         self._cuda_buffers: Optional[CudaInputBuffers] = None
+        self._decode_graphs: Optional[DecodeGraphs] = None
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -111,10 +115,24 @@ class ModelRunner:
         self.profile_run(self._max_num_batched_tokens())
         torch.cuda.synchronize(self.device)
         activation_peak = torch.cuda.max_memory_allocated(self.device) - allocated_before
+        # Decode CUDA graphs keep their own memory pool: the activations of the largest captured
+        # batch, measured the same way, are counted before the KV cache takes the rest.
+        graph_reserve = 0
+        if self._graphs_enabled():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.profile_run(max(capture_sizes(self._max_num_seqs())))
+            torch.cuda.synchronize(self.device)
+            graph_reserve = torch.cuda.max_memory_allocated(self.device) - allocated_before
         torch.cuda.empty_cache()
         # Everything in use before profiling (weights, other processes, the CUDA context).
         in_use = total - free_before
-        budget = total * self.cache_config.gpu_memory_utilization - in_use - activation_peak
+        budget = (total * self.cache_config.gpu_memory_utilization - in_use - activation_peak
+                  - graph_reserve)
+        logger.info("GPU memory: %.2f GiB total, %.2f GiB in use before profiling, activation "
+                    "peak %.2f GiB, CUDA-graph reserve %.2f GiB, KV budget %.2f GiB",
+                    total / 2**30, in_use / 2**30, activation_peak / 2**30,
+                    graph_reserve / 2**30, budget / 2**30)
         num_blocks = int(budget // self.kv_spec.bytes_per_block)
         if num_blocks < 2:
             raise ValueError(f"gpu_memory_utilization: {self.cache_config.gpu_memory_utilization}"
@@ -145,8 +163,17 @@ class ModelRunner:
         if num_blocks < 2:
             raise ValueError(f"num_blocks: need at least 2 (null block + 1), got {num_blocks}")
         self.kv_caches = []
+        self._decode_graphs = None
         self.kv_caches = allocate_kv_caches(self.kv_spec, num_blocks, self.device)
         self.num_blocks = num_blocks
+        if self._graphs_enabled():
+            self._decode_graphs = DecodeGraphs(
+                self.model, self.kv_caches, self._input_buffers(),
+                capture_sizes(self._max_num_seqs()), self.max_model_len, self.max_blocks_per_seq)
+            self._decode_graphs.capture()
+
+    def _graphs_enabled(self) -> bool:
+        return self.device.type == "cuda" and not self.device_config.enforce_eager
 
     # ---- one step ----------------------------------------------------------------------------
 
@@ -157,11 +184,14 @@ class ModelRunner:
     def _prepare(self, plan: Any) -> StepInputs:
         if self.device.type == "cpu":
             return build_cpu_inputs(plan)
+        return self._input_buffers().build(plan)
+
+    def _input_buffers(self) -> CudaInputBuffers:
         if self._cuda_buffers is None:
             self._cuda_buffers = CudaInputBuffers(
                 max(self._max_num_batched_tokens(), self._max_num_seqs()), self._max_num_seqs(),
-                max(self.max_blocks_per_seq, plan.block_table.shape[1]), self.device)
-        return self._cuda_buffers.build(plan)
+                self.max_blocks_per_seq, self.device)
+        return self._cuda_buffers
 
     @torch.inference_mode()
     def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None) -> torch.Tensor:
@@ -175,9 +205,13 @@ class ModelRunner:
         if int(plan.num_tokens) == 0:
             return torch.empty((len(rows), self.vocab_size), dtype=torch.float32,
                                device=self.device)
-        inputs = self._prepare(plan)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches,
-                            inputs.meta)                                # [T, H]
+        graph_size = self._decode_graphs.padded_size(plan) if self._decode_graphs else None
+        if graph_size is not None:
+            hidden = self._decode_graphs.run(plan, graph_size)         # [T, H]
+        else:
+            inputs = self._prepare(plan)
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches,
+                                inputs.meta)                            # [T, H]
         if len(rows) == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
         index = torch.from_numpy(rows).to(self.device, non_blocking=True)

@@ -1,0 +1,120 @@
+"""End to end on the GPU (skipped without CUDA): CUDA graphs change nothing, a real-shape model
+(Qwen3-0.6B's config, random weights) gives transformers' greedy tokens in float32, and bf16
+agrees with transformers bf16 on the first 32 greedy tokens of 64 prompts."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+
+def _llm(model, **kw):
+    from pagedllm import LLM
+
+    args = dict(model=str(model), device="cuda", max_model_len=512, max_num_seqs=64,
+                gpu_memory_utilization=0.5, skip_tokenizer_init=True)
+    args.update(kw)
+    return LLM(**args)
+
+
+def _greedy_ids(llm, prompts, n):
+    from pagedllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def _free(llm):
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _prompts(num, vocab, seed, lo=5, hi=60):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(lo, hi, (num,), generator=g).tolist()
+    return [torch.randint(3, vocab - 1, (n,), generator=g).tolist() for n in lens]
+
+
+def _hf_greedy(model, prompt, n):
+    ids = torch.tensor([prompt], device="cuda")
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                         min_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_graphs_on_and_off_give_identical_tokens(tiny_llama, dtype):
+    prompts = _prompts(40, 512, seed=1)    # 40 sequences: decode batches 1..40 are padded
+    eager = _llm(tiny_llama, dtype=dtype, enforce_eager=True)
+    assert eager.llm_engine.engine_core.runner._decode_graphs is None
+    expected = _greedy_ids(eager, prompts, 24)
+    _free(eager)
+    graphs = _llm(tiny_llama, dtype=dtype)
+    runner = graphs.llm_engine.engine_core.runner
+    assert runner._decode_graphs is not None and 40 <= runner._decode_graphs.sizes[-1]
+    got = _greedy_ids(graphs, prompts, 24)
+    _free(graphs)
+    assert got == expected
+
+
+@pytest.fixture(scope="module")
+def real_shape_dir(tmp_path_factory):
+    """Qwen3-0.6B's exact config with seeded random weights, saved as safetensors, so that
+    pagedllm and transformers load the very same weights."""
+    from model_shapes import write_shape_dir
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(write_shape_dir("qwen3-0.6b"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out = tmp_path_factory.mktemp("qwen3-0.6b-random")
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": None}))
+    return out
+
+
+def test_real_shape_float32_greedy_matches_transformers(real_shape_dir):
+    from transformers import AutoModelForCausalLM
+
+    prompts = _prompts(8, 151936, seed=2, lo=10, hi=200)
+    llm = _llm(real_shape_dir, dtype="float32")
+    ours = _greedy_ids(llm, prompts, 32)
+    _free(llm)
+    hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.float32).cuda().eval()
+    expected = [_hf_greedy(hf, p, 32) for p in prompts]
+    del hf
+    assert ours == expected
+
+
+def test_real_shape_bf16_agreement_with_transformers_bf16(real_shape_dir):
+    from transformers import AutoModelForCausalLM
+
+    prompts = _prompts(64, 151936, seed=3, lo=10, hi=200)
+    llm = _llm(real_shape_dir, dtype="bfloat16")
+    ours = _greedy_ids(llm, prompts, 32)
+    _free(llm)
+    hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.bfloat16).cuda().eval()
+    expected = [_hf_greedy(hf, p, 32) for p in prompts]
+    del hf
+    agree = sum(a == b for o, e in zip(ours, expected) for a, b in zip(o, e))
+    total = sum(len(e) for e in expected)
+    first_token = sum(o[0] == e[0] for o, e in zip(ours, expected)) / len(prompts)
+    report = {"bf16_token_agreement": agree / total, "first_token_agreement": first_token,
+              "prompts": len(prompts), "tokens_each": 32}
+    print("BF16_AGREEMENT", json.dumps(report))
+    out_dir = os.environ.get("PAGEDLLM_REPORT_DIR")
+    if out_dir:
+        Path(out_dir, "bf16_agreement.json").write_text(json.dumps(report))
+    assert agree / total >= 0.95, report
