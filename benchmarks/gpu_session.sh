@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One device session on a bare GPU machine: build for sm_90, then the chosen stages, logs in $OUT.
+#   bash benchmarks/gpu_session.sh OUT_DIR "build test nano"      # first call
+#   bash benchmarks/gpu_session.sh OUT_DIR "build peer eager 8b"  # a second call
+# Stages: build, test (pytest -m gpu), nano (W-nano with CUDA graphs), eager (W-nano eager),
+# peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark).
+# Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
+set -uo pipefail
+OUT=${1:?output dir}
+STAGES=${2:-"build test nano"}
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PAGEDLLM_CUDA_ARCHS=90 NCCL_NVLS_ENABLE=0
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+stage() { echo "== $1 $(date -u +%H:%M:%S)"; }
+NANO="--model-shape qwen3-0.6b --workload nano --dtype bfloat16 --max-model-len 2048"
+
+if has build; then
+  stage build
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
+  python3 -m pip install -q --no-build-isolation --no-deps . > "$OUT/build.log" 2>&1 \
+    || { tail -40 "$OUT/build.log"; exit 1; }
+fi
+if has test; then
+  stage test
+  (cd tests && PAGEDLLM_REPORT_DIR="$OUT" timeout 330 python3 -m pytest -q -p no:cacheprovider \
+     -m gpu -rfE 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25)
+fi
+if has nano; then
+  stage nano
+  timeout 200 python3 benchmarks/throughput.py $NANO --output-json "$OUT/nano_graphs.json" \
+    > "$OUT/nano_graphs.log" 2>&1; tail -22 "$OUT/nano_graphs.log"
+fi
+if has eager; then
+  stage eager
+  timeout 200 python3 benchmarks/throughput.py $NANO --enforce-eager \
+    --output-json "$OUT/nano_eager.json" > "$OUT/nano_eager.log" 2>&1; tail -8 "$OUT/nano_eager.log"
+fi
+if has peer; then
+  stage peer
+  (cd benchmarks && timeout 300 python3 hf_generate_peer.py --shape qwen3-0.6b --workload nano \
+     --batch-size 64 > "$OUT/nano_hf.json" 2> "$OUT/nano_hf.log"); cat "$OUT/nano_hf.json"
+fi
+if has 8b; then
+  stage 8b
+  timeout 540 python3 benchmarks/throughput.py --model-shape qwen3-8b --workload 8b \
+    --dtype bfloat16 --max-model-len 3072 --gpu-memory-utilization 0.9 \
+    --output-json "$OUT/w8b.json" > "$OUT/w8b.log" 2>&1; tail -22 "$OUT/w8b.log"
+fi
+if has kernels; then
+  stage kernels
+  timeout 200 python3 benchmarks/kernels/paged_attention.py --out "$OUT/kernels.json" \
+    --png "$OUT/decode_gbps.png" > "$OUT/kernels.log" 2>&1; tail -30 "$OUT/kernels.log"
+fi
+stage done
