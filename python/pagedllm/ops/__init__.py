@@ -95,6 +95,13 @@ def reshape_and_cache(
 _HEAD_DIMS_CUDA = (64, 80, 96, 128, 256)
 
 
+def cuda_attention_supported(head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether paged_attention on CUDA tensors of this head size and dtype runs the compiled
+    kernel (graph-capturable) rather than the torch reference (host syncs: not capturable)."""
+    return _WITH_CUDA and _ops is not None and head_dim in _HEAD_DIMS_CUDA \
+        and dtype in _FLOAT_DTYPES
+
+
 def paged_attention(
     query: torch.Tensor,            # [T, Hq, D]
     kv_cache: torch.Tensor,         # [2, NB, BS, Hkv, D]

@@ -173,7 +173,12 @@ class ModelRunner:
             self._decode_graphs.capture()
 
     def _graphs_enabled(self) -> bool:
-        return self.device.type == "cuda" and not self.device_config.enforce_eager
+        # Graphs need every kernel of the forward capturable: the reference attention (head
+        # sizes without a CUDA kernel) reads its metadata on the host, so those run eagerly.
+        from pagedllm.ops import cuda_attention_supported
+
+        return (self.device.type == "cuda" and not self.device_config.enforce_eager
+                and cuda_attention_supported(self.kv_spec.head_dim, self.dtype))
 
     # ---- one step ----------------------------------------------------------------------------
 
