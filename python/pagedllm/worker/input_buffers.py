@@ -69,8 +69,11 @@ class CudaInputBuffers:
         self.max_blocks_per_seq = max_blocks_per_seq
 
         def pair(*shape):
-            host = torch.zeros(shape, dtype=torch.int32, pin_memory=True)
-            return host, torch.zeros(shape, dtype=torch.int32, device=device)
+            # Normal (not inference-mode) tensors even when first built inside
+            # torch.inference_mode(): in-place refills then work in and out of inference mode.
+            with torch.inference_mode(False):
+                host = torch.zeros(shape, dtype=torch.int32, pin_memory=True)
+                return host, torch.zeros(shape, dtype=torch.int32, device=device)
 
         self.host, self.dev = {}, {}
         for name in self._TOKEN_FIELDS:                            # [max_num_tokens] each
