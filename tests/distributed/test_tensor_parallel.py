@@ -118,3 +118,36 @@ def test_llm_with_tensor_parallel_size_2_matches_tp1(tiny_qwen3):
         llm.llm_engine.shutdown()
     assert got == expected
     assert all(len(t) == 10 for t in got)
+
+
+def test_externally_launched_worker_joins_through_env(tiny_llama, monkeypatch):
+    """The multi-host path: the engine spawns no worker; one started by hand with env://
+    variables (as torchrun would) joins through MASTER_ADDR/MASTER_PORT."""
+    import socket
+    import subprocess
+    import sys
+
+    from pagedllm.distributed.tp_executor import EXTERNAL_WORKERS_ENV
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(EXTERNAL_WORKERS_ENV, "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pagedllm.distributed.tp_worker"],
+        env=dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="0"))
+    try:
+        executor = TPExecutor(_config(tiny_llama, 2), startup_timeout_s=120)
+        try:
+            assert executor._procs == []          # nothing spawned by the engine
+            got = _greedy(executor, PROMPTS[:2], 6)
+        finally:
+            executor.close()
+        assert worker.wait(timeout=30) == 0       # told to shut down, exits cleanly
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    expected = _greedy(_make_runner(_config(tiny_llama, 1)), PROMPTS[:2], 6)
+    assert got == expected
