@@ -365,7 +365,7 @@ async def run_server(args: argparse.Namespace, engine: Any = None,
         config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
                                 access_log=not args.disable_uvicorn_access_log,
                                 timeout_graceful_shutdown=args.shutdown_timeout,
-                                timeout_keep_alive=5, backlog=2048)
+                                timeout_keep_alive=5, backlog=2048, lifespan="off")
         server = _Server(config)
         server_holder["server"] = server
 
