@@ -1,4 +1,4 @@
-"""Fixtures for the server tests: one real server subprocess per module on a tiny model."""
+"""Fixtures for the server tests: one real server subprocess (shared by the modules) on a tiny model."""
 from __future__ import annotations
 
 import sys
@@ -16,7 +16,7 @@ SERVER_ARGS = ("--max-model-len", "256", "--max-num-seqs", "64", "--served-model
                "--dtype", "float32", "--device", "cpu")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_llama: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(str(tiny_llama), *SERVER_ARGS)
     try:
