@@ -169,8 +169,13 @@ def build_app(ctx: ServerContext, *, api_key: Optional[str] = None,
         # A real fault: logged with its traceback (never the body); the server keeps serving.
         logger.error("internal error: %s: %s", type(exc).__name__, exc,
                      exc_info=(type(exc), exc, exc.__traceback__))
-        record_error(500)
         base.on_engine_error(exc)
+        if getattr(ctx.engine, "errored", False):
+            record_error(503)
+            return JSONResponse(error_body("The engine has stopped after a fatal error; the "
+                                           "server is shutting down.", "engine_dead", 503),
+                                status_code=503)
+        record_error(500)
         return internal_error_response(f"Internal server error: {type(exc).__name__}")
 
     async def generate(raw: Request, serving: Any, req: Any) -> Response:

@@ -30,9 +30,36 @@ def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def _reject_unencodable(value: Any, depth: int = 0) -> None:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800") that no tokenizer can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError("text must be valid Unicode (lone surrogate found)") from exc
+    elif depth < 8 and isinstance(value, dict):
+        for k, v in value.items():
+            _reject_unencodable(k, depth + 1)
+            _reject_unencodable(v, depth + 1)
+    elif depth < 8 and isinstance(value, list):
+        for v in value:
+            if isinstance(v, (str, dict, list)):
+                _reject_unencodable(v, depth + 1)
+
+
 class OpenAIBaseModel(BaseModel):
     # Unknown fields are accepted and ignored, as OpenAI's API does (clients send extras).
     model_config = ConfigDict(extra="ignore")
+
+
+class RequestModel(OpenAIBaseModel):
+    """A request body: its strings must be encodable text."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _reject_unencodable(data)
+        return data
 
 
 class OmitNoneModel(OpenAIBaseModel):
@@ -70,7 +97,7 @@ def _finite(**kw: Any) -> Any:
     return Field(allow_inf_nan=False, **kw)
 
 
-class SamplingFields(OpenAIBaseModel):
+class SamplingFields(RequestModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: Optional[str] = None
@@ -200,7 +227,7 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class TokenizeRequest(OpenAIBaseModel):
+class TokenizeRequest(RequestModel):
     model: Optional[str] = None
     prompt: Optional[str] = None
     messages: Optional[list[ChatMessage]] = Field(None, max_length=MAX_MESSAGES)
@@ -214,7 +241,7 @@ class TokenizeRequest(OpenAIBaseModel):
         return self
 
 
-class DetokenizeRequest(OpenAIBaseModel):
+class DetokenizeRequest(RequestModel):
     model: Optional[str] = None
     tokens: list[int] = Field(..., max_length=1 << 20)
 
