@@ -7,6 +7,7 @@ Every EngineArgs flag is accepted (vLLM's spellings). Prints one JSON object: re
 tok/s, total tok/s, and the mean step time split into host (schedule, batch preparation, update,
 output processing) and model (forward + sampling) time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,22 +19,31 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model_shapes import SHAPES, write_shape_dir  # noqa: E402
-from workloads import random_requests  # noqa: E402
-
 from pagedllm.engine.arg_utils import EngineArgs  # noqa: E402
 from pagedllm.engine.llm_engine import LLMEngine  # noqa: E402
 from pagedllm.sampling_params import SamplingParams  # noqa: E402
+from workloads import random_requests  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--input-len", type=int, default=1024)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--num-prompts", type=int, default=1000)
-    parser.add_argument("--random-range-ratio", type=float, default=0.0,
-                        help="lengths uniform in [len * (1 - r), len * (1 + r)]")
-    parser.add_argument("--model-shape", choices=sorted(SHAPES), default=None,
-                        help="use a real model's shape (config only; implies --load-format dummy)")
+    parser.add_argument(
+        "--random-range-ratio",
+        type=float,
+        default=0.0,
+        help="lengths uniform in [len * (1 - r), len * (1 + r)]",
+    )
+    parser.add_argument(
+        "--model-shape",
+        choices=sorted(SHAPES),
+        default=None,
+        help="use a real model's shape (config only; implies --load-format dummy)",
+    )
     parser.add_argument("--output-json", type=str, default=None)
     parser.add_argument("--warmup-steps", type=int, default=2)
     EngineArgs.add_cli_args(parser)
@@ -58,13 +68,17 @@ def main(argv: list[str] | None = None) -> dict:
     vocab = engine.engine_core.vocab_size
     in_lo, in_hi = _bounds(args.input_len, args.random_range_ratio)
     out_lo, out_hi = _bounds(args.output_len, args.random_range_ratio)
-    requests = random_requests(args.num_prompts, in_lo, in_hi, out_lo, out_hi, vocab, seed=args.seed)
+    requests = random_requests(
+        args.num_prompts, in_lo, in_hi, out_lo, out_hi, vocab, seed=args.seed
+    )
 
     # Warm up (first-call allocations, lazy inits) on a throw-away request.
     if args.warmup_steps > 0:
-        engine.add_request("warmup", requests[0].prompt_token_ids[:16],
-                           SamplingParams(max_tokens=args.warmup_steps, ignore_eos=True,
-                                          detokenize=False))
+        engine.add_request(
+            "warmup",
+            requests[0].prompt_token_ids[:16],
+            SamplingParams(max_tokens=args.warmup_steps, ignore_eos=True, detokenize=False),
+        )
         while engine.has_unfinished_requests():
             engine.step()
     core = engine.engine_core
@@ -73,9 +87,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     for i, req in enumerate(requests):
-        engine.add_request(str(i), {"prompt_token_ids": req.prompt_token_ids},
-                           SamplingParams(temperature=1.0, top_p=1.0, max_tokens=req.output_len,
-                                          ignore_eos=True, detokenize=False))
+        engine.add_request(
+            str(i),
+            {"prompt_token_ids": req.prompt_token_ids},
+            SamplingParams(
+                temperature=1.0,
+                top_p=1.0,
+                max_tokens=req.output_len,
+                ignore_eos=True,
+                detokenize=False,
+            ),
+        )
     num_output = 0
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -100,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         "num_steps": steps,
         "mean_step_ms": round(1000 * elapsed / steps, 3),
         "mean_step_host_ms": round(
-            1000 * ((core.time_host - host0) + (engine._time_output - out0)) / steps, 3),
+            1000 * ((core.time_host - host0) + (engine._time_output - out0)) / steps, 3
+        ),
         "mean_step_model_ms": round(1000 * (core.time_model - model0) / steps, 3),
         "num_preemptions": stats.num_preemptions,
         "kv_blocks_total": stats.num_blocks_total,

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -23,8 +24,9 @@ namespace {
 // Every Scheduler call holds the wrapper's mutex (see core_wrappers.h).
 #define LOCKED(s) std::lock_guard<std::mutex> lock_((s).mu)
 
-// A 1-D sequence of integers as int32 (numpy arrays, lists, tuples, CPU tensors).
-// TypeError for non-integer data, ValueError for the wrong rank or out-of-range ids.
+// A 1-D sequence of integers as a contiguous int32 array (numpy arrays, lists, tuples, CPU
+// tensors); no copy when it already is one. TypeError for non-integer data, ValueError for the
+// wrong rank or ids outside int32.
 py::array_t<int32_t> as_int32_vector(const py::handle& obj, const char* field) {
   py::array arr;
   try {
@@ -39,11 +41,23 @@ py::array_t<int32_t> as_int32_vector(const py::handle& obj, const char* field) {
                          py::str(arr.dtype()).cast<std::string>());
   }
   if (arr.ndim() != 1) throw py::value_error(std::string(field) + ": expected a 1-D sequence");
-  if (arr.size() > 0 && arr.dtype().itemsize() > 4 || kind == 'u') {
-    // Wider than int32: reject values that would wrap.
-    py::object mx = arr.attr("max")(), mn = arr.attr("min")();
-    if (arr.size() > 0 && (mx.cast<long long>() > INT32_MAX || mn.cast<long long>() < INT32_MIN)) {
-      throw py::value_error(std::string(field) + ": token ids must fit in int32");
+  if (arr.size() == 0 || (kind == 'i' && arr.dtype().itemsize() <= 4) || (kind == 'u' && arr.dtype().itemsize() < 4)) {
+    return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  }
+  // Wider types: check the range before narrowing, so no id silently wraps.
+  if (kind == 'u' && arr.dtype().itemsize() == 8) {
+    auto wide = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+    for (py::ssize_t i = 0; i < wide.size(); ++i) {
+      if (wide.data()[i] > static_cast<uint64_t>(INT32_MAX)) {
+        throw py::value_error(std::string(field) + ": token ids must fit in int32");
+      }
+    }
+  } else {
+    auto wide = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+    for (py::ssize_t i = 0; i < wide.size(); ++i) {
+      if (wide.data()[i] > INT32_MAX || wide.data()[i] < INT32_MIN) {
+        throw py::value_error(std::string(field) + ": token ids must fit in int32");
+      }
     }
   }
   return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(arr);

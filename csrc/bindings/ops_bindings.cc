@@ -1,3 +1,35 @@
+// _C.ops: one .def per kernel. Tensors arrive as descriptors (data_ptr, shape, strides,
+// dtype_code, device_index); ops_checks.h validates them (ValueError) and runs the kernel.
+// `stream` is the integer value of a cudaStream_t (torch.cuda.current_stream().cuda_stream).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings/ops_checks.h"
+
 namespace py = pybind11;
-void init_ops_bindings(py::module_& m) { (void)m; }
+namespace b = pagedllm::bindings;
+
+void init_ops_bindings(py::module_& m) {
+  m.def("reshape_and_cache", &b::reshape_and_cache, py::arg("key"), py::arg("value"), py::arg("kv_cache"),
+        py::arg("slot_mapping"), py::arg("stream") = 0,
+        "Write K/V of each token into the paged cache at its slot (slot < 0: skip).");
+  m.def("paged_attention_workspace_bytes", &b::paged_attention_workspace_bytes, py::arg("out"), py::arg("query"),
+        py::arg("kv_cache"), py::arg("block_table"), py::arg("query_start_loc"), py::arg("seq_lens"),
+        py::arg("scale"), py::arg("max_query_len"), py::arg("max_seq_len"), py::arg("sliding_window") = -1,
+        "Scratch bytes paged_attention needs for these arguments on CUDA (0 on the CPU).");
+  m.def("paged_attention", &b::paged_attention, py::arg("out"), py::arg("query"), py::arg("kv_cache"),
+        py::arg("block_table"), py::arg("query_start_loc"), py::arg("seq_lens"), py::arg("scale"),
+        py::arg("max_query_len"), py::arg("max_seq_len"), py::arg("sliding_window") = -1,
+        py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("stream") = 0,
+        py::call_guard<py::gil_scoped_release>(),
+        "Causal attention of each sequence's query chunk over its paged context, into out.");
+  m.def("rms_norm", &b::rms_norm, py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("eps"),
+        py::arg("stream") = 0, "out = x / sqrt(mean(x^2) + eps) * weight.");
+  m.def("fused_add_rms_norm", &b::fused_add_rms_norm, py::arg("x"), py::arg("residual"), py::arg("weight"),
+        py::arg("eps"), py::arg("stream") = 0, "In place: residual += x; x = rms_norm(residual) * weight.");
+  m.def("rotary_embedding", &b::rotary_embedding, py::arg("positions"), py::arg("query"), py::arg("key"),
+        py::arg("head_size"), py::arg("cos_sin_cache"), py::arg("is_neox"), py::arg("stream") = 0,
+        "Rotate query and key in place (NeoX or GPT-J pairing).");
+  m.def("silu_and_mul", &b::silu_and_mul, py::arg("out"), py::arg("x"), py::arg("stream") = 0,
+        "out = silu(x[:, :d]) * x[:, d:].");
+}

@@ -8,14 +8,15 @@
 namespace pagedllm::core {
 
 KVCacheManager::KVCacheManager(int32_t num_blocks, int32_t block_size, bool enable_prefix_caching)
-    : block_size_(block_size), enable_prefix_caching_(enable_prefix_caching), pool_(num_blocks) {
+    : block_size_(block_size), enable_prefix_caching_(enable_prefix_caching),
+      pool_(num_blocks),
+      prefix_cache_(enable_prefix_caching ? num_blocks : 0) {
   if (block_size < 1) throw std::invalid_argument("block_size: must be >= 1");
 }
 
 void KVCacheManager::ensure_block_hashes(Request& r, int32_t num_full_blocks) const {
   auto& hashes = r.block_hashes;
   if (static_cast<int32_t>(hashes.size()) >= num_full_blocks) return;
-  hashes.reserve(static_cast<size_t>(num_full_blocks));
   BlockHash parent = hashes.empty() ? root_block_hash(r.params.cache_salt) : hashes.back();
   for (int32_t i = static_cast<int32_t>(hashes.size()); i < num_full_blocks; ++i) {
     parent = hash_block(parent, r.token_ids.data() + static_cast<size_t>(i) * block_size_, block_size_);
@@ -77,6 +78,17 @@ void KVCacheManager::forget_cache_entries(Request& r, int32_t first_block) {
     prefix_cache_.evict(id, pool_);
   }
   r.num_hashed_blocks = std::min(r.num_hashed_blocks, std::max(first_block, 0));
+}
+
+void KVCacheManager::truncate(Request& r, int32_t num_tokens) {
+  forget_cache_entries(r, num_tokens / block_size_);
+  const size_t keep = static_cast<size_t>(blocks_for(num_tokens));
+  if (r.block_ids.size() <= keep) return;
+  while (r.block_ids.size() > keep) {
+    pool_.decref(r.block_ids.back());
+    r.block_ids.pop_back();
+  }
+  ++r.block_epoch;  // ids at these indices will differ when it grows again
 }
 
 void KVCacheManager::free(Request& r) {

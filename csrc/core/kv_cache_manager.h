@@ -45,6 +45,10 @@ class KVCacheManager {
   // step keeps its reference, the block is just no longer findable.
   void forget_cache_entries(Request& r, int32_t first_block);
 
+  // Shrinks the request back to holding `num_tokens` tokens: forgets the cache entries from the
+  // first block no longer complete, returns the blocks past blocks_for(num_tokens), last first.
+  void truncate(Request& r, int32_t num_tokens);
+
   // Releases every block of the request, last block first, so its tail is evicted first.
   void free(Request& r);
 

@@ -16,6 +16,9 @@ namespace pagedllm::core {
 
 class PrefixCache {
  public:
+  // At most one entry per block: reserving that many up front keeps rehashing out of steps.
+  explicit PrefixCache(int32_t num_blocks) { map_.reserve(static_cast<size_t>(num_blocks)); }
+
   // The block cached under `h`, or -1.
   int32_t lookup(const BlockHash& h) const {
     auto it = map_.find(h);

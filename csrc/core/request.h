@@ -66,6 +66,7 @@ struct Request {
   int32_t scheduled_tokens = 0;     // tokens given in the plan being built (scratch)
   bool in_plan = false;             // listed in the plan being built (scratch)
   uint64_t pending_step_id = 0;     // last plan that scheduled it
+  uint64_t admitted_step_id = 0;    // plan that last moved it from waiting to running
   int32_t computed_before_step = 0; // num_computed_tokens before that plan
 
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }

@@ -51,7 +51,10 @@ void Scheduler::add_request(int64_t handle, std::vector<int32_t> prompt, Request
   r->serial = next_serial_++;
   r->num_prompt_tokens = static_cast<int32_t>(len);
   r->token_ids = std::move(prompt);
+  // Sized once for the longest sequence, so steps never reallocate them.
   r->token_ids.reserve(static_cast<size_t>(longest_seq));
+  r->block_ids.reserve(static_cast<size_t>(blocks_needed));
+  if (config_.enable_prefix_caching) r->block_hashes.reserve(static_cast<size_t>(blocks_needed));
   r->params = std::move(params);
   int32_t slot;
   if (!free_slots_.empty()) {
@@ -140,10 +143,44 @@ void Scheduler::preempt(Request* r, BatchPlan& plan, int32_t& budget) {
   plan.add_preempted(r->handle);
 }
 
+void Scheduler::roll_back(const BatchPlan& plan) {
+  bool any_readmitted = false;
+  for (int32_t row = 0; row < plan.num_seqs; ++row) {
+    Request* r = slots_[static_cast<size_t>(plan.row_slot[static_cast<size_t>(row)])].get();
+    if (r == nullptr || r->serial != plan.row_serial[static_cast<size_t>(row)] ||
+        r->status != RequestStatus::kRunning || r->pending_step_id != plan.step_id) {
+      continue;
+    }
+    r->pending_step_id = 0;
+    if (r->admitted_step_id == plan.step_id) {
+      // Admitted by that step: its prefix hits may be blocks that same step was to compute,
+      // so it goes back to waiting and looks the cache up again (those entries are gone).
+      kv_.forget_cache_entries(*r, r->computed_before_step / config_.block_size);
+      kv_.free(*r);
+      r->num_computed_tokens = 0;
+      r->status = RequestStatus::kWaiting;
+      waiting_.insert(r);
+      any_readmitted = true;
+    } else {
+      kv_.truncate(*r, r->computed_before_step);
+      r->num_computed_tokens = r->computed_before_step;
+    }
+  }
+  if (any_readmitted) {
+    running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                  [](const Request* q) { return q->status != RequestStatus::kRunning; }),
+                   running_.end());
+  }
+}
+
 std::shared_ptr<const BatchPlan> Scheduler::schedule() {
   // Invariants on entry (check_invariants): a running request holds exactly
   // ceil(num_computed_tokens / block_size) blocks; a waiting one holds none; every usable
   // block is either in the free queue (ref 0) or referenced by running requests' tables.
+  if (pending_plan_) {
+    roll_back(*pending_plan_);  // the last plan never reached update(): its step did not happen
+    pending_plan_.reset();
+  }
   std::shared_ptr<BatchPlan> plan_ptr = acquire_plan();
   BatchPlan& plan = *plan_ptr;
   plan.clear();
@@ -159,7 +196,6 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
     Request* r = running_[i];
     if (r->status != RequestStatus::kRunning) continue;  // preempted earlier in this loop
     int32_t num_new = r->num_tokens() - r->num_computed_tokens;
-    if (num_new <= 0) continue;  // its last plan was never applied; waits for an abort
     if (num_new > budget) {
       if (!config_.enable_chunked_prefill) continue;
       num_new = budget;
@@ -205,6 +241,7 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
     if (r->num_cached_tokens < 0) r->num_cached_tokens = hit.num_tokens;
     r->num_computed_tokens = hit.num_tokens;
     r->status = RequestStatus::kRunning;
+    r->admitted_step_id = plan.step_id;
     r->scheduled_tokens = num_new;
     r->in_plan = true;
     running_.push_back(r);
@@ -222,6 +259,7 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
     r->scheduled_tokens = 0;
     r->in_plan = false;
   }
+  pending_plan_ = plan_ptr;
   return plan_ptr;
 }
 
@@ -237,6 +275,7 @@ void Scheduler::update(const BatchPlan& plan, const int32_t* sampled, size_t num
     if (sampled[k] < 0) throw std::invalid_argument("sampled_token_ids: token ids must be >= 0");
   }
   pending_step_id_ = 0;
+  pending_plan_.reset();
   out.clear();
   bool any_finished = false;
   for (size_t k = 0; k < num_sampled; ++k) {

@@ -11,8 +11,11 @@
 // num_computed_tokens advances in schedule(): the plan's tokens count as computed from then on.
 // Blocks become prefix-cache entries when allocated, so the runner must write a layer's K/V
 // for the whole plan before that layer's attention reads the cache (the usual order).
-// If a step fails, abort its requests: an abort before update() also forgets the cache entries
-// that step created, so no one reuses blocks whose K/V were never written.
+// If a step fails, either abort its requests (an abort before update() also forgets the cache
+// entries that step created, so no one reuses blocks whose K/V were never written) or just call
+// schedule() again: a plan never applied by update() is rolled back first (its requests return
+// to their num_computed_tokens before it, its cache entries and new blocks are dropped), so its
+// tokens are planned again.
 //
 // n > 1 (parallel sampling) is not handled here: the engine adds n requests with the same
 // prompt, and the prefix cache shares their full prompt blocks once computed.
@@ -91,6 +94,7 @@ class Scheduler {
   void preempt(Request* r, BatchPlan& plan, int32_t& budget);
   void release(Request* r);  // frees blocks and the request itself
   void forget_uncomputed_cache_entries(Request& r);
+  void roll_back(const BatchPlan& plan);
 
   SchedulerConfig config_;
   KVCacheManager kv_;
@@ -107,6 +111,7 @@ class Scheduler {
   std::vector<std::shared_ptr<BatchPlan>> plans_;  // reusable plan buffers
   uint64_t next_step_id_ = 1;
   uint64_t pending_step_id_ = 0;                // plan awaiting update(), 0 = none
+  std::shared_ptr<BatchPlan> pending_plan_;     // that plan (held, so its buffer is not reused)
   int64_t num_preemptions_ = 0;
 };
 

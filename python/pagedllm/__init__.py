@@ -1,4 +1,5 @@
 """pagedllm: an LLM serving engine with a compiled C++/CUDA core and vLLM's API."""
+
 __version__ = "0.1.0"
 
 from pagedllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
@@ -17,10 +18,20 @@ _LAZY = {
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pagedllm' has no attribute {name!r}")
 
 
-__all__ = ["LLM", "LLMEngine", "AsyncLLMEngine", "AsyncEngineArgs", "EngineArgs",
-           "CompletionOutput", "RequestOutput", "RequestOutputKind", "SamplingParams",
-           "__version__"]
+__all__ = [
+    "LLM",
+    "LLMEngine",
+    "AsyncLLMEngine",
+    "AsyncEngineArgs",
+    "EngineArgs",
+    "CompletionOutput",
+    "RequestOutput",
+    "RequestOutputKind",
+    "SamplingParams",
+    "__version__",
+]

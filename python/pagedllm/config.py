@@ -37,12 +37,15 @@ class ModelConfig:
     gguf_path: Optional[str] = field(default=None, repr=False)   # the .gguf file, if GGUF
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.model, str) and self.model != "", "model", "must be a non-empty string")
+        _require(isinstance(self.model, str) and self.model != "", "model",
+                 "must be a non-empty string")
         _require(self.dtype in _DTYPES, "dtype", f"must be one of {_DTYPES}, got {self.dtype!r}")
-        _require(self.tokenizer_mode in ("auto", "slow"), "tokenizer_mode", "must be 'auto' or 'slow'")
+        _require(self.tokenizer_mode in ("auto", "slow"), "tokenizer_mode",
+                 "must be 'auto' or 'slow'")
         _require(self.load_format in ("auto", "safetensors", "pt", "dummy", "gguf"), "load_format",
                  f"unknown load format {self.load_format!r}")
-        _require(self.max_model_len is None or self.max_model_len > 0, "max_model_len", "must be > 0")
+        _require(self.max_model_len is None or self.max_model_len > 0, "max_model_len",
+                 "must be > 0")
         if self.tokenizer is None:
             self.tokenizer = self.model
 
@@ -52,12 +55,15 @@ class CacheConfig:
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     num_gpu_blocks_override: Optional[int] = None
-    kv_cache_space_bytes: Optional[int] = None   # CPU: bytes for the KV cache (default 1 GiB)
+    # CPU: KV cache bytes (default 4 GiB, at most a quarter of available RAM)
+    kv_cache_space_bytes: Optional[int] = None
     enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.block_size in (8, 16, 32, 64, 128), "block_size", "must be 8, 16, 32, 64 or 128")
-        _require(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization", "must be in (0, 1]")
+        _require(self.block_size in (8, 16, 32, 64, 128), "block_size",
+                 "must be 8, 16, 32, 64 or 128")
+        _require(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
+                 "must be in (0, 1]")
         _require(self.num_gpu_blocks_override is None or self.num_gpu_blocks_override >= 2,
                  "num_gpu_blocks_override", "must be >= 2")
         _require(self.kv_cache_space_bytes is None or self.kv_cache_space_bytes > 0,
@@ -75,7 +81,8 @@ class SchedulerConfig:
         _require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
         _require(self.max_num_batched_tokens is None or self.max_num_batched_tokens >= 1,
                  "max_num_batched_tokens", "must be >= 1")
-        _require(self.policy in ("fcfs", "priority"), "scheduling_policy", "must be 'fcfs' or 'priority'")
+        _require(self.policy in ("fcfs", "priority"), "scheduling_policy",
+                 "must be 'fcfs' or 'priority'")
 
 
 @dataclass
@@ -92,7 +99,8 @@ class DeviceConfig:
     enforce_eager: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.device in ("auto", "cuda", "cpu"), "device", "must be 'auto', 'cuda' or 'cpu'")
+        _require(self.device in ("auto", "cuda", "cpu"), "device",
+                 "must be 'auto', 'cuda' or 'cpu'")
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """What a request gives back: RequestOutput with one CompletionOutput per sample (vLLM's shapes)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +9,7 @@ from typing import Optional, Union
 @dataclass
 class Logprob:
     logprob: float
-    rank: Optional[int] = None            # 1 = the most likely token
+    rank: Optional[int] = None  # 1 = the most likely token
     decoded_token: Optional[str] = None
 
 
@@ -21,6 +22,7 @@ PromptLogprobs = list[Optional[dict[int, Logprob]]]
 @dataclass
 class RequestMetrics:
     """Wall-clock times (time.time() seconds) of one request's life."""
+
     arrival_time: float
     last_token_time: float
     first_scheduled_time: Optional[float] = None
@@ -39,18 +41,20 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: Optional[float]
     logprobs: Optional[SampleLogprobs]
-    finish_reason: Optional[str] = None          # "stop" | "length" | "abort" | None (running)
-    stop_reason: Union[int, str, None] = None    # the stop string or stop token id that ended it
+    finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | None (running)
+    stop_reason: Union[int, str, None] = None  # the stop string or stop token id that ended it
     lora_request: None = None
 
     def finished(self) -> bool:
         return self.finish_reason is not None
 
     def __repr__(self) -> str:
-        return (f"CompletionOutput(index={self.index}, text={self.text!r}, "
-                f"token_ids={self.token_ids}, cumulative_logprob={self.cumulative_logprob}, "
-                f"logprobs={self.logprobs}, finish_reason={self.finish_reason}, "
-                f"stop_reason={self.stop_reason})")
+        return (
+            f"CompletionOutput(index={self.index}, text={self.text!r}, "
+            f"token_ids={self.token_ids}, cumulative_logprob={self.cumulative_logprob}, "
+            f"logprobs={self.logprobs}, finish_reason={self.finish_reason}, "
+            f"stop_reason={self.stop_reason})"
+        )
 
 
 @dataclass
@@ -69,8 +73,10 @@ class RequestOutput:
     kv_transfer_params: Optional[dict] = field(default=None, repr=False)
 
     def __repr__(self) -> str:
-        return (f"RequestOutput(request_id={self.request_id}, prompt={self.prompt!r}, "
-                f"prompt_token_ids={self.prompt_token_ids}, "
-                f"prompt_logprobs={self.prompt_logprobs}, outputs={self.outputs}, "
-                f"finished={self.finished}, metrics={self.metrics}, "
-                f"num_cached_tokens={self.num_cached_tokens})")
+        return (
+            f"RequestOutput(request_id={self.request_id}, prompt={self.prompt!r}, "
+            f"prompt_token_ids={self.prompt_token_ids}, "
+            f"prompt_logprobs={self.prompt_logprobs}, outputs={self.outputs}, "
+            f"finished={self.finished}, metrics={self.metrics}, "
+            f"num_cached_tokens={self.num_cached_tokens})"
+        )

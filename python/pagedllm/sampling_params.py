@@ -4,6 +4,7 @@ Every invalid value raises ValueError naming the field. Temperature below _GREED
 decoding; the random-sampling knobs (top_p, top_k, min_p) are then reset to their neutral values
 so that the sampler can treat the row as a plain argmax.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,9 +16,9 @@ _GREEDY_EPS = 1e-5
 
 
 class RequestOutputKind(Enum):
-    CUMULATIVE = 0   # every RequestOutput carries everything generated so far
-    DELTA = 1        # every RequestOutput carries only what is new since the previous one
-    FINAL_ONLY = 2   # a single RequestOutput when the request finishes
+    CUMULATIVE = 0  # every RequestOutput carries everything generated so far
+    DELTA = 1  # every RequestOutput carries only what is new since the previous one
+    FINAL_ONLY = 2  # a single RequestOutput when the request finishes
 
 
 class SamplingType(IntEnum):
@@ -40,24 +41,24 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0                      # 0 (or -1) disables top-k
+    top_k: int = 0  # 0 (or -1) disables top-k
     min_p: float = 0.0
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
     stop_token_ids: Optional[list[int]] = None
     ignore_eos: bool = False
-    max_tokens: Optional[int] = 16      # None: until max_model_len
+    max_tokens: Optional[int] = 16  # None: until max_model_len
     min_tokens: int = 0
-    logprobs: Optional[int] = None      # top-N logprobs per generated token (plus the sampled one)
+    logprobs: Optional[int] = None  # top-N logprobs per generated token (plus the sampled one)
     prompt_logprobs: Optional[int] = None
     detokenize: bool = True
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
-    priority: int = 0                   # pagedllm extra: lower runs first under the priority policy
+    priority: int = 0  # pagedllm extra: lower runs first under the priority policy
     cache_salt: Optional[str] = None
-    logits_processors: Optional[list[Any]] = None   # accepted for compatibility; must be empty
+    logits_processors: Optional[list[Any]] = None  # accepted for compatibility; must be empty
     extra_args: Optional[dict[str, Any]] = field(default=None)
 
     def __post_init__(self) -> None:
@@ -79,44 +80,92 @@ class SamplingParams:
 
     def _verify(self) -> None:
         _check(isinstance(self.n, int) and self.n >= 1, "n", f"must be an int >= 1, got {self.n!r}")
-        _check(isinstance(self.best_of, int) and self.best_of >= self.n, "best_of",
-               f"must be an int >= n ({self.n}), got {self.best_of!r}")
+        _check(
+            isinstance(self.best_of, int) and self.best_of >= self.n,
+            "best_of",
+            f"must be an int >= n ({self.n}), got {self.best_of!r}",
+        )
         _check(self.best_of == self.n, "best_of", "different from n is not supported")
-        _check(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty",
-               f"must be in [-2, 2], got {self.presence_penalty}")
-        _check(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty",
-               f"must be in [-2, 2], got {self.frequency_penalty}")
-        _check(self.repetition_penalty > 0.0, "repetition_penalty",
-               f"must be > 0, got {self.repetition_penalty}")
+        _check(
+            -2.0 <= self.presence_penalty <= 2.0,
+            "presence_penalty",
+            f"must be in [-2, 2], got {self.presence_penalty}",
+        )
+        _check(
+            -2.0 <= self.frequency_penalty <= 2.0,
+            "frequency_penalty",
+            f"must be in [-2, 2], got {self.frequency_penalty}",
+        )
+        _check(
+            self.repetition_penalty > 0.0,
+            "repetition_penalty",
+            f"must be > 0, got {self.repetition_penalty}",
+        )
         _check(self.temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
         _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k",
-               f"must be 0 or -1 (disabled) or >= 1, got {self.top_k!r}")
+        _check(
+            isinstance(self.top_k, int) and self.top_k >= 0,
+            "top_k",
+            f"must be 0 or -1 (disabled) or >= 1, got {self.top_k!r}",
+        )
         _check(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
-        _check(self.seed is None or isinstance(self.seed, int), "seed",
-               f"must be an int or None, got {self.seed!r}")
-        _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
-               "max_tokens", f"must be an int >= 1 or None, got {self.max_tokens!r}")
-        _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens",
-               f"must be an int >= 0, got {self.min_tokens!r}")
-        _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
-               f"must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
-        _check(self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
-               "logprobs", f"must be an int >= 0 or None, got {self.logprobs!r}")
-        _check(self.prompt_logprobs is None
-               or (isinstance(self.prompt_logprobs, int) and self.prompt_logprobs >= 0),
-               "prompt_logprobs", f"must be an int >= 0 or None, got {self.prompt_logprobs!r}")
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop",
-               "must be a string or a list of non-empty strings")
-        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
-               "must be a list of non-negative ints")
-        _check(self.detokenize or not self.stop, "stop",
-               "strings need detokenize=True (stop_token_ids work without it)")
-        _check(isinstance(self.output_kind, RequestOutputKind), "output_kind",
-               f"must be a RequestOutputKind, got {self.output_kind!r}")
+        _check(
+            self.seed is None or isinstance(self.seed, int),
+            "seed",
+            f"must be an int or None, got {self.seed!r}",
+        )
+        _check(
+            self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+            "max_tokens",
+            f"must be an int >= 1 or None, got {self.max_tokens!r}",
+        )
+        _check(
+            isinstance(self.min_tokens, int) and self.min_tokens >= 0,
+            "min_tokens",
+            f"must be an int >= 0, got {self.min_tokens!r}",
+        )
+        _check(
+            self.max_tokens is None or self.min_tokens <= self.max_tokens,
+            "min_tokens",
+            f"must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}",
+        )
+        _check(
+            self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
+            "logprobs",
+            f"must be an int >= 0 or None, got {self.logprobs!r}",
+        )
+        _check(
+            self.prompt_logprobs is None
+            or (isinstance(self.prompt_logprobs, int) and self.prompt_logprobs >= 0),
+            "prompt_logprobs",
+            f"must be an int >= 0 or None, got {self.prompt_logprobs!r}",
+        )
+        _check(
+            all(isinstance(s, str) and s for s in self.stop),
+            "stop",
+            "must be a string or a list of non-empty strings",
+        )
+        _check(
+            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+            "stop_token_ids",
+            "must be a list of non-negative ints",
+        )
+        _check(
+            self.detokenize or not self.stop,
+            "stop",
+            "strings need detokenize=True (stop_token_ids work without it)",
+        )
+        _check(
+            isinstance(self.output_kind, RequestOutputKind),
+            "output_kind",
+            f"must be a RequestOutputKind, got {self.output_kind!r}",
+        )
         _check(not self.logits_processors, "logits_processors", "are not supported")
-        _check(self.cache_salt is None or isinstance(self.cache_salt, str), "cache_salt",
-               "must be a string or None")
+        _check(
+            self.cache_salt is None or isinstance(self.cache_salt, str),
+            "cache_salt",
+            "must be a string or None",
+        )
 
     # -- derived properties -------------------------------------------------------------------
     @property

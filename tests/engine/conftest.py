@@ -1,4 +1,5 @@
 """Helpers for the engine tests: engines on the tiny models and a transformers reference."""
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,9 @@ PROMPTS = [
 
 
 def engine_kwargs(**overrides) -> dict:
-    kw = dict(device="cpu", dtype="float32", seed=0, max_model_len=256,
-              kv_cache_space_bytes=8 << 20)
+    kw = dict(
+        device="cpu", dtype="float32", seed=0, max_model_len=256, kv_cache_space_bytes=8 << 20
+    )
     kw.update(overrides)
     return kw
 
@@ -40,6 +42,7 @@ def engine_kwargs(**overrides) -> dict:
 @functools.lru_cache(maxsize=8)
 def _hf_model(path: str):
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model.eval()
 
@@ -47,6 +50,7 @@ def _hf_model(path: str):
 @functools.lru_cache(maxsize=8)
 def _tokenizer(path: str):
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -60,13 +64,24 @@ def tokenizer_of() -> Callable[[Path], object]:
     return lambda path: _tokenizer(str(path))
 
 
-@torch.inference_mode()
 def hf_generate_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    """transformers' own greedy generate (stops at EOS; the EOS id is kept, as vLLM does)."""
-    ids = torch.tensor([prompt_ids])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
+    """transformers' own greedy generate (stops at EOS; the EOS id is kept, as vLLM does).
+    Memoised: several tests compare against the same prompts."""
+    return list(_hf_generate_cached(model, tuple(prompt_ids), max_new_tokens))
+
+
+@functools.lru_cache(maxsize=None)
+@torch.inference_mode()
+def _hf_generate_cached(model, prompt_ids: tuple[int, ...], max_new_tokens: int) -> tuple[int, ...]:
+    ids = torch.tensor([list(prompt_ids)])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=0,
+    )
+    return tuple(out[0, len(prompt_ids) :].tolist())
 
 
 @torch.inference_mode()
@@ -76,9 +91,13 @@ def hf_logits(model, ids: list[int]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def reference_decode(model, prompt_ids: list[int], max_new_tokens: int,
-                     process: Optional[Callable[[torch.Tensor, list[int], list[int]], torch.Tensor]] = None,
-                     stop_ids: tuple[int, ...] = ()) -> list[int]:
+def reference_decode(
+    model,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    process: Optional[Callable[[torch.Tensor, list[int], list[int]], torch.Tensor]] = None,
+    stop_ids: tuple[int, ...] = (),
+) -> list[int]:
     """Greedy decoding by hand (full recompute each step) with an optional logits transform:
     the oracle for penalties and min_tokens."""
     out: list[int] = []

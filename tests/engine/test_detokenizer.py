@@ -1,15 +1,15 @@
 """Incremental detokenization and stop strings on the tiny byte-level BPE tokenizer."""
+
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
-
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
 from pagedllm.sampling_params import SamplingParams
+from transformers import AutoTokenizer
 
 TEXTS = [
     "Hello, world! How are you today?",
-    "日本語のテキスト 😀🎉 naïve café — Привет",   # multi-byte characters split across tokens
+    "日本語のテキスト 😀🎉 naïve café — Привет",  # multi-byte characters split across tokens
     "def main():\n    print('hi')  \n\n",
     "🤖💡🚀👍🏽 emoji only",
 ]
@@ -24,7 +24,7 @@ def _stream(tokenizer, prompt_ids, out_ids, params, per_step=1):
     detok = IncrementalDetokenizer(tokenizer, prompt_ids, params)
     pieces, emitted = [], 0
     for i in range(0, len(out_ids), per_step):
-        detok.update(out_ids[i:i + per_step], stop_terminated=False)
+        detok.update(out_ids[i : i + per_step], stop_terminated=False)
         end = detok.releasable_text_len(finished=detok.stop_string is not None)
         pieces.append(detok.text[emitted:end])
         emitted = end
@@ -59,8 +59,11 @@ def test_split_multibyte_character_waits_for_its_bytes(tokenizer) -> None:
 
 
 def test_special_tokens_skipped_or_kept(tokenizer) -> None:
-    ids = tokenizer.encode("ab", add_special_tokens=False) + [tokenizer.bos_token_id] + \
-        tokenizer.encode("cd", add_special_tokens=False)
+    ids = (
+        tokenizer.encode("ab", add_special_tokens=False)
+        + [tokenizer.bos_token_id]
+        + tokenizer.encode("cd", add_special_tokens=False)
+    )
     skip, _ = _stream(tokenizer, [], ids, SamplingParams())
     keep, _ = _stream(tokenizer, [], ids, SamplingParams(skip_special_tokens=False))
     assert skip.text == "abcd"
@@ -88,7 +91,9 @@ def test_earliest_stop_string_wins_and_min_tokens_delays_it(tokenizer) -> None:
     detok, _ = _stream(tokenizer, [], out_ids, SamplingParams(stop=["four", "two"]))
     assert detok.stop_string == "two" and detok.text == "one "
     # Until more than min_tokens tokens exist, stop strings are not checked.
-    detok, _ = _stream(tokenizer, [], out_ids, SamplingParams(stop=["one"], min_tokens=len(out_ids)))
+    detok, _ = _stream(
+        tokenizer, [], out_ids, SamplingParams(stop=["one"], min_tokens=len(out_ids))
+    )
     assert detok.stop_string is None and detok.text == "one two three four"
 
 
@@ -96,8 +101,11 @@ def test_stop_token_text_left_out_unless_included(tokenizer) -> None:
     ids = tokenizer.encode("hello", add_special_tokens=False)
     stop_id = tokenizer.encode(" world", add_special_tokens=False)[0]
     for include, expected in ((False, "hello"), (True, "hello" + tokenizer.decode([stop_id]))):
-        detok = IncrementalDetokenizer(tokenizer, [], SamplingParams(
-            stop_token_ids=[stop_id], include_stop_str_in_output=include))
+        detok = IncrementalDetokenizer(
+            tokenizer,
+            [],
+            SamplingParams(stop_token_ids=[stop_id], include_stop_str_in_output=include),
+        )
         detok.update(ids, stop_terminated=False)
         detok.update([stop_id], stop_terminated=True)
         assert detok.text == expected

@@ -1,5 +1,6 @@
 """Sampler: greedy, filtering, seeded reproducibility, penalties and logprobs against hand
 computations; CPU always, CUDA when present."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from pagedllm.worker.sampler import Sampler, SamplingBatch, SamplingRow
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ],
+    ),
+]
 
 
 def _logits(n: int, v: int, seed: int = 0) -> torch.Tensor:
@@ -29,7 +38,12 @@ def test_greedy_is_argmax(device: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_mixed_batch_greedy_rows_stay_greedy(device: str) -> None:
     logits = _logits(4, 30).to(device)
-    rows = [SamplingRow(), SamplingRow(temperature=5.0), SamplingRow(), SamplingRow(temperature=5.0)]
+    rows = [
+        SamplingRow(),
+        SamplingRow(temperature=5.0),
+        SamplingRow(),
+        SamplingRow(temperature=5.0),
+    ]
     for _ in range(5):
         out = Sampler().sample(logits, SamplingBatch(rows, device))
         assert out.token_ids[0] == logits[0].argmax() and out.token_ids[2] == logits[2].argmax()
@@ -69,8 +83,12 @@ def test_top_k_top_p_min_p_filters() -> None:
 def test_top_k_top_p_per_row_in_one_batch() -> None:
     torch.manual_seed(2)
     logits = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05]).log().expand(4, 5).contiguous()
-    rows = [SamplingRow(temperature=1.0, top_k=1), SamplingRow(temperature=1.0),
-            SamplingRow(temperature=1.0, top_p=0.1), SamplingRow(temperature=1.0, top_k=5)]
+    rows = [
+        SamplingRow(temperature=1.0, top_k=1),
+        SamplingRow(temperature=1.0),
+        SamplingRow(temperature=1.0, top_p=0.1),
+        SamplingRow(temperature=1.0, top_k=5),
+    ]
     seen: list[set] = [set() for _ in rows]
     for _ in range(300):
         out = Sampler().sample(logits, SamplingBatch(rows))
@@ -92,18 +110,25 @@ def test_seeded_rows_do_not_depend_on_batch_mates(device: str) -> None:
             logits[position] = _logits(1, vocab, seed=step)[0].to(device)
             rows = [SamplingRow(temperature=1.0) for _ in range(batch_size)]
             rows[position] = SamplingRow(temperature=0.9, top_p=0.95, generator=g)
-            tokens.append(int(Sampler().sample(logits, SamplingBatch(rows, device)).token_ids[position]))
+            tokens.append(
+                int(Sampler().sample(logits, SamplingBatch(rows, device)).token_ids[position])
+            )
         return tokens
 
     alone = run(1, 0)
     assert run(6, 3) == alone and run(3, 2) == alone
-    assert len(set(alone)) > 1   # really sampling, not stuck on one token
+    assert len(set(alone)) > 1  # really sampling, not stuck on one token
 
 
 def test_penalties_match_hand_computation() -> None:
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0, -2.0]])
-    row = SamplingRow(presence_penalty=0.5, frequency_penalty=0.25, repetition_penalty=2.0,
-                      prompt_token_ids=[1], output_token_ids=[3, 3, 2])
+    row = SamplingRow(
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        repetition_penalty=2.0,
+        prompt_token_ids=[1],
+        output_token_ids=[3, 3, 2],
+    )
     got = logits.clone()
     Sampler._apply_penalties(got, SamplingBatch([row]))
     # token 0: untouched. token 1 (prompt only): repetition on negative -> -2.
@@ -124,8 +149,13 @@ def test_banned_tokens_are_never_sampled() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_logprobs_and_ranks(device: str) -> None:
     logits = _logits(3, 40, seed=5).to(device)
-    rows = [SamplingRow(num_logprobs=3), SamplingRow(num_logprobs=0),
-            SamplingRow(temperature=1.0, num_logprobs=5, generator=torch.Generator(device).manual_seed(0))]
+    rows = [
+        SamplingRow(num_logprobs=3),
+        SamplingRow(num_logprobs=0),
+        SamplingRow(
+            temperature=1.0, num_logprobs=5, generator=torch.Generator(device).manual_seed(0)
+        ),
+    ]
     out = Sampler().sample(logits, SamplingBatch(rows, device))
     ref = torch.log_softmax(logits.double(), -1).cpu()
     for i in range(3):
@@ -136,7 +166,7 @@ def test_logprobs_and_ranks(device: str) -> None:
     top = ref.topk(5, dim=-1)
     assert out.topk_token_ids.tolist() == top.indices.tolist()
     assert np.allclose(out.topk_logprobs, top.values.numpy(), atol=1e-5)
-    assert out.ranks[0] == 1 and out.ranks[1] == 1   # greedy rows pick rank 1
+    assert out.ranks[0] == 1 and out.ranks[1] == 1  # greedy rows pick rank 1
 
 
 def test_logprobs_are_from_raw_logits_not_penalised() -> None:

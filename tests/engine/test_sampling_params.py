@@ -1,10 +1,10 @@
 """SamplingParams and EngineArgs: vLLM's defaults, validation errors that name the field."""
+
 from __future__ import annotations
 
 import argparse
 
 import pytest
-
 from pagedllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams, SamplingType
 
@@ -28,17 +28,29 @@ def test_greedy_resets_random_knobs() -> None:
     assert SamplingParams(stop="x").stop == ["x"]
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(n=0), "n"), (dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(min_p=1.5), "min_p"),
-    (dict(presence_penalty=3.0), "presence_penalty"),
-    (dict(frequency_penalty=-2.5), "frequency_penalty"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(max_tokens=0), "max_tokens"),
-    (dict(min_tokens=-1), "min_tokens"), (dict(min_tokens=20, max_tokens=10), "min_tokens"),
-    (dict(logprobs=-1), "logprobs"), (dict(prompt_logprobs=-3), "prompt_logprobs"),
-    (dict(stop=[""]), "stop"), (dict(stop_token_ids=[-1]), "stop_token_ids"),
-    (dict(stop=["a"], detokenize=False), "stop"), (dict(best_of=3, n=2), "best_of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(n=0), "n"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-2), "top_k"),
+        (dict(min_p=1.5), "min_p"),
+        (dict(presence_penalty=3.0), "presence_penalty"),
+        (dict(frequency_penalty=-2.5), "frequency_penalty"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(min_tokens=-1), "min_tokens"),
+        (dict(min_tokens=20, max_tokens=10), "min_tokens"),
+        (dict(logprobs=-1), "logprobs"),
+        (dict(prompt_logprobs=-3), "prompt_logprobs"),
+        (dict(stop=[""]), "stop"),
+        (dict(stop_token_ids=[-1]), "stop_token_ids"),
+        (dict(stop=["a"], detokenize=False), "stop"),
+        (dict(best_of=3, n=2), "best_of"),
+    ],
+)
 def test_invalid_values_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=rf"^{field}\b"):
         SamplingParams(**kwargs)
@@ -46,18 +58,46 @@ def test_invalid_values_name_the_field(kwargs: dict, field: str) -> None:
 
 def test_output_text_buffer_length() -> None:
     assert SamplingParams(stop=["abc", "de"]).output_text_buffer_length == 2
-    assert SamplingParams(stop=["abc"], include_stop_str_in_output=True).output_text_buffer_length == 0
+    assert (
+        SamplingParams(stop=["abc"], include_stop_str_in_output=True).output_text_buffer_length == 0
+    )
 
 
 def test_engine_args_cli_round_trip() -> None:
     parser = AsyncEngineArgs.add_cli_args(argparse.ArgumentParser())
-    ns = parser.parse_args([
-        "--model", "m", "--max-model-len", "256", "--block-size", "8", "--max-num-seqs", "4",
-        "--max-num-batched-tokens", "32", "--no-enable-prefix-caching", "--enforce-eager",
-        "-tp", "1", "--dtype", "float32", "--load-format", "dummy", "--seed", "7",
-        "--served-model-name", "a", "b", "--scheduling-policy", "priority",
-        "--kv-cache-space-bytes", "1000000", "--device", "cpu",
-    ])
+    ns = parser.parse_args(
+        [
+            "--model",
+            "m",
+            "--max-model-len",
+            "256",
+            "--block-size",
+            "8",
+            "--max-num-seqs",
+            "4",
+            "--max-num-batched-tokens",
+            "32",
+            "--no-enable-prefix-caching",
+            "--enforce-eager",
+            "-tp",
+            "1",
+            "--dtype",
+            "float32",
+            "--load-format",
+            "dummy",
+            "--seed",
+            "7",
+            "--served-model-name",
+            "a",
+            "b",
+            "--scheduling-policy",
+            "priority",
+            "--kv-cache-space-bytes",
+            "1000000",
+            "--device",
+            "cpu",
+        ]
+    )
     args = AsyncEngineArgs.from_cli_args(ns)
     assert isinstance(args, AsyncEngineArgs)
     assert (args.model, args.max_model_len, args.block_size, args.max_num_seqs) == ("m", 256, 8, 4)
@@ -68,17 +108,26 @@ def test_engine_args_cli_round_trip() -> None:
     assert cfg.model_config.served_model_name == "a"
     assert cfg.cache_config.block_size == 8 and cfg.cache_config.kv_cache_space_bytes == 1000000
     assert cfg.scheduler_config.policy == "priority" and cfg.device_config.device == "cpu"
-    defaults = EngineArgs.from_cli_args(EngineArgs.add_cli_args(argparse.ArgumentParser()).parse_args([]))
+    defaults = EngineArgs.from_cli_args(
+        EngineArgs.add_cli_args(argparse.ArgumentParser()).parse_args([])
+    )
     assert defaults == EngineArgs()
     assert defaults.enable_prefix_caching is True
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(block_size=7), "block_size"), (dict(gpu_memory_utilization=1.5), "gpu_memory_utilization"),
-    (dict(max_num_seqs=0), "max_num_seqs"), (dict(dtype="int8"), "dtype"),
-    (dict(tensor_parallel_size=2), "tensor_parallel_size"), (dict(device="tpu"), "device"),
-    (dict(scheduling_policy="lifo"), "scheduling_policy"), (dict(max_model_len=0), "max_model_len"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(block_size=7), "block_size"),
+        (dict(gpu_memory_utilization=1.5), "gpu_memory_utilization"),
+        (dict(max_num_seqs=0), "max_num_seqs"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(tensor_parallel_size=2), "tensor_parallel_size"),
+        (dict(device="tpu"), "device"),
+        (dict(scheduling_policy="lifo"), "scheduling_policy"),
+        (dict(max_model_len=0), "max_model_len"),
+    ],
+)
 def test_engine_args_validation(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         EngineArgs(model="m", **kwargs).create_engine_config()

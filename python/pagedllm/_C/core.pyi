@@ -8,10 +8,11 @@ One engine step is always:
     sampled = model_runner.execute(plan)            # int32 [plan.num_sampled]
     outputs = scheduler.update(plan, sampled)
 add_request / abort_request are called between steps (never between schedule and update by the
-engine; if it happens anyway, update() skips the aborted request).
+engine; if it happens anyway, update() skips the aborted request). Calls are serialized by a lock,
+so any thread may make them.
 """
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -165,7 +166,9 @@ class Scheduler:
         step. The plan's tokens count as computed from here on, and its full blocks become prefix
         cache entries: the runner writes a layer's K/V for the whole plan before that layer's
         attention reads the cache. If the step fails, abort its requests (an abort before update()
-        also forgets the cache entries that step created)."""
+        also forgets the cache entries that step created) or simply schedule() again: a plan
+        never applied by update() is rolled back first (its tokens are planned again; requests it
+        admitted go back to waiting), so no failed step leaves unwritten K/V reachable."""
     def update(self, plan: BatchPlan, sampled_token_ids: npt.ArrayLike) -> StepOutputs:
         """Append the sampled tokens ([plan.num_sampled] integers, aligned with logits_indices),
         run the stop checks and free finished requests. Returns one StepOutput per sampled

@@ -3,6 +3,7 @@
 `create_engine_config()` turns them into the validated pagedllm.config.EngineConfig. A `model` of
 None or "" means the default model (SmolLM2-135M-Instruct GGUF, offline).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,40 +56,72 @@ class EngineArgs:
         """Add every engine flag (vLLM's spellings) to `parser`; defaults come from this class."""
         d = EngineArgs
         g = parser.add_argument_group("engine")
-        g.add_argument("--model", type=str, default=d.model,
-                       help="model directory, .gguf file or cached hub id (default: SmolLM2 GGUF)")
+        g.add_argument(
+            "--model",
+            type=str,
+            default=d.model,
+            help="model directory, .gguf file or cached hub id (default: SmolLM2 GGUF)",
+        )
         g.add_argument("--tokenizer", type=str, default=d.tokenizer)
-        g.add_argument("--tokenizer-mode", type=str, default=d.tokenizer_mode, choices=["auto", "slow"])
-        g.add_argument("--skip-tokenizer-init", action="store_true", default=d.skip_tokenizer_init,
-                       help="no tokenizer: prompts must be token ids, outputs carry no text")
+        g.add_argument(
+            "--tokenizer-mode", type=str, default=d.tokenizer_mode, choices=["auto", "slow"]
+        )
+        g.add_argument(
+            "--skip-tokenizer-init",
+            action="store_true",
+            default=d.skip_tokenizer_init,
+            help="no tokenizer: prompts must be token ids, outputs carry no text",
+        )
         g.add_argument("--trust-remote-code", action="store_true", default=d.trust_remote_code)
         g.add_argument("--revision", type=str, default=d.revision)
         g.add_argument("--seed", type=int, default=d.seed)
-        g.add_argument("--dtype", type=str, default=d.dtype,
-                       choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
+        g.add_argument(
+            "--dtype",
+            type=str,
+            default=d.dtype,
+            choices=["auto", "half", "float16", "bfloat16", "float", "float32"],
+        )
         g.add_argument("--max-model-len", type=int, default=d.max_model_len)
-        g.add_argument("--load-format", type=str, default=d.load_format,
-                       choices=["auto", "safetensors", "pt", "dummy", "gguf"])
+        g.add_argument(
+            "--load-format",
+            type=str,
+            default=d.load_format,
+            choices=["auto", "safetensors", "pt", "dummy", "gguf"],
+        )
         g.add_argument("--gguf-file", type=str, default=d.gguf_file)
         g.add_argument("--block-size", type=int, default=d.block_size)
         g.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
         g.add_argument("--num-gpu-blocks-override", type=int, default=d.num_gpu_blocks_override)
-        g.add_argument("--kv-cache-space-bytes", type=int, default=d.kv_cache_space_bytes,
-                       help="CPU only: bytes of KV cache (default 1 GiB)")
+        g.add_argument(
+            "--kv-cache-space-bytes",
+            type=int,
+            default=d.kv_cache_space_bytes,
+            help="CPU only: bytes of KV cache (default 1 GiB)",
+        )
         g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
         g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
         g.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
-        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                       default=d.enable_prefix_caching)
-        g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
-                       default=d.enable_chunked_prefill)
+        g.add_argument(
+            "--enable-prefix-caching",
+            action=argparse.BooleanOptionalAction,
+            default=d.enable_prefix_caching,
+        )
+        g.add_argument(
+            "--enable-chunked-prefill",
+            action=argparse.BooleanOptionalAction,
+            default=d.enable_chunked_prefill,
+        )
         g.add_argument("--enforce-eager", action="store_true", default=d.enforce_eager)
         g.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size)
         g.add_argument("--device", type=str, default=d.device, choices=["auto", "cuda", "cpu"])
         g.add_argument("--served-model-name", type=str, nargs="+", default=d.served_model_name)
         g.add_argument("--disable-log-stats", action="store_true", default=d.disable_log_stats)
-        g.add_argument("--scheduling-policy", type=str, default=d.scheduling_policy,
-                       choices=["fcfs", "priority"])
+        g.add_argument(
+            "--scheduling-policy",
+            type=str,
+            default=d.scheduling_policy,
+            choices=["fcfs", "priority"],
+        )
         return parser
 
     @classmethod
@@ -101,6 +134,7 @@ class EngineArgs:
         if self.model:
             return self.model
         from pagedllm.models.default_model import default_model_path
+
         return default_model_path()
 
     def create_engine_config(self) -> EngineConfig:
@@ -112,28 +146,42 @@ class EngineArgs:
             served = served[0] if served else None
         model = self.resolved_model()
         model_config = ModelConfig(
-            model=model, tokenizer=self.tokenizer, tokenizer_mode=self.tokenizer_mode,
-            trust_remote_code=self.trust_remote_code, revision=self.revision, dtype=self.dtype,
-            seed=self.seed, max_model_len=self.max_model_len, load_format=self.load_format,
-            gguf_file=self.gguf_file, served_model_name=served or (self.model or model),
+            model=model,
+            tokenizer=self.tokenizer,
+            tokenizer_mode=self.tokenizer_mode,
+            trust_remote_code=self.trust_remote_code,
+            revision=self.revision,
+            dtype=self.dtype,
+            seed=self.seed,
+            max_model_len=self.max_model_len,
+            load_format=self.load_format,
+            gguf_file=self.gguf_file,
+            served_model_name=served or (self.model or model),
         )
         cache_config = CacheConfig(
-            block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
+            block_size=self.block_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             kv_cache_space_bytes=self.kv_cache_space_bytes,
             enable_prefix_caching=self.enable_prefix_caching,
         )
         scheduler_config = SchedulerConfig(
-            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
-            enable_chunked_prefill=self.enable_chunked_prefill, policy=self.scheduling_policy,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            policy=self.scheduling_policy,
         )
         if self.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size: only 1 is supported for now")
         parallel_config = ParallelConfig(tensor_parallel_size=self.tensor_parallel_size)
         device_config = DeviceConfig(device=self.device, enforce_eager=self.enforce_eager)
-        return EngineConfig(model_config=model_config, cache_config=cache_config,
-                            scheduler_config=scheduler_config, parallel_config=parallel_config,
-                            device_config=device_config)
+        return EngineConfig(
+            model_config=model_config,
+            cache_config=cache_config,
+            scheduler_config=scheduler_config,
+            parallel_config=parallel_config,
+            device_config=device_config,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,6 +194,9 @@ class AsyncEngineArgs(EngineArgs):
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         EngineArgs.add_cli_args(parser)
-        parser.add_argument("--disable-log-requests", action=argparse.BooleanOptionalAction,
-                            default=AsyncEngineArgs.disable_log_requests)
+        parser.add_argument(
+            "--disable-log-requests",
+            action=argparse.BooleanOptionalAction,
+            default=AsyncEngineArgs.disable_log_requests,
+        )
         return parser

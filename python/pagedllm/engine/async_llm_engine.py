@@ -8,15 +8,16 @@ when nothing is unfinished it sleeps on an asyncio.Event that add_request sets (
 The loop task starts lazily on the first add_request, on whatever loop is running then, so the
 engine can be built at module level (no loop) or inside a running loop (a FastAPI startup hook).
 """
+
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import Any, AsyncGenerator, Callable, Optional
+from typing import Any, AsyncGenerator, Callable, Iterable, Optional, Union
 
-from pagedllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
+from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.llm_engine import EngineStats, LLMEngine, PromptType
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
@@ -35,8 +36,8 @@ class _Stream:
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.consumed = False     # generate() was called for it
-        self.finished = False     # the final output (or an error) was queued
+        self.consumed = False  # generate() was called for it
+        self.finished = False  # the final output (or an error) was queued
 
     def put(self, item: Any) -> None:
         if not self.finished:
@@ -49,7 +50,8 @@ class AsyncLLMEngine:
         self.engine = engine
         self.log_requests = log_requests
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="pagedllm-engine")
+            max_workers=1, thread_name_prefix="pagedllm-engine"
+        )
         self._streams: dict[str, _Stream] = {}
         # Ids added to the engine whose final output/error is not queued yet. Touched only on
         # the event loop, so "nothing active -> sleep" needs no lock.
@@ -62,9 +64,12 @@ class AsyncLLMEngine:
         self._shutdown = False
 
     @classmethod
-    def from_engine_args(cls, engine_args: EngineArgs,
-                         usage_context: UsageContext = UsageContext.ENGINE_CONTEXT,
-                         **_: Any) -> "AsyncLLMEngine":
+    def from_engine_args(
+        cls,
+        engine_args: EngineArgs,
+        usage_context: UsageContext = UsageContext.ENGINE_CONTEXT,
+        **_: Any,
+    ) -> "AsyncLLMEngine":
         engine = LLMEngine.from_engine_args(engine_args, usage_context)
         log_requests = not getattr(engine_args, "disable_log_requests", True)
         return cls(engine, log_requests=log_requests)
@@ -72,8 +77,9 @@ class AsyncLLMEngine:
     # -- state ------------------------------------------------------------------------------------
     @property
     def is_running(self) -> bool:
-        return (self._loop_task is not None and not self._loop_task.done()
-                and self._dead_error is None)
+        return (
+            self._loop_task is not None and not self._loop_task.done() and self._dead_error is None
+        )
 
     @property
     def errored(self) -> bool:
@@ -129,8 +135,9 @@ class AsyncLLMEngine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
-    def _step_in_worker(self) -> tuple[list[RequestOutput], dict[str, BaseException],
-                                       EngineStats, set[str]]:
+    def _step_in_worker(
+        self,
+    ) -> tuple[list[RequestOutput], dict[str, BaseException], EngineStats, set[str]]:
         outputs, failed = self.engine.step_with_failures()
         live = set(self.engine.output_processor.requests)
         return outputs, failed, self.engine.get_stats(), live
@@ -160,7 +167,7 @@ class AsyncLLMEngine:
                 await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
-        except BaseException as e:   # noqa: BLE001 - anything else kills the engine
+        except BaseException as e:  # noqa: BLE001 - anything else kills the engine
             logger.exception("pagedllm engine loop failed")
             self._dead_error = e
             err = EngineDeadError(f"engine loop has died: {e!r}")
@@ -192,10 +199,17 @@ class AsyncLLMEngine:
             self._streams.pop(stream.request_id, None)
 
     # -- requests ---------------------------------------------------------------------------------
-    async def add_request(self, request_id: str, prompt: PromptType,
-                          sampling_params: Optional[SamplingParams] = None,
-                          arrival_time: Optional[float] = None, lora_request: Any = None,
-                          trace_headers: Any = None, priority: int = 0, **_: Any) -> None:
+    async def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        sampling_params: Optional[SamplingParams] = None,
+        arrival_time: Optional[float] = None,
+        lora_request: Any = None,
+        trace_headers: Any = None,
+        priority: int = 0,
+        **_: Any,
+    ) -> None:
         """Queue a request; its outputs wait for generate(request_id).
         ValueError for a duplicate id or an invalid prompt/params; EngineDeadError if dead."""
         self._ensure_loop()
@@ -203,10 +217,11 @@ class AsyncLLMEngine:
             raise ValueError(f"request_id: {request_id!r} is already in use")
         arrival_time = time.time() if arrival_time is None else arrival_time
         stream = _Stream(request_id)
-        self._streams[request_id] = stream   # reserve the id before awaiting
+        self._streams[request_id] = stream  # reserve the id before awaiting
         try:
-            stats = await self._in_worker(self._add_in_worker, request_id, prompt,
-                                          sampling_params, arrival_time, priority)
+            stats = await self._in_worker(
+                self._add_in_worker, request_id, prompt, sampling_params, arrival_time, priority
+            )
         except BaseException:
             self._streams.pop(request_id, None)
             raise
@@ -217,45 +232,68 @@ class AsyncLLMEngine:
         assert self._wakeup is not None
         self._wakeup.set()
 
-    def _add_in_worker(self, request_id: str, prompt: PromptType,
-                       params: Optional[SamplingParams], arrival_time: float,
-                       priority: int) -> EngineStats:
+    def _add_in_worker(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: Optional[SamplingParams],
+        arrival_time: float,
+        priority: int,
+    ) -> EngineStats:
         self.engine.add_request(request_id, prompt, params, arrival_time, priority)
         return self.engine.get_stats()
 
-    async def abort_request(self, request_id: str) -> None:
-        """End the request: its stream gets a final output with finish_reason "abort" and its
-        KV blocks are freed at the next step boundary. Unknown/finished ids are ignored."""
+    async def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
+        """End the request(s): each stream gets a final output with finish_reason "abort" and
+        the KV blocks are freed at the next step boundary. Unknown/finished ids are ignored."""
         if self._dead_error is not None or self._shutdown:
             return
-        finals, stats = await self._in_worker(self._abort_in_worker, request_id)
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        finals, stats = await self._in_worker(self._abort_in_worker, ids)
         self._stats = stats
         for out in finals:
             self._deliver(out)
 
-    def _abort_in_worker(self, request_id: str) -> tuple[list[RequestOutput], EngineStats]:
-        finals = self.engine.abort_request(request_id)
-        return finals, self.engine.get_stats()
+    def _abort_in_worker(self, ids: list[str]) -> tuple[list[RequestOutput], EngineStats]:
+        finals = self.engine.abort_request(ids)
+        self._stats = self.engine.get_stats()
+        return finals, self._stats
 
-    def generate(self, prompt_or_request_id: Any, sampling_params: Optional[SamplingParams] = None,
-                 request_id: Optional[str] = None, *, lora_request: Any = None,
-                 trace_headers: Any = None, priority: int = 0,
-                 **_: Any) -> AsyncGenerator[RequestOutput, None]:
+    async def reset_prefix_cache(self) -> bool:
+        return await self._in_worker(self.engine.reset_prefix_cache)
+
+    def generate(
+        self,
+        prompt: Any = None,
+        sampling_params: Optional[SamplingParams] = None,
+        request_id: Optional[str] = None,
+        *,
+        lora_request: Any = None,
+        trace_headers: Any = None,
+        priority: int = 0,
+        **_: Any,
+    ) -> AsyncGenerator[RequestOutput, None]:
         """Two forms: generate(request_id) streams a request added with add_request();
-        generate(prompt, sampling_params, request_id) adds and streams (vLLM's form)."""
-        if sampling_params is None and request_id is None:
-            if not isinstance(prompt_or_request_id, str):
-                raise ValueError("generate: pass a request_id (after add_request) or "
-                                 "(prompt, sampling_params, request_id)")
-            return self._stream_outputs(prompt_or_request_id, add=None)
+        generate(prompt, sampling_params, request_id) adds and streams (vLLM's form; keywords
+        work too). The stream ends after the output with finished=True."""
+        if sampling_params is None and (request_id is None or prompt is None):
+            rid = request_id if prompt is None else prompt
+            if not isinstance(rid, str):
+                raise ValueError(
+                    "generate: pass a request_id (after add_request) or "
+                    "(prompt, sampling_params, request_id)"
+                )
+            return self._stream_outputs(rid, add=None)
         if request_id is None:
-            raise ValueError("request_id: generate(prompt, sampling_params, request_id) needs an id")
-        add = (prompt_or_request_id, sampling_params or SamplingParams(), priority)
+            raise ValueError(
+                "request_id: generate(prompt, sampling_params, request_id) needs an id"
+            )
+        add = (prompt, sampling_params or SamplingParams(), priority)
         return self._stream_outputs(request_id, add=add)
 
-    async def _stream_outputs(self, request_id: str,
-                              add: Optional[tuple[Any, SamplingParams, int]]
-                              ) -> AsyncGenerator[RequestOutput, None]:
+    async def _stream_outputs(
+        self, request_id: str, add: Optional[tuple[Any, SamplingParams, int]]
+    ) -> AsyncGenerator[RequestOutput, None]:
         if add is not None:
             prompt, params, priority = add
             await self.add_request(request_id, prompt, params, priority=priority)
@@ -263,8 +301,10 @@ class AsyncLLMEngine:
             raise self.dead_error
         stream = self._streams.get(request_id)
         if stream is None:
-            raise ValueError(f"request_id: {request_id!r} is unknown (add_request it first) "
-                             "or already finished and consumed")
+            raise ValueError(
+                f"request_id: {request_id!r} is unknown (add_request it first) "
+                "or already finished and consumed"
+            )
         if stream.consumed:
             raise ValueError(f"request_id: generate() was already called for {request_id!r}")
         stream.consumed = True
@@ -287,9 +327,9 @@ class AsyncLLMEngine:
                 self._streams.pop(request_id, None)
                 self._active.discard(request_id)
                 try:
-                    self._executor.submit(self.engine.abort_request, request_id)
+                    self._executor.submit(self._abort_in_worker, [request_id])
                 except RuntimeError:
-                    pass   # executor already shut down
+                    pass  # executor already shut down
 
     # -- shutdown ---------------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -314,5 +354,5 @@ class AsyncLLMEngine:
     def __del__(self) -> None:
         try:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        except Exception:   # noqa: BLE001 - interpreter teardown
+        except Exception:  # noqa: BLE001 - interpreter teardown
             pass

@@ -5,6 +5,7 @@ step() is: plan = scheduler.schedule() -> logits = runner.execute_model(plan, ro
 Requests are known here only by int handles and token ids; text lives in the OutputProcessor.
 Thread model: every method is called from one thread at a time (the engine loop's worker).
 """
+
 from __future__ import annotations
 
 import time
@@ -19,7 +20,7 @@ from pagedllm.outputs import Logprob
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.sampler import Sampler, SamplingBatch, SamplingRow, token_logprobs
 
-_FINISH_REASONS = {1: "stop", 2: "length", 3: "abort"}   # core FinishReason -> vLLM string
+_FINISH_REASONS = {1: "stop", 2: "length", 3: "abort"}  # core FinishReason -> vLLM string
 
 
 class StepFailedError(RuntimeError):
@@ -34,31 +35,34 @@ class StepFailedError(RuntimeError):
 @dataclass
 class CoreRequest:
     """What the core side remembers about one sequence (one child of an n > 1 request)."""
+
     handle: int
     prompt_token_ids: list[int]
     params: SamplingParams
     eos_token_id: Optional[int]
     generator: Optional[torch.Generator] = None
     output_token_ids: list[int] = field(default_factory=list)
-    next_prompt_logprob_pos: int = 1    # next prompt position whose logprob is still to compute
+    next_prompt_logprob_pos: int = 1  # next prompt position whose logprob is still to compute
     first_scheduled_time: Optional[float] = None
 
 
 @dataclass
 class CoreOutput:
     """One sequence's news from one step."""
+
     handle: int
     new_token_ids: list[int]
-    finish_reason: Optional[str] = None          # "stop" | "length" | "abort" | None
-    stop_reason: Union[int, str, None] = None    # stop token id (EOS gives None)
+    finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | None
+    stop_reason: Union[int, str, None] = None  # stop token id (EOS gives None)
     num_cached_tokens: int = 0
     new_logprobs: Optional[list[dict[int, Logprob]]] = None
     new_prompt_logprobs: Optional[list[dict[int, Logprob]]] = None
     first_scheduled_time: Optional[float] = None
 
 
-def _logprob_dict(chosen: int, chosen_lp: float, rank: int,
-                  top_ids: np.ndarray, top_lps: np.ndarray, k: int) -> dict[int, Logprob]:
+def _logprob_dict(
+    chosen: int, chosen_lp: float, rank: int, top_ids: np.ndarray, top_lps: np.ndarray, k: int
+) -> dict[int, Logprob]:
     """vLLM's shape: the chosen token first, then the top-k (ranks 1..k)."""
     d = {chosen: Logprob(float(chosen_lp), int(rank))}
     for j in range(k):
@@ -76,8 +80,14 @@ class EngineCore:
         self._core = _core
         if runner is None:
             from pagedllm.worker.model_runner import ModelRunner
-            runner = ModelRunner(config.model_config, config.cache_config, config.device_config,
-                                 config.parallel_config, scheduler_config=config.scheduler_config)
+
+            runner = ModelRunner(
+                config.model_config,
+                config.cache_config,
+                config.device_config,
+                config.parallel_config,
+                scheduler_config=config.scheduler_config,
+            )
             runner.load_model()
             num_blocks = runner.determine_num_blocks()
             runner.allocate_kv_cache(num_blocks)
@@ -89,8 +99,9 @@ class EngineCore:
         self.vocab_size: int = int(runner.vocab_size)
         self.eos_token_id: Optional[int] = runner.eos_token_id
         # Further EOS ids (generation_config may list several) act as stop tokens, as in vLLM.
-        self.extra_eos_ids: list[int] = [t for t in getattr(runner, "eos_token_ids", [])
-                                         if t != self.eos_token_id]
+        self.extra_eos_ids: list[int] = [
+            t for t in getattr(runner, "eos_token_ids", []) if t != self.eos_token_id
+        ]
         self.device: torch.device = runner.device
 
         sc = config.scheduler_config
@@ -100,15 +111,23 @@ class EngineCore:
         if not sc.enable_chunked_prefill and batched < self.max_model_len:
             raise ValueError(
                 f"max_num_batched_tokens: {batched} is smaller than max_model_len "
-                f"{self.max_model_len}; enable chunked prefill or raise it")
-        policy = (_core.SchedulingPolicy.PRIORITY if sc.policy == "priority"
-                  else _core.SchedulingPolicy.FCFS)
+                f"{self.max_model_len}; enable chunked prefill or raise it"
+            )
+        policy = (
+            _core.SchedulingPolicy.PRIORITY
+            if sc.policy == "priority"
+            else _core.SchedulingPolicy.FCFS
+        )
         self.scheduler_config = _core.SchedulerConfig(
-            num_blocks=num_blocks, block_size=config.cache_config.block_size,
-            max_num_seqs=sc.max_num_seqs, max_num_batched_tokens=batched,
+            num_blocks=num_blocks,
+            block_size=config.cache_config.block_size,
+            max_num_seqs=sc.max_num_seqs,
+            max_num_batched_tokens=batched,
             max_model_len=self.max_model_len,
             enable_prefix_caching=config.cache_config.enable_prefix_caching,
-            enable_chunked_prefill=sc.enable_chunked_prefill, policy=policy)
+            enable_chunked_prefill=sc.enable_chunked_prefill,
+            policy=policy,
+        )
         self.scheduler = _core.Scheduler(self.scheduler_config)
         self.sampler = Sampler()
         self.requests: dict[int, CoreRequest] = {}
@@ -122,8 +141,14 @@ class EngineCore:
         self.time_model = 0.0
 
     # -- requests -----------------------------------------------------------------------------
-    def add_request(self, handle: int, prompt_token_ids: list[int], params: SamplingParams,
-                    arrival_time: float, max_tokens: int) -> None:
+    def add_request(
+        self,
+        handle: int,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float,
+        max_tokens: int,
+    ) -> None:
         """Queue one sequence. `max_tokens` is already resolved (never None)."""
         generator = None
         if params.seed is not None and params.temperature >= 1e-5:
@@ -133,14 +158,22 @@ class EngineCore:
         if not params.ignore_eos:
             stop_ids += [t for t in self.extra_eos_ids if t not in stop_ids]
         core_params = self._core.RequestParams(
-            max_tokens=max_tokens, min_tokens=params.min_tokens, ignore_eos=params.ignore_eos,
+            max_tokens=max_tokens,
+            min_tokens=params.min_tokens,
+            ignore_eos=params.ignore_eos,
             eos_token_id=-1 if self.eos_token_id is None else int(self.eos_token_id),
-            stop_token_ids=stop_ids, priority=params.priority, arrival_time=arrival_time,
+            stop_token_ids=stop_ids,
+            priority=params.priority,
+            arrival_time=arrival_time,
             cache_salt=params.cache_salt or "",
-            skip_prefix_cache=params.prompt_logprobs is not None)
-        self.scheduler.add_request(handle, np.asarray(prompt_token_ids, dtype=np.int32), core_params)
-        self.requests[handle] = CoreRequest(handle, list(prompt_token_ids), params,
-                                            self.eos_token_id, generator)
+            skip_prefix_cache=params.prompt_logprobs is not None,
+        )
+        self.scheduler.add_request(
+            handle, np.asarray(prompt_token_ids, dtype=np.int32), core_params
+        )
+        self.requests[handle] = CoreRequest(
+            handle, list(prompt_token_ids), params, self.eos_token_id, generator
+        )
         self.num_prompt_tokens += len(prompt_token_ids)
 
     def abort_request(self, handle: int) -> bool:
@@ -157,7 +190,7 @@ class EngineCore:
         if plan.num_seqs == 0:
             return []
         now = time.time()
-        handles = plan.handles.tolist()                               # [S]
+        handles = plan.handles.tolist()  # [S]
         first_sched: dict[int, float] = {}
         for h in handles:
             req = self.requests.get(h)
@@ -165,7 +198,7 @@ class EngineCore:
                 req.first_scheduled_time = now
                 first_sched[h] = now
 
-        sample_rows = plan.logits_indices                                 # [N] int32
+        sample_rows = plan.logits_indices  # [N] int32
         sample_handles = [handles[i] for i in plan.sampled_seq_indices.tolist()]  # [N]
         prompt_lp_rows, prompt_lp_spans = self._prompt_logprob_rows(plan, handles)
         rows = sample_rows
@@ -176,23 +209,28 @@ class EngineCore:
         try:
             if self.fault_injector is not None:
                 self.fault_injector()
-            logits = self.runner.execute_model(plan, rows)              # [len(rows), V] fp32
+            logits = self.runner.execute_model(plan, rows)  # [len(rows), V] fp32
             num_plp = len(prompt_lp_rows)
             sampled = self.sampler.sample(logits[num_plp:], batch)
             prompt_lps = self._score_prompt(logits[:num_plp], prompt_lp_spans) if num_plp else {}
-        except Exception as e:   # noqa: BLE001 - anything from the forward fails only this step
+        except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
             self._fail_step(handles)
             raise StepFailedError(handles, e) from e
         t2 = time.perf_counter()
 
         step_outputs = self.scheduler.update(plan, sampled.token_ids)
-        outputs = self._collect(step_outputs, sample_handles, sampled, batch, prompt_lps, first_sched)
+        outputs = self._collect(
+            step_outputs, sample_handles, sampled, batch, prompt_lps, first_sched
+        )
         # Sequences that only ran a prompt chunk but produced prompt logprobs report them too.
         reported = {o.handle for o in outputs}
         for h, lps in prompt_lps.items():
             if h not in reported and h in self.requests:
-                outputs.append(CoreOutput(h, [], new_prompt_logprobs=lps,
-                                          first_scheduled_time=first_sched.get(h)))
+                outputs.append(
+                    CoreOutput(
+                        h, [], new_prompt_logprobs=lps, first_scheduled_time=first_sched.get(h)
+                    )
+                )
         t3 = time.perf_counter()
         self.num_steps += 1
         self.time_model += t2 - t1
@@ -216,20 +254,32 @@ class EngineCore:
                 if req.eos_token_id is not None and not p.ignore_eos:
                     banned.append(req.eos_token_id)
                     banned += self.extra_eos_ids
-            has_pen = (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-                       or p.repetition_penalty != 1.0)
-            rows.append(SamplingRow(
-                temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, min_p=p.min_p,
-                presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
-                repetition_penalty=p.repetition_penalty, generator=req.generator,
-                num_logprobs=p.logprobs,
-                prompt_token_ids=req.prompt_token_ids if has_pen else (),
-                output_token_ids=req.output_token_ids if has_pen else (),
-                banned_token_ids=banned))
+            has_pen = (
+                p.presence_penalty != 0.0
+                or p.frequency_penalty != 0.0
+                or p.repetition_penalty != 1.0
+            )
+            rows.append(
+                SamplingRow(
+                    temperature=p.temperature,
+                    top_p=p.top_p,
+                    top_k=p.top_k,
+                    min_p=p.min_p,
+                    presence_penalty=p.presence_penalty,
+                    frequency_penalty=p.frequency_penalty,
+                    repetition_penalty=p.repetition_penalty,
+                    generator=req.generator,
+                    num_logprobs=p.logprobs,
+                    prompt_token_ids=req.prompt_token_ids if has_pen else (),
+                    output_token_ids=req.output_token_ids if has_pen else (),
+                    banned_token_ids=banned,
+                )
+            )
         return SamplingBatch(rows, device=self.device)
 
-    def _prompt_logprob_rows(self, plan: Any, handles: list[int]
-                             ) -> tuple[list[int], list[tuple[int, int, int]]]:
+    def _prompt_logprob_rows(
+        self, plan: Any, handles: list[int]
+    ) -> tuple[list[int], list[tuple[int, int, int]]]:
         """Token rows whose logits score the next prompt token, for requests asking for prompt
         logprobs. Row at position p predicts prompt token p + 1. Returns the rows and, per request,
         (handle, first prompt position scored, count)."""
@@ -243,7 +293,8 @@ class EngineCore:
             prompt_len = len(req.prompt_token_ids)
             start_pos = int(plan.num_computed[i])
             n_sched = int(qsl[i + 1] - qsl[i])
-            # Positions p in [start_pos, start_pos + n_sched) with p + 1 < prompt_len, p + 1 not done.
+            # Positions p in [start_pos, start_pos + n_sched) with p + 1 < prompt_len and p + 1
+            # not scored yet.
             first = max(start_pos, req.next_prompt_logprob_pos - 1)
             last = min(start_pos + n_sched, prompt_len - 1)
             if first >= last:
@@ -253,26 +304,38 @@ class EngineCore:
             spans.append((h, first + 1, last - first))
         return rows, spans
 
-    def _score_prompt(self, logits: torch.Tensor, spans: list[tuple[int, int, int]]
-                      ) -> dict[int, list[dict[int, Logprob]]]:
-        logprobs = torch.log_softmax(logits.float(), dim=-1)             # [R, V]
+    def _score_prompt(
+        self, logits: torch.Tensor, spans: list[tuple[int, int, int]]
+    ) -> dict[int, list[dict[int, Logprob]]]:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
         result: dict[int, list[dict[int, Logprob]]] = {}
         offset = 0
         for h, first_pos, count in spans:
             req = self.requests[h]
             k = int(req.params.prompt_logprobs or 0)
-            targets = torch.tensor(req.prompt_token_ids[first_pos:first_pos + count],
-                                   device=logprobs.device)
-            lp, ranks, top_ids, top_lps = token_logprobs(logprobs[offset:offset + count], targets, k)
-            result[h] = [_logprob_dict(int(targets[j]), lp[j], ranks[j], top_ids[j], top_lps[j], k)
-                         for j in range(count)]
+            targets = torch.tensor(
+                req.prompt_token_ids[first_pos : first_pos + count], device=logprobs.device
+            )
+            lp, ranks, top_ids, top_lps = token_logprobs(
+                logprobs[offset : offset + count], targets, k
+            )
+            result[h] = [
+                _logprob_dict(int(targets[j]), lp[j], ranks[j], top_ids[j], top_lps[j], k)
+                for j in range(count)
+            ]
             req.next_prompt_logprob_pos = first_pos + count
             offset += count
         return result
 
-    def _collect(self, step_outputs: list[Any], sample_handles: list[int], sampled: Any,
-                 batch: SamplingBatch, prompt_lps: dict[int, list[dict[int, Logprob]]],
-                 first_sched: dict[int, float]) -> list[CoreOutput]:
+    def _collect(
+        self,
+        step_outputs: list[Any],
+        sample_handles: list[int],
+        sampled: Any,
+        batch: SamplingBatch,
+        prompt_lps: dict[int, list[dict[int, Logprob]]],
+        first_sched: dict[int, float],
+    ) -> list[CoreOutput]:
         row_of = {h: j for j, h in enumerate(sample_handles)}
         outputs: list[CoreOutput] = []
         for so in step_outputs:
@@ -283,9 +346,13 @@ class EngineCore:
             new_ids = list(so.new_token_ids)
             req.output_token_ids.extend(new_ids)
             self.num_generation_tokens += len(new_ids)
-            out = CoreOutput(h, new_ids, num_cached_tokens=int(so.num_cached_tokens),
-                             new_prompt_logprobs=prompt_lps.get(h),
-                             first_scheduled_time=first_sched.get(h))
+            out = CoreOutput(
+                h,
+                new_ids,
+                num_cached_tokens=int(so.num_cached_tokens),
+                new_prompt_logprobs=prompt_lps.get(h),
+                first_scheduled_time=first_sched.get(h),
+            )
             reason = int(so.finish_reason)
             if reason != 0:
                 out.finish_reason = _FINISH_REASONS[reason]
@@ -295,9 +362,16 @@ class EngineCore:
             j = row_of.get(h)
             if new_ids and j is not None and req.params.logprobs is not None:
                 k = int(req.params.logprobs)
-                out.new_logprobs = [_logprob_dict(new_ids[0], sampled.logprobs[j], sampled.ranks[j],
-                                                  sampled.topk_token_ids[j],
-                                                  sampled.topk_logprobs[j], k)]
+                out.new_logprobs = [
+                    _logprob_dict(
+                        new_ids[0],
+                        sampled.logprobs[j],
+                        sampled.ranks[j],
+                        sampled.topk_token_ids[j],
+                        sampled.topk_logprobs[j],
+                        k,
+                    )
+                ]
             outputs.append(out)
         return outputs
 

@@ -6,6 +6,7 @@ text that the window gains is emitted. Decoding with context keeps tokenizer-spe
 UTF-8 character that is split across tokens from being emitted as garbage. Invariant: `text` is
 always the concatenation of everything emitted, so streamed deltas add up to the final text.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -18,25 +19,28 @@ _REPLACEMENT_CHAR = "\ufffd"
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Any, prompt_token_ids: Sequence[int],
-                 params: SamplingParams) -> None:
+    def __init__(
+        self, tokenizer: Any, prompt_token_ids: Sequence[int], params: SamplingParams
+    ) -> None:
         self.tokenizer = tokenizer
         self.params = params
         # Without a tokenizer (skip_tokenizer_init) there is no text, only token ids.
         self.enabled = params.detokenize and tokenizer is not None
         context = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:]) if self.enabled else []
-        self._ids: list[int] = context      # context + detokenized output tokens
-        self._prefix_offset = 0             # start of the decoding window
-        self._read_offset = len(context)    # tokens before this are already in `text`
-        self.text = ""                      # full output text (cut at a stop string)
+        self._ids: list[int] = context  # context + detokenized output tokens
+        self._prefix_offset = 0  # start of the decoding window
+        self._read_offset = len(context)  # tokens before this are already in `text`
+        self.text = ""  # full output text (cut at a stop string)
         self.stop_string: Optional[str] = None
         self._num_output_tokens = 0
         self._max_stop_len = max((len(s) for s in params.stop), default=0)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(
-            ids, skip_special_tokens=self.params.skip_special_tokens,
-            spaces_between_special_tokens=self.params.spaces_between_special_tokens)
+            ids,
+            skip_special_tokens=self.params.skip_special_tokens,
+            spaces_between_special_tokens=self.params.spaces_between_special_tokens,
+        )
 
     def update(self, new_token_ids: Sequence[int], stop_terminated: bool) -> Optional[str]:
         """Add tokens; `stop_terminated` means the last one is the EOS/stop token that ended the
@@ -53,7 +57,7 @@ class IncrementalDetokenizer:
             self._ids.append(token_id)
             self.text += self._next_piece(final=False)
         if stop_terminated:
-            self.text += self._next_piece(final=True)   # flush a dangling partial character
+            self.text += self._next_piece(final=True)  # flush a dangling partial character
         return self._check_stop(start)
 
     def finish(self) -> None:
@@ -64,16 +68,16 @@ class IncrementalDetokenizer:
     def _next_piece(self, final: bool) -> str:
         if self._read_offset >= len(self._ids):
             return ""
-        prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
-        full_text = self._decode(self._ids[self._prefix_offset:])
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        full_text = self._decode(self._ids[self._prefix_offset :])
         if len(full_text) <= len(prefix_text) and not final:
             return ""
         if full_text.endswith(_REPLACEMENT_CHAR) and not final:
-            return ""   # an incomplete UTF-8 sequence: wait for its remaining bytes
+            return ""  # an incomplete UTF-8 sequence: wait for its remaining bytes
         # Slide the window: the new context starts where this read started.
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._ids)
-        return full_text[len(prefix_text):]
+        return full_text[len(prefix_text) :]
 
     def _check_stop(self, new_text_start: int) -> Optional[str]:
         if not self.params.stop or self.stop_string is not None:

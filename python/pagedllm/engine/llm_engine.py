@@ -4,8 +4,10 @@ It turns prompts into token ids, maps string request ids to core handles (n hand
 all sharing the prompt), runs EngineCore steps and turns their token ids into RequestOutputs.
 Thread model: one thread at a time (LLM calls it directly; AsyncLLMEngine from its worker thread).
 """
+
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Union
@@ -18,12 +20,18 @@ from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.usage.usage_lib import UsageContext
 
+logger = logging.getLogger(__name__)
+
+# Seconds between two stats lines in the log (when log_stats is on).
+_STATS_LOG_INTERVAL_S = 5.0
+
 PromptType = Union[str, list[int], dict[str, Any]]
 
 
 @dataclass
 class EngineStats:
     """A snapshot of the scheduler's counters plus the engine's token counters."""
+
     num_running: int
     num_waiting: int
     num_blocks_total: int
@@ -34,23 +42,33 @@ class EngineStats:
     prefix_cache_hits: int
     num_preemptions: int
     num_unfinished_requests: int
-    num_prompt_tokens: int         # cumulative, prompt tokens of every added request
-    num_generation_tokens: int     # cumulative, tokens generated
+    num_prompt_tokens: int  # cumulative, prompt tokens of every added request
+    num_generation_tokens: int  # cumulative, tokens generated
     num_steps: int
-    mean_step_host_s: float        # schedule + batch prep + update + output processing
-    mean_step_model_s: float       # model forward + sampling
+    mean_step_host_s: float  # schedule + batch prep + update + output processing
+    mean_step_model_s: float  # model forward + sampling
 
 
 def load_tokenizer(config: EngineConfig) -> Any:
     """The model's tokenizer (models' get_tokenizer handles GGUF files and the default model)."""
     try:
         from pagedllm.transformers_utils.tokenizer import get_tokenizer
-    except ImportError:   # not merged yet: plain transformers on the model directory
+    except ImportError:  # not merged yet: plain transformers on the model directory
+        import os
+
         from transformers import AutoTokenizer
+
         mc = config.model_config
-        return AutoTokenizer.from_pretrained(
-            mc.tokenizer, revision=mc.revision, trust_remote_code=mc.trust_remote_code,
-            use_fast=mc.tokenizer_mode != "slow")
+        kwargs: dict[str, Any] = dict(
+            revision=mc.revision,
+            trust_remote_code=mc.trust_remote_code,
+            use_fast=mc.tokenizer_mode != "slow",
+        )
+        source = mc.tokenizer
+        gguf_path = getattr(mc, "gguf_path", None)
+        if gguf_path and mc.tokenizer in (mc.model, None):
+            source, kwargs["gguf_file"] = os.path.split(gguf_path)
+        return AutoTokenizer.from_pretrained(source, **kwargs)
     return get_tokenizer(config.model_config)
 
 
@@ -71,9 +89,16 @@ def parse_prompt(prompt: PromptType) -> tuple[Optional[str], Optional[list[int]]
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, *, max_logprobs: int = 20, runner: Any = None,
-                 tokenizer: Any = None, log_stats: bool = True,
-                 skip_tokenizer_init: bool = False) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        max_logprobs: int = 20,
+        runner: Any = None,
+        tokenizer: Any = None,
+        log_stats: bool = True,
+        skip_tokenizer_init: bool = False,
+    ) -> None:
         self.config = config
         self.model_config = config.model_config
         self.max_logprobs = max_logprobs
@@ -85,14 +110,19 @@ class LLMEngine:
         self.output_processor = OutputProcessor(tokenizer)
         self._next_handle = 1
         self._time_output = 0.0
+        self._last_log = (time.monotonic(), 0, 0)  # (when, prompt tokens, generation tokens)
 
     @classmethod
-    def from_engine_args(cls, engine_args: EngineArgs,
-                         usage_context: UsageContext = UsageContext.ENGINE_CONTEXT) -> "LLMEngine":
+    def from_engine_args(
+        cls, engine_args: EngineArgs, usage_context: UsageContext = UsageContext.ENGINE_CONTEXT
+    ) -> "LLMEngine":
         config = engine_args.create_engine_config()
-        return cls(config, max_logprobs=engine_args.max_logprobs,
-                   log_stats=not engine_args.disable_log_stats,
-                   skip_tokenizer_init=engine_args.skip_tokenizer_init)
+        return cls(
+            config,
+            max_logprobs=engine_args.max_logprobs,
+            log_stats=not engine_args.disable_log_stats,
+            skip_tokenizer_init=engine_args.skip_tokenizer_init,
+        )
 
     # -- model info -----------------------------------------------------------------------------
     @property
@@ -114,9 +144,14 @@ class LLMEngine:
             ids = list(self.tokenizer.encode(text))
         return text, ids
 
-    def add_request(self, request_id: str, prompt: PromptType,
-                    params: Optional[SamplingParams] = None, arrival_time: Optional[float] = None,
-                    priority: int = 0) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: Optional[SamplingParams] = None,
+        arrival_time: Optional[float] = None,
+        priority: int = 0,
+    ) -> None:
         """Queue a request. ValueError for a duplicate id or an invalid prompt/params."""
         if not isinstance(request_id, str):
             request_id = str(request_id)
@@ -124,7 +159,9 @@ class LLMEngine:
             raise ValueError(f"request_id: {request_id!r} is already running")
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params: expected SamplingParams, got {type(params).__name__}")
+            raise ValueError(
+                f"sampling_params: expected SamplingParams, got {type(params).__name__}"
+            )
         arrival_time = time.time() if arrival_time is None else arrival_time
         text, ids = self.tokenize_prompt(prompt)
         self._validate(ids, params)
@@ -141,7 +178,7 @@ class LLMEngine:
                 child_params = params
                 if params.n > 1 and params.seed is not None:
                     child_params = params.clone()
-                    child_params.seed = params.seed + index   # distinct but reproducible samples
+                    child_params.seed = params.seed + index  # distinct but reproducible samples
                 self.engine_core.add_request(handle, ids, child_params, arrival_time, max_tokens)
                 added.append(handle)
         except Exception:
@@ -156,10 +193,13 @@ class LLMEngine:
         vocab = self.engine_core.vocab_size
         bad = [t for t in ids if not (0 <= t < vocab)]
         if bad:
-            raise ValueError(f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+            raise ValueError(
+                f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})"
+            )
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt: {len(ids)} tokens leaves no room under max_model_len "
-                             f"{self.max_model_len}")
+            raise ValueError(
+                f"prompt: {len(ids)} tokens leaves no room under max_model_len {self.max_model_len}"
+            )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > self.max_logprobs:
@@ -214,6 +254,8 @@ class LLMEngine:
         for h in to_abort:
             self.engine_core.abort_request(h)
         self._time_output += time.perf_counter() - t0
+        if self.log_stats:
+            self._maybe_log_stats()
         return outputs, {}
 
     def step(self) -> list[RequestOutput]:
@@ -223,22 +265,47 @@ class LLMEngine:
             raise RuntimeError(f"step failed for requests {sorted(failed)}") from first
         return outputs
 
+    def _maybe_log_stats(self) -> None:
+        now = time.monotonic()
+        then, prompt0, gen0 = self._last_log
+        if now - then < _STATS_LOG_INTERVAL_S:
+            return
+        core = self.engine_core
+        s = core.stats()
+        logger.info(
+            "prompt throughput: %.1f tok/s, generation throughput: %.1f tok/s, running: %d, "
+            "waiting: %d, KV cache usage: %.1f%%, prefix cache hit rate: %.1f%%",
+            (core.num_prompt_tokens - prompt0) / (now - then),
+            (core.num_generation_tokens - gen0) / (now - then),
+            s.num_running,
+            s.num_waiting,
+            100 * s.kv_cache_usage,
+            100 * s.prefix_cache_hits / max(s.prefix_cache_queries, 1),
+        )
+        self._last_log = (now, core.num_prompt_tokens, core.num_generation_tokens)
+
     # -- stats ------------------------------------------------------------------------------------
     def get_stats(self) -> EngineStats:
         s = self.engine_core.stats()
         core = self.engine_core
         steps = max(core.num_steps, 1)
         return EngineStats(
-            num_running=s.num_running, num_waiting=s.num_waiting,
-            num_blocks_total=s.num_blocks_total, num_blocks_used=s.num_blocks_used,
-            num_blocks_free=s.num_blocks_free, kv_cache_usage=s.kv_cache_usage,
-            prefix_cache_queries=s.prefix_cache_queries, prefix_cache_hits=s.prefix_cache_hits,
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            num_blocks_total=s.num_blocks_total,
+            num_blocks_used=s.num_blocks_used,
+            num_blocks_free=s.num_blocks_free,
+            kv_cache_usage=s.kv_cache_usage,
+            prefix_cache_queries=s.prefix_cache_queries,
+            prefix_cache_hits=s.prefix_cache_hits,
             num_preemptions=s.num_preemptions,
             num_unfinished_requests=self.get_num_unfinished_requests(),
             num_prompt_tokens=core.num_prompt_tokens,
-            num_generation_tokens=core.num_generation_tokens, num_steps=core.num_steps,
+            num_generation_tokens=core.num_generation_tokens,
+            num_steps=core.num_steps,
             mean_step_host_s=(core.time_host + self._time_output) / steps,
-            mean_step_model_s=core.time_model / steps)
+            mean_step_model_s=core.time_model / steps,
+        )
 
     def reset_prefix_cache(self) -> bool:
         return self.engine_core.reset_prefix_cache()

@@ -5,6 +5,7 @@ independently (a stop string stops only its child); the request is finished when
 Output kinds: CUMULATIVE sends all n completions with everything so far, DELTA sends the
 completions that changed with only their new part, FINAL_ONLY sends one output at the end.
 """
+
 from __future__ import annotations
 
 import time
@@ -69,8 +70,15 @@ class OutputProcessor:
         self.handle_to_child: dict[int, tuple[RequestState, ChildState]] = {}
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int],
-                    params: SamplingParams, handles: list[int], arrival_time: float) -> RequestState:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Optional[str],
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        handles: list[int],
+        arrival_time: float,
+    ) -> RequestState:
         children = []
         for index, handle in enumerate(handles):
             detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)
@@ -78,8 +86,14 @@ class OutputProcessor:
             if params.logprobs is not None:
                 child.logprobs, child.cumulative_logprob = [], 0.0
             children.append(child)
-        state = RequestState(request_id, prompt, list(prompt_token_ids), params, children,
-                             RequestMetrics(arrival_time=arrival_time, last_token_time=arrival_time))
+        state = RequestState(
+            request_id,
+            prompt,
+            list(prompt_token_ids),
+            params,
+            children,
+            RequestMetrics(arrival_time=arrival_time, last_token_time=arrival_time),
+        )
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None]
         self.requests[request_id] = state
@@ -101,7 +115,7 @@ class OutputProcessor:
         for c in state.children:
             self.handle_to_child.pop(c.handle, None)
 
-    # -- processing ---------------------------------------------------------------------------------
+    # -- processing -----------------------------------------------------------------------------
     def process_outputs(self, outputs: list[CoreOutput]) -> tuple[list[RequestOutput], list[int]]:
         """Returns the RequestOutputs to deliver and the handles the core must abort (children
         stopped by a stop string, which only Python can see)."""
@@ -194,7 +208,7 @@ class OutputProcessor:
         self._forget(state)
         return handles
 
-    # -- building outputs ---------------------------------------------------------------------------
+    # -- building outputs -------------------------------------------------------------------------
     def _decode_logprobs(self, entries: list[dict[int, Logprob]]) -> None:
         if self.token_text is None:
             return
@@ -215,22 +229,38 @@ class OutputProcessor:
             c_finished = child.finished
             text_end = child.detokenizer.releasable_text_len(c_finished)
             if delta:
-                new_tokens = child.token_ids[child.sent_tokens:]
-                new_text = child.detokenizer.text[child.sent_text:text_end]
+                new_tokens = child.token_ids[child.sent_tokens :]
+                new_text = child.detokenizer.text[child.sent_text : text_end]
                 # A child that is quiet this step is left out of a delta, unless it just ended.
-                if not new_tokens and not new_text and not (c_finished and not child.reported_final):
+                if (
+                    not new_tokens
+                    and not new_text
+                    and not (c_finished and not child.reported_final)
+                ):
                     continue
-                completions.append(CompletionOutput(
-                    child.index, new_text, new_tokens,
-                    child.cumulative_logprob,
-                    child.logprobs[child.sent_tokens:] if child.logprobs is not None else None,
-                    child.finish_reason, child.stop_reason))
+                completions.append(
+                    CompletionOutput(
+                        child.index,
+                        new_text,
+                        new_tokens,
+                        child.cumulative_logprob,
+                        child.logprobs[child.sent_tokens :] if child.logprobs is not None else None,
+                        child.finish_reason,
+                        child.stop_reason,
+                    )
+                )
             else:
-                completions.append(CompletionOutput(
-                    child.index, child.detokenizer.text[:text_end], list(child.token_ids),
-                    child.cumulative_logprob,
-                    list(child.logprobs) if child.logprobs is not None else None,
-                    child.finish_reason, child.stop_reason))
+                completions.append(
+                    CompletionOutput(
+                        child.index,
+                        child.detokenizer.text[:text_end],
+                        list(child.token_ids),
+                        child.cumulative_logprob,
+                        list(child.logprobs) if child.logprobs is not None else None,
+                        child.finish_reason,
+                        child.stop_reason,
+                    )
+                )
             child.sent_tokens = len(child.token_ids)
             child.sent_text = text_end
             if c_finished:
@@ -243,7 +273,12 @@ class OutputProcessor:
             else:
                 state.sent_prompt_logprobs = True
         return RequestOutput(
-            request_id=state.request_id, prompt=state.prompt,
-            prompt_token_ids=state.prompt_token_ids, prompt_logprobs=prompt_logprobs,
-            outputs=completions, finished=finished, metrics=state.metrics,
-            num_cached_tokens=state.num_cached_tokens)
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=prompt_logprobs,
+            outputs=completions,
+            finished=finished,
+            metrics=state.metrics,
+            num_cached_tokens=state.num_cached_tokens,
+        )

@@ -1,4 +1,5 @@
 """LLM: offline batch inference (vLLM's LLM class) over the synchronous LLMEngine."""
+
 from __future__ import annotations
 
 import itertools
@@ -29,10 +30,15 @@ class LLM:
     def get_default_sampling_params(self) -> SamplingParams:
         return SamplingParams()
 
-    def generate(self, prompts: Union[PromptType, Sequence[PromptType], None] = None,
-                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
-                 use_tqdm: bool = True, *, prompt_token_ids: Optional[list] = None,
-                 priority: Optional[list[int]] = None) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts: Union[PromptType, Sequence[PromptType], None] = None,
+        sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+        use_tqdm: bool = True,
+        *,
+        prompt_token_ids: Optional[list] = None,
+        priority: Optional[list[int]] = None,
+    ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in input order."""
         prompt_list = self._normalize_prompts(prompts, prompt_token_ids)
         if sampling_params is None:
@@ -42,36 +48,47 @@ class LLM:
         else:
             params_list = list(sampling_params)
             if len(params_list) != len(prompt_list):
-                raise ValueError(f"sampling_params: {len(params_list)} given for "
-                                 f"{len(prompt_list)} prompts")
+                raise ValueError(
+                    f"sampling_params: {len(params_list)} given for {len(prompt_list)} prompts"
+                )
         if priority is not None and len(priority) != len(prompt_list):
             raise ValueError("priority: one value per prompt is needed")
         ids = []
         try:
             for i, (prompt, params) in enumerate(zip(prompt_list, params_list)):
                 rid = str(next(self._counter))
-                self.llm_engine.add_request(rid, prompt, params,
-                                            priority=priority[i] if priority else 0)
+                self.llm_engine.add_request(
+                    rid, prompt, params, priority=priority[i] if priority else 0
+                )
                 ids.append(rid)
         except Exception:
             self.llm_engine.abort_request(ids)
             raise
         return self._run_engine(ids, use_tqdm)
 
-    def chat(self, messages: Union[list[ChatMessage], list[list[ChatMessage]]],
-             sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
-             use_tqdm: bool = True, chat_template: Optional[str] = None,
-             add_generation_prompt: bool = True, continue_final_message: bool = False,
-             chat_template_kwargs: Optional[dict[str, Any]] = None) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages: Union[list[ChatMessage], list[list[ChatMessage]]],
+        sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+        use_tqdm: bool = True,
+        chat_template: Optional[str] = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: Optional[dict[str, Any]] = None,
+    ) -> list[RequestOutput]:
         """Apply the tokenizer's chat template to each conversation, then generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
         prompts: list[PromptType] = []
         for conv in conversations:
             text = tokenizer.apply_chat_template(
-                list(conv), tokenize=False, chat_template=chat_template,
+                list(conv),
+                tokenize=False,
+                chat_template=chat_template,
                 add_generation_prompt=add_generation_prompt and not continue_final_message,
-                continue_final_message=continue_final_message, **(chat_template_kwargs or {}))
+                continue_final_message=continue_final_message,
+                **(chat_template_kwargs or {}),
+            )
             # The template writes the special tokens itself: do not add BOS twice.
             ids = tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
@@ -88,8 +105,12 @@ class LLM:
             return [list(p) for p in prompt_token_ids]
         if isinstance(prompts, (str, dict)):
             return [prompts]
-        if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(t, int) for t in prompts):
-            return [list(prompts)]   # one prompt given as token ids
+        if (
+            isinstance(prompts, (list, tuple))
+            and prompts
+            and all(isinstance(t, int) for t in prompts)
+        ):
+            return [list(prompts)]  # one prompt given as token ids
         return list(prompts)
 
     def _run_engine(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
@@ -98,8 +119,13 @@ class LLM:
         bar = None
         if use_tqdm:
             from tqdm.auto import tqdm
-            bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
-                       postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")
+
+            bar = tqdm(
+                total=len(ids),
+                desc="Processed prompts",
+                dynamic_ncols=True,
+                postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s",
+            )
         in_toks = out_toks = 0
         start = time.perf_counter()
         engine = self.llm_engine
@@ -112,8 +138,10 @@ class LLM:
                     in_toks += len(out.prompt_token_ids or [])
                     out_toks += sum(len(c.token_ids) for c in out.outputs)
                     elapsed = max(time.perf_counter() - start, 1e-9)
-                    bar.postfix = (f"est. speed input: {in_toks / elapsed:.2f} toks/s, "
-                                   f"output: {out_toks / elapsed:.2f} toks/s")
+                    bar.postfix = (
+                        f"est. speed input: {in_toks / elapsed:.2f} toks/s, "
+                        f"output: {out_toks / elapsed:.2f} toks/s"
+                    )
                     bar.update(1)
         if bar is not None:
             bar.close()

@@ -23,7 +23,8 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
-        """q [T, Hq * D], k and v [T, Hkv * D]; kv_cache [2, NB, BS, Hkv, D]. Returns [T, Hq * D]."""
+        """q [T, Hq * D], k and v [T, Hkv * D]; kv_cache [2, NB, BS, Hkv, D].
+        Returns [T, Hq * D]."""
         num_tokens = q.shape[0]
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)

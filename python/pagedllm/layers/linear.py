@@ -92,7 +92,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def weight_loader(self, param, loaded, shard_id=None):
         if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
-            raise ValueError(f"shard_id must be an index into {self.output_sizes}, got {shard_id!r}")
+            raise ValueError(f"shard_id must be an index into {self.output_sizes}, "
+                             f"got {shard_id!r}")
         sizes = [s // self.tp_size for s in self.output_sizes]
         offset = sum(sizes[:shard_id])
         n = sizes[shard_id]
@@ -169,6 +170,7 @@ def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.copy_(src.to(dst.dtype))
 
 
-def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor,
+                          shard_id: object = None) -> None:
     """For parameters without a layer-specific loader (norms, OPT's positional table)."""
     _copy_checked(param.data, loaded)

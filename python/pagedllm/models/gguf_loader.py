@@ -26,6 +26,8 @@ _LAYER_NAMES = {
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
                  "output": "lm_head"}
 SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3")
+# Files this large show a progress bar while loading (same threshold as safetensors/.bin).
+PROGRESS_BAR_MIN_BYTES = 256 * 1024 * 1024
 _ARCHITECTURE_OF_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -49,6 +51,12 @@ def load_gguf_config(directory: str, file_name: str) -> Any:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(directory, gguf_file=file_name)
+    # transformers ignores attention.key_length (the head size) for some families and falls
+    # back to a default (Qwen3Config: 128); the file's value is authoritative.
+    fields = open_gguf(os.path.join(directory, file_name)).fields
+    key_length = fields.get(f"{config.model_type}.attention.key_length")
+    if key_length is not None:
+        config.head_dim = int(key_length.contents())
     if not getattr(config, "architectures", None):
         # GGUF metadata names the family only; pick its causal-LM class.
         config.architectures = [_ARCHITECTURE_OF_MODEL_TYPE.get(config.model_type,
@@ -92,9 +100,12 @@ def iterate_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch
     if arch not in SUPPORTED_GGUF_ARCHS:
         raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: "
                          f"{list(SUPPORTED_GGUF_ARCHS)}")
+    from tqdm.auto import tqdm
+
     num_heads = hf_config.num_attention_heads
     num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
-    for tensor in reader.tensors:
+    show_bar = os.path.getsize(path) >= PROGRESS_BAR_MIN_BYTES
+    for tensor in tqdm(reader.tensors, desc="Dequantizing GGUF weights", disable=not show_bar):
         name = _hf_name(tensor.name)
         if name is None:
             continue   # e.g. rope_freqs: recomputed from the config

@@ -33,9 +33,19 @@ class DecoderOptions:
         self.qk_norm = qk_norm
 
 
+def make_rotary_embedding(config: Any) -> RotaryEmbedding:
+    """The model's rotary table ([max_position_embeddings, rotary_dim] float32)."""
+    head_dim = head_dim_of(config)
+    rope_params = rope_parameters_from_config(config)
+    rotary_dim = int(head_dim * rope_params.get(
+        "partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
+    return RotaryEmbedding(head_dim, rotary_dim, config.max_position_embeddings, rope_params,
+                           is_neox_style=True)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, layer_idx: int, options: DecoderOptions, tp_rank: int,
-                 tp_size: int, sliding_window: Optional[int]):
+                 tp_size: int, sliding_window: Optional[int], rotary_emb: RotaryEmbedding):
         super().__init__()
         hidden = config.hidden_size
         self.head_dim = head_dim_of(config)
@@ -51,12 +61,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, hidden,
                                         bias=getattr(config, "attention_bias", False),
                                         tp_rank=tp_rank, tp_size=tp_size)
-        rope_params = rope_parameters_from_config(config)
-        rotary_dim = int(self.head_dim * rope_params.get(
-            "partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
-        self.rotary_emb = RotaryEmbedding(self.head_dim, rotary_dim,
-                                          config.max_position_embeddings, rope_params,
-                                          is_neox_style=True)
+        self.rotary_emb = rotary_emb   # shared by all layers: one cos/sin table per model
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
                               self.num_kv_heads, sliding_window=sliding_window)
         self.qk_norm = options.qk_norm
@@ -67,12 +72,12 @@ class LlamaAttention(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)                           # [T, (Hq + 2 Hkv) * D]
-        # Contiguous copies: the kernels take dense [T, H, D] rows.
-        q, k, v = (t.contiguous() for t in qkv.split([self.q_size, self.kv_size, self.kv_size],
-                                                     dim=-1))
-        if self.qk_norm:
-            q = self.q_norm(q.view(-1, self.head_dim)).view(q.shape)
-            k = self.k_norm(k.view(-1, self.head_dim)).view(k.shape)
+        # Views into qkv, no copies: the kernels take rows with any stride as long as each
+        # row is dense (rotary rotates them in place inside qkv).
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm:   # per-head RMSNorm; produces new dense tensors
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)
         q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v, kv_cache, meta)               # [T, Hq * D]
         return self.o_proj(out)
@@ -97,10 +102,10 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: Any, layer_idx: int, options: DecoderOptions, tp_rank: int,
-                 tp_size: int, sliding_window: Optional[int]):
+                 tp_size: int, sliding_window: Optional[int], rotary_emb: RotaryEmbedding):
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_idx, options, tp_rank, tp_size,
-                                        sliding_window)
+                                        sliding_window, rotary_emb)
         self.mlp = LlamaMLP(config, tp_rank, tp_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -123,8 +128,9 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                    tp_rank=tp_rank, tp_size=tp_size)
+        rotary_emb = make_rotary_embedding(config)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, options, tp_rank, tp_size, sliding_windows[i])
+            LlamaDecoderLayer(config, i, options, tp_rank, tp_size, sliding_windows[i], rotary_emb)
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

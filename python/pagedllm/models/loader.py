@@ -18,13 +18,12 @@ from pagedllm.models.registry import resolve_model_class
 
 _NAMED_DTYPES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
                  "float32": torch.float32, "float": torch.float32}
-# Show the weight-loading progress bar only when loading takes noticeable time.
-_PROGRESS_BAR_MIN_BYTES = 256 * 1024 * 1024
 
 
-def resolve_model_path(model: str, revision: Optional[str] = None) -> str:
+def resolve_model_path(model: str, revision: Optional[str] = None,
+                       field_name: str = "model") -> str:
     """A local path for `model`: itself if it exists, else the snapshot of a hub id in the local
-    HF cache (offline). ValueError naming `model` otherwise."""
+    HF cache (offline). ValueError naming `field_name` otherwise."""
     if os.path.exists(model):
         return model
     try:
@@ -32,11 +31,12 @@ def resolve_model_path(model: str, revision: Optional[str] = None) -> str:
 
         return snapshot_download(model, revision=revision, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
-        raise ValueError(f"model: {model!r} is neither a local path nor a model in the local "
+        raise ValueError(f"{field_name}: {model!r} is neither a local path nor a model in the local "
                          f"Hugging Face cache (pagedllm never downloads): {exc}") from None
 
 
-def resolve_model_config(model_config: ModelConfig, device: torch.device | str = "cpu") -> ModelConfig:
+def resolve_model_config(model_config: ModelConfig,
+                         device: torch.device | str = "cpu") -> ModelConfig:
     """Fill model_config.hf_config, .torch_dtype, .max_model_len and .model_path (in place)."""
     from transformers import AutoConfig
 
@@ -47,12 +47,12 @@ def resolve_model_config(model_config: ModelConfig, device: torch.device | str =
         hf_config = gguf_loader.load_gguf_config(directory, name)
     else:
         model_config.gguf_path = None
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=model_config.trust_remote_code,
-                                               revision=model_config.revision)
+        hf_config = AutoConfig.from_pretrained(
+            path, trust_remote_code=model_config.trust_remote_code, revision=model_config.revision)
     model_config.model_path = path
     model_config.hf_config = hf_config
     resolve_model_class(getattr(hf_config, "architectures", None))   # fail early if unsupported
-    model_config.torch_dtype = _choose_dtype(model_config.dtype, hf_config, torch.device(device))
+    model_config.torch_dtype = choose_dtype(model_config.dtype, hf_config, torch.device(device))
     derived = derived_max_model_len(hf_config)
     if model_config.max_model_len is None:
         model_config.max_model_len = derived
@@ -70,7 +70,9 @@ def derived_max_model_len(hf_config: Any) -> int:
     return 2048
 
 
-def _choose_dtype(requested: str, hf_config: Any, device: torch.device) -> torch.dtype:
+def choose_dtype(requested: str, hf_config: Any, device: torch.device) -> torch.dtype:
+    """The dtype named by `requested`; for "auto": float32 on CPU, else the checkpoint's 16-bit
+    dtype (bfloat16 for float32 checkpoints)."""
     if requested != "auto":
         return _NAMED_DTYPES[requested]
     if device.type == "cpu":
@@ -160,14 +162,15 @@ def _indexed_or_globbed(path: str, index_name: str, pattern: str) -> list[str]:
                   if not os.path.basename(f).startswith("consolidated"))
 
 
-def iterate_checkpoint_weights(path: str, load_format: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_checkpoint_weights(path: str,
+                               load_format: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor of the checkpoint, with a progress bar for large ones."""
     from tqdm.auto import tqdm
 
     files = _checkpoint_files(path, load_format)
     total = sum(os.path.getsize(f) for f in files)
     with tqdm(total=total, unit="B", unit_scale=True, desc="Loading weights",
-              disable=total < _PROGRESS_BAR_MIN_BYTES) as bar:
+              disable=total < gguf_loader.PROGRESS_BAR_MIN_BYTES) as bar:
         for file in files:
             if file.endswith(".safetensors"):
                 from safetensors import safe_open

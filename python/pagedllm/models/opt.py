@@ -37,7 +37,7 @@ class OPTAttention(nn.Module):
 
     def forward(self, hidden, kv_cache, meta):
         qkv = self.qkv_proj(hidden)                            # [T, 3 * H]
-        q, k, v = (t.contiguous() for t in qkv.split([self.q_size] * 3, dim=-1))
+        q, k, v = qkv.split([self.q_size] * 3, dim=-1)           # row-strided views
         return self.out_proj(self.attn(q, k, v, kv_cache, meta))
 
 

@@ -1,12 +1,236 @@
 """pagedllm's kernels behind one set of functions (signatures and semantics: ops/reference.py).
 
-Until the compiled kernels are wired in, every op is the torch reference.
+Each op dispatches on its tensors' device: CUDA tensors go to the CUDA kernels of
+`pagedllm._C.ops` (launched on torch's current stream, so streams and CUDA graphs compose), CPU
+tensors to the C++ CPU twins where those are faster than torch (measured: see _CPU_TWIN), and
+anything the compiled kernels do not cover (other dtypes, odd layouts, a build without CUDA)
+to the torch reference. The binding validates shapes, dtypes and contiguity and raises
+ValueError before launching.
 """
-from .reference import (  # noqa: F401
-    fused_add_rms_norm,
-    paged_attention,
-    reshape_and_cache,
-    rms_norm,
-    rotary_embedding,
-    silu_and_mul,
-)
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import reference as _ref
+
+try:
+    from pagedllm import _C as _C_module
+
+    _ops = _C_module.ops
+    _WITH_CUDA: bool = bool(_C_module.with_cuda)
+except ImportError:  # pure-Python checkout without the extension: the reference serves all
+    _ops = None
+    _WITH_CUDA = False
+
+__all__ = [
+    "fused_add_rms_norm",
+    "paged_attention",
+    "reshape_and_cache",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+]
+
+# Codes of kernels::DType (csrc/kernels/kernel_args.h).
+_DTYPE_CODES = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.int32: 3,
+    torch.int64: 4,
+}
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Ops whose CPU twin beats the torch reference on the CPU (benchmarks/kernels/cpu_twins.py);
+# the others use the reference on CPU tensors.
+_CPU_TWIN = {
+    "reshape_and_cache": True,
+    "paged_attention": True,
+    "rms_norm": True,
+    "fused_add_rms_norm": True,
+    "rotary_embedding": True,
+    "silu_and_mul": True,
+}
+
+
+def _desc(t: torch.Tensor) -> tuple:
+    """The binding's tensor descriptor: (data_ptr, shape, strides, dtype_code, device_index)."""
+    return (t.data_ptr(), tuple(t.shape), t.stride(), _DTYPE_CODES[t.dtype],
+            t.device.index if t.is_cuda else -1)
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+def _use_kernel(op: str, t: torch.Tensor) -> bool:
+    """Whether the compiled kernel can serve tensors on t's device."""
+    if _ops is None:
+        return False
+    if t.is_cuda:
+        return _WITH_CUDA
+    return t.device.type == "cpu" and _CPU_TWIN[op]
+
+
+def reshape_and_cache(
+    key: torch.Tensor,           # [T, Hkv, D]
+    value: torch.Tensor,         # [T, Hkv, D]
+    kv_cache: torch.Tensor,      # [2, NB, BS, Hkv, D]
+    slot_mapping: torch.Tensor,  # [T] int32
+) -> None:
+    """Write each token's K and V into the paged cache at its slot (in place)."""
+    if (not _use_kernel("reshape_and_cache", kv_cache) or key.dtype != kv_cache.dtype
+            or value.dtype != kv_cache.dtype or kv_cache.dtype not in _FLOAT_DTYPES
+            or slot_mapping.dtype != torch.int32):
+        return _ref.reshape_and_cache(key, value, kv_cache, slot_mapping)
+    _ops.reshape_and_cache(_desc(key), _desc(value), _desc(kv_cache), _desc(slot_mapping),
+                           stream=_stream(kv_cache))
+
+
+_HEAD_DIMS_CUDA = (64, 80, 96, 128, 256)
+
+
+def paged_attention(
+    query: torch.Tensor,            # [T, Hq, D]
+    kv_cache: torch.Tensor,         # [2, NB, BS, Hkv, D]
+    block_table: torch.Tensor,      # [S, max_blocks] int32
+    query_start_loc: torch.Tensor,  # [S + 1] int32
+    seq_lens: torch.Tensor,         # [S] int32
+    scale: float,
+    max_query_len: int = 0,         # upper bounds; on CUDA 0 means "compute" (a host sync)
+    max_seq_len: int = 0,
+    out: Optional[torch.Tensor] = None,  # [T, Hq, D]
+    sliding_window: int = -1,       # > 0: a query at position p sees keys in (p - window, p]
+) -> torch.Tensor:
+    """Causal attention of each sequence's query chunk over its whole cached context.
+
+    On CUDA the grids are sized from max_query_len and max_seq_len: pass fixed upper bounds
+    when capturing a CUDA graph.
+    """
+    usable = (_use_kernel("paged_attention", kv_cache) and kv_cache.dtype in _FLOAT_DTYPES
+              and query.dtype == kv_cache.dtype and query.dim() == 3
+              and all(t.dtype == torch.int32 for t in (block_table, query_start_loc, seq_lens)))
+    if usable and kv_cache.is_cuda and kv_cache.shape[4] not in _HEAD_DIMS_CUDA:
+        usable = False
+    if not usable:
+        return _ref.paged_attention(query, kv_cache, block_table, query_start_loc, seq_lens,
+                                    scale, max_query_len, max_seq_len, out, sliding_window)
+    if query.stride(-1) != 1 or query.stride(1) != query.shape[2]:
+        query = query.contiguous()
+    target = out
+    if out is None or not out.is_contiguous() or out.dtype != query.dtype:
+        target = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    if kv_cache.is_cuda:
+        if max_query_len <= 0:
+            max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max().item()) \
+                if seq_lens.numel() else 1
+        if max_seq_len <= 0:
+            max_seq_len = int(seq_lens.max().item()) if seq_lens.numel() else 1
+        max_query_len, max_seq_len = max(max_query_len, 1), max(max_seq_len, 1)
+    args = (_desc(target), _desc(query), _desc(kv_cache), _desc(block_table),
+            _desc(query_start_loc), _desc(seq_lens), float(scale), int(max_query_len),
+            int(max_seq_len), int(sliding_window))
+    workspace, ws_bytes = None, 0
+    if kv_cache.is_cuda:
+        ws_bytes = _ops.paged_attention_workspace_bytes(*args)
+        if ws_bytes > 0:
+            workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=kv_cache.device)
+    _ops.paged_attention(*args, workspace=workspace.data_ptr() if workspace is not None else 0,
+                         workspace_bytes=ws_bytes, stream=_stream(kv_cache))
+    if out is not None and target is not out:
+        out.copy_(target)
+        return out
+    return target
+
+
+def rms_norm(
+    x: torch.Tensor,       # [..., H]
+    weight: torch.Tensor,  # [H]
+    eps: float,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32."""
+    if (not _use_kernel("rms_norm", x) or x.dtype not in _FLOAT_DTYPES
+            or weight.dtype != x.dtype or x.dim() == 0 or x.stride(-1) != 1):
+        return _ref.rms_norm(x, weight, eps, out)
+    hidden = x.shape[-1]
+    x2 = x.reshape(-1, hidden)                           # [N, H]
+    target = out
+    if out is None or out.dtype != x.dtype or not out.is_contiguous():
+        target = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _ops.rms_norm(_desc(target.view(-1, hidden)), _desc(x2), _desc(weight), float(eps),
+                  stream=_stream(x))
+    if out is not None and target is not out:
+        out.copy_(target)
+        return out
+    return target
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor,         # [T, H], becomes the normalized output
+    residual: torch.Tensor,  # [T, H], becomes x + residual
+    weight: torch.Tensor,    # [H]
+    eps: float,
+) -> None:
+    """In place: residual <- x + residual; x <- rms_norm(residual) * weight."""
+    if (not _use_kernel("fused_add_rms_norm", x) or x.dtype not in _FLOAT_DTYPES
+            or residual.dtype != x.dtype or weight.dtype != x.dtype or x.dim() != 2
+            or residual.dim() != 2 or x.stride(-1) != 1 or residual.stride(-1) != 1):
+        return _ref.fused_add_rms_norm(x, residual, weight, eps)
+    _ops.fused_add_rms_norm(_desc(x), _desc(residual), _desc(weight), float(eps),
+                            stream=_stream(x))
+
+
+def _rows_view(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """t as [T, width] sharing storage, or None when that needs a copy."""
+    if t.dim() == 2:
+        return t if t.stride(-1) == 1 else None
+    try:
+        v = t.view(t.shape[0], -1)
+    except RuntimeError:
+        return None
+    return v if v.stride(-1) == 1 else None
+
+
+def rotary_embedding(
+    positions: torch.Tensor,      # [T] int32 or int64
+    query: torch.Tensor,          # [T, Hq * D] (or [T, Hq, D]), rotated in place
+    key: torch.Tensor,            # [T, Hkv * D] (or [T, Hkv, D]), rotated in place
+    head_size: int,
+    cos_sin_cache: torch.Tensor,  # [max_position, rot_dim]: cos in [:rot_dim/2], sin in the rest
+    is_neox: bool,
+) -> None:
+    """Rotate the first rot_dim dims of every head (NeoX or GPT-J pairing), in place."""
+    q2, k2 = _rows_view(query), _rows_view(key)
+    if (not _use_kernel("rotary_embedding", query) or q2 is None or k2 is None
+            or query.dtype not in _FLOAT_DTYPES or key.dtype != query.dtype
+            or cos_sin_cache.dtype not in (torch.float32, query.dtype)
+            or positions.dtype not in (torch.int32, torch.int64)
+            or not cos_sin_cache.is_contiguous() or not positions.is_contiguous()):
+        return _ref.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)
+    _ops.rotary_embedding(_desc(positions), _desc(q2), _desc(k2), int(head_size),
+                          _desc(cos_sin_cache), bool(is_neox), stream=_stream(query))
+
+
+def silu_and_mul(
+    x: torch.Tensor,  # [T, 2 * I]: gate then up
+    out: Optional[torch.Tensor] = None,  # [T, I]
+) -> torch.Tensor:
+    """silu(x[:, :I]) * x[:, I:]."""
+    if (not _use_kernel("silu_and_mul", x) or x.dtype not in _FLOAT_DTYPES or x.dim() == 0
+            or x.shape[-1] % 2 != 0):
+        return _ref.silu_and_mul(x, out)
+    x = x.contiguous()
+    d = x.shape[-1] // 2
+    x2 = x.view(-1, 2 * d)                               # [N, 2I]
+    shape = x.shape[:-1] + (d,)
+    target = out
+    if out is None or out.dtype != x.dtype or not out.is_contiguous():
+        target = torch.empty(shape, dtype=x.dtype, device=x.device)
+    _ops.silu_and_mul(_desc(target.view(-1, d)), _desc(x2), stream=_stream(x))
+    if out is not None and target is not out:
+        out.copy_(target)
+        return out
+    return target

@@ -45,7 +45,8 @@ class HandPlanner:
         self.free_blocks = sorted(self.free_blocks + self.blocks.pop(handle))
         del self.num_computed[handle]
 
-    def plan(self, chunks: Sequence[tuple[int, Sequence[int]]], sample_all: bool = True) -> HandPlan:
+    def plan(self, chunks: Sequence[tuple[int, Sequence[int]]],
+             sample_all: bool = True) -> HandPlan:
         """chunks: (handle, the token ids it computes this step), in row order. Every sequence
         is sampled at its last token when sample_all."""
         ids, positions, slots, qsl, seq_lens, computed, handles = [], [], [], [0], [], [], []

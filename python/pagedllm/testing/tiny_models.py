@@ -157,7 +157,8 @@ def make_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0, vocab_size
     _sharpen_weights(model, seed)
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
-    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(out)
+    generation = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    generation.save_pretrained(out)
 
     raw = _train_tokenizer(vocab_size)
     adds_bos = arch in ("opt", "llama")   # as the real tokenizers of these families do

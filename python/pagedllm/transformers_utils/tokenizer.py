@@ -18,7 +18,7 @@ def get_tokenizer(model_config: ModelConfig) -> Any:
     kwargs = dict(trust_remote_code=model_config.trust_remote_code,
                   revision=model_config.revision,
                   use_fast=model_config.tokenizer_mode != "slow")
-    path = resolve_model_path(name, model_config.revision)
+    path = resolve_model_path(name, model_config.revision, field_name="tokenizer")
     same_as_model = name == model_config.model
     gguf_file = model_config.gguf_file if same_as_model else None
     if gguf_loader.is_gguf(path, gguf_file):

@@ -1,4 +1,5 @@
 """UsageContext: who created an engine (vLLM's names). pagedllm reports usage to no one."""
+
 from __future__ import annotations
 
 from enum import Enum

@@ -5,8 +5,9 @@ core, so they are copied, never aliased).
 CUDA (UNTESTED here: no GPU on the development machine): persistent pinned host buffers and
 persistent device buffers sized for the largest step, filled with one non_blocking copy each.
 Fixed device addresses are what CUDA-graph replay of decode batches needs: a decode batch of S
-sequences is padded to a captured size S' >= S with slot -1 (no cache write), seq_len 0 and
-null-block rows, whose outputs are ignored.
+sequences is padded to a captured size S' >= S with slot -1 (no cache write), seq_len 1 and
+null-block rows (they attend to the never-written, zero null block, so stay finite), whose
+outputs are ignored.
 """
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ import numpy as np
 import torch
 
 from pagedllm.worker.attention_metadata import AttentionMetadata
+
+
+# Decode batch sizes a CUDA-graph runner would capture (vLLM-like: small sizes one by one, then
+# multiples of 8). A decode step of S sequences replays the graph of padded_batch_size(S).
+DECODE_GRAPH_BATCH_SIZES = (1, 2, 4) + tuple(range(8, 513, 8))
+
+
+def padded_batch_size(num_seqs: int, sizes: tuple[int, ...] = DECODE_GRAPH_BATCH_SIZES) -> int:
+    """The smallest captured size >= num_seqs, or num_seqs itself when it exceeds them all
+    (such a step runs eagerly)."""
+    for size in sizes:
+        if size >= num_seqs:
+            return size
+    return num_seqs
 
 
 class StepInputs:
@@ -84,7 +99,7 @@ class CudaInputBuffers:
         h["query_start_loc"][: num_seqs + 1] = plan.query_start_loc
         h["query_start_loc"][num_seqs + 1: rows + 1] = np.arange(num_tokens + 1, tokens + 1)
         h["seq_lens"][:num_seqs] = plan.seq_lens
-        h["seq_lens"][num_seqs:rows] = 0
+        h["seq_lens"][num_seqs:rows] = 1
         width = plan.block_table.shape[1]
         h["block_table"][:num_seqs, :width] = plan.block_table
         h["block_table"][num_seqs:rows] = 0

@@ -4,8 +4,10 @@ block tables; it is allocated like any other and never written (slot -1 skips wr
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 # CPU budget when kv_cache_space_bytes is not given, and the share of available RAM it may take.
@@ -28,7 +30,8 @@ class KVCacheSpec:
         return 2 * self.block_size * self.num_kv_heads * self.head_dim * element * self.num_layers
 
 
-def kv_cache_spec(hf_config: Any, block_size: int, dtype: torch.dtype, tp_size: int = 1) -> KVCacheSpec:
+def kv_cache_spec(hf_config: Any, block_size: int, dtype: torch.dtype,
+                  tp_size: int = 1) -> KVCacheSpec:
     heads = hf_config.num_attention_heads
     kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
@@ -63,7 +66,19 @@ def _available_ram() -> int:
         return DEFAULT_CPU_KV_CACHE_BYTES * 4
 
 
-def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int, device: torch.device) -> list[torch.Tensor]:
+def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int,
+                       device: torch.device) -> list[torch.Tensor]:
     """Zero-filled so that a kernel reading a whole block never meets NaN garbage."""
     shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
+    if torch.device(device).type == "cpu":
+        return [_lazily_zeroed_cpu_tensor(shape, spec.dtype) for _ in range(spec.num_layers)]
     return [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
+
+
+def _lazily_zeroed_cpu_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """numpy.zeros is calloc: large buffers come as fresh zero pages from the OS, so a 4 GiB
+    cache costs memory (and time) only for the blocks actually written, where torch.zeros
+    would memset all of it up front (seconds, and all of its RAM at once)."""
+    element = torch.empty((), dtype=dtype).element_size()
+    raw = torch.from_numpy(np.zeros(math.prod(shape) * element, dtype=np.uint8))
+    return raw.view(dtype).view(shape)

@@ -2,6 +2,15 @@
 
 execute_model(plan) writes the plan's new K/V into the cache and returns float32 logits for the
 rows that are sampled. The plan is only read (its arrays are views the core owns).
+
+GPU path (UNTESTED on this CPU-only development machine; the GPU issue validates it):
+- inputs go through CudaInputBuffers: persistent pinned host + device buffers, one
+  non_blocking copy per array per step (input_buffers.py);
+- KV blocks come from gpu_memory_utilization after profile_run() of max_num_batched_tokens;
+- CUDA graphs (not implemented yet) fit in without changing the model: for a pure-decode plan,
+  pad S sequences to padded_batch_size(S) with CudaInputBuffers.build(plan, padded_num_seqs),
+  capture model.forward once per size on those fixed buffers (max_query_len=1 and max_seq_len =
+  max_model_len as fixed kernel bounds), replay, and read the first S rows. enforce_eager skips it.
 """
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ import numpy as np
 import torch
 
 from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
-from pagedllm.models.loader import build_model, resolve_model_config
+from pagedllm.models.loader import build_model, choose_dtype, resolve_model_config
 from pagedllm.worker.attention_metadata import AttentionMetadata
 from pagedllm.worker.input_buffers import CudaInputBuffers, StepInputs, build_cpu_inputs
 from pagedllm.worker.kv_cache import (KVCacheSpec, allocate_kv_caches, cpu_num_blocks,
@@ -44,8 +53,11 @@ class ModelRunner:
         self.scheduler_config = scheduler_config
         self.rank = rank
         self.device = resolve_device(device_config)
-        if model_config.hf_config is None or model_config.torch_dtype is None:
+        if model_config.hf_config is None:
             resolve_model_config(model_config, self.device)
+        # "auto" depends on the device: choose again in case the config was resolved elsewhere.
+        model_config.torch_dtype = choose_dtype(model_config.dtype, model_config.hf_config,
+                                                self.device)
         self.hf_config = model_config.hf_config
         self.dtype: torch.dtype = model_config.torch_dtype
         self.max_model_len: int = model_config.max_model_len
@@ -57,6 +69,7 @@ class ModelRunner:
                                                   parallel_config.tensor_parallel_size)
         self.model: Optional[torch.nn.Module] = None
         self.kv_caches: list[torch.Tensor] = []   # per layer [2, NB, BS, Hkv, D]
+        self.num_blocks = 0                         # set by allocate_kv_cache (null block incl.)
         self._cuda_buffers: Optional[CudaInputBuffers] = None
 
     # ---- setup -------------------------------------------------------------------------------

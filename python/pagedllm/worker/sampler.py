@@ -7,6 +7,7 @@ lets a seeded request draw its own noise from its own torch.Generator: its token
 only on its seed and its own history, never on which requests share the batch.
 The common case (no penalties, no seeds) is fully vectorised over the batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,18 +22,19 @@ _NEG_INF = float("-inf")
 @dataclass
 class SamplingRow:
     """What the sampler needs to know about one sampled row."""
-    temperature: float = 0.0                # < 1e-5 means greedy
+
+    temperature: float = 0.0  # < 1e-5 means greedy
     top_p: float = 1.0
-    top_k: int = 0                          # 0: off
+    top_k: int = 0  # 0: off
     min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
-    generator: Optional[torch.Generator] = None   # seeded requests only
-    num_logprobs: Optional[int] = None      # None: no logprobs for this row
-    prompt_token_ids: Sequence[int] = ()    # for the repetition penalty
-    output_token_ids: Sequence[int] = ()    # for all three penalties
-    banned_token_ids: Sequence[int] = ()    # masked to -inf (stop/EOS tokens before min_tokens)
+    generator: Optional[torch.Generator] = None  # seeded requests only
+    num_logprobs: Optional[int] = None  # None: no logprobs for this row
+    prompt_token_ids: Sequence[int] = ()  # for the repetition penalty
+    output_token_ids: Sequence[int] = ()  # for all three penalties
+    banned_token_ids: Sequence[int] = ()  # masked to -inf (stop/EOS tokens before min_tokens)
 
     @property
     def is_greedy(self) -> bool:
@@ -40,8 +42,11 @@ class SamplingRow:
 
     @property
     def has_penalties(self) -> bool:
-        return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
-                or self.repetition_penalty != 1.0)
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
 
 
 class SamplingBatch:
@@ -55,16 +60,21 @@ class SamplingBatch:
         self.any_banned = any(len(r.banned_token_ids) > 0 for r in rows)
         self.any_seeded = any(r.generator is not None and not r.is_greedy for r in rows)
         self.max_num_logprobs: Optional[int] = max(
-            (r.num_logprobs for r in rows if r.num_logprobs is not None), default=None)
+            (r.num_logprobs for r in rows if r.num_logprobs is not None), default=None
+        )
         f32 = dict(dtype=torch.float32, device=self.device)
         # Greedy rows get temperature 1 so the division is harmless; their draw is argmax anyway.
-        self.temperature = torch.tensor([1.0 if r.is_greedy else r.temperature for r in rows], **f32)  # [N]
-        self.greedy_mask = torch.tensor([r.is_greedy for r in rows], dtype=torch.bool,
-                                        device=self.device)  # [N]
-        self.top_p = torch.tensor([r.top_p for r in rows], **f32)       # [N]
-        self.top_k = torch.tensor([r.top_k for r in rows], dtype=torch.int64,
-                                  device=self.device)                   # [N]
-        self.min_p = torch.tensor([r.min_p for r in rows], **f32)       # [N]
+        self.temperature = torch.tensor(
+            [1.0 if r.is_greedy else r.temperature for r in rows], **f32
+        )  # [N]
+        self.greedy_mask = torch.tensor(
+            [r.is_greedy for r in rows], dtype=torch.bool, device=self.device
+        )  # [N]
+        self.top_p = torch.tensor([r.top_p for r in rows], **f32)  # [N]
+        self.top_k = torch.tensor(
+            [r.top_k for r in rows], dtype=torch.int64, device=self.device
+        )  # [N]
+        self.min_p = torch.tensor([r.min_p for r in rows], **f32)  # [N]
         self.need_top_p = any(r.top_p < 1.0 for r in rows)
         self.need_top_k = any(r.top_k > 0 for r in rows)
         self.need_min_p = any(r.min_p > 0.0 for r in rows)
@@ -72,26 +82,31 @@ class SamplingBatch:
 
 @dataclass
 class SamplerOutput:
-    token_ids: np.ndarray                      # [N] int32
-    logprobs: Optional[np.ndarray] = None      # [N] float32, log p(sampled token) from raw logits
-    ranks: Optional[np.ndarray] = None         # [N] int64, 1-based rank of the sampled token
+    token_ids: np.ndarray  # [N] int32
+    logprobs: Optional[np.ndarray] = None  # [N] float32, log p(sampled token) from raw logits
+    ranks: Optional[np.ndarray] = None  # [N] int64, 1-based rank of the sampled token
     topk_token_ids: Optional[np.ndarray] = None  # [N, K] int64, K = max num_logprobs in the batch
-    topk_logprobs: Optional[np.ndarray] = None   # [N, K] float32
+    topk_logprobs: Optional[np.ndarray] = None  # [N, K] float32
 
 
-def token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,
-                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def token_logprobs(
+    logprobs: torch.Tensor, token_ids: torch.Tensor, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For rows of log-probabilities [N, V] and chosen tokens [N]: the chosen token's logprob,
     its 1-based rank, and the top-k (ids, logprobs). Shared with prompt logprobs."""
     chosen = logprobs.gather(1, token_ids.view(-1, 1).long()).squeeze(1)  # [N]
-    ranks = (logprobs > chosen.unsqueeze(1)).sum(dim=1) + 1              # [N]
+    ranks = (logprobs > chosen.unsqueeze(1)).sum(dim=1) + 1  # [N]
     if k > 0:
-        top_vals, top_ids = logprobs.topk(k, dim=1)                      # [N, k]
+        top_vals, top_ids = logprobs.topk(k, dim=1)  # [N, k]
     else:
         top_vals = logprobs.new_empty((logprobs.shape[0], 0))
         top_ids = torch.empty((logprobs.shape[0], 0), dtype=torch.int64, device=logprobs.device)
-    return (chosen.float().cpu().numpy(), ranks.cpu().numpy(),
-            top_ids.cpu().numpy(), top_vals.float().cpu().numpy())
+    return (
+        chosen.float().cpu().numpy(),
+        ranks.cpu().numpy(),
+        top_ids.cpu().numpy(),
+        top_vals.float().cpu().numpy(),
+    )
 
 
 class Sampler:
@@ -106,7 +121,7 @@ class Sampler:
         logits = logits.float()
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
-            raw_logprobs = torch.log_softmax(logits, dim=-1)   # [N, V]
+            raw_logprobs = torch.log_softmax(logits, dim=-1)  # [N, V]
         logits = logits.clone()
         if batch.any_banned:
             self._ban_tokens(logits, batch)
@@ -114,7 +129,7 @@ class Sampler:
             self._apply_penalties(logits, batch)
 
         if batch.all_greedy:
-            token_ids = logits.argmax(dim=-1)                   # [N]
+            token_ids = logits.argmax(dim=-1)  # [N]
         else:
             token_ids = self._sample_random(logits, batch)
 
@@ -122,7 +137,8 @@ class Sampler:
         if raw_logprobs is not None:
             k = int(batch.max_num_logprobs or 0)
             out.logprobs, out.ranks, out.topk_token_ids, out.topk_logprobs = token_logprobs(
-                raw_logprobs, token_ids, k)
+                raw_logprobs, token_ids, k
+            )
         return out
 
     # -- logits processing ----------------------------------------------------------------------
@@ -130,7 +146,9 @@ class Sampler:
     def _ban_tokens(logits: torch.Tensor, batch: SamplingBatch) -> None:
         for i, row in enumerate(batch.rows):
             if len(row.banned_token_ids):
-                ids = torch.tensor(list(row.banned_token_ids), dtype=torch.long, device=logits.device)
+                ids = torch.tensor(
+                    list(row.banned_token_ids), dtype=torch.long, device=logits.device
+                )
                 logits[i, ids] = _NEG_INF
 
     @staticmethod
@@ -141,13 +159,16 @@ class Sampler:
         for i, row in enumerate(batch.rows):
             if not row.has_penalties:
                 continue
-            out_ids = torch.tensor(list(row.output_token_ids), dtype=torch.long, device=logits.device)
+            out_ids = torch.tensor(
+                list(row.output_token_ids), dtype=torch.long, device=logits.device
+            )
             counts = torch.bincount(out_ids, minlength=vocab)[:vocab].to(logits.dtype)  # [V]
             if row.repetition_penalty != 1.0:
                 seen = counts > 0
                 if len(row.prompt_token_ids):
-                    prompt_ids = torch.tensor(list(row.prompt_token_ids), dtype=torch.long,
-                                              device=logits.device)
+                    prompt_ids = torch.tensor(
+                        list(row.prompt_token_ids), dtype=torch.long, device=logits.device
+                    )
                     seen[prompt_ids] = True
                 r = row.repetition_penalty
                 rowv = logits[i]
@@ -159,9 +180,9 @@ class Sampler:
                 logits[i] -= row.presence_penalty * (counts > 0).to(logits.dtype)
 
     def _sample_random(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        greedy_ids = logits.argmax(dim=-1)                                 # [N]
+        greedy_ids = logits.argmax(dim=-1)  # [N]
         logits = logits / batch.temperature.unsqueeze(1)
-        probs = torch.softmax(logits, dim=-1)                              # [N, V]
+        probs = torch.softmax(logits, dim=-1)  # [N, V]
         if batch.need_min_p:
             # Keep tokens with p >= min_p * p_max.
             p_max = probs.max(dim=-1, keepdim=True).values
@@ -169,8 +190,8 @@ class Sampler:
         if batch.need_top_k or batch.need_top_p:
             probs = self._top_k_top_p(probs, batch)
         # Exp(1) draws can be exactly 0; clamp so p / E never becomes 0/0.
-        noise = self._exponential_noise(probs, batch).clamp_min_(1e-20)    # [N, V]
-        sampled = (probs / noise).argmax(dim=-1)                           # [N]
+        noise = self._exponential_noise(probs, batch).clamp_min_(1e-20)  # [N, V]
+        sampled = (probs / noise).argmax(dim=-1)  # [N]
         return torch.where(batch.greedy_mask, greedy_ids, sampled)
 
     @staticmethod
@@ -178,7 +199,7 @@ class Sampler:
         """Zero out tokens outside the top_k and outside the smallest top_p nucleus.
         The most likely token always survives."""
         vocab = probs.shape[1]
-        sorted_p, order = probs.sort(dim=-1, descending=True)             # [N, V]
+        sorted_p, order = probs.sort(dim=-1, descending=True)  # [N, V]
         keep = torch.ones_like(sorted_p, dtype=torch.bool)
         if batch.need_top_k:
             k = torch.where(batch.top_k > 0, batch.top_k, torch.full_like(batch.top_k, vocab))
@@ -188,7 +209,7 @@ class Sampler:
         if batch.need_top_p:
             # Renormalise after top-k so top_p applies to what is left (vLLM's order).
             sorted_p = sorted_p / sorted_p.sum(dim=-1, keepdim=True)
-            mass_before = sorted_p.cumsum(dim=-1) - sorted_p               # mass of better tokens
+            mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of better tokens
             keep &= mass_before < batch.top_p.unsqueeze(1)
         keep[:, 0] = True
         filtered = torch.zeros_like(probs)
@@ -202,8 +223,9 @@ class Sampler:
         unseeded = [i for i, r in enumerate(batch.rows) if r.generator is None]
         if unseeded:
             idx = torch.tensor(unseeded, device=probs.device)
-            noise[idx] = torch.empty((len(unseeded), probs.shape[1]), device=probs.device).exponential_(
-                generator=self._generator_for(probs.device))
+            noise[idx] = torch.empty(
+                (len(unseeded), probs.shape[1]), device=probs.device
+            ).exponential_(generator=self._generator_for(probs.device))
         for i, r in enumerate(batch.rows):
             if r.generator is not None:
                 # One full-vocab draw per step: the stream depends on the seed and step count only.
@@ -212,7 +234,7 @@ class Sampler:
 
     def _generator_for(self, device: torch.device) -> Optional[torch.Generator]:
         if device.type == "cpu":
-            return None   # torch's default CPU generator (seeded by the engine's seed)
+            return None  # torch's default CPU generator (seeded by the engine's seed)
         if self._default_generator is None or self._default_generator.device != device:
             self._default_generator = torch.Generator(device=device)
             self._default_generator.seed()

@@ -1,0 +1,59 @@
+// Internal to the CUDA paged-attention kernels: shared parameters, launch helpers and the
+// routing constants between the token kernel and the tensor-core prefill kernel.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/kernel_args.h"
+#include "kernels/paged_attention.h"
+
+namespace pagedllm::kernels::attn {
+
+// Tokens whose logits one CTA of the token kernel keeps in shared memory at a time.
+constexpr int kPartition = 512;
+constexpr int kTokenKernelWarps = 4;
+
+struct TokenKernelParams {
+  void* out;                       // [T, Hq, D]
+  const void* query;               // [T, Hq, D], token stride q_stride
+  const void* kv_cache;            // [2, NB, BS, Hkv, D]
+  const int32_t* block_table;      // [S, max_blocks]
+  const int32_t* query_start_loc;  // [S + 1]
+  const int32_t* seq_lens;         // [S]
+  float* ws_out;                   // [T, Hq, num_splits, D] split outputs, normalized
+  float* ws_ml;                    // [T, Hq, num_splits, 2] split (max logit, sum of exp)
+  int64_t q_stride;
+  int64_t kv_plane;                // elements of one of the K / V planes
+  int num_tokens;
+  int num_seqs;
+  int max_blocks;
+  int num_q_heads;
+  int num_kv_heads;
+  int group;                       // num_q_heads / num_kv_heads
+  int slices;                      // CTAs per KV head (group split into NG-wide slices)
+  int block_shift;                 // log2(block_size)
+  float scale;
+  int sliding_window;
+  int split_tokens;                // tokens of context per split
+  int num_splits;
+  bool skip_long;                  // sequences with q_len >= kPrefillMmaMinQueryLen go elsewhere
+};
+
+// Index of the sequence that owns query token t: the largest s with query_start_loc[s] <= t.
+__device__ __forceinline__ int find_sequence(const int32_t* qsl /* [S + 1] */, int num_seqs, int t) {
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (qsl[mid] <= t) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+void launch_token_attention(const PagedAttentionArgs& a, bool skip_long);
+int64_t token_attention_workspace_bytes(const PagedAttentionArgs& a);
+void launch_prefill_attention(const PagedAttentionArgs& a);
+bool prefill_mma_applies(const PagedAttentionArgs& a);
+int sm_count();
+
+}  // namespace pagedllm::kernels::attn

@@ -1,2 +1,0 @@
-// Replaced by the real kernel sources.
-namespace pagedllm::kernels { int placeholder() { return 0; } }

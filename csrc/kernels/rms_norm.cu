@@ -1,0 +1,127 @@
+// RMSNorm kernels: one CTA per row. Pass 1 sums squares (16-byte loads when aligned), a block
+// reduction gives 1/rms, pass 2 rereads the row (L1/L2 hit) and writes the scaled output.
+#include <algorithm>
+#include <type_traits>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/rms_norm.h"
+
+namespace pagedllm::kernels {
+namespace {
+
+using cuda::from_float;
+using cuda::to_float;
+using cuda::load_vec;
+using cuda::store_vec;
+
+template <typename T, int V>
+__global__ void rms_norm_kernel(T* __restrict__ out,          // [rows, hidden] stride out_stride
+                                const T* __restrict__ x,      // [rows, hidden] stride x_stride
+                                const T* __restrict__ w,      // [hidden]
+                                int64_t x_stride, int64_t out_stride, int hidden, float eps) {
+  __shared__ float scratch[32];
+  const T* xr = x + blockIdx.x * x_stride;
+  T* orow = out + blockIdx.x * out_stride;
+  float sumsq = 0.0f;
+  for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
+    float v[V];
+    load_vec<T, V>(xr + i, v);
+#pragma unroll
+    for (int j = 0; j < V; ++j) sumsq += v[j] * v[j];
+  }
+  const float inv = rsqrtf(cuda::block_sum(sumsq, scratch) / hidden + eps);
+  for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
+    float v[V], wv[V];
+    load_vec<T, V>(xr + i, v);
+    load_vec<T, V>(w + i, wv);
+#pragma unroll
+    for (int j = 0; j < V; ++j) v[j] = (v[j] * inv) * wv[j];
+    store_vec<T, V>(orow + i, v);
+  }
+}
+
+template <typename T, int V>
+__global__ void fused_add_rms_norm_kernel(T* __restrict__ x,         // [rows, hidden]
+                                          T* __restrict__ residual,  // [rows, hidden]
+                                          const T* __restrict__ w,   // [hidden]
+                                          int64_t x_stride, int64_t r_stride, int hidden, float eps) {
+  __shared__ float scratch[32];
+  T* xr = x + blockIdx.x * x_stride;
+  T* rr = residual + blockIdx.x * r_stride;
+  float sumsq = 0.0f;
+  for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
+    float a[V], b[V];
+    load_vec<T, V>(xr + i, a);
+    load_vec<T, V>(rr + i, b);
+#pragma unroll
+    for (int j = 0; j < V; ++j) a[j] = to_float(from_float<T>(a[j] + b[j]));  // round as the ref
+    store_vec<T, V>(rr + i, a);
+#pragma unroll
+    for (int j = 0; j < V; ++j) sumsq += a[j] * a[j];
+  }
+  const float inv = rsqrtf(cuda::block_sum(sumsq, scratch) / hidden + eps);
+  // Each thread rereads only the residual words it wrote itself: no barrier needed.
+  for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
+    float v[V], wv[V];
+    load_vec<T, V>(rr + i, v);
+    load_vec<T, V>(w + i, wv);
+#pragma unroll
+    for (int j = 0; j < V; ++j) v[j] = (v[j] * inv) * wv[j];
+    store_vec<T, V>(xr + i, v);
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+int threads_for(int hidden, int v) {
+  const int need = (hidden / v + 31) / 32 * 32;
+  return std::max(32, std::min(1024, need));
+}
+
+}  // namespace
+
+void rms_norm_cuda(const RmsNormArgs& a) {
+  if (a.num_rows == 0) return;
+  cuda::dispatch_float_type(a.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    constexpr int V = 16 / sizeof(T);
+    const bool vec = a.hidden % V == 0 && a.x_stride % V == 0 && a.out_stride % V == 0 &&
+                     aligned16(a.x) && aligned16(a.out) && aligned16(a.weight);
+    cudaStream_t s = cuda::as_stream(a.stream);
+    const dim3 grid(static_cast<unsigned>(a.num_rows));
+    if (vec) {
+      rms_norm_kernel<T, V><<<grid, threads_for(a.hidden, V), 0, s>>>(
+          static_cast<T*>(a.out), static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
+          a.x_stride, a.out_stride, a.hidden, a.eps);
+    } else {
+      rms_norm_kernel<T, 1><<<grid, threads_for(a.hidden, 1), 0, s>>>(
+          static_cast<T*>(a.out), static_cast<const T*>(a.x), static_cast<const T*>(a.weight),
+          a.x_stride, a.out_stride, a.hidden, a.eps);
+    }
+  });
+  cuda::check_launch("rms_norm");
+}
+
+void fused_add_rms_norm_cuda(const FusedAddRmsNormArgs& a) {
+  if (a.num_rows == 0) return;
+  cuda::dispatch_float_type(a.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    constexpr int V = 16 / sizeof(T);
+    const bool vec = a.hidden % V == 0 && a.x_stride % V == 0 && a.residual_stride % V == 0 &&
+                     aligned16(a.x) && aligned16(a.residual) && aligned16(a.weight);
+    cudaStream_t s = cuda::as_stream(a.stream);
+    const dim3 grid(static_cast<unsigned>(a.num_rows));
+    if (vec) {
+      fused_add_rms_norm_kernel<T, V><<<grid, threads_for(a.hidden, V), 0, s>>>(
+          static_cast<T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
+          a.x_stride, a.residual_stride, a.hidden, a.eps);
+    } else {
+      fused_add_rms_norm_kernel<T, 1><<<grid, threads_for(a.hidden, 1), 0, s>>>(
+          static_cast<T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
+          a.x_stride, a.residual_stride, a.hidden, a.eps);
+    }
+  });
+  cuda::check_launch("fused_add_rms_norm");
+}
+
+}  // namespace pagedllm::kernels

@@ -1,0 +1,76 @@
+"""The engine on CUDA: greedy equals transformers (on CPU), seeded sampling is batch-independent,
+and the async engine streams. Skipped without a GPU."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from pagedllm import LLM, SamplingParams
+from pagedllm.engine.arg_utils import AsyncEngineArgs
+from pagedllm.engine.async_llm_engine import AsyncLLMEngine
+
+from .conftest import PROMPTS, hf_generate_greedy
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+
+def _kwargs(**kw):
+    return dict(
+        dict(
+            device="cuda",
+            dtype="float32",
+            max_model_len=256,
+            gpu_memory_utilization=0.3,
+            max_num_batched_tokens=64,
+        ),
+        **kw,
+    )
+
+
+def test_cuda_greedy_matches_hf(tiny_llama, hf_model, tokenizer_of):
+    llm = LLM(model=str(tiny_llama), **_kwargs())
+    assert llm.llm_engine.engine_core.device.type == "cuda"
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=12), use_tqdm=False)
+    tok, model = tokenizer_of(tiny_llama), hf_model(tiny_llama)
+    for prompt, out in zip(PROMPTS, outs, strict=True):
+        assert out.outputs[0].token_ids == hf_generate_greedy(model, tok.encode(prompt), 12)
+
+
+def test_cuda_seeded_sampling_is_batch_independent(tiny_llama):
+    llm = LLM(model=str(tiny_llama), **_kwargs())
+    seeded = SamplingParams(
+        temperature=1.0, top_k=50, seed=3, max_tokens=16, ignore_eos=True, logprobs=2
+    )
+    alone = llm.generate([PROMPTS[0]], seeded, use_tqdm=False)[0].outputs[0].token_ids
+    mates = [SamplingParams(temperature=0.8, max_tokens=10, ignore_eos=True), seeded]
+    batch = llm.generate([PROMPTS[4], PROMPTS[0]], mates, use_tqdm=False)
+    assert batch[1].outputs[0].token_ids == alone
+
+
+def test_cuda_async_stream(tiny_llama):
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=str(tiny_llama), **_kwargs()))
+
+    async def run():
+        params = SamplingParams(temperature=0.0, max_tokens=8)
+        tasks = [[o async for o in engine.generate(PROMPTS[i], params, f"g{i}")] for i in range(1)]
+        many = await asyncio.gather(
+            *[_collect(engine, PROMPTS[i % len(PROMPTS)], params, f"c{i}") for i in range(64)]
+        )
+        return tasks, many
+
+    try:
+        first, many = asyncio.run(run())
+        assert first[0][-1].finished
+        assert all(m[-1].finished for m in many)
+        assert engine.get_stats().num_blocks_used == 0
+    finally:
+        engine.shutdown()
+
+
+async def _collect(engine, prompt, params, rid):
+    return [o async for o in engine.generate(prompt, params, rid)]

@@ -1,0 +1,169 @@
+"""Sampling through the whole engine: seeded reproducibility, stop strings, min_tokens and
+penalties against hand-computed references on the tiny Llama."""
+
+from __future__ import annotations
+
+import pytest
+from pagedllm import LLM, SamplingParams
+
+from .conftest import PROMPTS, engine_kwargs, reference_decode
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llama):
+    return LLM(model=str(tiny_llama), **engine_kwargs())
+
+
+def _ids(out):
+    return out.outputs[0].token_ids
+
+
+def test_seeded_sampling_reproducible_across_runs_and_batches(llm, tiny_llama):
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=16, ignore_eos=True)
+    alone = _ids(llm.generate([PROMPTS[0]], seeded, use_tqdm=False)[0])
+    # In a batch, at another position, next to unseeded and differently seeded requests.
+    mates = [
+        SamplingParams(temperature=1.0, max_tokens=20, ignore_eos=True),
+        SamplingParams(temperature=0.7, seed=5, max_tokens=9, ignore_eos=True),
+        seeded,
+        SamplingParams(temperature=0.0, max_tokens=3),
+    ]
+    batch = llm.generate([PROMPTS[3], PROMPTS[5], PROMPTS[0], PROMPTS[9]], mates, use_tqdm=False)
+    assert _ids(batch[2]) == alone
+    fresh = LLM(model=str(tiny_llama), **engine_kwargs(max_num_batched_tokens=16))
+    assert _ids(fresh.generate([PROMPTS[0]], seeded, use_tqdm=False)[0]) == alone
+    other_seed = SamplingParams(
+        temperature=1.0, top_p=0.9, seed=4321, max_tokens=16, ignore_eos=True
+    )
+    assert _ids(llm.generate([PROMPTS[0]], other_seed, use_tqdm=False)[0]) != alone
+
+
+def test_stop_strings(llm, tokenizer_of, tiny_llama):
+    base = dict(temperature=0.0, max_tokens=24, ignore_eos=True)
+    full = llm.generate([PROMPTS[6]], SamplingParams(**base), use_tqdm=False)[0].outputs[0]
+    text = full.text
+    # A stop string that spans a token boundary somewhere in the middle of the text.
+    tok = tokenizer_of(tiny_llama)
+    pieces = [tok.decode([t]) for t in full.token_ids]
+    boundary = len(pieces[0]) + len(pieces[1]) + len(pieces[2])
+    stop = text[boundary - 2 : boundary + 2]
+    first = text.find(stop)
+    assert len(stop) == 4 and first >= 0
+    out = llm.generate([PROMPTS[6]], SamplingParams(**base, stop=[stop]), use_tqdm=False)[
+        0
+    ].outputs[0]
+    assert (out.finish_reason, out.stop_reason) == ("stop", stop)
+    assert out.text == text[:first]
+    assert out.token_ids == full.token_ids[: len(out.token_ids)] and len(out.token_ids) < 24
+    inc = llm.generate(
+        [PROMPTS[6]],
+        SamplingParams(**base, stop=[stop], include_stop_str_in_output=True),
+        use_tqdm=False,
+    )[0].outputs[0]
+    assert inc.text == text[: first + len(stop)]
+    # A stop token id: the text leaves it out, token_ids keep it, stop_reason names it.
+    stop_id = full.token_ids[5]
+    out = llm.generate(
+        [PROMPTS[6]], SamplingParams(**base, stop_token_ids=[stop_id]), use_tqdm=False
+    )[0].outputs[0]
+    k = full.token_ids.index(stop_id)
+    assert out.token_ids == full.token_ids[: k + 1]
+    assert (out.finish_reason, out.stop_reason) == ("stop", stop_id)
+    assert out.text == tok.decode(full.token_ids[:k])
+
+
+def test_min_tokens_matches_reference(llm, hf_model, tokenizer_of, tiny_llama):
+    model, tok = hf_model(tiny_llama), tokenizer_of(tiny_llama)
+    ids = tok.encode(PROMPTS[6])
+    free = (
+        llm.generate(
+            [PROMPTS[6]],
+            SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True),
+            use_tqdm=False,
+        )[0]
+        .outputs[0]
+        .token_ids
+    )
+    stop_id = free[1]  # would stop after 2 tokens
+    min_tokens = 6
+
+    def ban_before_min(logits, prompt, out):
+        if len(out) < min_tokens:
+            logits[stop_id] = float("-inf")
+        return logits
+
+    expected = reference_decode(model, ids, 16, ban_before_min, stop_ids=(stop_id,))
+    out = llm.generate(
+        [PROMPTS[6]],
+        SamplingParams(
+            temperature=0.0,
+            max_tokens=16,
+            ignore_eos=True,
+            stop_token_ids=[stop_id],
+            min_tokens=min_tokens,
+        ),
+        use_tqdm=False,
+    )[0].outputs[0]
+    assert out.token_ids == expected
+    assert len(out.token_ids) >= min_tokens and stop_id not in out.token_ids[:min_tokens]
+
+
+@pytest.mark.parametrize(
+    "penalties",
+    [
+        dict(repetition_penalty=1.8),
+        dict(frequency_penalty=1.5),
+        dict(presence_penalty=2.0),
+        dict(repetition_penalty=0.7, frequency_penalty=0.5, presence_penalty=-0.5),
+    ],
+)
+def test_penalties_match_reference(llm, hf_model, tokenizer_of, tiny_llama, penalties):
+    model, tok = hf_model(tiny_llama), tokenizer_of(tiny_llama)
+    prompt = PROMPTS[1]
+    ids = tok.encode(prompt)
+    rep = penalties.get("repetition_penalty", 1.0)
+    freq = penalties.get("frequency_penalty", 0.0)
+    pres = penalties.get("presence_penalty", 0.0)
+
+    def penalise(logits, prompt_ids, out):
+        for t in set(prompt_ids) | set(out):
+            if rep != 1.0:
+                logits[t] = logits[t] / rep if logits[t] > 0 else logits[t] * rep
+        for t in set(out):
+            logits[t] -= freq * out.count(t) + pres
+        return logits
+
+    expected = reference_decode(model, ids, 14, penalise)
+    plain = reference_decode(model, ids, 14)
+    out = llm.generate(
+        [prompt],
+        SamplingParams(temperature=0.0, max_tokens=14, ignore_eos=True, **penalties),
+        use_tqdm=False,
+    )[0].outputs[0]
+    assert out.token_ids == expected
+    if penalties != dict(repetition_penalty=0.7, frequency_penalty=0.5, presence_penalty=-0.5):
+        assert expected != plain  # the penalty really changed the output
+
+
+def test_max_tokens_none_runs_to_max_model_len(tiny_llama):
+    llm = LLM(model=str(tiny_llama), **engine_kwargs(max_model_len=40))
+    out = llm.generate(
+        [PROMPTS[0]],
+        SamplingParams(temperature=0.0, max_tokens=None, ignore_eos=True),
+        use_tqdm=False,
+    )[0]
+    assert len(out.prompt_token_ids) + len(out.outputs[0].token_ids) == 40
+    assert out.outputs[0].finish_reason == "length"
+    with pytest.raises(ValueError, match="max_model_len"):
+        llm.generate(["word " * 60], SamplingParams(), use_tqdm=False)
+
+
+def test_invalid_requests_raise_value_error(llm):
+    with pytest.raises(ValueError, match="logprobs"):
+        llm.generate([PROMPTS[0]], SamplingParams(logprobs=100), use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt_token_ids"):
+        llm.generate([{"prompt_token_ids": [1, 10**6]}], SamplingParams(), use_tqdm=False)
+    with pytest.raises(ValueError, match="sampling_params"):
+        llm.generate(PROMPTS[:2], [SamplingParams()], use_tqdm=False)
+    # Nothing was left behind by the failed calls.
+    assert not llm.llm_engine.has_unfinished_requests()

@@ -1,0 +1,146 @@
+"""rms_norm, fused_add_rms_norm, rotary_embedding and silu_and_mul vs the torch reference.
+
+Fresh random inputs per case, outputs poisoned with NaN first. The reference rounds its result
+to the dtype, so kernel and reference may differ by an ulp of the dtype here and there.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pagedllm.ops as ops
+from pagedllm import _C
+from pagedllm.ops import reference as ref
+
+HAS_CUDA = torch.cuda.is_available() and bool(_C.with_cuda)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def requires_gpu(fn):
+    return pytest.mark.gpu(pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")(fn))
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not HAS_CUDA, reason="needs a CUDA device")])]
+
+
+def rel_err(out: torch.Tensor, expect: torch.Tensor) -> float:
+    out, expect = out.double().cpu(), expect.double().cpu()
+    assert not torch.isnan(out).any(), "output has NaN (an element was not written)"
+    return float((out - expect).norm() / expect.norm().clamp_min(1e-30))
+
+
+def rand(*shape, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,hidden", [(1, 64), (7, 80), (256, 4096), (3, 5000)])
+def test_rms_norm(device, dtype, rows, hidden):
+    x = rand(rows, hidden, dtype=dtype, device=device, seed=rows)
+    w = rand(hidden, dtype=dtype, device=device, seed=hidden)
+    out = torch.full_like(x, float("nan"))
+    got = ops.rms_norm(x, w, 1e-6, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert rel_err(out, ref.rms_norm(x, w, 1e-6)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rms_norm_3d_and_strided_rows(device):
+    base = rand(4, 6, 256, dtype=torch.bfloat16, device=device, seed=1)
+    w = rand(128, dtype=torch.bfloat16, device=device, seed=2)
+    x = base[..., 64:192]  # rows with a stride: a slice of a wider activation
+    got = ops.rms_norm(x, w, 1e-5)
+    assert got.shape == x.shape
+    assert rel_err(got, ref.rms_norm(x, w, 1e-5)) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,hidden", [(1, 64), (5, 80), (256, 2048)])
+def test_fused_add_rms_norm(device, dtype, rows, hidden):
+    x = rand(rows, hidden, dtype=dtype, device=device, seed=3)
+    res = rand(rows, hidden, dtype=dtype, device=device, seed=4)
+    w = rand(hidden, dtype=dtype, device=device, seed=5)
+    x_ref, res_ref = x.clone(), res.clone()
+    ref.fused_add_rms_norm(x_ref, res_ref, w, 1e-6)
+    ops.fused_add_rms_norm(x, res, w, 1e-6)
+    assert rel_err(res, res_ref) < TOL[dtype] / 4
+    assert rel_err(x, x_ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", (True, False))
+@pytest.mark.parametrize("head_size,rot_dim", [(64, 64), (128, 128), (80, 40)])
+def test_rotary_embedding(device, dtype, is_neox, head_size, rot_dim):
+    tokens, hq, hkv, max_pos = 37, 8, 2, 4096
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rot_dim, 2).float() / rot_dim))
+    freqs = torch.outer(torch.arange(max_pos).float(), inv_freq)
+    cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device)  # [max_pos, rot_dim]
+    g = torch.Generator().manual_seed(head_size)
+    positions = torch.randint(0, max_pos, (tokens,), generator=g).to(device)
+    # query and key as column slices of one fused qkv output (row stride > width).
+    qkv = rand(tokens, (hq + 2 * hkv) * head_size, dtype=dtype, device=device, seed=6)
+    q = qkv[:, : hq * head_size]
+    k = qkv[:, hq * head_size: (hq + hkv) * head_size]
+    q_ref, k_ref = q.clone(), k.clone()
+    ref.rotary_embedding(positions, q_ref, k_ref, head_size, cache, is_neox)
+    ops.rotary_embedding(positions.to(torch.int32), q, k, head_size, cache, is_neox)
+    assert rel_err(q, q_ref) < TOL[dtype]
+    assert rel_err(k, k_ref) < TOL[dtype]
+    # The value columns are not touched.
+    untouched = qkv[:, (hq + hkv) * head_size:]
+    assert torch.equal(untouched, rand(tokens, (hq + 2 * hkv) * head_size, dtype=dtype,
+                                       device=device, seed=6)[:, (hq + hkv) * head_size:])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_3d_views_and_model_dtype_cache(device):
+    dtype, head_size = torch.bfloat16, 64
+    cache = rand(128, 64, dtype=dtype, device=device, seed=7)
+    positions = torch.arange(10, device=device)
+    q = rand(10, 4, head_size, dtype=dtype, device=device, seed=8)
+    k = rand(10, 1, head_size, dtype=dtype, device=device, seed=9)
+    q_ref, k_ref = q.clone(), k.clone()
+    ref.rotary_embedding(positions, q_ref, k_ref, head_size, cache, True)
+    ops.rotary_embedding(positions, q, k, head_size, cache, True)
+    assert rel_err(q, q_ref) < TOL[dtype] and rel_err(k, k_ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,d", [(1, 64), (9, 100), (256, 8192)])
+def test_silu_and_mul(device, dtype, rows, d):
+    x = rand(rows, 2 * d, dtype=dtype, device=device, seed=d)
+    out = torch.full((rows, d), float("nan"), dtype=dtype, device=device)
+    got = ops.silu_and_mul(x, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert rel_err(out, ref.silu_and_mul(x)) < TOL[dtype]
+
+
+def test_layer_bindings_reject_bad_inputs():
+    d = ops._desc
+    x = torch.randn(4, 64)
+    with pytest.raises(ValueError, match="hidden"):
+        _C.ops.rms_norm(d(torch.empty(4, 64)), d(x), d(torch.ones(32)), 1e-6)
+    with pytest.raises(ValueError, match="dtype"):
+        _C.ops.rms_norm(d(torch.empty(4, 64)), d(x), d(torch.ones(64).half()), 1e-6)
+    with pytest.raises(ValueError, match="contiguous"):
+        _C.ops.rms_norm(d(torch.empty(64, 4)), d(x.t()), d(torch.ones(4)), 1e-6)
+    with pytest.raises(ValueError, match="even"):
+        _C.ops.silu_and_mul(d(torch.empty(4, 2)), d(torch.randn(4, 5)))
+    with pytest.raises(ValueError, match="num_rows"):
+        _C.ops.fused_add_rms_norm(d(x), d(torch.randn(3, 64)), d(torch.ones(64)), 1e-6)
+    cache = torch.randn(16, 32)
+    pos = torch.tensor([0, 16], dtype=torch.int32)  # 16 is past the cache
+    q, k = torch.randn(2, 64), torch.randn(2, 64)
+    with pytest.raises(ValueError, match="outside cos_sin_cache"):
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True)
+    with pytest.raises(ValueError, match="head_size"):
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 48, d(cache), True)
+    with pytest.raises(ValueError, match="int32 or int64"):
+        _C.ops.rotary_embedding(d(pos.float()), d(q), d(k), 64, d(cache), True)

@@ -1,0 +1,117 @@
+"""Rotary tables against transformers' rope initialisation, KV cache sizing, linear layer
+weight loaders (including tensor-parallel slicing, checked on CPU without communication)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from pagedllm.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear,
+                                    QKVParallelLinear, RowParallelLinear)
+from pagedllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters_from_config
+from pagedllm.worker.kv_cache import KVCacheSpec, allocate_kv_caches, cpu_num_blocks, kv_cache_spec
+
+
+@pytest.mark.parametrize("scaling", [
+    None,
+    dict(rope_type="linear", factor=4.0),
+    dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+         original_max_position_embeddings=8192),
+])
+def test_rotary_table_matches_transformers(scaling):
+    config = LlamaConfig(hidden_size=1024, num_attention_heads=8, head_dim=128,
+                         rope_theta=500000.0, rope_scaling=scaling, max_position_embeddings=1024)
+    params = rope_parameters_from_config(config)
+    if params["rope_type"] == "default":
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        inv_freq, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(config=config,
+                                                                           device="cpu")
+    else:
+        inv_freq, _ = ROPE_INIT_FUNCTIONS[params["rope_type"]](config, "cpu")
+    rope = RotaryEmbedding(128, 128, 1024, params, is_neox_style=True)
+    freqs = torch.outer(torch.arange(1024, dtype=torch.float32), inv_freq.float())
+    torch.testing.assert_close(rope.cos_sin_cache[:, :64], freqs.cos(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(rope.cos_sin_cache[:, 64:], freqs.sin(), rtol=0, atol=1e-6)
+
+
+def test_unknown_rope_type_is_rejected():
+    with pytest.raises(ValueError, match="rope_scaling.*yarn"):
+        RotaryEmbedding(64, 64, 16, {"rope_theta": 1e4, "rope_type": "yarn", "factor": 2.0})
+
+
+def test_kv_cache_sizing():
+    spec = KVCacheSpec(num_layers=2, block_size=16, num_kv_heads=2, head_dim=32,
+                       dtype=torch.float32)
+    assert spec.bytes_per_block == 2 * 16 * 2 * 32 * 4 * 2        # 16 KiB
+    assert cpu_num_blocks(spec, 1 << 20) == 64
+    assert cpu_num_blocks(spec, 1 << 20, max_useful_blocks=10) == 10
+    assert cpu_num_blocks(spec, None, max_useful_blocks=33) == 33   # default budget, capped
+    with pytest.raises(ValueError, match="kv_cache_space_bytes"):
+        cpu_num_blocks(spec, spec.bytes_per_block)
+    caches = allocate_kv_caches(spec, 5, torch.device("cpu"))
+    assert len(caches) == 2 and caches[0].shape == (2, 5, 16, 2, 32)
+    assert all(torch.count_nonzero(c) == 0 for c in caches)
+
+
+def test_kv_cache_spec_from_config_and_tp():
+    config = LlamaConfig(hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
+                         num_hidden_layers=3)
+    assert kv_cache_spec(config, 16, torch.bfloat16) == KVCacheSpec(3, 16, 2, 32, torch.bfloat16)
+    assert kv_cache_spec(config, 16, torch.bfloat16, tp_size=2).num_kv_heads == 1
+    assert kv_cache_spec(config, 16, torch.bfloat16, tp_size=4).num_kv_heads == 1  # replicated
+
+
+@pytest.mark.parametrize("tp_size", [1, 2])
+def test_sharded_linears_rebuild_the_full_product(tp_size):
+    """Each rank's slice, concatenated (column) or summed (row), equals the unsharded layer."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8)
+    full_w, full_b = torch.randn(12, 8), torch.randn(12)
+    col = [ColumnParallelLinear(8, 12, bias=True, tp_rank=r, tp_size=tp_size)
+           for r in range(tp_size)]
+    for layer in col:
+        layer.weight.weight_loader(layer.weight, full_w)
+        layer.bias.weight_loader(layer.bias, full_b)
+    torch.testing.assert_close(torch.cat([layer(x) for layer in col], -1), x @ full_w.T + full_b)
+
+    row_w, row_b = torch.randn(5, 8), torch.randn(5)
+    rows = [RowParallelLinear(8, 5, bias=True, tp_rank=r, tp_size=tp_size) for r in range(tp_size)]
+    for layer in rows:
+        layer.weight.weight_loader(layer.weight, row_w)
+        layer.bias.weight_loader(layer.bias, row_b)
+    partial = sum(torch.nn.functional.linear(x[:, r * 8 // tp_size:(r + 1) * 8 // tp_size],
+                                             layer.weight) for r, layer in enumerate(rows))
+    torch.testing.assert_close(partial + row_b, x @ row_w.T + row_b)
+
+
+def test_qkv_and_merged_loaders_place_shards():
+    q, k, v = torch.randn(4 * 32, 64), torch.randn(2 * 32, 64), torch.randn(2 * 32, 64)
+    qkv = QKVParallelLinear(64, 32, 4, 2, bias=False)
+    for shard, w in (("q", q), ("k", k), ("v", v)):
+        qkv.weight.weight_loader(qkv.weight, w, shard)
+    torch.testing.assert_close(qkv.weight.data, torch.cat([q, k, v]))
+    # Two ranks: each holds half the q heads and one of the two kv heads.
+    rank1 = QKVParallelLinear(64, 32, 4, 2, bias=False, tp_rank=1, tp_size=2)
+    for shard, w in (("q", q), ("k", k), ("v", v)):
+        rank1.weight.weight_loader(rank1.weight, w, shard)
+    torch.testing.assert_close(rank1.weight.data, torch.cat([q[64:], k[32:], v[32:]]))
+    with pytest.raises(ValueError, match="shard_id"):
+        qkv.weight.weight_loader(qkv.weight, q, "x")
+
+    gate, up = torch.randn(6, 4), torch.randn(6, 4)
+    merged = MergedColumnParallelLinear(4, [6, 6], bias=False)
+    merged.weight.weight_loader(merged.weight, up, 1)
+    merged.weight.weight_loader(merged.weight, gate, 0)
+    torch.testing.assert_close(merged.weight.data, torch.cat([gate, up]))
+    with pytest.raises(ValueError, match="does not fit"):
+        merged.weight.weight_loader(merged.weight, torch.randn(6, 5), 0)
+
+
+def test_padded_decode_batch_sizes():
+    from pagedllm.worker.input_buffers import padded_batch_size
+
+    assert [padded_batch_size(n) for n in (1, 2, 3, 5, 8, 9, 17, 512)] == [1, 2, 4, 8, 8, 16,
+                                                                           24, 512]
+    assert padded_batch_size(600) == 600
