@@ -88,6 +88,27 @@ def test_cli_complete_and_chat(keyed_server):
     assert unauthorized.returncode != 0 and "401" in unauthorized.stderr
 
 
+def test_prompts_and_bodies_never_logged_at_info(keyed_server):
+    marker = "zebra-marker-7f3c"
+    for path, body in (("/v1/completions", {"model": "tiny", "prompt": marker, "max_tokens": 2}),
+                       ("/v1/chat/completions", {"model": "tiny", "max_tokens": 2,
+                                                 "messages": [{"role": "user", "content": marker}]}),
+                       ("/v1/completions", {"model": "tiny", "prompt": marker, "max_tokens": -1})):
+        httpx.post(keyed_server.url + path, headers=AUTH, json=body, timeout=60)
+    assert "Serving on http://127.0.0.1:" in keyed_server.log()
+    assert marker not in keyed_server.log()
+    assert KEY not in keyed_server.log()
+
+
+def test_default_bind_is_loopback():
+    from pagedllm.entrypoints.cli import make_parser
+
+    args = make_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.model_tag is None
+    args = make_parser().parse_args(["serve", "some/model", "--max-num-seqs", "3", "--api-key", "k"])
+    assert args.model_tag == "some/model" and args.max_num_seqs == 3 and args.api_key == "k"
+
+
 def test_sigint_finishes_in_flight_stream_and_exits_0(keyed_server):
     body = {"model": "tiny", "prompt": "Finish me", "max_tokens": 40, "ignore_eos": True,
             "stream": True}
