@@ -12,6 +12,7 @@ gamma process with mean rate --request-rate (burstiness 1 = Poisson; inf = all a
 latency (mean, median, p99) as JSON, and plots TTFT/TPOT distributions to a PNG if matplotlib
 imports.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,15 +37,15 @@ class RequestResult:
     success: bool = False
     prompt_len: int = 0
     output_len: int = 0
-    ttft: float = 0.0                                   # seconds to the first content chunk
-    latency: float = 0.0                                # seconds to the end of the stream
-    itl: list[float] = field(default_factory=list)      # gaps between content chunks
+    ttft: float = 0.0  # seconds to the first content chunk
+    latency: float = 0.0  # seconds to the end of the stream
+    itl: list[float] = field(default_factory=list)  # gaps between content chunks
     error: str = ""
 
 
 async def find_vocab_size(client: httpx.AsyncClient) -> int:
     """The server's vocabulary size, by bisecting on which ids /detokenize accepts."""
-    lo, hi = 1, 1 << 22       # lo is valid, hi is not
+    lo, hi = 1, 1 << 22  # lo is valid, hi is not
     while hi - lo > 1:
         mid = (lo + hi) // 2
         resp = await client.post("/detokenize", json={"tokens": [mid - 1]})
@@ -55,11 +56,19 @@ async def find_vocab_size(client: httpx.AsyncClient) -> int:
     return lo
 
 
-async def send_one(client: httpx.AsyncClient, model: str, prompt: list[int], output_len: int,
-                   ignore_eos: bool) -> RequestResult:
+async def send_one(
+    client: httpx.AsyncClient, model: str, prompt: list[int], output_len: int, ignore_eos: bool
+) -> RequestResult:
     result = RequestResult(prompt_len=len(prompt))
-    body = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0.0,
-            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": output_len,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": ignore_eos,
+    }
     start = time.perf_counter()
     last = start
     try:
@@ -103,13 +112,16 @@ def arrival_gaps(num: int, rate: float, burstiness: float, rng: np.random.Genera
     return rng.gamma(shape=burstiness, scale=theta, size=num)
 
 
-def summarize(results: list[RequestResult], duration: float,
-              percentiles: tuple[float, ...] = (50.0, 99.0)) -> dict:
+def summarize(
+    results: list[RequestResult], duration: float, percentiles: tuple[float, ...] = (50.0, 99.0)
+) -> dict:
     ok = [r for r in results if r.success]
     out_tokens = sum(r.output_len for r in ok)
     in_tokens = sum(r.prompt_len for r in ok)
     ttft = np.array([r.ttft for r in ok]) * 1000.0
-    tpot = np.array([(r.latency - r.ttft) / (r.output_len - 1) for r in ok if r.output_len > 1]) * 1000
+    tpot = (
+        np.array([(r.latency - r.ttft) / (r.output_len - 1) for r in ok if r.output_len > 1]) * 1000
+    )
     itl = np.array([g for r in ok for g in r.itl]) * 1000.0
     e2el = np.array([r.latency for r in ok]) * 1000.0
     metrics = {
@@ -138,6 +150,7 @@ def summarize(results: list[RequestResult], duration: float,
 def plot(results: list[RequestResult], path: Path) -> bool:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -161,8 +174,9 @@ async def run(args: argparse.Namespace) -> dict:
     concurrency = args.max_concurrency or args.num_prompts
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(args.timeout)
-    async with httpx.AsyncClient(base_url=args.base_url, headers=headers, limits=limits,
-                                 timeout=timeout) as client:
+    async with httpx.AsyncClient(
+        base_url=args.base_url, headers=headers, limits=limits, timeout=timeout
+    ) as client:
         model = args.model
         if model is None:
             model = (await client.get("/v1/models")).json()["data"][0]["id"]
@@ -175,14 +189,16 @@ async def run(args: argparse.Namespace) -> dict:
         if args.warmup:
             await send_one(client, model, requests[0].prompt_token_ids, 4, True)
 
-        gaps = arrival_gaps(len(requests), args.request_rate, args.burstiness,
-                            np.random.default_rng(args.seed))
+        gaps = arrival_gaps(
+            len(requests), args.request_rate, args.burstiness, np.random.default_rng(args.seed)
+        )
         sem = asyncio.Semaphore(concurrency)
 
         async def limited(req) -> RequestResult:
             async with sem:
-                return await send_one(client, model, req.prompt_token_ids, req.output_len,
-                                      args.ignore_eos)
+                return await send_one(
+                    client, model, req.prompt_token_ids, req.output_len, args.ignore_eos
+                )
 
         start = time.perf_counter()
         tasks = []
@@ -194,13 +210,21 @@ async def run(args: argparse.Namespace) -> dict:
         duration = time.perf_counter() - start
 
     metrics = summarize(results, duration)
-    metrics.update({
-        "model": model, "base_url": args.base_url, "num_prompts": args.num_prompts,
-        "random_input_len": args.random_input_len, "random_output_len": args.random_output_len,
-        "random_range_ratio": args.random_range_ratio, "request_rate": args.request_rate,
-        "burstiness": args.burstiness, "max_concurrency": args.max_concurrency,
-        "ignore_eos": args.ignore_eos, "seed": args.seed,
-    })
+    metrics.update(
+        {
+            "model": model,
+            "base_url": args.base_url,
+            "num_prompts": args.num_prompts,
+            "random_input_len": args.random_input_len,
+            "random_output_len": args.random_output_len,
+            "random_range_ratio": args.random_range_ratio,
+            "request_rate": args.request_rate,
+            "burstiness": args.burstiness,
+            "max_concurrency": args.max_concurrency,
+            "ignore_eos": args.ignore_eos,
+            "seed": args.seed,
+        }
+    )
     if args.plot_file:
         metrics["plot"] = str(args.plot_file) if plot(results, Path(args.plot_file)) else None
     return metrics
@@ -216,10 +240,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-input-len", type=int, default=256)
     p.add_argument("--random-output-len", type=int, default=64)
     p.add_argument("--random-range-ratio", type=float, default=0.0)
-    p.add_argument("--vocab-size", type=int, default=None,
-                   help="token ids are drawn below this; default: asked of the server")
-    p.add_argument("--request-rate", type=float, default=float("inf"),
-                   help="requests per second (inf: send all at once)")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="token ids are drawn below this; default: asked of the server",
+    )
+    p.add_argument(
+        "--request-rate",
+        type=float,
+        default=float("inf"),
+        help="requests per second (inf: send all at once)",
+    )
     p.add_argument("--burstiness", type=float, default=1.0, help="1.0 = Poisson arrivals")
     p.add_argument("--max-concurrency", type=int, default=None)
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True)

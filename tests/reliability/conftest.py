@@ -1,4 +1,5 @@
 """Fixtures for the reliability tests (issue 6): a real server subprocess on a tiny model."""
+
 from __future__ import annotations
 
 import sys
@@ -21,8 +22,18 @@ except (ImportError, ValueError, OSError):
 
 from server_process import ServerProcess  # noqa: E402
 
-RELIABILITY_ARGS = ("--max-model-len", "256", "--max-num-seqs", "256", "--served-model-name", "tiny",
-                    "--dtype", "float32", "--device", "cpu")
+RELIABILITY_ARGS = (
+    "--max-model-len",
+    "256",
+    "--max-num-seqs",
+    "256",
+    "--served-model-name",
+    "tiny",
+    "--dtype",
+    "float32",
+    "--device",
+    "cpu",
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Reading and checking OpenAI SSE streams (shared by the reliability tests)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 @dataclass
 class StreamResult:
-    texts: dict[int, str] = field(default_factory=dict)          # choice index -> text
-    finish: dict[int, str] = field(default_factory=dict)         # choice index -> finish_reason
+    texts: dict[int, str] = field(default_factory=dict)  # choice index -> text
+    finish: dict[int, str] = field(default_factory=dict)  # choice index -> finish_reason
     usage: dict | None = None
     done: bool = False
 
@@ -61,7 +62,10 @@ def wait_until_idle(url: str, timeout: float = 20.0) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
         m = scrape(url)
-        if (m["pagedllm:kv_cache_blocks_used"] == 0 and m["pagedllm:num_requests_running"] == 0
-                and m["pagedllm:num_requests_waiting"] == 0) or time.monotonic() > deadline:
+        if (
+            m["pagedllm:kv_cache_blocks_used"] == 0
+            and m["pagedllm:num_requests_running"] == 0
+            and m["pagedllm:num_requests_waiting"] == 0
+        ) or time.monotonic() > deadline:
             return m
         time.sleep(0.05)

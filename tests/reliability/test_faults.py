@@ -1,5 +1,6 @@
 """Faults: a tokenizer error fails only its request; a dead engine turns /health 503 and makes the
-server exit non-zero instead of hanging. Step failures are covered in tests/server/test_inprocess.py."""
+server exit non-zero instead of hanging. Step failures: tests/server/test_inprocess.py."""
+
 from __future__ import annotations
 
 import time
@@ -44,18 +45,20 @@ def test_tokenizer_error_fails_only_that_request(fresh_server):
 
 def test_dead_engine_health_503_and_exit_nonzero(fresh_server):
     def broken_step():
-        raise SystemError("engine loop broke")   # outside a model forward: not recoverable
+        raise SystemError("engine loop broke")  # outside a model forward: not recoverable
 
     fresh_server.engine.engine.step_with_failures = broken_step
     url = fresh_server.url
     with httpx.Client(timeout=60) as c:
-        resp = c.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 4})
+        resp = c.post(
+            url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 4}
+        )
         assert resp.status_code == 503
         assert resp.json()["error"]["type"] == "engine_dead"
         try:
             health = c.get(url + "/health").status_code
         except httpx.TransportError:
-            health = None   # already gone: also acceptable, it did not hang
+            health = None  # already gone: also acceptable, it did not hang
         assert health in (503, None)
     deadline = time.monotonic() + 30
     while fresh_server._thread.is_alive() and time.monotonic() < deadline:

@@ -1,4 +1,5 @@
 """Load (1,000 concurrent streams), a disconnect storm, and greedy determinism inside a batch."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,9 +29,15 @@ async def test_1000_concurrent_streams(rserver):
     for i in range(1000):
         n = 2 if i % 4 == 0 else 1
         stop = rng.choice(STOPS)
-        body = {"model": MODEL, "max_tokens": rng.randint(1, 24), "n": n, "stream": True,
-                "stream_options": {"include_usage": True}, "temperature": rng.choice([0.0, 0.9]),
-                "seed": i}
+        body = {
+            "model": MODEL,
+            "max_tokens": rng.randint(1, 24),
+            "n": n,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": rng.choice([0.0, 0.9]),
+            "seed": i,
+        }
         if stop:
             body["stop"] = stop
         if i % 3 == 0:
@@ -57,7 +64,9 @@ async def test_1000_concurrent_streams(rserver):
                 continue
             for s in body.get("stop") or []:
                 assert s not in text
-        assert res.usage is not None and 1 <= res.usage["completion_tokens"] <= n * body["max_tokens"]
+        assert (
+            res.usage is not None and 1 <= res.usage["completion_tokens"] <= n * body["max_tokens"]
+        )
     after = wait_until_idle(rserver.url)
     assert after["pagedllm:kv_cache_blocks_used"] == 0
     assert after["pagedllm:num_requests_running"] == 0
@@ -68,8 +77,14 @@ async def test_disconnect_storm_leaves_others_intact(rserver):
     prompts = [f"storm prompt {k} " * (1 + k % 5) for k in range(20)]
 
     def body(k: int) -> dict:
-        return {"model": MODEL, "prompt": prompts[k], "max_tokens": 32, "temperature": 0.0,
-                "ignore_eos": True, "stream": True}
+        return {
+            "model": MODEL,
+            "prompt": prompts[k],
+            "max_tokens": 32,
+            "temperature": 0.0,
+            "ignore_eos": True,
+            "stream": True,
+        }
 
     async with httpx.AsyncClient(base_url=rserver.url, timeout=600, limits=limits(500)) as c:
         # Reference: each prompt alone, on an unloaded server.
@@ -88,7 +103,7 @@ async def test_disconnect_storm_leaves_others_intact(rserver):
                 async for line in resp.aiter_lines():
                     seen += line.startswith("data: ")
                     if seen >= after_events:
-                        break   # leaving the block drops the connection mid-stream
+                        break  # leaving the block drops the connection mid-stream
             return k, None
 
         results = await asyncio.gather(*[one(*p) for p in plan])
@@ -102,8 +117,14 @@ async def test_disconnect_storm_leaves_others_intact(rserver):
 
 
 async def test_greedy_same_alone_and_in_batch_of_64(rserver):
-    body = {"model": MODEL, "prompt": "Determinism check", "max_tokens": 24, "temperature": 0.0,
-            "ignore_eos": True, "logprobs": 0}
+    body = {
+        "model": MODEL,
+        "prompt": "Determinism check",
+        "max_tokens": 24,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "logprobs": 0,
+    }
     async with httpx.AsyncClient(base_url=rserver.url, timeout=600, limits=limits(64)) as c:
         alone = (await c.post("/v1/completions", json=body)).json()["choices"][0]
         others = [{**body, "prompt": f"filler {i} " * (1 + i % 7)} for i in range(63)]

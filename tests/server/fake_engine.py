@@ -6,6 +6,7 @@ like the real engine (ceil(tokens / 16) blocks per running request), so disconne
 handling can be checked through /metrics. Run as a script it serves like
 `python -m pagedllm.entrypoints.openai.api_server` but with this engine.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,9 @@ class FakeEngine:
         from transformers import AutoConfig, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model_config = FakeModelConfig(model_dir, max_model_len, AutoConfig.from_pretrained(model_dir))
+        self.model_config = FakeModelConfig(
+            model_dir, max_model_len, AutoConfig.from_pretrained(model_dir)
+        )
         self.vocab = self.model_config.hf_config.vocab_size
         self.step_s = step_s
         self.blocks_in_use: dict[str, int] = {}
@@ -67,8 +70,9 @@ class FakeEngine:
 
     def get_stats(self) -> FakeStats:
         used = sum(self.blocks_in_use.values())
-        return FakeStats(len(self.blocks_in_use), 0, 1000, used, 1000 - used, self.prompt_queries,
-                         0, 0)
+        return FakeStats(
+            len(self.blocks_in_use), 0, 1000, used, 1000 - used, self.prompt_queries, 0, 0
+        )
 
     def abort_request(self, request_id: str) -> None:
         self.aborted.add(request_id)
@@ -77,16 +81,24 @@ class FakeEngine:
     def shutdown(self) -> None:
         pass
 
-    async def generate(self, prompt: dict, params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self, prompt: dict, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
         ids = list(prompt["prompt_token_ids"])
         if len(ids) + (params.max_tokens or 0) > self.model_config.max_model_len:
             raise ValueError("prompt too long")
         self.prompt_queries += len(ids)
         seqs = []
         for j in range(params.n):
-            seqs.append({"tokens": [], "detok": IncrementalDetokenizer(self.tokenizer, ids, params),
-                         "lps": [], "finish": None, "stop": None})
+            seqs.append(
+                {
+                    "tokens": [],
+                    "detok": IncrementalDetokenizer(self.tokenizer, ids, params),
+                    "lps": [],
+                    "finish": None,
+                    "stop": None,
+                }
+            )
         self.blocks_in_use[request_id] = math.ceil(len(ids) / 16)
         base = sum(ids) * 31 + (params.seed or 0)
         try:
@@ -103,27 +115,43 @@ class FakeEngine:
                     tok = (base + 7 * k + jitter) % (self.vocab - 8) + 8
                     s["tokens"].append(tok)
                     if params.logprobs is not None:
-                        s["lps"].append({tok: Logprob(-0.5, 1)} | {
-                            (tok + r) % self.vocab: Logprob(-1.0 - r, r + 1)
-                            for r in range(1, params.logprobs + 1)})
+                        s["lps"].append(
+                            {tok: Logprob(-0.5, 1)}
+                            | {
+                                (tok + r) % self.vocab: Logprob(-1.0 - r, r + 1)
+                                for r in range(1, params.logprobs + 1)
+                            }
+                        )
                     stop = s["detok"].update([tok], False)
                     if stop is not None:
                         s["finish"], s["stop"] = "stop", stop
                     elif len(s["tokens"]) >= params.max_tokens:
                         s["detok"].finish()
                         s["finish"] = "length"
-                self.blocks_in_use[request_id] = math.ceil(
-                    (len(ids) + len(seqs[0]["tokens"])) / 16)
+                self.blocks_in_use[request_id] = math.ceil((len(ids) + len(seqs[0]["tokens"])) / 16)
                 done = all(s["finish"] for s in seqs)
                 prompt_lps = None
                 if params.prompt_logprobs is not None:
                     prompt_lps = [None] + [{t: Logprob(-2.0, 1)} for t in ids[1:]]
                 yield RequestOutput(
-                    request_id, None, ids, prompt_lps,
-                    [CompletionOutput(j, s["detok"].text, list(s["tokens"]), None,
-                                      list(s["lps"]) if params.logprobs is not None else None,
-                                      s["finish"], s["stop"]) for j, s in enumerate(seqs)],
-                    done)
+                    request_id,
+                    None,
+                    ids,
+                    prompt_lps,
+                    [
+                        CompletionOutput(
+                            j,
+                            s["detok"].text,
+                            list(s["tokens"]),
+                            None,
+                            list(s["lps"]) if params.logprobs is not None else None,
+                            s["finish"],
+                            s["stop"],
+                        )
+                        for j, s in enumerate(seqs)
+                    ],
+                    done,
+                )
                 if done:
                     return
         finally:

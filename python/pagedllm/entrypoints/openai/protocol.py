@@ -1,27 +1,36 @@
-"""Pydantic models of the OpenAI-compatible HTTP API: requests (validated, with limits) and responses.
+"""Pydantic models of the OpenAI-compatible HTTP API: requests (validated, with limits) and
+responses.
 
 Request models reject what can never be served with a 400 before anything reaches the engine:
 out-of-range sampling values, too many choices / logprobs / stop strings, non-finite floats.
 Checks that need the model (prompt length vs max_model_len, token ids vs vocab) live in the
 serving classes, which know the tokenizer.
 """
+
 from __future__ import annotations
 
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator,
-                      model_serializer, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 # Limits that protect the server from requests that would exhaust it (issue 6).
-MAX_BODY_BYTES = 8 * 1024 * 1024     # larger bodies get 413 before JSON parsing
-MAX_N = 128                          # choices per prompt (OpenAI's own cap)
-MAX_LOGPROBS = 20                    # top-N logprobs per token (completions and chat)
+MAX_BODY_BYTES = 8 * 1024 * 1024  # larger bodies get 413 before JSON parsing
+MAX_N = 128  # choices per prompt (OpenAI's own cap)
+MAX_LOGPROBS = 20  # top-N logprobs per token (completions and chat)
 MAX_STOP_STRINGS = 32
 MAX_STOP_STRING_CHARS = 1024
-MAX_PROMPTS_PER_REQUEST = 1024       # a list of prompts in one /v1/completions call
-MAX_TOKENS_CAP = 1 << 20             # absolute ceiling; the real one is max_model_len - prompt
+MAX_PROMPTS_PER_REQUEST = 1024  # a list of prompts in one /v1/completions call
+MAX_TOKENS_CAP = 1 << 20  # absolute ceiling; the real one is max_model_len - prompt
 MAX_MESSAGES = 4096
 MAX_SEED = (1 << 63) - 1
 
@@ -65,6 +74,7 @@ class RequestModel(OpenAIBaseModel):
 class OmitNoneModel(OpenAIBaseModel):
     """Serializes without the fields named in _omit_if_none while they are None (OpenAI leaves
     `role` out of later stream deltas and `usage` out of content chunks)."""
+
     _omit_if_none: tuple[str, ...] = ()
 
     @model_serializer(mode="wrap")
@@ -132,7 +142,9 @@ class SamplingFields(RequestModel):
             if s == "":
                 raise ValueError("stop strings must be non-empty")
             if len(s) > MAX_STOP_STRING_CHARS:
-                raise ValueError(f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters")
+                raise ValueError(
+                    f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters"
+                )
         return stops
 
     @field_validator("stop_token_ids")
@@ -224,7 +236,11 @@ class ChatCompletionRequest(SamplingFields):
 
     @property
     def requested_max_tokens(self) -> Optional[int]:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens
+        )
 
 
 class TokenizeRequest(RequestModel):
@@ -247,6 +263,7 @@ class DetokenizeRequest(RequestModel):
 
 
 # ---- responses -----------------------------------------------------------------------------
+
 
 class UsageInfo(OpenAIBaseModel):
     prompt_tokens: int = 0

@@ -4,6 +4,7 @@ A stream's body generator is cancelled as soon as the client disconnects (whatev
 version the server speaks), so its `finally` aborts the engine request within one engine step.
 A non-streaming request races its generation against the client's disconnect the same way.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,6 +46,7 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
+
             async def stream_then_stop() -> None:
                 try:
                     await self.stream_response(send)
