@@ -70,12 +70,10 @@ PyBatchPlan schedule(PyScheduler& self) {
     std::lock_guard<std::mutex> lock(self.mu);
     out.plan = self.scheduler.schedule();
   }
-  out.scheduler = &self;
   return out;
 }
 
 PyStepOutputs update(PyScheduler& self, const PyBatchPlan& plan, const py::handle& sampled_obj) {
-  if (plan.scheduler != &self) throw py::value_error("plan: was made by another Scheduler");
   py::array_t<int32_t> sampled = as_int32_vector(sampled_obj, "sampled_token_ids");
   auto outputs = std::make_shared<core::StepOutputs>();
   {

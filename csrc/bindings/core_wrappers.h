@@ -45,7 +45,6 @@ struct PyBatchPlan {
                kLogitsIndices, kSampledSeqIndices, kHandles, kPreemptedHandles, kNumFields };
 
   std::shared_ptr<const core::BatchPlan> plan;
-  const void* scheduler = nullptr;  // which Scheduler made it
   py::object owner;                 // capsule, made on first view
   std::array<py::object, kNumFields> views;
 

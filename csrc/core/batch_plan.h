@@ -18,7 +18,8 @@ struct Request;
 struct BatchPlan {
   BatchPlan(int32_t max_num_seqs, int32_t max_num_tokens, int32_t max_blocks_per_seq, int32_t block_size);
 
-  uint64_t step_id = 0;         // which schedule() produced it; update() checks it
+  uint64_t scheduler_id = 0;    // which Scheduler produced it (unique per process)
+  uint64_t step_id = 0;         // which schedule() produced it; update() checks both
   int32_t num_seqs = 0;         // S
   int32_t num_tokens = 0;       // T
   int32_t num_sampled = 0;      // N

@@ -1,6 +1,7 @@
 #include "core/scheduler.h"
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -10,10 +11,12 @@ namespace pagedllm::core {
 
 namespace {
 constexpr size_t kMaxPooledPlans = 8;
+std::atomic<uint64_t> next_scheduler_id{1};
 }
 
 Scheduler::Scheduler(const SchedulerConfig& config)
-    : config_((config.validate(), config)),
+    : id_(next_scheduler_id.fetch_add(1)),
+      config_((config.validate(), config)),
       kv_(config.num_blocks, config.block_size, config.enable_prefix_caching),
       waiting_(ServedOrder{config.policy}) {
   running_.reserve(static_cast<size_t>(config.max_num_seqs));
@@ -184,6 +187,7 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
   std::shared_ptr<BatchPlan> plan_ptr = acquire_plan();
   BatchPlan& plan = *plan_ptr;
   plan.clear();
+  plan.scheduler_id = id_;
   plan.step_id = next_step_id_++;
   pending_step_id_ = plan.step_id;
   scheduled_.clear();
@@ -264,6 +268,7 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
 }
 
 void Scheduler::update(const BatchPlan& plan, const int32_t* sampled, size_t num_sampled, StepOutputs& out) {
+  if (plan.scheduler_id != id_) throw std::invalid_argument("plan: was made by another Scheduler");
   if (plan.step_id != pending_step_id_) {
     throw CoreError("update(): the plan is not the latest schedule() result, or was already applied");
   }

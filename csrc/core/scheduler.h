@@ -67,7 +67,7 @@ class Scheduler {
 
   // Applies the tokens sampled for `plan` ([plan.num_sampled], aligned with logits_indices).
   // Throws CoreError if `plan` is not the latest schedule() result or was already applied,
-  // std::invalid_argument for a wrong count or a negative token id.
+  // std::invalid_argument for another Scheduler's plan, a wrong count or a negative token id.
   void update(const BatchPlan& plan, const int32_t* sampled_token_ids, size_t num_sampled, StepOutputs& out);
 
   bool has_unfinished_requests() const { return !handle_to_slot_.empty(); }
@@ -96,6 +96,7 @@ class Scheduler {
   void forget_uncomputed_cache_entries(Request& r);
   void roll_back(const BatchPlan& plan);
 
+  const uint64_t id_;  // distinguishes this Scheduler's plans from any other's
   SchedulerConfig config_;
   KVCacheManager kv_;
 

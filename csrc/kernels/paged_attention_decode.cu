@@ -57,6 +57,8 @@ constexpr int tile_tokens() {
   constexpr int t = 16384 / row;
   return t > 64 ? 64 : (t < 16 ? 16 : t);
 }
+// Two stages of up-to-32 KB tiles. Measured on an H100 (benchmarks/kernels/NOTES.md): half-size
+// tiles three stages deep (more CTAs per SM) ran 4-11% slower.
 constexpr int kStages = 2;
 
 template <typename T, int D, int NG>

@@ -76,6 +76,14 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
   }
 }
 
+// Four 8x8 b16 matrices: lane l addresses row (l & 7) of matrix l / 8.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 // Four 8x8 b16 matrices, transposed: lane l addresses row (l & 7) of matrix l / 8.
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
@@ -187,19 +195,33 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+      // K B-fragments of two k-steps per ldmatrix.x4: lane l addresses key nt*8 + (l & 7) at
+      // column ks*16 + (l >> 3) * 8.
 #pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        const T* kr = &sK[nt * 8 + gid][ks * 16 + tig * 2];
-        mma16816<T>(sc[nt], qa[ks], *reinterpret_cast<const uint32_t*>(kr),
+      for (int ks = 0; ks + 1 < KS; ks += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, &sK[nt * 8 + (lane & 7)][ks * 16 + (lane >> 3) * 8]);
+        mma16816<T>(sc[nt], qa[ks], b[0], b[1]);
+        mma16816<T>(sc[nt], qa[ks + 1], b[2], b[3]);
+      }
+      if constexpr (KS % 2 == 1) {
+        const T* kr = &sK[nt * 8 + gid][(KS - 1) * 16 + tig * 2];
+        mma16816<T>(sc[nt], qa[KS - 1], *reinterpret_cast<const uint32_t*>(kr),
                     *reinterpret_cast<const uint32_t*>(kr + 8));
       }
     }
     // Mask (causal, window, padding rows) and scale into base-2 logits; tile max per row.
     float tmA = -INFINITY, tmB = -INFINITY;
+    // Tiles wholly below both rows' diagonals (and no window) need no mask.
+    const bool unmasked = okA && okB && p.sliding_window <= 0 && kt + kBlockN - 1 <= posA;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
+        if (unmasked) {
+          sc[nt][i] *= p.scale_log2;
+          continue;
+        }
         const int key = kt + nt * 8 + tig * 2 + (i & 1);
         const int pos = i < 2 ? posA : posB;
         const bool ok = (i < 2 ? okA : okB) && key <= pos &&

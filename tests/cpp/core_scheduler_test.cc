@@ -473,6 +473,8 @@ TEST(Scheduler, UpdateRejectsStaleOrMismatchedInput) {
   EXPECT_THROW(s.update(*plan, two, 2, out), std::invalid_argument);  // wrong count
   const int32_t neg[1] = {-5};
   EXPECT_THROW(s.update(*plan, neg, 1, out), std::invalid_argument);
+  Scheduler other(config(16, 4, 64));
+  EXPECT_THROW(other.update(*plan, two, 1, out), std::invalid_argument);  // not its plan
   s.update(*plan, two, 1, out);
   EXPECT_THROW(s.update(*plan, two, 1, out), CoreError);  // applied twice
   auto p2 = s.schedule();

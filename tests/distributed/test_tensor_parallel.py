@@ -99,3 +99,22 @@ def test_worker_death_fails_the_next_step(tiny_llama):
     finally:
         executor.close()
     assert all(p.poll() is not None for p in executor._procs)
+
+
+def test_llm_with_tensor_parallel_size_2_matches_tp1(tiny_qwen3):
+    """The public path: LLM(..., tensor_parallel_size=2) through EngineArgs and EngineCore."""
+    from pagedllm import LLM, SamplingParams
+
+    prompts = ["hello world", "the quick brown fox jumps", "a"]
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    kwargs = dict(model=str(tiny_qwen3), dtype="float32", device="cpu", max_model_len=128,
+                  kv_cache_space_bytes=4 << 20)
+    expected = [o.outputs[0].token_ids for o in
+                LLM(**kwargs).generate(prompts, params, use_tqdm=False)]
+    llm = LLM(tensor_parallel_size=2, **kwargs)
+    try:
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    finally:
+        llm.llm_engine.shutdown()
+    assert got == expected
+    assert all(len(t) == 10 for t in got)

@@ -60,6 +60,15 @@ def write_gguf(hf_dir: Path, out: Path, quant: str) -> Path:
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(0 if quant == "F32" else 7)
+    if config.rope_parameters.get("rope_type") == "llama3":
+        # llama.cpp's form of llama3 scaling: a divisor per frequency, from transformers' own
+        # llama3 and default frequencies.
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+        exponents = torch.arange(0, config.head_dim, 2, dtype=torch.int64).float()
+        plain = 1.0 / (config.rope_parameters["rope_theta"] ** (exponents / config.head_dim))
+        writer.add_tensor("rope_freqs.weight", (plain / scaled).float().numpy())
     for name, tensor in weights.items():
         array = tensor.float().numpy()
         if name.startswith("model.layers."):
@@ -159,6 +168,31 @@ def test_tiny_qwen3_gguf_untied_with_qk_norm(tmp_path):
     with torch.inference_mode():
         expected = hf(torch.tensor([tokens])).logits[0]
     torch.testing.assert_close(prefill_logits(runner, tokens), expected, rtol=0, atol=1e-4)
+
+
+def test_tiny_llama3_gguf_with_rope_freqs(tmp_path):
+    hf_dir = make_tiny_model("llama", tmp_path / "hf", seed=9, rope_theta=500000.0,
+                             rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                               high_freq_factor=4.0,
+                                               original_max_position_embeddings=64))
+    path = write_gguf(hf_dir, tmp_path / "tiny-llama3.gguf", "F32")
+    runner = gguf_runner(str(path))
+    assert len(runner.hf_config.gguf_rope_freq_factors) == 16
+    tokens = list(range(3, 300))   # long enough for every frequency band to matter
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        expected = hf(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(prefill_logits(runner, tokens), expected, rtol=0, atol=1e-4)
+
+
+def test_directory_with_one_gguf_needs_no_file_name(tiny_llama_for_gguf, tmp_path):
+    hf_dir, _ = tiny_llama_for_gguf
+    write_gguf(hf_dir, tmp_path / "only.gguf", "F32")
+    runner = gguf_runner(str(tmp_path))
+    assert runner.model_config.gguf_path == str(tmp_path / "only.gguf")
+    write_gguf(hf_dir, tmp_path / "second.gguf", "F32")
+    with pytest.raises(ValueError, match="gguf_file.*several"):
+        gguf_runner(str(tmp_path))
 
 
 def test_gguf_path_errors(tmp_path):

@@ -171,8 +171,6 @@ class EngineArgs:
             enable_chunked_prefill=self.enable_chunked_prefill,
             policy=self.scheduling_policy,
         )
-        if self.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size: only 1 is supported for now")
         parallel_config = ParallelConfig(tensor_parallel_size=self.tensor_parallel_size)
         device_config = DeviceConfig(device=self.device, enforce_eager=self.enforce_eager)
         return EngineConfig(

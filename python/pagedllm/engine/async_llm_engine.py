@@ -350,6 +350,7 @@ class AsyncLLMEngine:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(self._loop_task.cancel)
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self.engine.shutdown()
 
     def __del__(self) -> None:
         try:

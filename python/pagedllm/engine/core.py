@@ -78,7 +78,13 @@ class EngineCore:
 
         self.config = config
         self._core = _core
-        if runner is None:
+        if runner is None and config.parallel_config.tensor_parallel_size > 1:
+            from pagedllm.distributed.tp_executor import TPExecutor
+
+            # N ranks behind one runner-shaped object; only this process schedules and samples.
+            runner = TPExecutor(config)
+            num_blocks = runner.num_blocks
+        elif runner is None:
             from pagedllm.worker.model_runner import ModelRunner
 
             runner = ModelRunner(
@@ -139,6 +145,12 @@ class EngineCore:
         self.num_steps = 0
         self.time_host = 0.0
         self.time_model = 0.0
+
+    def close(self) -> None:
+        """Release what the runner holds outside this process (tensor-parallel workers)."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     # -- requests -----------------------------------------------------------------------------
     def add_request(

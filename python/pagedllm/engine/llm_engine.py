@@ -132,6 +132,10 @@ class LLMEngine:
     def get_tokenizer(self) -> Any:
         return self.tokenizer
 
+    def shutdown(self) -> None:
+        """Stop tensor-parallel workers, if any. The engine is unusable afterwards."""
+        self.engine_core.close()
+
     def get_model_config(self) -> Any:
         return self.model_config
 

@@ -1,6 +1,7 @@
 """Rotary position embedding: a cos/sin table per position, applied in place by pagedllm.ops.
 
-Supported scalings: none ("default"), "linear" and "llama3" (Llama 3.1+ frequency smoothing).
+Supported scalings: none ("default"), "linear", "llama3" (Llama 3.1+ frequency smoothing) and
+"freq_factors" (the same smoothing as GGUF files store it: one divisor per frequency).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from pagedllm import ops
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "freq_factors")
 
 
 def rope_parameters_from_config(hf_config: Any) -> dict:
@@ -25,6 +26,10 @@ def rope_parameters_from_config(hf_config: Any) -> dict:
         params = dict(getattr(hf_config, "rope_scaling", None) or {})
         params["rope_theta"] = getattr(hf_config, "rope_theta", 10000.0)
     params["rope_type"] = params.get("rope_type", params.get("type", "default")) or "default"
+    factors = getattr(hf_config, "gguf_rope_freq_factors", None)
+    if factors:   # set by the GGUF loader; replaces any other scaling
+        params["rope_type"] = "freq_factors"
+        params["freq_factors"] = list(factors)
     return params
 
 
@@ -35,6 +40,12 @@ def _inverse_frequencies(rotary_dim: int, params: dict) -> torch.Tensor:
     rope_type = params["rope_type"]
     if rope_type == "default":
         return inv_freq
+    if rope_type == "freq_factors":
+        factors = torch.tensor(params["freq_factors"], dtype=torch.float32)
+        if factors.shape != inv_freq.shape:
+            raise ValueError(f"rope_scaling: {factors.numel()} GGUF rope_freqs factors for "
+                             f"{inv_freq.numel()} frequencies")
+        return inv_freq / factors
     if rope_type == "linear":
         return inv_freq / float(params["factor"])
     if rope_type == "llama3":

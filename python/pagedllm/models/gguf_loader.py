@@ -47,20 +47,62 @@ def is_gguf(model: str, gguf_file: str | None) -> bool:
     return bool(gguf_file) or model.endswith(".gguf")
 
 
+def sole_gguf_in_directory(directory: str) -> str | None:
+    """The one .gguf file of a directory without config.json (None if it has a config.json or
+    no .gguf); ValueError naming gguf_file when several .gguf files make it ambiguous."""
+    if not os.path.isdir(directory) or os.path.isfile(os.path.join(directory, "config.json")):
+        return None
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".gguf"))
+    if len(files) > 1:
+        raise ValueError(f"gguf_file: {directory!r} holds several GGUF files {files}; "
+                         f"name one with gguf_file")
+    return files[0] if files else None
+
+
 def load_gguf_config(directory: str, file_name: str) -> Any:
+    """A transformers config built from the GGUF metadata. Read with our cached reader rather
+    than AutoConfig(gguf_file=...), which parses the whole file again (seconds for a 49k-token
+    vocabulary) and ignores attention.key_length (Qwen3Config then assumes head_dim 128)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(directory, gguf_file=file_name)
-    # transformers ignores attention.key_length (the head size) for some families and falls
-    # back to a default (Qwen3Config: 128); the file's value is authoritative.
-    fields = open_gguf(os.path.join(directory, file_name)).fields
-    key_length = fields.get(f"{config.model_type}.attention.key_length")
-    if key_length is not None:
-        config.head_dim = int(key_length.contents())
-    if not getattr(config, "architectures", None):
-        # GGUF metadata names the family only; pick its causal-LM class.
-        config.architectures = [_ARCHITECTURE_OF_MODEL_TYPE.get(config.model_type,
-                                                                config.model_type)]
+    path = os.path.join(directory, file_name)
+    fields = open_gguf(path).fields
+    arch = str(fields["general.architecture"].contents())
+    if arch not in SUPPORTED_GGUF_ARCHS:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: "
+                         f"{list(SUPPORTED_GGUF_ARCHS)}")
+
+    def value(key: str, default: Any = None) -> Any:
+        field = fields.get(key)
+        return default if field is None else field.contents()
+
+    num_heads = int(value(f"{arch}.attention.head_count"))
+    hidden = int(value(f"{arch}.embedding_length"))
+    head_dim = value(f"{arch}.attention.key_length") or value(f"{arch}.rope.dimension_count")
+    vocab = value(f"{arch}.vocab_size") or len(fields["tokenizer.ggml.tokens"].data)
+    config = AutoConfig.for_model(
+        arch,
+        architectures=[_ARCHITECTURE_OF_MODEL_TYPE[arch]],
+        vocab_size=int(vocab),
+        hidden_size=hidden,
+        intermediate_size=int(value(f"{arch}.feed_forward_length")),
+        num_hidden_layers=int(value(f"{arch}.block_count")),
+        num_attention_heads=num_heads,
+        num_key_value_heads=int(value(f"{arch}.attention.head_count_kv", num_heads)),
+        head_dim=int(head_dim or hidden // num_heads),
+        max_position_embeddings=int(value(f"{arch}.context_length", 2048)),
+        rms_norm_eps=float(value(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+        rope_theta=float(value(f"{arch}.rope.freq_base", 10000.0)),
+        bos_token_id=value("tokenizer.ggml.bos_token_id"),
+        eos_token_id=value("tokenizer.ggml.eos_token_id"),
+        tie_word_embeddings=not has_output_weight(path),
+    )
+    for tensor in open_gguf(path).tensors:
+        if tensor.name == "rope_freqs.weight":
+            # Llama 3.1+ GGUFs store their rope scaling as one divisor per frequency
+            # (llama.cpp: theta = position * inv_freq / factor); see rotary_embedding.py.
+            factors = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+            config.gguf_rope_freq_factors = [float(f) for f in factors]
     return config
 
 
@@ -108,7 +150,7 @@ def iterate_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch
     for tensor in tqdm(reader.tensors, desc="Dequantizing GGUF weights", disable=not show_bar):
         name = _hf_name(tensor.name)
         if name is None:
-            continue   # e.g. rope_freqs: recomputed from the config
+            continue   # e.g. rope_freqs: read into the config by load_gguf_config
         array = dequantize(tensor.data, tensor.tensor_type)
         # ggml lists dims fastest-first; HF wants them slowest-first.
         shape = [int(d) for d in reversed(tensor.shape.tolist())]

@@ -41,6 +41,8 @@ def resolve_model_config(model_config: ModelConfig,
     from transformers import AutoConfig
 
     path = resolve_model_path(model_config.model, model_config.revision)
+    if not model_config.gguf_file and not path.endswith(".gguf"):
+        model_config.gguf_file = gguf_loader.sole_gguf_in_directory(path)
     if gguf_loader.is_gguf(path, model_config.gguf_file) or model_config.load_format == "gguf":
         directory, name = gguf_loader.split_gguf_path(path, model_config.gguf_file)
         model_config.gguf_path = os.path.join(directory, name)

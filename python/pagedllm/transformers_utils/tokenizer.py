@@ -21,6 +21,8 @@ def get_tokenizer(model_config: ModelConfig) -> Any:
     path = resolve_model_path(name, model_config.revision, field_name="tokenizer")
     same_as_model = name == model_config.model
     gguf_file = model_config.gguf_file if same_as_model else None
+    if not gguf_file and not path.endswith(".gguf"):
+        gguf_file = gguf_loader.sole_gguf_in_directory(path)
     if gguf_loader.is_gguf(path, gguf_file):
         directory, file_name = gguf_loader.split_gguf_path(path, gguf_file)
         return AutoTokenizer.from_pretrained(directory, gguf_file=file_name, **kwargs)
