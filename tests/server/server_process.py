@@ -19,7 +19,6 @@ from typing import Optional
 import httpx
 
 _URL_RE = re.compile(r"Serving on (http://[^\s]+)")
-_FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
 
 
 class ServerProcess:
@@ -28,21 +27,19 @@ class ServerProcess:
         model: str,
         *extra_args: str,
         startup_timeout: float = 120.0,
-        fake_engine: Optional[bool] = None,
+        via_cli: bool = False,
     ) -> None:
-        if fake_engine is None:
-            fake_engine = os.environ.get("PAGEDLLM_TEST_FAKE_ENGINE") == "1"
+        """`via_cli` starts it as `python -m pagedllm.entrypoints.cli serve MODEL` instead."""
         self.log_file = tempfile.NamedTemporaryFile(
             "w+", prefix="pagedllm-server-", suffix=".log", delete=False
         )
-        entry = (
-            [str(_FAKE_ENGINE)] if fake_engine else ["-m", "pagedllm.entrypoints.openai.api_server"]
-        )
+        if via_cli:
+            entry = ["-m", "pagedllm.entrypoints.cli", "serve", str(model)]
+        else:
+            entry = ["-m", "pagedllm.entrypoints.openai.api_server", "--model", str(model)]
         cmd = [
             sys.executable,
             *entry,
-            "--model",
-            str(model),
             "--port",
             "0",
             "--disable-uvicorn-access-log",

@@ -41,6 +41,7 @@ def keyed_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
         "tiny",
         "--device",
         "cpu",
+        via_cli=True,   # `pagedllm serve MODEL ...`, the README's entry point
     )
     yield proc
     proc.close()
