@@ -76,7 +76,7 @@ async def test_1000_concurrent_streams(rserver):
 async def test_disconnect_storm_leaves_others_intact(rserver):
     prompts = [f"storm prompt {k} " * (1 + k % 5) for k in range(20)]
 
-    def body(k: int) -> dict:
+    def body(k: int, n: int = 1) -> dict:
         return {
             "model": MODEL,
             "prompt": prompts[k],
@@ -84,6 +84,7 @@ async def test_disconnect_storm_leaves_others_intact(rserver):
             "temperature": 0.0,
             "ignore_eos": True,
             "stream": True,
+            "n": n,
         }
 
     async with httpx.AsyncClient(base_url=rserver.url, timeout=600, limits=limits(500)) as c:
@@ -93,12 +94,18 @@ async def test_disconnect_storm_leaves_others_intact(rserver):
             res = check_stream_lines(await stream_lines(c, "/v1/completions", body(k)))
             reference.append(res.texts[0])
         rng = random.Random(1)
-        plan = [(i % len(prompts), rng.random() < 0.3, rng.randint(1, 30)) for i in range(500)]
+        # (prompt, disconnects?, after how many events, n): every 5th request has n=2
+        plan = [
+            (i % len(prompts), rng.random() < 0.3, rng.randint(1, 30), 2 if i % 5 == 0 else 1)
+            for i in range(500)
+        ]
 
-        async def one(k: int, leave: bool, after_events: int):
+        async def one(k: int, leave: bool, after_events: int, n: int):
             if not leave:
-                return k, check_stream_lines(await stream_lines(c, "/v1/completions", body(k)))
-            async with c.stream("POST", "/v1/completions", json=body(k)) as resp:
+                res = check_stream_lines(await stream_lines(c, "/v1/completions", body(k, n)))
+                assert sorted(res.texts) == list(range(n))
+                return k, res
+            async with c.stream("POST", "/v1/completions", json=body(k, n)) as resp:
                 seen = 0
                 async for line in resp.aiter_lines():
                     seen += line.startswith("data: ")
@@ -108,8 +115,8 @@ async def test_disconnect_storm_leaves_others_intact(rserver):
 
         results = await asyncio.gather(*[one(*p) for p in plan])
     completed = [(k, r) for k, r in results if r is not None]
-    assert len(completed) == sum(1 for _, leave, _ in plan if not leave)
-    mismatched = [k for k, r in completed if r.texts[0] != reference[k]]
+    assert len(completed) == sum(1 for _, leave, _, _ in plan if not leave)
+    mismatched = [k for k, r in completed if any(t != reference[k] for t in r.texts.values())]
     assert mismatched == []
     after = wait_until_idle(rserver.url)
     assert after["pagedllm:kv_cache_blocks_used"] == 0
