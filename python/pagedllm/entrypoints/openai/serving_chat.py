@@ -40,7 +40,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     token_text,
     top_entries,
 )
-from pagedllm.entrypoints.openai.streaming import SSE_DONE, sse_event
+from pagedllm.entrypoints.openai.streaming import SSE_DONE, FastChunks, sse_event
 
 # Arguments of apply_chat_template a client must not override through chat_template_kwargs.
 _RESERVED_TEMPLATE_KWARGS = {
@@ -205,6 +205,7 @@ class OpenAIServingChat(OpenAIServing):
         prompt: PreparedPrompt,
         calls: list[EngineCall],
     ) -> AsyncIterator[str]:
+        fast = FastChunks(request_id, created, model, "chat.completion.chunk")
         timer = RequestTimer(self.ctx.metrics)
         timer.on_prompt(len(prompt.token_ids))
         states: dict[int, ChatChoiceState] = {}
@@ -248,6 +249,9 @@ class OpenAIServingChat(OpenAIServing):
                     if finish is not None:
                         st.finished = True
                     if not delta and finish is None:
+                        continue
+                    if logprobs is None:
+                        yield fast.chat(comp.index, delta, finish, comp.stop_reason)
                         continue
                     yield chunk(
                         ChatStreamChoice(

@@ -32,7 +32,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     token_text,
     top_entries,
 )
-from pagedllm.entrypoints.openai.streaming import SSE_DONE, sse_event
+from pagedllm.entrypoints.openai.streaming import SSE_DONE, FastChunks, sse_event
 
 
 @dataclass
@@ -208,6 +208,7 @@ class OpenAIServingCompletion(OpenAIServing):
         prompts: list[PreparedPrompt],
         calls: list[EngineCall],
     ) -> AsyncIterator[str]:
+        fast = FastChunks(request_id, created, model, "text_completion")
         timers = [RequestTimer(self.ctx.metrics) for _ in calls]
         states: dict[tuple[int, int], ChoiceState] = {}
         completion_tokens = 0
@@ -253,6 +254,10 @@ class OpenAIServingCompletion(OpenAIServing):
                         st.finished = True
                     if not delta and finish is None:
                         continue  # nothing printable yet (e.g. half a UTF-8 character)
+                    if logprobs is None:
+                        yield fast.completion(i * req.n + comp.index, delta, finish,
+                                              comp.stop_reason)
+                        continue
                     chunk = CompletionChunk(
                         id=request_id,
                         created=created,
