@@ -188,6 +188,12 @@ class ServerMetrics:
             metric.labels(model_name)
         self._engine_counters = _EngineCounters()
         r.register(self._engine_counters)
+        # The per-token series, bound once: labels() costs ~10 us and runs for every token.
+        self.ttft_series = self.ttft.labels(model_name)
+        self.itl_series = self.itl.labels(model_name)
+        self.e2e_series = self.e2e.labels(model_name)
+        self.generation_tokens_series = self.generation_tokens.labels(model_name)
+        self.prompt_tokens_series = self.prompt_tokens.labels(model_name)
 
     def update_from_engine(self, stats: Any) -> None:
         m = self.model_name
@@ -230,22 +236,21 @@ class RequestTimer:
             return
         now = time.perf_counter()
         if self.metrics is not None:
-            m = self.metrics.model_name
             if self.last is None:
-                self.metrics.ttft.labels(m).observe(now - self.start)
+                self.metrics.ttft_series.observe(now - self.start)
             else:
-                self.metrics.itl.labels(m).observe(now - self.last)
-            self.metrics.generation_tokens.labels(m).inc(num_new_tokens)
+                self.metrics.itl_series.observe(now - self.last)
+            self.metrics.generation_tokens_series.inc(num_new_tokens)
         self.last = now
         self.num_generated += num_new_tokens
 
     def on_prompt(self, num_prompt_tokens: int) -> None:
         if self.metrics is not None:
-            self.metrics.prompt_tokens.labels(self.metrics.model_name).inc(num_prompt_tokens)
+            self.metrics.prompt_tokens_series.inc(num_prompt_tokens)
 
     def on_finish(self, finish_reason: Optional[str]) -> None:
         if self.metrics is None:
             return
-        m = self.metrics.model_name
-        self.metrics.e2e.labels(m).observe(time.perf_counter() - self.start)
-        self.metrics.request_success.labels(m, finish_reason or "unknown").inc()
+        self.metrics.e2e_series.observe(time.perf_counter() - self.start)
+        reason = finish_reason or "unknown"
+        self.metrics.request_success.labels(self.metrics.model_name, reason).inc()
