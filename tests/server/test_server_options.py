@@ -204,3 +204,28 @@ def test_sigint_finishes_in_flight_stream_and_exits_0(keyed_server):
     assert keyed_server.proc.returncode == 0, keyed_server.log()
     with pytest.raises(httpx.TransportError):
         httpx.get(keyed_server.url + "/health", timeout=2)
+
+
+def test_cli_chat_against_server_with_template(server):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    expected = httpx.post(server.base_url + "/chat/completions", timeout=60, json={
+        "model": "tiny", "messages": messages, "max_tokens": 6, "temperature": 0}).json()
+    reply = expected["choices"][0]["message"]["content"]
+    done = run_cli("chat", "--url", server.base_url, "--max-tokens", "6", "--temperature", "0",
+                   "--system-prompt", "Be brief.", "-q", "hello")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == reply + "\n"
+    # stdin: a two-turn conversation (the second turn sees the first answer)
+    second = httpx.post(server.base_url + "/chat/completions", timeout=60, json={
+        "model": "tiny", "max_tokens": 6, "temperature": 0,
+        "messages": messages + [{"role": "assistant", "content": reply},
+                                {"role": "user", "content": "again"}]}).json()
+    convo = run_cli("chat", "--url", server.base_url, "--max-tokens", "6", "--temperature", "0",
+                    "--system-prompt", "Be brief.", stdin="hello\nagain\n")
+    assert convo.stdout == reply + "\n" + second["choices"][0]["message"]["content"] + "\n"
+
+
+def test_startup_log_names_model_dtype_device_blocks(server):
+    line = next(x for x in server.log().splitlines() if "max_model_len" in x)
+    assert "served as tiny" in line and "max_model_len 256" in line
+    assert "dtype torch.float32" in line and "device cpu" in line and "KV blocks" in line
