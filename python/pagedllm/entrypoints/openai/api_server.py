@@ -467,11 +467,8 @@ async def run_server(
                 srv.should_exit = True
 
         ctx.on_engine_dead = on_engine_dead
-        app = build_app(
-            ctx,
-            api_key=args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None,
-            metrics_public=args.metrics_public,
-        )
+        api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
+        app = build_app(ctx, api_key=api_key, metrics_public=args.metrics_public)
         config = uvicorn.Config(
             app,
             log_level=args.uvicorn_log_level,
@@ -499,7 +496,7 @@ async def run_server(
             "Serving on http://%s:%d (API key %s)",
             shown_host,
             port,
-            "required" if app.state.ctx and args.api_key else "not required",
+            "required" if api_key else "not required",
         )
 
         async def watchdog() -> None:
