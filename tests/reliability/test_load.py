@@ -116,8 +116,10 @@ async def test_disconnect_storm_leaves_others_intact(rserver):
         results = await asyncio.gather(*[one(*p) for p in plan])
     completed = [(k, r) for k, r in results if r is not None]
     assert len(completed) == sum(1 for _, leave, _, _ in plan if not leave)
-    mismatched = [k for k, r in completed if any(t != reference[k] for t in r.texts.values())]
-    assert mismatched == []
+    mismatched = [(k, reference[k], t) for k, r in completed for t in r.texts.values()
+                  if t != reference[k]]
+    assert mismatched == [], f"{len(mismatched)} streams differ from the unloaded run (prompt, " \
+                             f"reference, got): {mismatched[:3]}"
     after = wait_until_idle(rserver.url)
     assert after["pagedllm:kv_cache_blocks_used"] == 0
     assert after["pagedllm:num_requests_running"] == 0

@@ -161,7 +161,7 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from pagedllm.entrypoints.openai.api_server import add_server_args
+    from pagedllm.entrypoints.openai.cli_args import add_server_args
 
     parser = argparse.ArgumentParser(prog="pagedllm", description="pagedllm: serve and query LLMs")
     sub = parser.add_subparsers(dest="command", required=True)

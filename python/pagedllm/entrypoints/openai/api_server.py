@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import signal
@@ -29,21 +28,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 import pagedllm
+from pagedllm.entrypoints.openai.cli_args import add_server_args, validate_server_args
 from pagedllm.entrypoints.openai.errors import (
     APIError,
-    AuthenticationError,
-    BadRequestError,
     error_body,
     error_response,
     internal_error_response,
     validation_error_message,
 )
 from pagedllm.entrypoints.openai.metrics import ServerMetrics
+from pagedllm.entrypoints.openai.middleware import BodyLimitAndAuthMiddleware
 from pagedllm.entrypoints.openai.protocol import (
-    MAX_BODY_BYTES,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
@@ -69,99 +66,6 @@ logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
 
 # A status for "the client went away"; nobody reads it, but access logs show it (nginx's 499).
 CLIENT_CLOSED_REQUEST = 499
-
-
-# ---- ASGI middleware (pure ASGI, so disconnect detection keeps working) ----------------------
-
-
-class _BodyTooLarge(APIError):
-    status = 413
-
-    def __init__(self) -> None:
-        super().__init__(f"Request body exceeds {MAX_BODY_BYTES} bytes.", code="body_too_large")
-
-
-class BodyLimitAndAuthMiddleware:
-    """413 for bodies over MAX_BODY_BYTES; 401 without the right bearer token (if a key is set);
-    any exception escaping a route becomes a JSON 500 here (or, once a stream started, the end of
-    that stream), so nothing reaches uvicorn, which would drop the connection."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        api_key: Optional[str],
-        public_paths: set[str],
-        on_internal_error: Callable[[Exception], Response],
-    ) -> None:
-        self.app = app
-        self.api_key = api_key.encode() if api_key else None
-        self.public_paths = public_paths
-        self.on_internal_error = on_internal_error
-
-    async def _reject(self, send: Send, err: APIError) -> None:
-        resp = error_response(err)
-        if isinstance(err, AuthenticationError):
-            resp.headers["WWW-Authenticate"] = "Bearer"
-        await resp({"type": "http"}, _no_receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        header = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                header = value
-                break
-        scheme, _, token = header.partition(b" ")
-        # Compare in constant time; a wrong scheme still costs one comparison.
-        ok = hmac.compare_digest(token.strip(), self.api_key)
-        return ok and scheme.lower() == b"bearer"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.api_key is not None and scope.get("path", "") not in self.public_paths:
-            if scope.get("method") != "OPTIONS" and not self._authorized(scope):
-                await self._reject(send, AuthenticationError())
-                return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await self._reject(send, BadRequestError("Invalid Content-Length header."))
-                    return
-                if declared > MAX_BODY_BYTES:
-                    await self._reject(send, _BodyTooLarge())
-                    return
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > MAX_BODY_BYTES:
-                    raise _BodyTooLarge()
-            return message
-
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except Exception as exc:
-            response = self.on_internal_error(exc)
-            if not started:
-                await response(scope, _no_receive, send)
-
-
-async def _no_receive() -> dict:
-    return {"type": "http.disconnect"}
 
 
 # ---- the app ------------------------------------------------------------------------------
@@ -522,62 +426,6 @@ async def run_server(
         sock.close()
     logger.info("server stopped (exit code %d)", exit_code)
     return exit_code
-
-
-def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Server flags (vLLM's names), then every EngineArgs flag."""
-    from pagedllm.engine.arg_utils import AsyncEngineArgs
-
-    g = parser.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    g.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    g.add_argument(
-        "--api-key",
-        default=None,
-        help="require 'Authorization: Bearer KEY' (or set PAGEDLLM_API_KEY)",
-    )
-    g.add_argument(
-        "--served-model-name",
-        nargs="+",
-        default=None,
-        help="model name(s) clients use in the 'model' field",
-    )
-    g.add_argument(
-        "--max-num-waiting",
-        type=int,
-        default=None,
-        help="answer 503 while more than this many requests wait for the engine",
-    )
-    g.add_argument("--chat-template", default=None, help="chat template file or Jinja text")
-    g.add_argument(
-        "--metrics-public", action="store_true", help="serve /metrics without the API key"
-    )
-    g.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=10.0,
-        help="seconds in-flight requests get to finish after SIGINT/SIGTERM",
-    )
-    g.add_argument(
-        "--uvicorn-log-level",
-        default="info",
-        choices=["critical", "error", "warning", "info", "debug", "trace"],
-    )
-    g.add_argument("--disable-uvicorn-access-log", action="store_true")
-    g.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    AsyncEngineArgs.add_cli_args(parser)
-    return parser
-
-
-def validate_server_args(args: argparse.Namespace) -> None:
-    if not (0 <= args.port <= 65535):
-        raise ValueError("port: must be in [0, 65535]")
-    if args.max_num_waiting is not None and args.max_num_waiting < 0:
-        raise ValueError("max_num_waiting: must be >= 0")
-    if args.shutdown_timeout < 0:
-        raise ValueError("shutdown_timeout: must be >= 0")
 
 
 def setup_logging(level: str) -> None:
