@@ -3,6 +3,7 @@
 The server binds port 0 and logs its URL; we read it from the log file, then wait for /health.
 `stop()` sends SIGTERM and returns the exit code (0 means a graceful shutdown).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,22 +19,40 @@ from typing import Optional
 import httpx
 
 _URL_RE = re.compile(r"Serving on (http://[^\s]+)")
-_FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
 
 
 class ServerProcess:
-    def __init__(self, model: str, *extra_args: str, startup_timeout: float = 120.0,
-                 fake_engine: Optional[bool] = None) -> None:
-        if fake_engine is None:
-            fake_engine = os.environ.get("PAGEDLLM_TEST_FAKE_ENGINE") == "1"
-        self.log_file = tempfile.NamedTemporaryFile("w+", prefix="pagedllm-server-", suffix=".log",
-                                                    delete=False)
-        entry = [str(_FAKE_ENGINE)] if fake_engine else ["-m", "pagedllm.entrypoints.openai.api_server"]
-        cmd = [sys.executable, *entry, "--model", str(model), "--port", "0",
-               "--disable-uvicorn-access-log", *extra_args]
+    def __init__(
+        self,
+        model: str,
+        *extra_args: str,
+        startup_timeout: float = 120.0,
+        via_cli: bool = False,
+    ) -> None:
+        """`via_cli` starts it as `python -m pagedllm.entrypoints.cli serve MODEL` instead."""
+        self.log_file = tempfile.NamedTemporaryFile(
+            "w+", prefix="pagedllm-server-", suffix=".log", delete=False
+        )
+        if via_cli:
+            entry = ["-m", "pagedllm.entrypoints.cli", "serve", str(model)]
+        else:
+            entry = ["-m", "pagedllm.entrypoints.openai.api_server", "--model", str(model)]
+        cmd = [
+            sys.executable,
+            *entry,
+            "--port",
+            "0",
+            "--disable-uvicorn-access-log",
+            *extra_args,
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(Path(__file__).parent))
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(Path(__file__).parent),
+        )
         self.url = self._wait_for_url(startup_timeout)
         self.base_url = self.url + "/v1"
 
@@ -90,8 +109,9 @@ class InProcessServer:
         from pagedllm.engine.async_llm_engine import AsyncLLMEngine
         from pagedllm.entrypoints.openai.api_server import make_parser, run_server
 
-        args = make_parser().parse_args(["--model", str(model), "--port", "0",
-                                         "--disable-uvicorn-access-log", *extra_args])
+        args = make_parser().parse_args(
+            ["--model", str(model), "--port", "0", "--disable-uvicorn-access-log", *extra_args]
+        )
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs.from_cli_args(args))
         self.exit_code: Optional[int] = None
         self._ready = threading.Event()

@@ -1,5 +1,6 @@
 """Raw HTTP: every error case of issue 5 (OpenAI-shaped JSON, exact status), SSE framing,
 tokenize/detokenize, and a server that keeps serving after all of it."""
+
 from __future__ import annotations
 
 import json
@@ -33,67 +34,99 @@ def assert_error(resp: httpx.Response, status: int, param: str | None = None) ->
     return err
 
 
-@pytest.mark.parametrize("overrides, param", [
-    ({"max_tokens": -1}, "max_tokens"),
-    ({"temperature": -0.5}, "temperature"),
-    ({"top_p": 0.0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"n": 0}, "n"),
-    ({"n": 1_000_000}, "n"),
-    ({"logprobs": 1_000_000}, "logprobs"),
-    ({"stop": ["x"] * 1000}, "stop"),
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": []}, "prompt"),
-    ({"prompt": [[]]}, "prompt"),
-    ({"prompt": [10**9]}, "prompt"),
-    ({"prompt": [-1]}, "prompt"),
-    ({"max_tokens": 250, "prompt": "word " * 100}, "max_tokens"),   # beyond max_model_len=256
-    ({"prompt": "word " * 400, "max_tokens": 1}, "max_tokens"),
-    ({"prompt": 12}, "prompt"),
-    ({"seed": 2**70}, "seed"),
-    ({"frequency_penalty": 5}, "frequency_penalty"),
-    ({"stream_options": {"include_usage": True}}, None),          # without stream=true
-])
+@pytest.mark.parametrize(
+    "overrides, param",
+    [
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"n": 1_000_000}, "n"),
+        ({"logprobs": 1_000_000}, "logprobs"),
+        ({"stop": ["x"] * 1000}, "stop"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [[]]}, "prompt"),
+        ({"prompt": [10**9]}, "prompt"),
+        ({"prompt": [-1]}, "prompt"),
+        ({"max_tokens": 250, "prompt": "word " * 100}, "max_tokens"),  # beyond max_model_len=256
+        ({"prompt": "word " * 400, "max_tokens": 1}, "max_tokens"),
+        ({"prompt": 12}, "prompt"),
+        ({"seed": 2**70}, "seed"),
+        ({"frequency_penalty": 5}, "frequency_penalty"),
+        ({"stream_options": {"include_usage": True}}, None),  # without stream=true
+    ],
+)
 def test_completion_bad_parameters_400(http, overrides, param):
     err = assert_error(http.post("/v1/completions", json=completion(**overrides)), 400, param)
     assert err["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("body", [b'{"prompt": "x",', b"not json", b"[1, 2]", b'{"prompt": NaN}',
-                                  b"\xff\xfe\x00garbage", b"[" * 100_000 + b"]" * 100_000])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"prompt": "x",',
+        b"not json",
+        b"[1, 2]",
+        b'{"prompt": NaN}',
+        b"\xff\xfe\x00garbage",
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
 def test_malformed_bodies_400(http, body):
-    assert_error(http.post("/v1/completions", content=body,
-                           headers={"content-type": "application/json"}), 400)
+    assert_error(
+        http.post("/v1/completions", content=body, headers={"content-type": "application/json"}),
+        400,
+    )
 
 
 def test_non_finite_float_400(http):
-    resp = http.post("/v1/completions", content=b'{"prompt": "x", "temperature": Infinity}',
-                     headers={"content-type": "application/json"})
+    resp = http.post(
+        "/v1/completions",
+        content=b'{"prompt": "x", "temperature": Infinity}',
+        headers={"content-type": "application/json"},
+    )
     assert_error(resp, 400, "temperature")
 
 
 def test_chat_bad_parameters_400(http):
     base = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     assert_error(http.post("/v1/chat/completions", json={**base, "messages": []}), 400, "messages")
-    assert_error(http.post("/v1/chat/completions",
-                           json={**base, "messages": [{"role": "wizard", "content": "x"}]}), 400)
-    assert_error(http.post("/v1/chat/completions", json={**base, "max_tokens": -3}), 400,
-                 "max_tokens")
+    assert_error(
+        http.post(
+            "/v1/chat/completions", json={**base, "messages": [{"role": "wizard", "content": "x"}]}
+        ),
+        400,
+    )
+    assert_error(
+        http.post("/v1/chat/completions", json={**base, "max_tokens": -3}), 400, "max_tokens"
+    )
     assert_error(http.post("/v1/chat/completions", json={**base, "top_logprobs": 5}), 400)
-    assert_error(http.post("/v1/chat/completions", json={**base, "max_tokens": 10_000}), 400,
-                 "max_tokens")
-    assert_error(http.post("/v1/chat/completions",
-                           json={**base, "messages": [{"role": "user",
-                                                       "content": [{"type": "image_url"}]}]}),
-                 400, "messages")
+    assert_error(
+        http.post("/v1/chat/completions", json={**base, "max_tokens": 10_000}), 400, "max_tokens"
+    )
+    assert_error(
+        http.post(
+            "/v1/chat/completions",
+            json={**base, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        ),
+        400,
+        "messages",
+    )
 
 
 def test_unknown_model_404(http):
     err = assert_error(http.post("/v1/completions", json=completion(model="gpt-9")), 404, "model")
     assert err["code"] == "model_not_found"
-    assert_error(http.post("/v1/chat/completions",
-                           json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
-                 404, "model")
+    assert_error(
+        http.post(
+            "/v1/chat/completions",
+            json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+        ),
+        404,
+        "model",
+    )
 
 
 def test_unknown_route_and_method_shaped(http):
@@ -105,8 +138,9 @@ def test_body_too_large_413(http):
     from pagedllm.entrypoints.openai.protocol import MAX_BODY_BYTES
 
     big = b'{"prompt": "' + b"a" * (MAX_BODY_BYTES + 10) + b'"}'
-    assert_error(http.post("/v1/completions", content=big,
-                           headers={"content-type": "application/json"}), 413)
+    assert_error(
+        http.post("/v1/completions", content=big, headers={"content-type": "application/json"}), 413
+    )
 
 
 def test_server_still_serves_after_errors(http):
@@ -123,17 +157,32 @@ def parse_sse(raw: bytes) -> list[str]:
     payloads = []
     for event in events:
         assert event.startswith("data: ") and "\n" not in event, repr(event)
-        payloads.append(event[len("data: "):])
+        payloads.append(event[len("data: ") :])
     return payloads
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/completions", completion(max_tokens=6, stream=True, stream_options={"include_usage": True},
-                                   ignore_eos=True)),
-    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                              "max_tokens": 6, "stream": True, "ignore_eos": True,
-                              "stream_options": {"include_usage": True}}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        (
+            "/v1/completions",
+            completion(
+                max_tokens=6, stream=True, stream_options={"include_usage": True}, ignore_eos=True
+            ),
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 6,
+                "stream": True,
+                "ignore_eos": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
+    ],
+)
 def test_sse_framing(http, path, body):
     with http.stream("POST", path, json=body) as resp:
         assert resp.status_code == 200

@@ -1,5 +1,6 @@
 """The server in this process, with a handle on its engine: back-pressure (503) with a slowed
 engine, and a fault injected into one model forward failing only that step's requests."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,19 @@ STEP_DELAY_S = 0.02
 
 @pytest.fixture(scope="module")
 def local_server(tiny_llama: Path):
-    srv = InProcessServer(str(tiny_llama), "--max-num-waiting", "1", "--max-num-seqs", "1",
-                          "--max-model-len", "256", "--served-model-name", "tiny", "--device", "cpu")
+    srv = InProcessServer(
+        str(tiny_llama),
+        "--max-num-waiting",
+        "1",
+        "--max-num-seqs",
+        "1",
+        "--max-model-len",
+        "256",
+        "--served-model-name",
+        "tiny",
+        "--device",
+        "cpu",
+    )
     yield srv
     assert srv.stop() == 0
 
@@ -34,18 +46,24 @@ def slow_steps(local_server):
 def test_back_pressure_503(local_server, slow_steps):
     """max_num_seqs=1: A runs, B waits (1 waiting = the limit), C is refused with 503."""
     url = local_server.url + "/v1/completions"
-    long_body = {"model": "tiny", "prompt": "Long one", "max_tokens": 100, "ignore_eos": True,
-                 "stream": True}
+    long_body = {
+        "model": "tiny",
+        "prompt": "Long one",
+        "max_tokens": 100,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
         with a.stream("POST", url, json=long_body) as ra:
             assert ra.status_code == 200
-            a_lines = ra.iter_lines()   # kept referenced: dropping it would close A's connection
+            a_lines = ra.iter_lines()  # kept referenced: dropping it would close A's connection
             assert next(a_lines).startswith("data: ")  # A is running
             with b.stream("POST", url, json=long_body) as rb:
                 assert rb.status_code == 200  # headers go out at once; B waits for the slot
                 time.sleep(0.1)
-                resp = httpx.post(url, timeout=60, json={"model": "tiny", "prompt": "C",
-                                                         "max_tokens": 2})
+                resp = httpx.post(
+                    url, timeout=60, json={"model": "tiny", "prompt": "C", "max_tokens": 2}
+                )
                 assert resp.status_code == 503, resp.text
                 err = resp.json()["error"]
                 assert err["code"] == "server_overloaded" and err["type"] == "server_overloaded"
@@ -72,7 +90,7 @@ def test_fault_in_one_forward_fails_only_that_step(local_server):
         assert err["type"] == "internal_server_error" and err["code"] == 500
         with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as resp:
             events = [line for line in resp.iter_lines() if line]
-        assert events[-1] == "data: [DONE]"   # the next request is served normally
+        assert events[-1] == "data: [DONE]"  # the next request is served normally
         assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "length"
     finally:
         local_server.engine._fault_injector = None
@@ -92,9 +110,18 @@ def test_fault_mid_stream_sends_error_event(local_server):
 
     local_server.engine._fault_injector = explode_on_third
     try:
-        with httpx.stream("POST", url, timeout=60, json={"model": "tiny", "prompt": "x",
-                                                          "max_tokens": 8, "ignore_eos": True,
-                                                          "stream": True}) as resp:
+        with httpx.stream(
+            "POST",
+            url,
+            timeout=60,
+            json={
+                "model": "tiny",
+                "prompt": "x",
+                "max_tokens": 8,
+                "ignore_eos": True,
+                "stream": True,
+            },
+        ) as resp:
             assert resp.status_code == 200
             events = [line for line in resp.iter_lines() if line]
     finally:
@@ -103,3 +130,27 @@ def test_fault_mid_stream_sends_error_event(local_server):
     error = json.loads(events[-2][6:])["error"]
     assert error["code"] == 500 and error["type"] == "internal_server_error"
     assert httpx.get(local_server.url + "/health").status_code == 200
+
+
+def test_disconnect_frees_blocks_within_one_step(local_server, slow_steps):
+    """Steps take >= 20 ms here, so 'freed within one engine step' is measurable in steps."""
+    engine = local_server.engine
+    body = {"model": "tiny", "prompt": "Leave early", "max_tokens": 150, "ignore_eos": True,
+            "stream": True}
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", local_server.url + "/v1/completions", json=body) as resp:
+            lines = resp.iter_lines()
+            for _ in range(3):
+                assert next(lines).startswith("data: ")
+                next(lines)   # the blank line after each event
+            assert engine.get_stats().num_blocks_used > 0
+            steps_at_close = engine.get_stats().num_steps
+        # the connection is closed here
+    deadline = time.monotonic() + 5
+    while engine.get_stats().num_blocks_used > 0 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    stats = engine.get_stats()
+    assert stats.num_blocks_used == 0 and stats.num_running == 0
+    # The abort lands at the next step boundary; +1 because the snapshot read at close may lag
+    # the step that was running then. Without the abort this would be ~150 steps.
+    assert stats.num_steps - steps_at_close <= 2

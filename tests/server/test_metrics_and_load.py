@@ -1,4 +1,5 @@
-"""/metrics (parsed with prometheus_client), disconnects freeing KV blocks, 200 concurrent streams."""
+"""/metrics (parsed by prometheus_client), disconnects freeing KV blocks, 200 concurrent streams."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,11 @@ def wait_until_idle(url: str, timeout: float = 10.0) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
         m = scrape(url)
-        idle = (m["pagedllm:kv_cache_blocks_used"] == 0 and m["pagedllm:num_requests_running"] == 0
-                and m["pagedllm:num_requests_waiting"] == 0)
+        idle = (
+            m["pagedllm:kv_cache_blocks_used"] == 0
+            and m["pagedllm:num_requests_running"] == 0
+            and m["pagedllm:num_requests_waiting"] == 0
+        )
         if idle or time.monotonic() > deadline:
             return m
         time.sleep(0.05)
@@ -38,35 +42,60 @@ def wait_until_idle(url: str, timeout: float = 10.0) -> dict[str, float]:
 
 def test_metrics_parse_and_counters_move(server):
     before = scrape(server.url)
-    for name in ("pagedllm:num_requests_running", "pagedllm:num_requests_waiting",
-                 "pagedllm:kv_cache_usage_perc", "pagedllm:prefix_cache_hit_rate",
-                 "pagedllm:num_preemptions_total", "pagedllm:kv_cache_blocks_total"):
+    for name in (
+        "pagedllm:num_requests_running",
+        "pagedllm:num_requests_waiting",
+        "pagedllm:kv_cache_usage_perc",
+        "pagedllm:prefix_cache_hit_rate",
+        "pagedllm:num_preemptions_total",
+        "pagedllm:kv_cache_blocks_total",
+    ):
         assert name in before, name
     assert before["pagedllm:kv_cache_blocks_total"] > 0
-    body = {"model": MODEL, "prompt": "Counting tokens here", "max_tokens": 5, "temperature": 0,
-            "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "prompt": "Counting tokens here",
+        "max_tokens": 5,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     resp = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
     # The same prompt again: its full blocks may come from the prefix cache.
     httpx.post(server.url + "/v1/completions", json=body, timeout=60)
     after = wait_until_idle(server.url)
     n_prompt = resp["usage"]["prompt_tokens"]
     g = lambda m, k: m.get(k, 0.0)  # noqa: E731
-    assert g(after, "pagedllm:prompt_tokens_total") - g(before, "pagedllm:prompt_tokens_total") == 2 * n_prompt
-    assert g(after, "pagedllm:generation_tokens_total") - g(before, "pagedllm:generation_tokens_total") == 10
-    assert (g(after, "pagedllm:request_success_total[length]")
-            - g(before, "pagedllm:request_success_total[length]")) == 2
+    assert (
+        g(after, "pagedllm:prompt_tokens_total") - g(before, "pagedllm:prompt_tokens_total")
+        == 2 * n_prompt
+    )
+    assert (
+        g(after, "pagedllm:generation_tokens_total") - g(before, "pagedllm:generation_tokens_total")
+        == 10
+    )
+    assert (
+        g(after, "pagedllm:request_success_total[length]")
+        - g(before, "pagedllm:request_success_total[length]")
+    ) == 2
     for hist in ("time_to_first_token_seconds", "e2e_request_latency_seconds"):
         key = f"pagedllm:{hist}_count"
         assert g(after, key) - g(before, key) == 2
     key = "pagedllm:inter_token_latency_seconds_count"
     assert g(after, key) - g(before, key) == 8
-    assert g(after, "pagedllm:prefix_cache_queries_total") > g(before, "pagedllm:prefix_cache_queries_total")
+    assert g(after, "pagedllm:prefix_cache_queries_total") > g(
+        before, "pagedllm:prefix_cache_queries_total"
+    )
     assert after["pagedllm:kv_cache_usage_perc"] == 0.0
 
 
 def test_disconnect_mid_stream_frees_blocks(server):
-    body = {"model": MODEL, "prompt": "A long story begins " * 4, "max_tokens": 150,
-            "stream": True, "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "prompt": "A long story begins " * 4,
+        "max_tokens": 150,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with httpx.Client(timeout=60) as c:
         with c.stream("POST", server.url + "/v1/completions", json=body) as resp:
             assert resp.status_code == 200
@@ -108,8 +137,13 @@ async def test_200_concurrent_streams_complete(server):
     async def one(c: httpx.AsyncClient, i: int) -> tuple[str, int]:
         chat = i % 2 == 1
         path = "/v1/chat/completions" if chat else "/v1/completions"
-        body = {"model": MODEL, "max_tokens": 4 + i % 5, "stream": True, "ignore_eos": True,
-                "temperature": 0.0}
+        body = {
+            "model": MODEL,
+            "max_tokens": 4 + i % 5,
+            "stream": True,
+            "ignore_eos": True,
+            "temperature": 0.0,
+        }
         if chat:
             body["messages"] = [{"role": "user", "content": f"question {i}"}]
         else:

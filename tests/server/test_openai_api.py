@@ -1,4 +1,5 @@
 """The OpenAI-compatible server driven by the official `openai` client (sync and async)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,9 @@ def aclient(server) -> openai.AsyncOpenAI:
 
 
 def greedy(client: openai.OpenAI, prompt: str = PROMPT, max_tokens: int = 12, **kw):
-    return client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens,
-                                     temperature=0.0, **kw)
+    return client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0.0, **kw
+    )
 
 
 def test_models_and_version(client, server):
@@ -40,8 +42,11 @@ def test_completion_usage_and_length(client):
     choice = out.choices[0]
     assert choice.finish_reason == "length"
     assert out.usage.completion_tokens == 10
-    n_prompt = len(httpx.post(str(client.base_url).replace("/v1/", "/tokenize"),
-                              json={"prompt": PROMPT}).json()["tokens"])
+    n_prompt = len(
+        httpx.post(
+            str(client.base_url).replace("/v1/", "/tokenize"), json={"prompt": PROMPT}
+        ).json()["tokens"]
+    )
     assert out.usage.prompt_tokens == n_prompt
     assert out.usage.total_tokens == n_prompt + 10
 
@@ -50,29 +55,39 @@ def test_greedy_matches_llm_generate(client, tiny_llama):
     from pagedllm import LLM, SamplingParams
 
     prompts = [PROMPT, "Hello, my name is", "def main():"]
-    server_texts = [greedy(client, p, max_tokens=16, extra_body={"ignore_eos": True}).choices[0].text
-                    for p in prompts]
+    server_texts = [
+        greedy(client, p, max_tokens=16, extra_body={"ignore_eos": True}).choices[0].text
+        for p in prompts
+    ]
     llm = LLM(model=str(tiny_llama), max_model_len=256, dtype="float32", device="cpu")
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True))
     assert server_texts == [o.outputs[0].text for o in outs]
 
 
 def test_prompt_forms_and_batch(client):
-    tokens = httpx.post(str(client.base_url).replace("/v1/", "/tokenize"),
-                        json={"prompt": PROMPT}).json()["tokens"]
+    tokens = httpx.post(
+        str(client.base_url).replace("/v1/", "/tokenize"), json={"prompt": PROMPT}
+    ).json()["tokens"]
     by_text = greedy(client).choices[0].text
     by_ids = greedy(client, prompt=tokens).choices[0].text
     assert by_ids == by_text
     batch = greedy(client, prompt=[PROMPT, "Other prompt"], n=2)
     assert [c.index for c in batch.choices] == [0, 1, 2, 3]
-    assert batch.choices[0].text == by_text == batch.choices[1].text   # greedy: both samples equal
+    assert batch.choices[0].text == by_text == batch.choices[1].text  # greedy: both samples equal
     batch_ids = greedy(client, prompt=[tokens, tokens])
     assert [c.text for c in batch_ids.choices] == [by_text, by_text]
 
 
 def test_n2_sampling(client):
-    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, n=2, temperature=1.0,
-                                    seed=7, extra_body={"ignore_eos": True})
+    out = client.completions.create(
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=12,
+        n=2,
+        temperature=1.0,
+        seed=7,
+        extra_body={"ignore_eos": True},
+    )
     assert sorted(c.index for c in out.choices) == [0, 1]
     assert out.usage.completion_tokens == 24
     assert all(c.finish_reason == "length" for c in out.choices)
@@ -82,7 +97,7 @@ def test_logprobs(client):
     out = greedy(client, max_tokens=6, logprobs=3, extra_body={"ignore_eos": True})
     lp = out.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
-    if "\ufffd" not in "".join(lp.tokens):   # a token may hold half of a UTF-8 character
+    if "\ufffd" not in "".join(lp.tokens):  # a token may hold half of a UTF-8 character
         assert "".join(lp.tokens) == out.choices[0].text
     assert lp.text_offset == sorted(lp.text_offset)
     for value, top in zip(lp.token_logprobs, lp.top_logprobs):
@@ -94,8 +109,9 @@ def test_logprobs(client):
 
 def test_echo_prompt_logprobs(client, server):
     """lm-eval-harness's loglikelihood call: echo=True, max_tokens=0, logprobs=1."""
-    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True,
-                                    logprobs=1, temperature=0.0)
+    out = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, logprobs=1, temperature=0.0
+    )
     choice = out.choices[0]
     assert choice.text == PROMPT
     tokens = httpx.post(server.url + "/tokenize", json={"prompt": PROMPT}).json()["tokens"]
@@ -116,13 +132,24 @@ def test_stop_string(client):
     stop = full[3:6]
     cut = greedy(client, max_tokens=24, stop=[stop], extra_body={"ignore_eos": True}).choices[0]
     assert cut.finish_reason == "stop"
-    assert cut.text == full[:full.index(stop)]
+    assert cut.text == full[: full.index(stop)]
 
 
 def test_seed_reproducible(client):
     def sample(seed):
-        return client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16, temperature=1.0,
-                                         seed=seed, extra_body={"ignore_eos": True}).choices[0].text
+        return (
+            client.completions.create(
+                model=MODEL,
+                prompt=PROMPT,
+                max_tokens=16,
+                temperature=1.0,
+                seed=seed,
+                extra_body={"ignore_eos": True},
+            )
+            .choices[0]
+            .text
+        )
+
     first = sample(1234)
     assert sample(1234) == first
     assert any(sample(s) != first for s in (1, 2, 3))
@@ -130,9 +157,17 @@ def test_seed_reproducible(client):
 
 def test_stream_completion_matches_full(client):
     full = greedy(client, max_tokens=12, extra_body={"ignore_eos": True})
-    chunks = list(client.completions.create(
-        model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0.0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
     content = [c for c in chunks if c.choices]
     assert "".join(c.choices[0].text for c in content) == full.choices[0].text
     # finish_reason rides on the last content chunk only
@@ -143,22 +178,42 @@ def test_stream_completion_matches_full(client):
 
 def test_chat(client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
-    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,
-                                         temperature=0.0, logprobs=True, top_logprobs=2,
-                                         extra_body={"ignore_eos": True})
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=8,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
     choice = out.choices[0]
     assert choice.message.role == "assistant" and choice.finish_reason == "length"
     assert out.usage.completion_tokens == 8
     assert len(choice.logprobs.content) == 8
     assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
-    mct = client.chat.completions.create(model=MODEL, messages=messages, max_completion_tokens=3,
-                                         temperature=0.0, extra_body={"ignore_eos": True})
+    mct = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_completion_tokens=3,
+        temperature=0.0,
+        extra_body={"ignore_eos": True},
+    )
     assert mct.usage.completion_tokens == 3
     assert choice.message.content.startswith(mct.choices[0].message.content)
 
-    stream = list(client.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=8, temperature=0.0, stream=True, n=2,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    stream = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=8,
+            temperature=0.0,
+            stream=True,
+            n=2,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
     for idx in (0, 1):
         mine = [c.choices[0] for c in stream if c.choices and c.choices[0].index == idx]
         assert mine[0].delta.role == "assistant"
@@ -170,14 +225,24 @@ def test_chat(client):
 
 async def test_async_client_concurrent(aclient):
     async def one(i: int) -> str:
-        out = await aclient.completions.create(model=MODEL, prompt=f"{PROMPT} {i}", max_tokens=8,
-                                               temperature=0.0, extra_body={"ignore_eos": True})
+        out = await aclient.completions.create(
+            model=MODEL,
+            prompt=f"{PROMPT} {i}",
+            max_tokens=8,
+            temperature=0.0,
+            extra_body={"ignore_eos": True},
+        )
         return out.choices[0].text
 
     async def one_stream(i: int) -> str:
         stream = await aclient.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=8,
-            temperature=0.0, stream=True, extra_body={"ignore_eos": True})
+            model=MODEL,
+            messages=[{"role": "user", "content": f"hi {i}"}],
+            max_tokens=8,
+            temperature=0.0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     texts = await asyncio.gather(*[one(i) for i in range(8)], *[one_stream(i) for i in range(8)])

@@ -2,12 +2,14 @@
 
     pagedllm serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [EngineArgs flags...]
     pagedllm complete [--url http://127.0.0.1:8000/v1] [--model-name NAME] [-q PROMPT]
-    pagedllm chat     [--url http://127.0.0.1:8000/v1] [--model-name NAME] [--system-prompt S] [-q MSG]
+    pagedllm chat     [--url http://127.0.0.1:8000/v1] [--model-name NAME] [--system-prompt S]
+                      [-q MSG]
 
 `complete` and `chat` talk to a running server (as `vllm complete` / `vllm chat` do): with -q they
 send one prompt and print the streamed answer; without it they read prompts from stdin, one per
 line, until EOF (chat keeps the conversation). They use only the standard library.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +24,7 @@ DEFAULT_URL = "http://127.0.0.1:8000/v1"
 
 
 # ---- a tiny OpenAI-protocol client (stdlib only) ------------------------------------------
+
 
 class ServerClient:
     def __init__(self, url: str, api_key: Optional[str], timeout: float = 600.0) -> None:
@@ -61,7 +64,7 @@ class ServerClient:
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data:"):
                     continue
-                payload = line[len("data:"):].strip()
+                payload = line[len("data:") :].strip()
                 if payload == "[DONE]":
                     return
                 event = json.loads(payload)
@@ -74,8 +77,9 @@ def _api_key(args: argparse.Namespace) -> Optional[str]:
     return args.api_key or os.environ.get("PAGEDLLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
 
-def run_complete(args: argparse.Namespace, stdin: TextIO = sys.stdin,
-                 stdout: TextIO = sys.stdout) -> int:
+def run_complete(
+    args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+) -> int:
     client = ServerClient(args.url, _api_key(args))
     model = args.model_name or client.first_model()
 
@@ -100,7 +104,9 @@ def run_complete(args: argparse.Namespace, stdin: TextIO = sys.stdin,
     return 0
 
 
-def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def run_chat(
+    args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+) -> int:
     client = ServerClient(args.url, _api_key(args))
     model = args.model_name or client.first_model()
     conversation: list[dict[str, str]] = []
@@ -142,25 +148,33 @@ def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=DEFAULT_URL, help=f"the server's /v1 URL (default {DEFAULT_URL})")
+    p.add_argument(
+        "--url", default=DEFAULT_URL, help=f"the server's /v1 URL (default {DEFAULT_URL})"
+    )
     p.add_argument("--model-name", default=None, help="default: the first model the server lists")
     p.add_argument("--api-key", default=None, help="default: $PAGEDLLM_API_KEY or $OPENAI_API_KEY")
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("-q", "--quick", default=None, metavar="TEXT",
-                   help="send this one prompt/message and exit")
+    p.add_argument(
+        "-q", "--quick", default=None, metavar="TEXT", help="send this one prompt/message and exit"
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from pagedllm.entrypoints.openai.api_server import add_server_args
+    from pagedllm.entrypoints.openai.cli_args import add_server_args
 
     parser = argparse.ArgumentParser(prog="pagedllm", description="pagedllm: serve and query LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="start the OpenAI-compatible server",
-                           conflict_handler="resolve")
-    serve.add_argument("model_tag", nargs="?", default=None,
-                       help="model directory, .gguf file or hub id in the local cache "
-                            "(default: the bundled SmolLM2-135M-Instruct)")
+    serve = sub.add_parser(
+        "serve", help="start the OpenAI-compatible server", conflict_handler="resolve"
+    )
+    serve.add_argument(
+        "model_tag",
+        nargs="?",
+        default=None,
+        help="model directory, .gguf file or hub id in the local cache "
+        "(default: the bundled SmolLM2-135M-Instruct)",
+    )
     add_server_args(serve)
     complete = sub.add_parser("complete", help="complete prompts with a running server")
     _add_client_args(complete)

@@ -9,12 +9,12 @@ the API key when one is set. SIGINT/SIGTERM stop accepting connections, let in-f
 finish (aborting them after --shutdown-timeout), shut the engine down and exit 0; a dead engine
 makes the process exit 1. Prompts and request bodies are never logged at INFO.
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import signal
@@ -28,23 +28,39 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 import pagedllm
-from pagedllm.entrypoints.openai.errors import (APIError, AuthenticationError, BadRequestError,
-                                                error_body, error_response,
-                                                internal_error_response, validation_error_message)
+from pagedllm.entrypoints.openai.cli_args import add_server_args, validate_server_args
+from pagedllm.entrypoints.openai.errors import (
+    APIError,
+    error_body,
+    error_response,
+    internal_error_response,
+    validation_error_message,
+)
 from pagedllm.entrypoints.openai.metrics import ServerMetrics
-from pagedllm.entrypoints.openai.protocol import (MAX_BODY_BYTES, ChatCompletionRequest,
-                                                  CompletionRequest, DetokenizeRequest, ModelCard,
-                                                  ModelList, TokenizeRequest)
+from pagedllm.entrypoints.openai.middleware import BodyLimitAndAuthMiddleware
+from pagedllm.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+)
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, render_chat
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
-from pagedllm.entrypoints.openai.serving_engine import (AdmissionControl, OpenAIServing,
-                                                        ServerContext, maybe_await)
-from pagedllm.entrypoints.openai.streaming import (ClientDisconnected,
-                                                   DisconnectAwareStreamingResponse,
-                                                   run_unless_disconnected)
+from pagedllm.entrypoints.openai.serving_engine import (
+    AdmissionControl,
+    OpenAIServing,
+    ServerContext,
+    maybe_await,
+)
+from pagedllm.entrypoints.openai.streaming import (
+    ClientDisconnected,
+    DisconnectAwareStreamingResponse,
+    run_unless_disconnected,
+)
 
 logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
 
@@ -52,84 +68,16 @@ logger = logging.getLogger("pagedllm.entrypoints.openai.api_server")
 CLIENT_CLOSED_REQUEST = 499
 
 
-# ---- ASGI middleware (pure ASGI, so disconnect detection keeps working) ----------------------
-
-class _BodyTooLarge(APIError):
-    status = 413
-
-    def __init__(self) -> None:
-        super().__init__(f"Request body exceeds {MAX_BODY_BYTES} bytes.", code="body_too_large")
-
-
-class BodyLimitAndAuthMiddleware:
-    """413 for bodies over MAX_BODY_BYTES; 401 without the right bearer token (if a key is set)."""
-
-    def __init__(self, app: ASGIApp, api_key: Optional[str], public_paths: set[str]) -> None:
-        self.app = app
-        self.api_key = api_key.encode() if api_key else None
-        self.public_paths = public_paths
-
-    async def _reject(self, send: Send, err: APIError) -> None:
-        resp = error_response(err)
-        if isinstance(err, AuthenticationError):
-            resp.headers["WWW-Authenticate"] = "Bearer"
-        await resp({"type": "http"}, _no_receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        header = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                header = value
-                break
-        scheme, _, token = header.partition(b" ")
-        # Compare in constant time; a wrong scheme still costs one comparison.
-        ok = hmac.compare_digest(token.strip(), self.api_key)
-        return ok and scheme.lower() == b"bearer"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.api_key is not None and scope.get("path", "") not in self.public_paths:
-            if scope.get("method") != "OPTIONS" and not self._authorized(scope):
-                await self._reject(send, AuthenticationError())
-                return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await self._reject(send, BadRequestError("Invalid Content-Length header."))
-                    return
-                if declared > MAX_BODY_BYTES:
-                    await self._reject(send, _BodyTooLarge())
-                    return
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > MAX_BODY_BYTES:
-                    raise _BodyTooLarge()
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-async def _no_receive() -> dict:
-    return {"type": "http.disconnect"}
-
-
 # ---- the app ------------------------------------------------------------------------------
+
 
 def _json(model: Any, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
 
-def build_app(ctx: ServerContext, *, api_key: Optional[str] = None,
-              metrics_public: bool = False) -> FastAPI:
+def build_app(
+    ctx: ServerContext, *, api_key: Optional[str] = None, metrics_public: bool = False
+) -> FastAPI:
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__)
     admission = AdmissionControl(ctx.max_num_waiting)
     completions = OpenAIServingCompletion(ctx, admission)
@@ -138,12 +86,39 @@ def build_app(ctx: ServerContext, *, api_key: Optional[str] = None,
     app.state.ctx = ctx
     app.state.admission = admission
 
-    public = {"/health"} | ({"/metrics"} if metrics_public else set())
-    app.add_middleware(BodyLimitAndAuthMiddleware, api_key=api_key, public_paths=public)
-
     def record_error(status: int) -> None:
         if ctx.metrics is not None:
             ctx.metrics.request_errors.labels(ctx.metrics.model_name, str(status)).inc()
+
+    def internal_error(exc: Exception) -> JSONResponse:
+        # A real fault: logged with its traceback (never the body); the server keeps serving.
+        logger.error(
+            "internal error: %s: %s",
+            type(exc).__name__,
+            exc,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        base.on_engine_error(exc)
+        if getattr(ctx.engine, "errored", False):
+            record_error(503)
+            return JSONResponse(
+                error_body(
+                    "The engine has stopped after a fatal error; the server is shutting down.",
+                    "engine_dead",
+                    503,
+                ),
+                status_code=503,
+            )
+        record_error(500)
+        return internal_error_response(f"Internal server error: {type(exc).__name__}")
+
+    public = {"/health"} | ({"/metrics"} if metrics_public else set())
+    app.add_middleware(
+        BodyLimitAndAuthMiddleware,
+        api_key=api_key,
+        public_paths=public,
+        on_internal_error=internal_error,
+    )
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -154,28 +129,24 @@ def build_app(ctx: ServerContext, *, api_key: Optional[str] = None,
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         record_error(400)
         message, param = validation_error_message(list(exc.errors()))
-        return JSONResponse(error_body(message, "invalid_request_error", 400, param),
-                            status_code=400)
+        return JSONResponse(
+            error_body(message, "invalid_request_error", 400, param), status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         record_error(exc.status_code)
         err_type = "invalid_request_error" if exc.status_code < 500 else "internal_server_error"
-        return JSONResponse(error_body(str(exc.detail), err_type, exc.status_code),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
-        # A real fault: logged with its traceback (never the body); the server keeps serving.
-        logger.error("internal error: %s: %s", type(exc).__name__, exc,
-                     exc_info=(type(exc), exc, exc.__traceback__))
-        record_error(500)
-        base.on_engine_error(exc)
-        return internal_error_response(f"Internal server error: {type(exc).__name__}")
+        return JSONResponse(
+            error_body(str(exc.detail), err_type, exc.status_code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     async def generate(raw: Request, serving: Any, req: Any) -> Response:
         async def work() -> tuple[Any, Any]:
             return await serving.create(req)
+
         try:
             result, stream = await run_unless_disconnected(raw, work())
         except ClientDisconnected:
@@ -194,20 +165,28 @@ def build_app(ctx: ServerContext, *, api_key: Optional[str] = None,
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        return _json(ModelList(data=[ModelCard(id=name, root=ctx.model_path,
-                                               max_model_len=ctx.max_model_len)
-                                     for name in ctx.served_model_names]))
+        return _json(
+            ModelList(
+                data=[
+                    ModelCard(id=name, root=ctx.model_path, max_model_len=ctx.max_model_len)
+                    for name in ctx.served_model_names
+                ]
+            )
+        )
 
     @app.get("/health")
     async def health() -> Response:
         try:
             await maybe_await(ctx.engine.check_health())
         except Exception as exc:
-            return JSONResponse(error_body(f"engine is not healthy: {type(exc).__name__}",
-                                           "engine_dead", 503), status_code=503)
+            return JSONResponse(
+                error_body(f"engine is not healthy: {type(exc).__name__}", "engine_dead", 503),
+                status_code=503,
+            )
         if getattr(ctx.engine, "errored", False):
-            return JSONResponse(error_body("engine is not running", "engine_dead", 503),
-                                status_code=503)
+            return JSONResponse(
+                error_body("engine is not running", "engine_dead", 503), status_code=503
+            )
         return Response(status_code=200)
 
     @app.get("/version")
@@ -218,8 +197,9 @@ def build_app(ctx: ServerContext, *, api_key: Optional[str] = None,
     async def tokenize(req: TokenizeRequest) -> JSONResponse:
         base.check_model(req.model)
         if req.messages is not None:
-            ids = render_chat(ctx.tokenizer, req.messages, ctx.chat_template,
-                              req.add_generation_prompt)
+            ids = render_chat(
+                ctx.tokenizer, req.messages, ctx.chat_template, req.add_generation_prompt
+            )
         else:
             ids = ctx.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
         return JSONResponse({"count": len(ids), "max_model_len": ctx.max_model_len, "tokens": ids})
@@ -242,6 +222,7 @@ def build_app(ctx: ServerContext, *, api_key: Optional[str] = None,
 
 
 # ---- building the context from a live engine ----------------------------------------------
+
 
 def _first(obj: Any, *paths: str, default: Any = None) -> Any:
     """The first attribute path (dotted) of obj that exists and is not None."""
@@ -277,26 +258,52 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
         names = [names]
     names = [n for n in (names or []) if n]
     if not names:
-        names = [getattr(args, "model", None) or
-                 os.path.splitext(os.path.basename(model_path.rstrip("/")))[0] or "default"]
+        names = [
+            getattr(args, "model", None)
+            or os.path.splitext(os.path.basename(model_path.rstrip("/")))[0]
+            or "default"
+        ]
     hf_config = _first(model_config, "hf_config")
-    vocab = int(_first(hf_config, "vocab_size", "text_config.vocab_size", default=0) or len(tokenizer))
-    max_len = int(_first(model_config, "max_model_len", default=0)
-                  or _first(engine, "max_model_len", "engine.max_model_len",
-                            "engine.engine_core.max_model_len", default=2048))
+    vocab = int(
+        _first(hf_config, "vocab_size", "text_config.vocab_size", default=0) or len(tokenizer)
+    )
+    max_len = int(
+        _first(model_config, "max_model_len", default=0)
+        or _first(
+            engine,
+            "max_model_len",
+            "engine.max_model_len",
+            "engine.engine_core.max_model_len",
+            default=2048,
+        )
+    )
     return ServerContext(
-        engine=engine, tokenizer=tokenizer, served_model_names=names, model_path=model_path,
-        max_model_len=max_len, vocab_size=vocab,
+        engine=engine,
+        tokenizer=tokenizer,
+        served_model_names=names,
+        model_path=model_path,
+        max_model_len=max_len,
+        vocab_size=vocab,
         metrics=ServerMetrics(names[0]),
         max_num_waiting=getattr(args, "max_num_waiting", None),
-        chat_template=_load_chat_template(getattr(args, "chat_template", None)))
+        chat_template=_load_chat_template(getattr(args, "chat_template", None)),
+    )
 
 
 def describe_engine(engine: Any, model_config: Any, stats: Any) -> str:
-    dtype = _first(engine, "engine.engine_core.runner.dtype", "dtype",
-                   default=_first(model_config, "dtype", default="?"))
-    device = _first(engine, "engine.engine_core.runner.device", "device",
-                    "engine.config.device_config.device", default="?")
+    dtype = _first(
+        engine,
+        "engine.engine_core.runner.dtype",
+        "dtype",
+        default=_first(model_config, "dtype", default="?"),
+    )
+    device = _first(
+        engine,
+        "engine.engine_core.runner.device",
+        "device",
+        "engine.config.device_config.device",
+        default="?",
+    )
     blocks = _first(stats, "num_blocks_total", default="?")
     block_size = _first(engine, "engine.config.cache_config.block_size", default=None)
     kv = f"{blocks} KV blocks" + (f" of {block_size} tokens" if block_size else "")
@@ -304,6 +311,7 @@ def describe_engine(engine: Any, model_config: Any, stats: Any) -> str:
 
 
 # ---- running it ---------------------------------------------------------------------------
+
 
 class _Server(uvicorn.Server):
     """uvicorn.Server that exits normally on SIGINT/SIGTERM instead of re-raising the signal."""
@@ -332,13 +340,16 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def run_server(args: argparse.Namespace, engine: Any = None,
-                     on_ready: Optional[Callable[[str, uvicorn.Server], None]] = None) -> int:
+async def run_server(
+    args: argparse.Namespace,
+    engine: Any = None,
+    on_ready: Optional[Callable[[str, uvicorn.Server], None]] = None,
+) -> int:
     """Serve until a signal (returns 0) or until the engine dies (returns 1).
 
     `engine` is built from the EngineArgs flags unless one is given (tests pass their own);
     `on_ready(url, server)` is called once the socket listens (tests stop it with should_exit)."""
-    sock = _bind(args.host, args.port)   # bind first: a busy port fails before loading the model
+    sock = _bind(args.host, args.port)  # bind first: a busy port fails before loading the model
     if engine is None:
         from pagedllm.engine.arg_utils import AsyncEngineArgs
         from pagedllm.engine.async_llm_engine import AsyncLLMEngine
@@ -360,24 +371,37 @@ async def run_server(args: argparse.Namespace, engine: Any = None,
                 srv.should_exit = True
 
         ctx.on_engine_dead = on_engine_dead
-        app = build_app(ctx, api_key=args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None,
-                        metrics_public=args.metrics_public)
-        config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
-                                access_log=not args.disable_uvicorn_access_log,
-                                timeout_graceful_shutdown=args.shutdown_timeout,
-                                timeout_keep_alive=5, backlog=2048)
+        api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
+        app = build_app(ctx, api_key=api_key, metrics_public=args.metrics_public)
+        config = uvicorn.Config(
+            app,
+            log_level=args.uvicorn_log_level,
+            access_log=not args.disable_uvicorn_access_log,
+            timeout_graceful_shutdown=args.shutdown_timeout,
+            timeout_keep_alive=5,
+            backlog=2048,
+            lifespan="off",
+        )
         server = _Server(config)
         server_holder["server"] = server
 
         host, port = sock.getsockname()[:2]
         model_config = await maybe_await(engine.get_model_config())
         stats = await maybe_await(engine.get_stats())
-        logger.info("model %s (served as %s), max_model_len %d, %s", ctx.model_path,
-                    ", ".join(ctx.served_model_names), ctx.max_model_len,
-                    describe_engine(engine, model_config, stats))
+        logger.info(
+            "model %s (served as %s), max_model_len %d, %s",
+            ctx.model_path,
+            ", ".join(ctx.served_model_names),
+            ctx.max_model_len,
+            describe_engine(engine, model_config, stats),
+        )
         shown_host = f"[{host}]" if ":" in host else host
-        logger.info("Serving on http://%s:%d (API key %s)", shown_host, port,
-                    "required" if app.state.ctx and args.api_key else "not required")
+        logger.info(
+            "Serving on http://%s:%d (API key %s)",
+            shown_host,
+            port,
+            "required" if api_key else "not required",
+        )
 
         async def watchdog() -> None:
             while not server.should_exit:
@@ -404,45 +428,12 @@ async def run_server(args: argparse.Namespace, engine: Any = None,
     return exit_code
 
 
-def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Server flags (vLLM's names), then every EngineArgs flag."""
-    from pagedllm.engine.arg_utils import AsyncEngineArgs
-
-    g = parser.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    g.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    g.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (or set PAGEDLLM_API_KEY)")
-    g.add_argument("--served-model-name", nargs="+", default=None,
-                   help="model name(s) clients use in the 'model' field")
-    g.add_argument("--max-num-waiting", type=int, default=None,
-                   help="answer 503 while more than this many requests wait for the engine")
-    g.add_argument("--chat-template", default=None, help="chat template file or Jinja text")
-    g.add_argument("--metrics-public", action="store_true",
-                   help="serve /metrics without the API key")
-    g.add_argument("--shutdown-timeout", type=float, default=10.0,
-                   help="seconds in-flight requests get to finish after SIGINT/SIGTERM")
-    g.add_argument("--uvicorn-log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug", "trace"])
-    g.add_argument("--disable-uvicorn-access-log", action="store_true")
-    g.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
-    AsyncEngineArgs.add_cli_args(parser)
-    return parser
-
-
-def validate_server_args(args: argparse.Namespace) -> None:
-    if not (0 <= args.port <= 65535):
-        raise ValueError("port: must be in [0, 65535]")
-    if args.max_num_waiting is not None and args.max_num_waiting < 0:
-        raise ValueError("max_num_waiting: must be >= 0")
-    if args.shutdown_timeout < 0:
-        raise ValueError("shutdown_timeout: must be >= 0")
-
-
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -454,7 +445,9 @@ def serve(args: argparse.Namespace) -> int:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pagedllm.entrypoints.openai.api_server",
-        description="OpenAI-compatible server for pagedllm", conflict_handler="resolve")
+        description="OpenAI-compatible server for pagedllm",
+        conflict_handler="resolve",
+    )
     return add_server_args(parser)
 
 

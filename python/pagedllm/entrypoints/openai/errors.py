@@ -4,6 +4,7 @@ Serving code raises `APIError` (or a subclass) for anything the client did wrong
 exception handlers turn it, pydantic validation errors and malformed JSON into 4xx JSON, and any
 other exception into a 500 that is logged (without the request body) and never stops the server.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ class APIError(Exception):
     status: int = HTTPStatus.BAD_REQUEST
     err_type: str = "invalid_request_error"
 
-    def __init__(self, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-                 status: Optional[int] = None, err_type: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        status: Optional[int] = None,
+        err_type: Optional[str] = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -40,7 +48,9 @@ class ModelNotFoundError(APIError):
     err_type = "invalid_request_error"
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        super().__init__(
+            f"The model `{model}` does not exist.", param="model", code="model_not_found"
+        )
 
 
 class AuthenticationError(APIError):
@@ -64,17 +74,25 @@ class EngineDeadError(APIError):
     err_type = "engine_dead"
 
 
-def error_body(message: str, err_type: str, status: int, param: Optional[str] = None,
-               code: Optional[Any] = None) -> dict:
+def error_body(
+    message: str,
+    err_type: str,
+    status: int,
+    param: Optional[str] = None,
+    code: Optional[Any] = None,
+) -> dict:
     if code is None:
         code = int(status)
-    return ErrorResponse(error=ErrorInfo(message=message, type=err_type, param=param,
-                                         code=code)).model_dump()
+    return ErrorResponse(
+        error=ErrorInfo(message=message, type=err_type, param=param, code=code)
+    ).model_dump()
 
 
 def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(error_body(err.message, err.err_type, int(err.status), err.param, err.code),
-                        status_code=int(err.status))
+    return JSONResponse(
+        error_body(err.message, err.err_type, int(err.status), err.param, err.code),
+        status_code=int(err.status),
+    )
 
 
 def internal_error_response(message: str = "Internal server error") -> JSONResponse:

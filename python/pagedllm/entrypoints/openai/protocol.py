@@ -1,27 +1,36 @@
-"""Pydantic models of the OpenAI-compatible HTTP API: requests (validated, with limits) and responses.
+"""Pydantic models of the OpenAI-compatible HTTP API: requests (validated, with limits) and
+responses.
 
 Request models reject what can never be served with a 400 before anything reaches the engine:
 out-of-range sampling values, too many choices / logprobs / stop strings, non-finite floats.
 Checks that need the model (prompt length vs max_model_len, token ids vs vocab) live in the
 serving classes, which know the tokenizer.
 """
+
 from __future__ import annotations
 
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator,
-                      model_serializer, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 # Limits that protect the server from requests that would exhaust it (issue 6).
-MAX_BODY_BYTES = 8 * 1024 * 1024     # larger bodies get 413 before JSON parsing
-MAX_N = 128                          # choices per prompt (OpenAI's own cap)
-MAX_LOGPROBS = 20                    # top-N logprobs per token (completions and chat)
+MAX_BODY_BYTES = 8 * 1024 * 1024  # larger bodies get 413 before JSON parsing
+MAX_N = 128  # choices per prompt (OpenAI's own cap)
+MAX_LOGPROBS = 20  # top-N logprobs per token (completions and chat)
 MAX_STOP_STRINGS = 32
 MAX_STOP_STRING_CHARS = 1024
-MAX_PROMPTS_PER_REQUEST = 1024       # a list of prompts in one /v1/completions call
-MAX_TOKENS_CAP = 1 << 20             # absolute ceiling; the real one is max_model_len - prompt
+MAX_PROMPTS_PER_REQUEST = 1024  # a list of prompts in one /v1/completions call
+MAX_TOKENS_CAP = 1 << 20  # absolute ceiling; the real one is max_model_len - prompt
 MAX_MESSAGES = 4096
 MAX_SEED = (1 << 63) - 1
 
@@ -30,14 +39,42 @@ def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def _reject_unencodable(value: Any, depth: int = 0) -> None:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800") that no tokenizer can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError("text must be valid Unicode (lone surrogate found)") from exc
+    elif depth < 8 and isinstance(value, dict):
+        for k, v in value.items():
+            _reject_unencodable(k, depth + 1)
+            _reject_unencodable(v, depth + 1)
+    elif depth < 8 and isinstance(value, list):
+        for v in value:
+            if isinstance(v, (str, dict, list)):
+                _reject_unencodable(v, depth + 1)
+
+
 class OpenAIBaseModel(BaseModel):
     # Unknown fields are accepted and ignored, as OpenAI's API does (clients send extras).
     model_config = ConfigDict(extra="ignore")
 
 
+class RequestModel(OpenAIBaseModel):
+    """A request body: its strings must be encodable text."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _reject_unencodable(data)
+        return data
+
+
 class OmitNoneModel(OpenAIBaseModel):
     """Serializes without the fields named in _omit_if_none while they are None (OpenAI leaves
     `role` out of later stream deltas and `usage` out of content chunks)."""
+
     _omit_if_none: tuple[str, ...] = ()
 
     @model_serializer(mode="wrap")
@@ -70,7 +107,7 @@ def _finite(**kw: Any) -> Any:
     return Field(allow_inf_nan=False, **kw)
 
 
-class SamplingFields(OpenAIBaseModel):
+class SamplingFields(RequestModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: Optional[str] = None
@@ -105,7 +142,9 @@ class SamplingFields(OpenAIBaseModel):
             if s == "":
                 raise ValueError("stop strings must be non-empty")
             if len(s) > MAX_STOP_STRING_CHARS:
-                raise ValueError(f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters")
+                raise ValueError(
+                    f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters"
+                )
         return stops
 
     @field_validator("stop_token_ids")
@@ -197,10 +236,14 @@ class ChatCompletionRequest(SamplingFields):
 
     @property
     def requested_max_tokens(self) -> Optional[int]:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens
+        )
 
 
-class TokenizeRequest(OpenAIBaseModel):
+class TokenizeRequest(RequestModel):
     model: Optional[str] = None
     prompt: Optional[str] = None
     messages: Optional[list[ChatMessage]] = Field(None, max_length=MAX_MESSAGES)
@@ -214,12 +257,13 @@ class TokenizeRequest(OpenAIBaseModel):
         return self
 
 
-class DetokenizeRequest(OpenAIBaseModel):
+class DetokenizeRequest(RequestModel):
     model: Optional[str] = None
     tokens: list[int] = Field(..., max_length=1 << 20)
 
 
 # ---- responses -----------------------------------------------------------------------------
+
 
 class UsageInfo(OpenAIBaseModel):
     prompt_tokens: int = 0

@@ -4,6 +4,7 @@ The stream opens each choice with a `{"role": "assistant", "content": ""}` delta
 per new text piece; finish_reason rides on the last content chunk; a usage chunk (no choices)
 follows when stream_options.include_usage is set.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,43 +15,86 @@ import jinja2
 
 from pagedllm.entrypoints.openai.errors import APIError, BadRequestError, sse_error_event
 from pagedllm.entrypoints.openai.metrics import RequestTimer
-from pagedllm.entrypoints.openai.protocol import (ChatChoiceLogprobs, ChatCompletionChoice,
-                                                  ChatCompletionChunk, ChatCompletionRequest,
-                                                  ChatCompletionResponse, ChatMessage,
-                                                  ChatResponseMessage, ChatStreamChoice,
-                                                  ChatTokenLogprob, ChatTopLogprob, DeltaMessage,
-                                                  UsageInfo, random_id)
-from pagedllm.entrypoints.openai.serving_engine import (EngineCall, OpenAIServing, PreparedPrompt,
-                                                        logger, merge_async_iterators,
-                                                        sampled_logprob, token_text, top_entries)
-from pagedllm.entrypoints.openai.streaming import SSE_DONE, sse_event
+from pagedllm.entrypoints.openai.protocol import (
+    ChatChoiceLogprobs,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    ChatResponseMessage,
+    ChatStreamChoice,
+    ChatTokenLogprob,
+    ChatTopLogprob,
+    DeltaMessage,
+    UsageInfo,
+    random_id,
+)
+from pagedllm.entrypoints.openai.serving_engine import (
+    EngineCall,
+    OpenAIServing,
+    PreparedPrompt,
+    logger,
+    merge_async_iterators,
+    sampled_logprob,
+    token_text,
+    top_entries,
+)
+from pagedllm.entrypoints.openai.streaming import SSE_DONE, FastChunks, sse_event
 
 # Arguments of apply_chat_template a client must not override through chat_template_kwargs.
-_RESERVED_TEMPLATE_KWARGS = {"conversation", "chat_template", "tokenize", "add_generation_prompt",
-                             "return_dict", "return_tensors", "padding", "truncation", "max_length",
-                             "tokenizer_kwargs", "return_assistant_tokens_mask", "continue_final_message"}
+_RESERVED_TEMPLATE_KWARGS = {
+    "conversation",
+    "chat_template",
+    "tokenize",
+    "add_generation_prompt",
+    "return_dict",
+    "return_tensors",
+    "padding",
+    "truncation",
+    "max_length",
+    "tokenizer_kwargs",
+    "return_assistant_tokens_mask",
+    "continue_final_message",
+}
 
 
-def render_chat(tokenizer: Any, messages: list[ChatMessage], chat_template: Optional[str],
-                add_generation_prompt: bool, template_kwargs: Optional[dict] = None) -> list[int]:
+def render_chat(
+    tokenizer: Any,
+    messages: list[ChatMessage],
+    chat_template: Optional[str],
+    add_generation_prompt: bool,
+    template_kwargs: Optional[dict] = None,
+) -> list[int]:
     """Token ids of the conversation rendered by the chat template (400 on any template problem)."""
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
-        raise BadRequestError("This model has no chat template and the server was started without "
-                              "--chat-template, so chat completions are unavailable.",
-                              param="messages")
+        raise BadRequestError(
+            "This model has no chat template and the server was started without "
+            "--chat-template, so chat completions are unavailable.",
+            param="messages",
+        )
     try:
         conversation = [{"role": m.role, "content": m.text()} for m in messages]
     except ValueError as exc:
         raise BadRequestError(str(exc), param="messages") from exc
-    extra = {k: v for k, v in (template_kwargs or {}).items()
-             if isinstance(k, str) and k not in _RESERVED_TEMPLATE_KWARGS}
+    extra = {
+        k: v
+        for k, v in (template_kwargs or {}).items()
+        if isinstance(k, str) and k not in _RESERVED_TEMPLATE_KWARGS
+    }
     try:
-        text = tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt, **extra)
+        text = tokenizer.apply_chat_template(
+            conversation,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **extra,
+        )
     except (jinja2.TemplateError, ValueError, TypeError, KeyError, IndexError) as exc:
-        raise BadRequestError(f"The chat template could not render these messages: {exc}",
-                              param="messages") from exc
+        raise BadRequestError(
+            f"The chat template could not render these messages: {exc}", param="messages"
+        ) from exc
     if not isinstance(text, str):
         raise BadRequestError("The chat template did not produce text.", param="messages")
     # The template writes the special tokens (BOS) itself.
@@ -66,11 +110,15 @@ class ChatChoiceState:
 
 
 class OpenAIServingChat(OpenAIServing):
-
     async def create(self, req: ChatCompletionRequest) -> tuple[Any, Optional[AsyncIterator[str]]]:
         model = self.check_model(req.model)
-        ids = render_chat(self.ctx.tokenizer, req.messages, self.ctx.chat_template,
-                          req.add_generation_prompt, req.chat_template_kwargs)
+        ids = render_chat(
+            self.ctx.tokenizer,
+            req.messages,
+            self.ctx.chat_template,
+            req.add_generation_prompt,
+            req.chat_template_kwargs,
+        )
         prompt = PreparedPrompt(ids, None)
         requested = req.requested_max_tokens
         if requested == 0:
@@ -88,8 +136,15 @@ class OpenAIServingChat(OpenAIServing):
         finally:
             self.release_calls(calls)
 
-    async def full(self, req: ChatCompletionRequest, model: str, request_id: str, created: int,
-                   prompt: PreparedPrompt, calls: list[EngineCall]) -> ChatCompletionResponse:
+    async def full(
+        self,
+        req: ChatCompletionRequest,
+        model: str,
+        request_id: str,
+        created: int,
+        prompt: PreparedPrompt,
+        calls: list[EngineCall],
+    ) -> ChatCompletionResponse:
         timer = RequestTimer(self.ctx.metrics)
         timer.on_prompt(len(prompt.token_ids))
         last: dict[int, Any] = {}
@@ -116,33 +171,58 @@ class OpenAIServingChat(OpenAIServing):
             completion_tokens += len(comp.token_ids)
             logprobs = None
             if req.logprobs:
-                logprobs = ChatChoiceLogprobs(content=self.logprob_items(
-                    comp.token_ids, comp.logprobs, req.top_logprobs or 0))
-            choices.append(ChatCompletionChoice(
-                index=j, message=ChatResponseMessage(role="assistant", content=comp.text),
-                logprobs=logprobs, finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
+                logprobs = ChatChoiceLogprobs(
+                    content=self.logprob_items(comp.token_ids, comp.logprobs, req.top_logprobs or 0)
+                )
+            choices.append(
+                ChatCompletionChoice(
+                    index=j,
+                    message=ChatResponseMessage(role="assistant", content=comp.text),
+                    logprobs=logprobs,
+                    finish_reason=comp.finish_reason,
+                    stop_reason=comp.stop_reason,
+                )
+            )
         n_prompt = len(prompt.token_ids)
         return ChatCompletionResponse(
-            id=request_id, created=created, model=model, choices=choices,
-            usage=UsageInfo(prompt_tokens=n_prompt, completion_tokens=completion_tokens,
-                            total_tokens=n_prompt + completion_tokens))
+            id=request_id,
+            created=created,
+            model=model,
+            choices=choices,
+            usage=UsageInfo(
+                prompt_tokens=n_prompt,
+                completion_tokens=completion_tokens,
+                total_tokens=n_prompt + completion_tokens,
+            ),
+        )
 
-    async def stream(self, req: ChatCompletionRequest, model: str, request_id: str, created: int,
-                     prompt: PreparedPrompt, calls: list[EngineCall]) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        req: ChatCompletionRequest,
+        model: str,
+        request_id: str,
+        created: int,
+        prompt: PreparedPrompt,
+        calls: list[EngineCall],
+    ) -> AsyncIterator[str]:
+        fast = FastChunks(request_id, created, model, "chat.completion.chunk")
         timer = RequestTimer(self.ctx.metrics)
         timer.on_prompt(len(prompt.token_ids))
         states: dict[int, ChatChoiceState] = {}
         completion_tokens = 0
 
         def chunk(choice: ChatStreamChoice) -> str:
-            return sse_event(ChatCompletionChunk(id=request_id, created=created, model=model,
-                                                 choices=[choice]))
+            return sse_event(
+                ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice])
+            )
+
         try:
             # Open every choice with the role, as OpenAI does, before any content.
             for j in range(req.n):
                 states[j] = ChatChoiceState()
-                yield chunk(ChatStreamChoice(index=j, delta=DeltaMessage(role="assistant",
-                                                                         content="")))
+                yield chunk(
+                    ChatStreamChoice(index=j, delta=DeltaMessage(role="assistant", content=""))
+                )
             async for _, out in merge_async_iterators(*calls):
                 for comp in out.outputs:
                     st = states.setdefault(comp.index, ChatChoiceState())
@@ -152,54 +232,85 @@ class OpenAIServingChat(OpenAIServing):
                     timer.on_tokens(n_new)
                     completion_tokens += max(n_new, 0)
                     st.num_tokens = len(comp.token_ids)
-                    delta = comp.text[st.text_len:] if len(comp.text) >= st.text_len else ""
+                    delta = comp.text[st.text_len :] if len(comp.text) >= st.text_len else ""
                     st.text_len = max(st.text_len, len(comp.text))
                     logprobs = None
                     if req.logprobs and comp.logprobs is not None:
                         upto = len(comp.token_ids)
-                        logprobs = ChatChoiceLogprobs(content=self.logprob_items(
-                            comp.token_ids[st.num_logprobs:upto], comp.logprobs[st.num_logprobs:upto],
-                            req.top_logprobs or 0))
+                        logprobs = ChatChoiceLogprobs(
+                            content=self.logprob_items(
+                                comp.token_ids[st.num_logprobs : upto],
+                                comp.logprobs[st.num_logprobs : upto],
+                                req.top_logprobs or 0,
+                            )
+                        )
                         st.num_logprobs = upto
                     finish = comp.finish_reason
                     if finish is not None:
                         st.finished = True
                     if not delta and finish is None:
                         continue
-                    yield chunk(ChatStreamChoice(index=comp.index, delta=DeltaMessage(content=delta),
-                                                 logprobs=logprobs, finish_reason=finish,
-                                                 stop_reason=comp.stop_reason))
+                    if logprobs is None:
+                        yield fast.chat(comp.index, delta, finish, comp.stop_reason)
+                        continue
+                    yield chunk(
+                        ChatStreamChoice(
+                            index=comp.index,
+                            delta=DeltaMessage(content=delta),
+                            logprobs=logprobs,
+                            finish_reason=finish,
+                            stop_reason=comp.stop_reason,
+                        )
+                    )
                 if out.finished:
                     timer.on_finish(out.outputs[0].finish_reason if out.outputs else None)
             if req.include_usage:
                 n_prompt = len(prompt.token_ids)
-                yield sse_event(ChatCompletionChunk(
-                    id=request_id, created=created, model=model, choices=[],
-                    usage=UsageInfo(prompt_tokens=n_prompt, completion_tokens=completion_tokens,
-                                    total_tokens=n_prompt + completion_tokens)))
+                yield sse_event(
+                    ChatCompletionChunk(
+                        id=request_id,
+                        created=created,
+                        model=model,
+                        choices=[],
+                        usage=UsageInfo(
+                            prompt_tokens=n_prompt,
+                            completion_tokens=completion_tokens,
+                            total_tokens=n_prompt + completion_tokens,
+                        ),
+                    )
+                )
         except APIError as err:
             yield sse_error_event(err.message, err.err_type, int(err.status))
         except Exception as exc:
             logger.exception("chat stream %s failed", request_id)
             self.on_engine_error(exc)
-            yield sse_error_event(f"Internal server error: {type(exc).__name__}",
-                                  "internal_server_error", 500)
+            yield sse_error_event(
+                f"Internal server error: {type(exc).__name__}", "internal_server_error", 500
+            )
         finally:
             self.release_calls(calls)
         yield SSE_DONE
 
-    def logprob_items(self, token_ids: list[int], entries: Optional[list],
-                      num: int) -> list[ChatTokenLogprob]:
+    def logprob_items(
+        self, token_ids: list[int], entries: Optional[list], num: int
+    ) -> list[ChatTokenLogprob]:
         tok = self.ctx.tokenizer
         items = []
         for pos, tid in enumerate(token_ids):
             entry = entries[pos] if entries is not None and pos < len(entries) else None
             text = token_text(tok, tid, entry.get(tid) if entry else None)
             value = sampled_logprob(entry, tid)
-            items.append(ChatTokenLogprob(
-                token=text, logprob=value if value is not None else -9999.0,
-                bytes=list(text.encode("utf-8", errors="replace")),
-                top_logprobs=[ChatTopLogprob(token=t, logprob=v,
-                                             bytes=list(t.encode("utf-8", errors="replace")))
-                              for _, t, v in top_entries(tok, entry, num)]))
+            items.append(
+                ChatTokenLogprob(
+                    token=text,
+                    logprob=value if value is not None else -9999.0,
+                    bytes=list(text.encode("utf-8", errors="replace")),
+                    top_logprobs=[
+                        ChatTopLogprob(
+                            token=t, logprob=v, bytes=list(t.encode("utf-8", errors="replace"))
+                        )
+                        for _, t, v in top_entries(tok, entry, num)
+                    ],
+                )
+            )
         return items

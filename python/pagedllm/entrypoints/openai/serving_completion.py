@@ -4,6 +4,7 @@ Choice index = prompt_index * n + completion index (OpenAI's numbering). The eng
 cumulative (vLLM's default), so each stream keeps, per choice, how much text / how many tokens /
 logprobs it already sent and emits only the new part.
 """
+
 from __future__ import annotations
 
 import time
@@ -12,22 +13,36 @@ from typing import Any, AsyncIterator, Optional
 
 from pagedllm.entrypoints.openai.errors import APIError, BadRequestError, sse_error_event
 from pagedllm.entrypoints.openai.metrics import RequestTimer
-from pagedllm.entrypoints.openai.protocol import (CompletionChoice, CompletionChunk,
-                                                  CompletionLogprobs, CompletionRequest,
-                                                  CompletionResponse, UsageInfo, random_id)
-from pagedllm.entrypoints.openai.serving_engine import (EngineCall, OpenAIServing, PreparedPrompt,
-                                                        logger, merge_async_iterators,
-                                                        sampled_logprob, token_text, top_entries)
-from pagedllm.entrypoints.openai.streaming import SSE_DONE, sse_event
+from pagedllm.entrypoints.openai.protocol import (
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    UsageInfo,
+    random_id,
+)
+from pagedllm.entrypoints.openai.serving_engine import (
+    EngineCall,
+    OpenAIServing,
+    PreparedPrompt,
+    logger,
+    merge_async_iterators,
+    sampled_logprob,
+    token_text,
+    top_entries,
+)
+from pagedllm.entrypoints.openai.streaming import SSE_DONE, FastChunks, sse_event
 
 
 @dataclass
 class ChoiceState:
     """What one choice of a stream has sent so far."""
+
     text_len: int = 0
     num_tokens: int = 0
     num_logprobs: int = 0
-    text_offset: int = 0          # characters of text already sent (for logprobs.text_offset)
+    text_offset: int = 0  # characters of text already sent (for logprobs.text_offset)
     echoed: bool = False
     finished: bool = False
     token_ids: list[int] = field(default_factory=list)
@@ -36,6 +51,7 @@ class ChoiceState:
 @dataclass
 class _PromptOnly:
     """An engine output with its generated part hidden (echo with max_tokens=0)."""
+
     index: int
     finish_reason: Optional[str]
     text: str = ""
@@ -45,7 +61,6 @@ class _PromptOnly:
 
 
 class OpenAIServingCompletion(OpenAIServing):
-
     def prepare_prompts(self, req: CompletionRequest) -> list[PreparedPrompt]:
         tok = self.ctx.tokenizer
         p = req.prompt
@@ -76,13 +91,20 @@ class OpenAIServingCompletion(OpenAIServing):
             raise BadRequestError("max_tokens must be >= 1 unless echo is true", param="max_tokens")
         # echo with max_tokens=0 (prompt scoring): the engine needs max_tokens >= 1, so one token
         # is generated and dropped from the answer.
-        max_tokens = [max(1, self.resolve_max_tokens(len(p.token_ids), req.max_tokens, "max_tokens"))
-                      for p in prompts]
+        max_tokens = [
+            max(1, self.resolve_max_tokens(len(p.token_ids), req.max_tokens, "max_tokens"))
+            for p in prompts
+        ]
         want_logprobs = req.logprobs is not None
-        params = [self.sampling_params(
-            req, mt, logprobs=req.logprobs if want_logprobs else None,
-            prompt_logprobs=req.logprobs if (req.echo and want_logprobs) else None)
-            for mt in max_tokens]
+        params = [
+            self.sampling_params(
+                req,
+                mt,
+                logprobs=req.logprobs if want_logprobs else None,
+                prompt_logprobs=req.logprobs if (req.echo and want_logprobs) else None,
+            )
+            for mt in max_tokens
+        ]
         request_id = random_id("cmpl")
         created = int(time.time())
         calls = self.start_calls(prompts, params[0], request_id)
@@ -97,10 +119,17 @@ class OpenAIServingCompletion(OpenAIServing):
 
     # ---- non-streaming ------------------------------------------------------------------
 
-    async def full(self, req: CompletionRequest, model: str, request_id: str, created: int,
-                   prompts: list[PreparedPrompt], calls: list[EngineCall]) -> CompletionResponse:
+    async def full(
+        self,
+        req: CompletionRequest,
+        model: str,
+        request_id: str,
+        created: int,
+        prompts: list[PreparedPrompt],
+        calls: list[EngineCall],
+    ) -> CompletionResponse:
         timers = [RequestTimer(self.ctx.metrics) for _ in calls]
-        last: dict[tuple[int, int], Any] = {}      # (prompt idx, completion idx) -> CompletionOutput
+        last: dict[tuple[int, int], Any] = {}  # (prompt idx, completion idx) -> CompletionOutput
         prompt_logprobs: dict[int, Any] = {}
         seen_tokens: dict[tuple[int, int], int] = {}
         for t, p in zip(timers, prompts):
@@ -143,23 +172,43 @@ class OpenAIServingCompletion(OpenAIServing):
                 if req.logprobs is not None:
                     logprobs = CompletionLogprobs()
                     if req.echo:
-                        self.append_prompt_logprobs(logprobs, prompt, prompt_logprobs.get(i),
-                                                    req.logprobs, state)
-                    self.append_logprobs(logprobs, comp.token_ids, comp.logprobs, req.logprobs,
-                                         state)
-                choices.append(CompletionChoice(index=i * req.n + j, text=text, logprobs=logprobs,
-                                                finish_reason=comp.finish_reason,
-                                                stop_reason=comp.stop_reason))
+                        self.append_prompt_logprobs(
+                            logprobs, prompt, prompt_logprobs.get(i), req.logprobs, state
+                        )
+                    self.append_logprobs(
+                        logprobs, comp.token_ids, comp.logprobs, req.logprobs, state
+                    )
+                choices.append(
+                    CompletionChoice(
+                        index=i * req.n + j,
+                        text=text,
+                        logprobs=logprobs,
+                        finish_reason=comp.finish_reason,
+                        stop_reason=comp.stop_reason,
+                    )
+                )
         prompt_tokens = sum(len(p.token_ids) for p in prompts)
-        usage = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          total_tokens=prompt_tokens + completion_tokens)
-        return CompletionResponse(id=request_id, created=created, model=model, choices=choices,
-                                  usage=usage)
+        usage = UsageInfo(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+        return CompletionResponse(
+            id=request_id, created=created, model=model, choices=choices, usage=usage
+        )
 
     # ---- streaming ----------------------------------------------------------------------
 
-    async def stream(self, req: CompletionRequest, model: str, request_id: str, created: int,
-                     prompts: list[PreparedPrompt], calls: list[EngineCall]) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        req: CompletionRequest,
+        model: str,
+        request_id: str,
+        created: int,
+        prompts: list[PreparedPrompt],
+        calls: list[EngineCall],
+    ) -> AsyncIterator[str]:
+        fast = FastChunks(request_id, created, model, "text_completion")
         timers = [RequestTimer(self.ctx.metrics) for _ in calls]
         states: dict[tuple[int, int], ChoiceState] = {}
         completion_tokens = 0
@@ -173,11 +222,11 @@ class OpenAIServingCompletion(OpenAIServing):
                     st = states.setdefault(key, ChoiceState())
                     if st.finished:
                         continue
-                    new_tokens = list(comp.token_ids[st.num_tokens:])
+                    new_tokens = list(comp.token_ids[st.num_tokens :])
                     timers[i].on_tokens(len(new_tokens))
                     completion_tokens += len(new_tokens)
                     st.num_tokens = len(comp.token_ids)
-                    delta = comp.text[st.text_len:] if len(comp.text) >= st.text_len else ""
+                    delta = comp.text[st.text_len :] if len(comp.text) >= st.text_len else ""
                     st.text_len = max(st.text_len, len(comp.text))
                     logprobs = None
                     if req.logprobs is not None:
@@ -185,40 +234,68 @@ class OpenAIServingCompletion(OpenAIServing):
                     if req.echo and not st.echoed:
                         prefix = self.prompt_text(prompts[i])
                         if logprobs is not None:
-                            self.append_prompt_logprobs(logprobs, prompts[i], out.prompt_logprobs,
-                                                        req.logprobs, st)
+                            self.append_prompt_logprobs(
+                                logprobs, prompts[i], out.prompt_logprobs, req.logprobs, st
+                            )
                         delta = prefix + delta
                         st.echoed = True
                     if logprobs is not None and comp.logprobs is not None:
                         upto = len(comp.token_ids)
-                        self.append_logprobs(logprobs, comp.token_ids[st.num_logprobs:upto],
-                                             comp.logprobs[st.num_logprobs:upto], req.logprobs, st)
+                        self.append_logprobs(
+                            logprobs,
+                            comp.token_ids[st.num_logprobs : upto],
+                            comp.logprobs[st.num_logprobs : upto],
+                            req.logprobs,
+                            st,
+                        )
                         st.num_logprobs = upto
                     finish = comp.finish_reason
                     if finish is not None:
                         st.finished = True
                     if not delta and finish is None:
                         continue  # nothing printable yet (e.g. half a UTF-8 character)
-                    chunk = CompletionChunk(id=request_id, created=created, model=model, choices=[
-                        CompletionChoice(index=i * req.n + comp.index, text=delta, logprobs=logprobs,
-                                         finish_reason=finish, stop_reason=comp.stop_reason)])
+                    if logprobs is None:
+                        yield fast.completion(i * req.n + comp.index, delta, finish,
+                                              comp.stop_reason)
+                        continue
+                    chunk = CompletionChunk(
+                        id=request_id,
+                        created=created,
+                        model=model,
+                        choices=[
+                            CompletionChoice(
+                                index=i * req.n + comp.index,
+                                text=delta,
+                                logprobs=logprobs,
+                                finish_reason=finish,
+                                stop_reason=comp.stop_reason,
+                            )
+                        ],
+                    )
                     yield sse_event(chunk)
                 if out.finished:
                     reasons = {c.finish_reason for c in out.outputs}
                     timers[i].on_finish(next(iter(reasons)) if len(reasons) == 1 else "mixed")
             if req.include_usage:
                 prompt_tokens = sum(len(p.token_ids) for p in prompts)
-                usage = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                  total_tokens=prompt_tokens + completion_tokens)
-                yield sse_event(CompletionChunk(id=request_id, created=created, model=model,
-                                                choices=[], usage=usage))
+                usage = UsageInfo(
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens,
+                )
+                yield sse_event(
+                    CompletionChunk(
+                        id=request_id, created=created, model=model, choices=[], usage=usage
+                    )
+                )
         except APIError as err:
             yield sse_error_event(err.message, err.err_type, int(err.status))
         except Exception as exc:
             logger.exception("completion stream %s failed", request_id)
             self.on_engine_error(exc)
-            yield sse_error_event(f"Internal server error: {type(exc).__name__}",
-                                  "internal_server_error", 500)
+            yield sse_error_event(
+                f"Internal server error: {type(exc).__name__}", "internal_server_error", 500
+            )
         finally:
             self.release_calls(calls)
         yield SSE_DONE
@@ -237,16 +314,27 @@ class OpenAIServingCompletion(OpenAIServing):
             return prompt.text
         return self.ctx.tokenizer.decode(prompt.token_ids)
 
-    def append_prompt_logprobs(self, lp: CompletionLogprobs, prompt: PreparedPrompt,
-                               prompt_logprobs: Optional[list], num: Optional[int],
-                               st: ChoiceState) -> None:
+    def append_prompt_logprobs(
+        self,
+        lp: CompletionLogprobs,
+        prompt: PreparedPrompt,
+        prompt_logprobs: Optional[list],
+        num: Optional[int],
+        st: ChoiceState,
+    ) -> None:
         """Echoed prompt tokens: the first has no logprob (nothing precedes it)."""
         entries = list(prompt_logprobs) if prompt_logprobs is not None else []
         entries += [None] * (len(prompt.token_ids) - len(entries))
         self.append_logprobs(lp, prompt.token_ids, entries, num, st)
 
-    def append_logprobs(self, lp: CompletionLogprobs, token_ids: list[int],
-                        entries: Optional[list], num: Optional[int], st: ChoiceState) -> None:
+    def append_logprobs(
+        self,
+        lp: CompletionLogprobs,
+        token_ids: list[int],
+        entries: Optional[list],
+        num: Optional[int],
+        st: ChoiceState,
+    ) -> None:
         tok = self.ctx.tokenizer
         for pos, tid in enumerate(token_ids):
             entry = entries[pos] if entries is not None and pos < len(entries) else None
@@ -258,7 +346,7 @@ class OpenAIServingCompletion(OpenAIServing):
             else:
                 top: dict[str, float] = {}
                 for _, t, v in top_entries(tok, entry, num or 0):
-                    top.setdefault(t, v)   # two ids may print alike (half characters): keep the best
+                    top.setdefault(t, v)  # two ids may print alike (half characters): keep the best
                 lp.top_logprobs.append(top)
             lp.text_offset.append(st.text_offset)
             st.text_offset += len(text)

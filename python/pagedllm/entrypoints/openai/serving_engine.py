@@ -5,6 +5,7 @@ Invariant: every request id handed to `engine.generate` is either seen finished 
 `EngineCall` — a client that disconnects, a cancelled task or a server fault never leaks a
 running request (and so never leaks KV blocks).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,13 @@ from typing import Any, AsyncIterator, Optional, Sequence
 
 import anyio
 
-from pagedllm.entrypoints.openai.errors import (APIError, BadRequestError, EngineDeadError,
-                                                ModelNotFoundError, OverloadedError)
+from pagedllm.entrypoints.openai.errors import (
+    APIError,
+    BadRequestError,
+    EngineDeadError,
+    ModelNotFoundError,
+    OverloadedError,
+)
 from pagedllm.entrypoints.openai.metrics import ServerMetrics
 from pagedllm.entrypoints.openai.protocol import SamplingFields
 
@@ -31,8 +37,8 @@ async def maybe_await(value: Any) -> Any:
 class ServerContext:
     """Everything the serving classes need, built once at startup."""
 
-    engine: Any                      # AsyncLLMEngine (vLLM's API)
-    tokenizer: Any                   # transformers tokenizer
+    engine: Any  # AsyncLLMEngine (vLLM's API)
+    tokenizer: Any  # transformers tokenizer
     served_model_names: list[str]
     model_path: str
     max_model_len: int
@@ -40,13 +46,13 @@ class ServerContext:
     metrics: Optional[ServerMetrics] = None
     max_num_waiting: Optional[int] = None
     chat_template: Optional[str] = None
-    on_engine_dead: Any = None       # callable(): ask the server to exit non-zero
+    on_engine_dead: Any = None  # callable(): ask the server to exit non-zero
 
 
 @dataclass
 class PreparedPrompt:
     token_ids: list[int]
-    text: Optional[str]              # the text if the client sent text (for echo)
+    text: Optional[str]  # the text if the client sent text (for echo)
 
 
 class AdmissionControl:
@@ -60,7 +66,8 @@ class AdmissionControl:
         if self.max_num_waiting is not None and self.num_waiting + count > self.max_num_waiting:
             raise OverloadedError(
                 f"Too many requests waiting ({self.num_waiting} >= max_num_waiting="
-                f"{self.max_num_waiting}); retry later.")
+                f"{self.max_num_waiting}); retry later."
+            )
         self.num_waiting += count
 
     def release(self, count: int = 1) -> None:
@@ -72,8 +79,9 @@ class EngineCall:
 
     It holds one admission unit from construction until its first output (or its end)."""
 
-    def __init__(self, serving: "OpenAIServing", prompt_ids: list[int], params: Any,
-                 request_id: str) -> None:
+    def __init__(
+        self, serving: "OpenAIServing", prompt_ids: list[int], params: Any, request_id: str
+    ) -> None:
         self.serving = serving
         self.prompt_ids = prompt_ids
         self.params = params
@@ -91,7 +99,9 @@ class EngineCall:
         engine = self.serving.ctx.engine
         gen = None
         try:
-            gen = engine.generate({"prompt_token_ids": self.prompt_ids}, self.params, self.request_id)
+            gen = engine.generate(
+                {"prompt_token_ids": self.prompt_ids}, self.params, self.request_id
+            )
             async for output in gen:
                 self.started = True
                 self.release()
@@ -121,7 +131,7 @@ class EngineCall:
 
 
 async def merge_async_iterators(*iterators: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
-    """Yield (index, item) from several async iterators as items arrive; cancels the rest on exit."""
+    """Yield (index, item) from several async iterators as they arrive; cancel the rest on exit."""
     if len(iterators) == 1:
         async for item in iterators[0]:
             yield 0, item
@@ -179,8 +189,9 @@ class OpenAIServing:
         vocab = self.ctx.vocab_size
         for t in ids:
             if isinstance(t, bool) or not isinstance(t, int) or t < 0 or t >= vocab:
-                raise BadRequestError(f"token id {t!r} is outside the vocabulary [0, {vocab})",
-                                      param=param)
+                raise BadRequestError(
+                    f"token id {t!r} is outside the vocabulary [0, {vocab})", param=param
+                )
 
     def resolve_max_tokens(self, prompt_len: int, max_tokens: Optional[int], param: str) -> int:
         """Checks prompt + max_tokens against max_model_len; None means 'fill the context'."""
@@ -191,28 +202,44 @@ class OpenAIServing:
             if prompt_len >= limit:
                 raise BadRequestError(
                     f"This model's maximum context length is {limit} tokens; the prompt has "
-                    f"{prompt_len} tokens.", param=param)
+                    f"{prompt_len} tokens.",
+                    param=param,
+                )
             return limit - prompt_len
         if prompt_len + max_tokens > limit:
             raise BadRequestError(
                 f"This model's maximum context length is {limit} tokens; you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the "
-                f"completion). Reduce the prompt or max_tokens.", param=param)
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for "
+                f"the "
+                f"completion). Reduce the prompt or max_tokens.",
+                param=param,
+            )
         return max_tokens
 
     # ---- engine ------------------------------------------------------------------------
 
-    def sampling_params(self, req: SamplingFields, max_tokens: int, logprobs: Optional[int],
-                        prompt_logprobs: Optional[int]) -> Any:
+    def sampling_params(
+        self,
+        req: SamplingFields,
+        max_tokens: int,
+        logprobs: Optional[int],
+        prompt_logprobs: Optional[int],
+    ) -> Any:
         from pagedllm.sampling_params import SamplingParams  # the engine's class (vLLM's API)
 
         kwargs: dict[str, Any] = dict(n=req.n, max_tokens=max_tokens)
         # Pass only what the client set, so the engine's own defaults stay in force.
         optional = {
-            "temperature": req.temperature, "top_p": req.top_p, "min_p": req.min_p,
-            "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty,
-            "repetition_penalty": req.repetition_penalty, "seed": req.seed, "stop": req.stop,
-            "stop_token_ids": req.stop_token_ids, "logprobs": logprobs,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "min_p": req.min_p,
+            "presence_penalty": req.presence_penalty,
+            "frequency_penalty": req.frequency_penalty,
+            "repetition_penalty": req.repetition_penalty,
+            "seed": req.seed,
+            "stop": req.stop,
+            "stop_token_ids": req.stop_token_ids,
+            "logprobs": logprobs,
             "prompt_logprobs": prompt_logprobs,
         }
         if req.top_k is not None:
@@ -232,14 +259,18 @@ class OpenAIServing:
         except (ValueError, TypeError) as exc:
             raise BadRequestError(str(exc)) from exc
 
-    def start_calls(self, prompts: Sequence[PreparedPrompt], params: Any,
-                    request_id: str) -> list[EngineCall]:
+    def start_calls(
+        self, prompts: Sequence[PreparedPrompt], params: Any, request_id: str
+    ) -> list[EngineCall]:
         """Admits all prompts of one HTTP request at once (503 if over --max-num-waiting)."""
         self.check_engine_alive()
         self.admission.admit(len(prompts))
-        return [EngineCall(self, p.token_ids, params,
-                           request_id if len(prompts) == 1 else f"{request_id}-{i}")
-                for i, p in enumerate(prompts)]
+        return [
+            EngineCall(
+                self, p.token_ids, params, request_id if len(prompts) == 1 else f"{request_id}-{i}"
+            )
+            for i, p in enumerate(prompts)
+        ]
 
     @staticmethod
     def release_calls(calls: Sequence[EngineCall]) -> None:

@@ -4,11 +4,12 @@ A stream's body generator is cancelled as soon as the client disconnects (whatev
 version the server speaks), so its `finally` aborts the engine request within one engine step.
 A non-streaming request races its generation against the client's disconnect the same way.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Optional, TypeVar
 
 import anyio
 from starlette.requests import Request
@@ -45,6 +46,7 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
+
             async def stream_then_stop() -> None:
                 try:
                     await self.stream_response(send)
@@ -80,3 +82,28 @@ async def run_unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             if not t.done():
                 t.cancel()
         await asyncio.gather(work_task, watch_task, return_exceptions=True)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class FastChunks:
+    """The common stream chunk (one choice, text only, no logprobs) written straight to SSE text.
+
+    It is the exact JSON that CompletionChunk / ChatCompletionChunk serialize to (a test holds
+    them equal), at ~1/40 of the cost: the id/object/created/model head is built once per stream.
+    """
+
+    def __init__(self, request_id: str, created: int, model: str, object_name: str) -> None:
+        self.head = (f'data: {{"id":{_json(request_id)},"object":"{object_name}",'
+                     f'"created":{int(created)},"model":{_json(model)},"choices":[{{"index":')
+
+    def completion(self, index: int, text: str, finish_reason: Optional[str],
+                   stop_reason: Any) -> str:
+        return (f'{self.head}{int(index)},"text":{_json(text)},"logprobs":null,'
+                f'"finish_reason":{_json(finish_reason)},"stop_reason":{_json(stop_reason)}}}]}}\n\n')
+
+    def chat(self, index: int, content: str, finish_reason: Optional[str], stop_reason: Any) -> str:
+        return (f'{self.head}{int(index)},"delta":{{"content":{_json(content)}}},"logprobs":null,'
+                f'"finish_reason":{_json(finish_reason)},"stop_reason":{_json(stop_reason)}}}]}}\n\n')

@@ -1,0 +1,61 @@
+"""Command-line flags of the server (vLLM's names): server flags, then every EngineArgs flag."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Server flags (vLLM's names), then every EngineArgs flag."""
+    from pagedllm.engine.arg_utils import AsyncEngineArgs
+
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    g.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (or set PAGEDLLM_API_KEY)",
+    )
+    g.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        help="model name(s) clients use in the 'model' field",
+    )
+    g.add_argument(
+        "--max-num-waiting",
+        type=int,
+        default=None,
+        help="answer 503 while more than this many requests wait for the engine",
+    )
+    g.add_argument("--chat-template", default=None, help="chat template file or Jinja text")
+    g.add_argument(
+        "--metrics-public", action="store_true", help="serve /metrics without the API key"
+    )
+    g.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="seconds in-flight requests get to finish after SIGINT/SIGTERM",
+    )
+    g.add_argument(
+        "--uvicorn-log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+    )
+    g.add_argument("--disable-uvicorn-access-log", action="store_true")
+    g.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    AsyncEngineArgs.add_cli_args(parser)
+    return parser
+
+
+def validate_server_args(args: argparse.Namespace) -> None:
+    if not (0 <= args.port <= 65535):
+        raise ValueError("port: must be in [0, 65535]")
+    if args.max_num_waiting is not None and args.max_num_waiting < 0:
+        raise ValueError("max_num_waiting: must be >= 0")
+    if args.shutdown_timeout < 0:
+        raise ValueError("shutdown_timeout: must be >= 0")

@@ -1,0 +1,47 @@
+"""Fixtures for the reliability tests (issue 6): a real server subprocess on a tiny model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+try:  # 1,000 concurrent streams need ~1,000 sockets on each side (the server inherits this)
+    import resource
+
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _soft < 8192:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(8192, _hard), _hard))
+except (ImportError, ValueError, OSError):
+    pass
+
+from server_process import ServerProcess  # noqa: E402
+
+RELIABILITY_ARGS = (
+    "--max-model-len",
+    "256",
+    "--max-num-seqs",
+    "256",
+    "--served-model-name",
+    "tiny",
+    "--dtype",
+    "float32",
+    "--device",
+    "cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def rserver(tiny_llama: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(str(tiny_llama), *RELIABILITY_ARGS)
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+        proc.close()
+        assert code == 0, f"server exit code {code}"
