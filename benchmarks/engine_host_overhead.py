@@ -15,12 +15,15 @@ median and p90 of each per configuration (greedy / temperature 1 + top_p 0.9, de
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
+import pstats
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -64,7 +67,8 @@ def _stats(values_s: list[float]) -> dict:
 
 
 def measure(engine: LLMEngine, num_seqs: int, warmup: int, steps: int, prompt_len: int,
-            sampling: dict, detokenize: bool, output_kind: RequestOutputKind, seed: int) -> dict:
+            sampling: dict, detokenize: bool, output_kind: RequestOutputKind, seed: int,
+            profiler: Optional[cProfile.Profile] = None) -> dict:
     core = engine.engine_core
     timer = core.runner.model
     rng = np.random.default_rng(seed)
@@ -86,7 +90,11 @@ def measure(engine: LLMEngine, num_seqs: int, warmup: int, steps: int, prompt_le
     for _ in range(steps):
         h0, m0, o0, f0 = core.time_host, core.time_model, engine._time_output, timer.total
         t0 = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         engine.step()
+        if profiler is not None:
+            profiler.disable()
         wall.append(time.perf_counter() - t0)
         d_core, d_out = core.time_host - h0, engine._time_output - o0
         d_fwd = timer.total - f0
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="subset of <sampling>/<detok|nodetok> names (default: all four)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-json", default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile the timed steps; the top functions go to stderr")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         engine = LLMEngine.from_engine_args(engine_args)
         engine.engine_core.runner.model = _ForwardTimer(engine.engine_core.runner.model)
+        profiler = cProfile.Profile() if args.profile else None
         results = {}
         for name, sampling in CONFIGS.items():
             for detok in (False, True):
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
                 results[key] = measure(engine, args.num_seqs, args.warmup, args.steps,
                                        args.prompt_len, sampling, detok,
-                                       OUTPUT_KINDS[args.output_kind], args.seed)
+                                       OUTPUT_KINDS[args.output_kind], args.seed, profiler)
     report = {
         "benchmark": "engine_host_overhead",
         "num_seqs": args.num_seqs,
@@ -151,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
         "python": sys.version.split()[0],
         "results": results,
     }
+    if profiler is not None:
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(40)
     text = json.dumps(report, indent=1)
     print(text)
     if args.output_json:
