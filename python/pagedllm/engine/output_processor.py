@@ -24,7 +24,7 @@ from pagedllm.outputs import (
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 
-@dataclass
+@dataclass(slots=True)
 class ChildState:
     index: int
     handle: int
@@ -44,7 +44,7 @@ class ChildState:
         return self.finish_reason is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestState:
     request_id: str
     prompt: Optional[str]
@@ -59,7 +59,10 @@ class RequestState:
 
     @property
     def finished(self) -> bool:
-        return all(c.finished for c in self.children)
+        children = self.children
+        if len(children) == 1:  # n == 1, the common case
+            return children[0].finish_reason is not None
+        return all(c.finish_reason is not None for c in children)
 
 
 class OutputProcessor:
@@ -122,12 +125,13 @@ class OutputProcessor:
         now = time.time()
         touched: dict[str, RequestState] = {}
         to_abort: list[int] = []
+        handle_to_child = self.handle_to_child
         for out in outputs:
-            entry = self.handle_to_child.get(out.handle)
+            entry = handle_to_child.get(out.handle)
             if entry is None:
                 continue
             state, child = entry
-            if child.finished:
+            if child.finish_reason is not None:
                 continue
             touched[state.request_id] = state
             m = state.metrics
@@ -137,22 +141,23 @@ class OutputProcessor:
             if out.new_prompt_logprobs and state.prompt_logprobs is not None:
                 self._decode_logprobs(out.new_prompt_logprobs)
                 state.prompt_logprobs.extend(out.new_prompt_logprobs)
-            if not out.new_token_ids and out.finish_reason is None:
+            new_token_ids = out.new_token_ids
+            if not new_token_ids and out.finish_reason is None:
                 continue
             if child.index == 0:
                 state.num_cached_tokens = out.num_cached_tokens
-            if out.new_token_ids:
+            if new_token_ids:
                 if m.first_token_time is None:
                     m.first_token_time = now
                 m.last_token_time = now
-            child.token_ids.extend(out.new_token_ids)
+            child.token_ids.extend(new_token_ids)
             if out.new_logprobs and child.logprobs is not None:
                 self._decode_logprobs(out.new_logprobs)
                 child.logprobs.extend(out.new_logprobs)
                 for lp_dict, tid in zip(out.new_logprobs, out.new_token_ids):
                     child.cumulative_logprob += lp_dict[tid].logprob
             stop_terminated = out.finish_reason == "stop"
-            stop_string = child.detokenizer.update(out.new_token_ids, stop_terminated)
+            stop_string = child.detokenizer.update(new_token_ids, stop_terminated)
             if stop_string is not None:
                 child.finish_reason, child.stop_reason = "stop", stop_string
                 if out.finish_reason is None:
@@ -161,8 +166,8 @@ class OutputProcessor:
                 if not stop_terminated:
                     child.detokenizer.finish()
                 child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
-            if child.finished:
-                self.handle_to_child.pop(child.handle, None)
+            if child.finish_reason is not None:
+                handle_to_child.pop(child.handle, None)
         results = []
         for state in touched.values():
             ro = self._make_output(state, now)
