@@ -5,8 +5,9 @@ decode requests (ignore_eos, so the batch never shrinks). Per timed step it reco
   host_ms    = EngineCore host time (schedule, batch building, update, collecting outputs)
                + LLMEngine output processing (detokenization, RequestOutputs)
   core_ms / output_ms: the two parts of host_ms
-  sample_ms  = EngineCore's model phase minus the model forward itself (input tensors,
-               logits row selection and the sampler; on a GPU most of it is host launch work)
+  sample_ms  = EngineCore's model phase minus the model forward and logits head (input
+               tensors, logits row selection and the sampler; on a GPU most of it is host
+               launch work, on this CPU run it includes the sampler's tensor math)
 The model forward (forward_ms) is reported for reference only. Prints one JSON object with the
 median and p90 of each per configuration (greedy / temperature 1 + top_p 0.9, detokenize on/off).
 
@@ -44,18 +45,25 @@ OUTPUT_KINDS = {
 
 
 class _ForwardTimer:
-    """Wraps the runner's model forward so its time can be taken out of the model phase."""
+    """Wraps the runner's model forward and logits head so their time can be taken out of the
+    model phase."""
 
     def __init__(self, model) -> None:
         self.model = model
         self.total = 0.0
 
-    def __call__(self, *args, **kwargs):
+    def _timed(self, fn, *args, **kwargs):
         t0 = time.perf_counter()
         try:
-            return self.model(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             self.total += time.perf_counter() - t0
+
+    def __call__(self, *args, **kwargs):
+        return self._timed(self.model, *args, **kwargs)
+
+    def compute_logits(self, *args, **kwargs):
+        return self._timed(self.model.compute_logits, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.model, name)

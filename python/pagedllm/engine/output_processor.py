@@ -223,6 +223,9 @@ class OutputProcessor:
 
     def _make_output(self, state: RequestState, now: float) -> Optional[RequestOutput]:
         kind = state.params.output_kind
+        children = state.children
+        if len(children) == 1 and kind == RequestOutputKind.CUMULATIVE:
+            return self._make_single_cumulative(state, children[0], now)
         finished = state.finished
         if finished:
             state.metrics.finished_time = now
@@ -283,6 +286,41 @@ class OutputProcessor:
             prompt_token_ids=state.prompt_token_ids,
             prompt_logprobs=prompt_logprobs,
             outputs=completions,
+            finished=finished,
+            metrics=state.metrics,
+            num_cached_tokens=state.num_cached_tokens,
+        )
+
+    def _make_single_cumulative(
+        self, state: RequestState, child: ChildState, now: float
+    ) -> RequestOutput:
+        """_make_output for the default shape (n == 1, CUMULATIVE) without the general loop:
+        the same fields, built straight (one output per request per step makes this hot)."""
+        finished = child.finish_reason is not None
+        if finished:
+            state.metrics.finished_time = now
+            child.reported_final = True
+        detok = child.detokenizer
+        text_end = detok.releasable_text_len(finished)
+        token_ids = child.token_ids
+        logprobs = child.logprobs
+        completion = CompletionOutput(
+            child.index,
+            detok.text[:text_end],
+            list(token_ids),
+            child.cumulative_logprob,
+            list(logprobs) if logprobs is not None else None,
+            child.finish_reason,
+            child.stop_reason,
+        )
+        child.sent_tokens = len(token_ids)
+        child.sent_text = text_end
+        return RequestOutput(
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=state.prompt_logprobs,
+            outputs=[completion],
             finished=finished,
             metrics=state.metrics,
             num_cached_tokens=state.num_cached_tokens,
