@@ -18,7 +18,27 @@ _PROMPT_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
 
 
-def _backend_decoder(tokenizer: Any) -> Optional[Callable[[list[int], bool], str]]:
+class _BackendDecode:
+    """backend.decode(ids, skip_special_tokens=skip), with single-token results memoised: the
+    window before each new token is usually one token long, and decode is a pure function of
+    (ids, skip). One instance per tokenizer is shared by all of its detokenizers."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self._single: dict[tuple[int, bool], str] = {}  # at most 2 * vocab entries
+
+    def __call__(self, ids: list[int], skip: bool) -> str:
+        if len(ids) == 1:
+            key = (ids[0], skip)
+            text = self._single.get(key)
+            if text is None:
+                text = self.backend.decode(ids, skip_special_tokens=skip)
+                self._single[key] = text
+            return text
+        return self.backend.decode(ids, skip_special_tokens=skip)
+
+
+def backend_decoder(tokenizer: Any) -> Optional[Callable[[list[int], bool], str]]:
     """The Rust tokenizer's decode when it is exactly what tokenizer.decode(ids,
     skip_special_tokens=...) returns, else None. transformers' fast tokenizers decode with the
     Rust backend and then only apply clean_up_tokenization_spaces (skipped for BPE models unless
@@ -49,13 +69,22 @@ def _backend_decoder(tokenizer: Any) -> Optional[Callable[[list[int], bool], str
         )
         if not is_bpe or forced:
             return None
-    return lambda ids, skip: backend.decode(ids, skip_special_tokens=skip)
+    return _BackendDecode(backend)
+
+
+_UNSET: Any = object()
 
 
 class IncrementalDetokenizer:
     def __init__(
-        self, tokenizer: Any, prompt_token_ids: Sequence[int], params: SamplingParams
+        self,
+        tokenizer: Any,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        fast_decode: Optional[Callable[[list[int], bool], str]] = _UNSET,
     ) -> None:
+        """fast_decode: backend_decoder(tokenizer), passed by callers that make many
+        detokenizers for one tokenizer (computed here when not given)."""
         self.tokenizer = tokenizer
         self.params = params
         # Without a tokenizer (skip_tokenizer_init) there is no text, only token ids.
@@ -68,7 +97,9 @@ class IncrementalDetokenizer:
         self.stop_string: Optional[str] = None
         self._num_output_tokens = 0
         self._max_stop_len = max((len(s) for s in params.stop), default=0)
-        self._fast_decode = _backend_decoder(tokenizer) if self.enabled else None
+        if fast_decode is _UNSET:
+            fast_decode = backend_decoder(tokenizer) if self.enabled else None
+        self._fast_decode = fast_decode if self.enabled else None
 
     def _decode(self, ids: list[int]) -> str:
         if self._fast_decode is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from pagedllm.engine.core import CoreOutput
-from pagedllm.engine.detokenizer import IncrementalDetokenizer, TokenTextCache
+from pagedllm.engine.detokenizer import IncrementalDetokenizer, TokenTextCache, backend_decoder
 from pagedllm.outputs import (
     CompletionOutput,
     Logprob,
@@ -69,6 +69,8 @@ class OutputProcessor:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.token_text = TokenTextCache(tokenizer) if tokenizer is not None else None
+        # One shared fast decode (and its single-token memo) for every request's detokenizer.
+        self._fast_decode = backend_decoder(tokenizer) if tokenizer is not None else None
         self.requests: dict[str, RequestState] = {}
         self.handle_to_child: dict[int, tuple[RequestState, ChildState]] = {}
 
@@ -84,7 +86,9 @@ class OutputProcessor:
     ) -> RequestState:
         children = []
         for index, handle in enumerate(handles):
-            detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)
+            detok = IncrementalDetokenizer(
+                self.tokenizer, prompt_token_ids, params, self._fast_decode
+            )
             child = ChildState(index, handle, detok)
             if params.logprobs is not None:
                 child.logprobs, child.cumulative_logprob = [], 0.0
