@@ -359,6 +359,8 @@ class EngineCore:
             req = self.requests.get(h)
             if req is None or len(req.output_token_ids) >= req.params.min_tokens:
                 done.append(h)
+        if done:
+            self._last_batch = None  # its rows' ban flags are stale now
         for h in done:
             self._min_tokens_handles.discard(h)
             req = self.requests.get(h)
