@@ -11,7 +11,8 @@ decode requests (ignore_eos, so the batch never shrinks). Per timed step it reco
 The model forward (forward_ms) is reported for reference only. Prints one JSON object with the
 median and p90 of each per configuration (greedy / temperature 1 + top_p 0.9, detokenize on/off).
 
-    python benchmarks/engine_host_overhead.py [--num-seqs 256] [--steps 60] [--output-kind cumulative]
+    python benchmarks/engine_host_overhead.py [--num-seqs 256] [--steps 60]
+        [--output-kind cumulative|delta|final_only] [--configs greedy/detok ...] [--profile]
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ class _ForwardTimer:
 
 def _stats(values_s: list[float]) -> dict:
     arr = np.asarray(values_s, dtype=np.float64) * 1e3  # [steps] ms
-    return {"median": round(float(np.median(arr)), 4), "p90": round(float(np.quantile(arr, 0.9)), 4)}
+    return {"median": round(float(np.median(arr)), 4),
+            "p90": round(float(np.quantile(arr, 0.9)), 4)}
 
 
 def measure(engine: LLMEngine, num_seqs: int, warmup: int, steps: int, prompt_len: int,
