@@ -72,10 +72,10 @@ def row_columns(row: SamplingRow) -> tuple:
 
 
 class SamplingBatch:
-    """One step's rows, packed once. Flags are computed with numpy over all rows; the device
-    tensors are built on first use only (an all-greedy batch never builds temperature or top-p
-    tensors, so it costs no host-to-device copies). `columns` ([N, 8] rows of row_columns, in
-    row order) may be passed by a caller that caches them per request."""
+    """One step's rows, packed once. Flags are computed with numpy over all rows; only the device
+    tensors the sampler will read are built (at construction), so an all-greedy batch costs no
+    host-to-device copies; the others are built on first access. `columns` ([N, 8] rows of
+    row_columns, in row order) may be passed by a caller that caches them per request."""
 
     def __init__(
         self,
@@ -107,6 +107,16 @@ class SamplingBatch:
         self.need_top_p = bool((self._top_p < 1.0).any())
         self.need_top_k = bool((self._top_k > 0).any())
         self.need_min_p = bool((self._min_p > 0.0).any())
+        # Copy what the sampler will read now, before the engine launches the forward: a
+        # blocking host-to-device copy issued after the launch would wait for the forward.
+        if not self.all_greedy:
+            _ = self.temperature, self.greedy_mask
+            if self.need_top_p:
+                _ = self.top_p
+            if self.need_top_k:
+                _ = self.top_k
+            if self.need_min_p:
+                _ = self.min_p
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device)
