@@ -18,7 +18,13 @@ import torch
 from pagedllm.config import EngineConfig
 from pagedllm.outputs import Logprob
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.worker.sampler import Sampler, SamplingBatch, SamplingRow, token_logprobs
+from pagedllm.worker.sampler import (
+    Sampler,
+    SamplingBatch,
+    SamplingRow,
+    row_columns,
+    token_logprobs,
+)
 
 _FINISH_REASONS = {1: "stop", 2: "length", 3: "abort"}  # core FinishReason -> vLLM string
 
@@ -44,9 +50,14 @@ class CoreRequest:
     output_token_ids: list[int] = field(default_factory=list)
     next_prompt_logprob_pos: int = 1  # next prompt position whose logprob is still to compute
     first_scheduled_time: Optional[float] = None
+    # Built once at add time and reused every step. Only the min_tokens ban changes over the
+    # request's life: `banned_ids` is applied while len(output_token_ids) < params.min_tokens.
+    row: Optional[SamplingRow] = None
+    columns: tuple = ()  # row_columns(row), kept in step with row.banned_token_ids
+    banned_ids: list[int] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class CoreOutput:
     """One sequence's news from one step."""
 
@@ -137,6 +148,14 @@ class EngineCore:
         self.scheduler = _core.Scheduler(self.scheduler_config)
         self.sampler = Sampler()
         self.requests: dict[int, CoreRequest] = {}
+        # Handles by what extra per-step work they need, so that the common step skips loops.
+        self._never_scheduled: set[int] = set()  # first_scheduled_time still unset
+        self._prompt_lp_handles: set[int] = set()  # asked for prompt logprobs
+        self._logprob_handles: set[int] = set()  # asked for sample logprobs
+        self._min_tokens_handles: set[int] = set()  # banned tokens may still apply (min_tokens)
+        # The last step's sampled handles ([N] int64) and batch, reused while they stay the same.
+        self._last_batch_handles: Optional[np.ndarray] = None
+        self._last_batch: Optional[SamplingBatch] = None
         # Test hook: called before every model forward; an exception fails that step only.
         self.fault_injector: Optional[Callable[[], None]] = None
         # Cumulative counters and the last step's timing split (seconds).
@@ -183,13 +202,57 @@ class EngineCore:
         self.scheduler.add_request(
             handle, np.asarray(prompt_token_ids, dtype=np.int32), core_params
         )
-        self.requests[handle] = CoreRequest(
-            handle, list(prompt_token_ids), params, self.eos_token_id, generator
-        )
+        req = CoreRequest(handle, list(prompt_token_ids), params, self.eos_token_id, generator)
+        self._init_sampling_row(req)
+        self.requests[handle] = req
+        self._never_scheduled.add(handle)
+        if params.prompt_logprobs is not None:
+            self._prompt_lp_handles.add(handle)
+        if params.logprobs is not None:
+            self._logprob_handles.add(handle)
         self.num_prompt_tokens += len(prompt_token_ids)
 
-    def abort_request(self, handle: int) -> bool:
+    def _init_sampling_row(self, req: CoreRequest) -> None:
+        p = req.params
+        banned: list[int] = []
+        if p.min_tokens > 0:
+            banned = list(p.stop_token_ids or [])
+            if req.eos_token_id is not None and not p.ignore_eos:
+                banned.append(req.eos_token_id)
+                banned += self.extra_eos_ids
+        req.banned_ids = banned
+        has_pen = (
+            p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
+        )
+        # The penalty rows alias the request's own lists: output_token_ids grows in place.
+        req.row = SamplingRow(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            min_p=p.min_p,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            repetition_penalty=p.repetition_penalty,
+            generator=req.generator,
+            num_logprobs=p.logprobs,
+            prompt_token_ids=req.prompt_token_ids if has_pen else (),
+            output_token_ids=req.output_token_ids if has_pen else (),
+            banned_token_ids=banned,
+        )
+        req.columns = row_columns(req.row)
+        if banned:
+            self._min_tokens_handles.add(req.handle)
+
+    def _forget(self, handle: int) -> None:
+        """Drop everything remembered about a handle (finished, aborted or failed)."""
         self.requests.pop(handle, None)
+        self._never_scheduled.discard(handle)
+        self._prompt_lp_handles.discard(handle)
+        self._logprob_handles.discard(handle)
+        self._min_tokens_handles.discard(handle)
+
+    def abort_request(self, handle: int) -> bool:
+        self._forget(handle)
         return self.scheduler.abort_request(handle)
 
     def has_unfinished_requests(self) -> bool:
@@ -201,18 +264,16 @@ class EngineCore:
         plan = self.scheduler.schedule()
         if plan.num_seqs == 0:
             return []
-        now = time.time()
-        handles = plan.handles.tolist()  # [S]
-        first_sched: dict[int, float] = {}
-        for h in handles:
-            req = self.requests.get(h)
-            if req is not None and req.first_scheduled_time is None:
-                req.first_scheduled_time = now
-                first_sched[h] = now
-
+        plan_handles = plan.handles  # [S] int64
+        first_sched = self._mark_first_scheduled(plan_handles)
         sample_rows = plan.logits_indices  # [N] int32
-        sample_handles = [handles[i] for i in plan.sampled_seq_indices.tolist()]  # [N]
-        prompt_lp_rows, prompt_lp_spans = self._prompt_logprob_rows(plan, handles)
+        sample_handles = plan_handles[plan.sampled_seq_indices]  # [N] int64
+        prompt_lp_rows: list[int] = []
+        prompt_lp_spans: list[tuple[int, int, int]] = []
+        if self._prompt_lp_handles:
+            prompt_lp_rows, prompt_lp_spans = self._prompt_logprob_rows(
+                plan, plan_handles.tolist()
+            )
         rows = sample_rows
         if prompt_lp_rows:
             rows = np.concatenate([np.asarray(prompt_lp_rows, dtype=np.int32), sample_rows])
@@ -226,28 +287,44 @@ class EngineCore:
             sampled = self.sampler.sample(logits[num_plp:], batch)
             prompt_lps = self._score_prompt(logits[:num_plp], prompt_lp_spans) if num_plp else {}
         except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
+            handles = plan_handles.tolist()
             self._fail_step(handles)
             raise StepFailedError(handles, e) from e
         t2 = time.perf_counter()
 
         step_outputs = self.scheduler.update(plan, sampled.token_ids)
-        outputs = self._collect(
-            step_outputs, sample_handles, sampled, batch, prompt_lps, first_sched
-        )
-        # Sequences that only ran a prompt chunk but produced prompt logprobs report them too.
-        reported = {o.handle for o in outputs}
-        for h, lps in prompt_lps.items():
-            if h not in reported and h in self.requests:
-                outputs.append(
-                    CoreOutput(
-                        h, [], new_prompt_logprobs=lps, first_scheduled_time=first_sched.get(h)
+        outputs = self._collect(step_outputs, sample_handles, sampled, prompt_lps, first_sched)
+        if prompt_lps:
+            # Sequences that only ran a prompt chunk but produced prompt logprobs report them too.
+            reported = {o.handle for o in outputs}
+            for h, lps in prompt_lps.items():
+                if h not in reported and h in self.requests:
+                    outputs.append(
+                        CoreOutput(
+                            h, [], new_prompt_logprobs=lps, first_scheduled_time=first_sched.get(h)
+                        )
                     )
-                )
         t3 = time.perf_counter()
         self.num_steps += 1
         self.time_model += t2 - t1
         self.time_host += (t1 - t0) + (t3 - t2)
         return outputs
+
+    def _mark_first_scheduled(self, plan_handles: np.ndarray) -> dict[int, float]:
+        """Stamp requests scheduled for the first time; returns {handle: time} for them."""
+        if not self._never_scheduled:
+            return {}
+        now = time.time()
+        first_sched: dict[int, float] = {}
+        never = self._never_scheduled
+        for h in plan_handles.tolist():
+            if h in never:
+                never.discard(h)
+                req = self.requests.get(h)
+                if req is not None:
+                    req.first_scheduled_time = now
+                    first_sched[h] = now
+        return first_sched
 
     def _fail_step(self, handles: list[int]) -> None:
         for h in handles:
@@ -255,39 +332,41 @@ class EngineCore:
         # K/V written by a failed forward may be partial: never serve it from the prefix cache.
         self.scheduler.reset_prefix_cache()
 
-    def _build_batch(self, sample_handles: list[int]) -> SamplingBatch:
-        rows = []
-        for h in sample_handles:
-            req = self.requests[h]
-            p = req.params
-            banned: list[int] = []
-            if len(req.output_token_ids) < p.min_tokens:
-                banned = list(p.stop_token_ids or [])
-                if req.eos_token_id is not None and not p.ignore_eos:
-                    banned.append(req.eos_token_id)
-                    banned += self.extra_eos_ids
-            has_pen = (
-                p.presence_penalty != 0.0
-                or p.frequency_penalty != 0.0
-                or p.repetition_penalty != 1.0
-            )
-            rows.append(
-                SamplingRow(
-                    temperature=p.temperature,
-                    top_p=p.top_p,
-                    top_k=p.top_k,
-                    min_p=p.min_p,
-                    presence_penalty=p.presence_penalty,
-                    frequency_penalty=p.frequency_penalty,
-                    repetition_penalty=p.repetition_penalty,
-                    generator=req.generator,
-                    num_logprobs=p.logprobs,
-                    prompt_token_ids=req.prompt_token_ids if has_pen else (),
-                    output_token_ids=req.output_token_ids if has_pen else (),
-                    banned_token_ids=banned,
-                )
-            )
-        return SamplingBatch(rows, device=self.device)
+    def _build_batch(self, sample_handles: np.ndarray) -> SamplingBatch:
+        """sample_handles: [N] int64. The previous step's batch is reused when the same handles
+        are sampled in the same order and no row's min_tokens ban can have changed."""
+        self._refresh_banned()
+        last = self._last_batch_handles
+        if (
+            last is not None
+            and self._last_batch is not None
+            and not self._min_tokens_handles
+            and np.array_equal(last, sample_handles)
+        ):
+            return self._last_batch
+        reqs = [self.requests[h] for h in sample_handles.tolist()]
+        batch = SamplingBatch(
+            [r.row for r in reqs], device=self.device, columns=[r.columns for r in reqs]
+        )
+        self._last_batch_handles = sample_handles.copy()
+        self._last_batch = batch
+        return batch
+
+    def _refresh_banned(self) -> None:
+        """Lift the min_tokens ban of requests that now have min_tokens outputs."""
+        done = []
+        for h in self._min_tokens_handles:
+            req = self.requests.get(h)
+            if req is None or len(req.output_token_ids) >= req.params.min_tokens:
+                done.append(h)
+        if done:
+            self._last_batch = None  # its rows' ban flags are stale now
+        for h in done:
+            self._min_tokens_handles.discard(h)
+            req = self.requests.get(h)
+            if req is not None and req.row is not None:
+                req.row.banned_token_ids = []
+                req.columns = row_columns(req.row)
 
     def _prompt_logprob_rows(
         self, plan: Any, handles: list[int]
@@ -341,42 +420,57 @@ class EngineCore:
 
     def _collect(
         self,
-        step_outputs: list[Any],
-        sample_handles: list[int],
+        step_outputs: Any,
+        sample_handles: np.ndarray,
         sampled: Any,
-        batch: SamplingBatch,
         prompt_lps: dict[int, list[dict[int, Logprob]]],
         first_sched: dict[int, float],
     ) -> list[CoreOutput]:
-        row_of = {h: j for j, h in enumerate(sample_handles)}
+        """One CoreOutput per entry of update()'s StepOutputs, read from its numpy columns."""
+        handles = step_outputs.handles.tolist()  # [M]
+        new_tokens = step_outputs.new_token_ids.tolist()  # [M] -1: none appended
+        reasons = step_outputs.finish_reasons.tolist()  # [M]
+        num_cached = step_outputs.num_cached_tokens.tolist()  # [M]
+        row_of: dict[int, int] = {}
+        if self._logprob_handles:
+            row_of = {h: j for j, h in enumerate(sample_handles.tolist())}
+        requests = self.requests
         outputs: list[CoreOutput] = []
-        for so in step_outputs:
-            h = so.handle
-            req = self.requests.get(h)
+        num_new = 0
+        for i, h in enumerate(handles):
+            req = requests.get(h)
             if req is None:
                 continue
-            new_ids = list(so.new_token_ids)
-            req.output_token_ids.extend(new_ids)
-            self.num_generation_tokens += len(new_ids)
+            tok = new_tokens[i]
+            if tok >= 0:
+                req.output_token_ids.append(tok)
+                new_ids = [tok]
+                num_new += 1
+            else:
+                new_ids = []
             out = CoreOutput(
                 h,
                 new_ids,
-                num_cached_tokens=int(so.num_cached_tokens),
-                new_prompt_logprobs=prompt_lps.get(h),
-                first_scheduled_time=first_sched.get(h),
+                None,
+                None,
+                num_cached[i],
+                None,
+                prompt_lps.get(h) if prompt_lps else None,
+                first_sched.get(h) if first_sched else None,
             )
-            reason = int(so.finish_reason)
+            reason = reasons[i]
             if reason != 0:
                 out.finish_reason = _FINISH_REASONS[reason]
-                if reason == 1 and so.stop_token_id >= 0 and so.stop_token_id != req.eos_token_id:
-                    out.stop_reason = int(so.stop_token_id)
-                self.requests.pop(h, None)
+                stop_id = int(step_outputs.stop_token_ids[i])
+                if reason == 1 and stop_id >= 0 and stop_id != req.eos_token_id:
+                    out.stop_reason = stop_id
+                self._forget(h)
             j = row_of.get(h)
             if new_ids and j is not None and req.params.logprobs is not None:
                 k = int(req.params.logprobs)
                 out.new_logprobs = [
                     _logprob_dict(
-                        new_ids[0],
+                        tok,
                         sampled.logprobs[j],
                         sampled.ranks[j],
                         sampled.topk_token_ids[j],
@@ -385,6 +479,7 @@ class EngineCore:
                     )
                 ]
             outputs.append(out)
+        self.num_generation_tokens += num_new
         return outputs
 
     # -- introspection ------------------------------------------------------------------------

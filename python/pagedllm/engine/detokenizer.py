@@ -9,7 +9,7 @@ always the concatenation of everything emitted, so streamed deltas add up to the
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from pagedllm.sampling_params import SamplingParams
 
@@ -18,10 +18,73 @@ _PROMPT_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
 
 
+class _BackendDecode:
+    """backend.decode(ids, skip_special_tokens=skip), with single-token results memoised: the
+    window before each new token is usually one token long, and decode is a pure function of
+    (ids, skip). One instance per tokenizer is shared by all of its detokenizers."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self._single: dict[tuple[int, bool], str] = {}  # at most 2 * vocab entries
+
+    def __call__(self, ids: list[int], skip: bool) -> str:
+        if len(ids) == 1:
+            key = (ids[0], skip)
+            text = self._single.get(key)
+            if text is None:
+                text = self.backend.decode(ids, skip_special_tokens=skip)
+                self._single[key] = text
+            return text
+        return self.backend.decode(ids, skip_special_tokens=skip)
+
+
+def backend_decoder(tokenizer: Any) -> Optional[Callable[[list[int], bool], str]]:
+    """The Rust tokenizer's decode when it is exactly what tokenizer.decode(ids,
+    skip_special_tokens=...) returns, else None. transformers' fast tokenizers decode with the
+    Rust backend and then only apply clean_up_tokenization_spaces (skipped for BPE models unless
+    forced); spaces_between_special_tokens does not apply to them. Calling the backend directly
+    saves the Python wrapper (~5 us per call, two calls per token). Any subclass that overrides
+    decode or _decode, or a tokenizer whose cleanup would run, keeps the full path."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    cls = type(tokenizer)
+    if not (
+        isinstance(tokenizer, TokenizersBackend)
+        and cls.decode is PreTrainedTokenizerBase.decode
+        and cls._decode is TokenizersBackend._decode
+    ):
+        return None
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None:
+        return None
+    if getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        is_bpe = type(backend.model).__name__ == "BPE"
+        forced = getattr(
+            tokenizer,
+            "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output",
+            True,
+        )
+        if not is_bpe or forced:
+            return None
+    return _BackendDecode(backend)
+
+
+_UNSET: Any = object()
+
+
 class IncrementalDetokenizer:
     def __init__(
-        self, tokenizer: Any, prompt_token_ids: Sequence[int], params: SamplingParams
+        self,
+        tokenizer: Any,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        fast_decode: Optional[Callable[[list[int], bool], str]] = _UNSET,
     ) -> None:
+        """fast_decode: backend_decoder(tokenizer), passed by callers that make many
+        detokenizers for one tokenizer (computed here when not given)."""
         self.tokenizer = tokenizer
         self.params = params
         # Without a tokenizer (skip_tokenizer_init) there is no text, only token ids.
@@ -34,8 +97,13 @@ class IncrementalDetokenizer:
         self.stop_string: Optional[str] = None
         self._num_output_tokens = 0
         self._max_stop_len = max((len(s) for s in params.stop), default=0)
+        if fast_decode is _UNSET:
+            fast_decode = backend_decoder(tokenizer) if self.enabled else None
+        self._fast_decode = fast_decode if self.enabled else None
 
-    def _decode(self, ids: Sequence[int]) -> str:
+    def _decode(self, ids: list[int]) -> str:
+        if self._fast_decode is not None:
+            return self._fast_decode(ids, self.params.skip_special_tokens)
         return self.tokenizer.decode(
             ids,
             skip_special_tokens=self.params.skip_special_tokens,

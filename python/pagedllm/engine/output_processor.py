@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from pagedllm.engine.core import CoreOutput
-from pagedllm.engine.detokenizer import IncrementalDetokenizer, TokenTextCache
+from pagedllm.engine.detokenizer import IncrementalDetokenizer, TokenTextCache, backend_decoder
 from pagedllm.outputs import (
     CompletionOutput,
     Logprob,
@@ -24,7 +24,7 @@ from pagedllm.outputs import (
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 
-@dataclass
+@dataclass(slots=True)
 class ChildState:
     index: int
     handle: int
@@ -44,7 +44,7 @@ class ChildState:
         return self.finish_reason is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestState:
     request_id: str
     prompt: Optional[str]
@@ -59,13 +59,18 @@ class RequestState:
 
     @property
     def finished(self) -> bool:
-        return all(c.finished for c in self.children)
+        children = self.children
+        if len(children) == 1:  # n == 1, the common case
+            return children[0].finish_reason is not None
+        return all(c.finish_reason is not None for c in children)
 
 
 class OutputProcessor:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.token_text = TokenTextCache(tokenizer) if tokenizer is not None else None
+        # One shared fast decode (and its single-token memo) for every request's detokenizer.
+        self._fast_decode = backend_decoder(tokenizer) if tokenizer is not None else None
         self.requests: dict[str, RequestState] = {}
         self.handle_to_child: dict[int, tuple[RequestState, ChildState]] = {}
 
@@ -81,7 +86,9 @@ class OutputProcessor:
     ) -> RequestState:
         children = []
         for index, handle in enumerate(handles):
-            detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)
+            detok = IncrementalDetokenizer(
+                self.tokenizer, prompt_token_ids, params, self._fast_decode
+            )
             child = ChildState(index, handle, detok)
             if params.logprobs is not None:
                 child.logprobs, child.cumulative_logprob = [], 0.0
@@ -122,12 +129,13 @@ class OutputProcessor:
         now = time.time()
         touched: dict[str, RequestState] = {}
         to_abort: list[int] = []
+        handle_to_child = self.handle_to_child
         for out in outputs:
-            entry = self.handle_to_child.get(out.handle)
+            entry = handle_to_child.get(out.handle)
             if entry is None:
                 continue
             state, child = entry
-            if child.finished:
+            if child.finish_reason is not None:
                 continue
             touched[state.request_id] = state
             m = state.metrics
@@ -137,22 +145,23 @@ class OutputProcessor:
             if out.new_prompt_logprobs and state.prompt_logprobs is not None:
                 self._decode_logprobs(out.new_prompt_logprobs)
                 state.prompt_logprobs.extend(out.new_prompt_logprobs)
-            if not out.new_token_ids and out.finish_reason is None:
+            new_token_ids = out.new_token_ids
+            if not new_token_ids and out.finish_reason is None:
                 continue
             if child.index == 0:
                 state.num_cached_tokens = out.num_cached_tokens
-            if out.new_token_ids:
+            if new_token_ids:
                 if m.first_token_time is None:
                     m.first_token_time = now
                 m.last_token_time = now
-            child.token_ids.extend(out.new_token_ids)
+            child.token_ids.extend(new_token_ids)
             if out.new_logprobs and child.logprobs is not None:
                 self._decode_logprobs(out.new_logprobs)
                 child.logprobs.extend(out.new_logprobs)
                 for lp_dict, tid in zip(out.new_logprobs, out.new_token_ids):
                     child.cumulative_logprob += lp_dict[tid].logprob
             stop_terminated = out.finish_reason == "stop"
-            stop_string = child.detokenizer.update(out.new_token_ids, stop_terminated)
+            stop_string = child.detokenizer.update(new_token_ids, stop_terminated)
             if stop_string is not None:
                 child.finish_reason, child.stop_reason = "stop", stop_string
                 if out.finish_reason is None:
@@ -161,8 +170,8 @@ class OutputProcessor:
                 if not stop_terminated:
                     child.detokenizer.finish()
                 child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
-            if child.finished:
-                self.handle_to_child.pop(child.handle, None)
+            if child.finish_reason is not None:
+                handle_to_child.pop(child.handle, None)
         results = []
         for state in touched.values():
             ro = self._make_output(state, now)
@@ -218,6 +227,9 @@ class OutputProcessor:
 
     def _make_output(self, state: RequestState, now: float) -> Optional[RequestOutput]:
         kind = state.params.output_kind
+        children = state.children
+        if len(children) == 1 and kind == RequestOutputKind.CUMULATIVE:
+            return self._make_single_cumulative(state, children[0], now)
         finished = state.finished
         if finished:
             state.metrics.finished_time = now
@@ -278,6 +290,41 @@ class OutputProcessor:
             prompt_token_ids=state.prompt_token_ids,
             prompt_logprobs=prompt_logprobs,
             outputs=completions,
+            finished=finished,
+            metrics=state.metrics,
+            num_cached_tokens=state.num_cached_tokens,
+        )
+
+    def _make_single_cumulative(
+        self, state: RequestState, child: ChildState, now: float
+    ) -> RequestOutput:
+        """_make_output for the default shape (n == 1, CUMULATIVE) without the general loop:
+        the same fields, built straight (one output per request per step makes this hot)."""
+        finished = child.finish_reason is not None
+        if finished:
+            state.metrics.finished_time = now
+            child.reported_final = True
+        detok = child.detokenizer
+        text_end = detok.releasable_text_len(finished)
+        token_ids = child.token_ids
+        logprobs = child.logprobs
+        completion = CompletionOutput(
+            child.index,
+            detok.text[:text_end],
+            list(token_ids),
+            child.cumulative_logprob,
+            list(logprobs) if logprobs is not None else None,
+            child.finish_reason,
+            child.stop_reason,
+        )
+        child.sent_tokens = len(token_ids)
+        child.sent_text = text_end
+        return RequestOutput(
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=state.prompt_logprobs,
+            outputs=[completion],
             finished=finished,
             metrics=state.metrics,
             num_cached_tokens=state.num_cached_tokens,

@@ -10,6 +10,7 @@ The common case (no penalties, no seeds) is fully vectorised over the batch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -49,35 +50,96 @@ class SamplingRow:
         )
 
 
-class SamplingBatch:
-    """One step's rows, packed into tensors once (built per step by the engine)."""
+# Per-row numbers SamplingBatch needs, in this column order (row_columns builds one tuple).
+_COLUMNS = ("temperature", "top_p", "top_k", "min_p", "penalties", "seeded", "num_logprobs",
+            "banned")
+_NUM_COLUMNS = len(_COLUMNS)
 
-    def __init__(self, rows: list[SamplingRow], device: torch.device | str = "cpu") -> None:
+
+def row_columns(row: SamplingRow) -> tuple:
+    """The row's numbers for SamplingBatch (num_logprobs -1 means none). The engine caches this
+    tuple per request: only `banned` can change over a request's life."""
+    return (
+        row.temperature,
+        row.top_p,
+        row.top_k,
+        row.min_p,
+        row.has_penalties,
+        row.generator is not None,
+        -1 if row.num_logprobs is None else row.num_logprobs,
+        len(row.banned_token_ids) > 0,
+    )
+
+
+class SamplingBatch:
+    """One step's rows, packed once. Flags are computed with numpy over all rows; only the device
+    tensors the sampler will read are built (at construction), so an all-greedy batch costs no
+    host-to-device copies; the others are built on first access. `columns` ([N, 8] rows of
+    row_columns, in row order) may be passed by a caller that caches them per request."""
+
+    def __init__(
+        self,
+        rows: list[SamplingRow],
+        device: torch.device | str = "cpu",
+        columns: Optional[list[tuple]] = None,
+    ) -> None:
         self.rows = rows
         self.device = torch.device(device)
-        self.all_greedy = all(r.is_greedy for r in rows)
-        self.any_penalties = any(r.has_penalties for r in rows)
-        self.any_banned = any(len(r.banned_token_ids) > 0 for r in rows)
-        self.any_seeded = any(r.generator is not None and not r.is_greedy for r in rows)
-        self.max_num_logprobs: Optional[int] = max(
-            (r.num_logprobs for r in rows if r.num_logprobs is not None), default=None
-        )
-        f32 = dict(dtype=torch.float32, device=self.device)
+        if columns is None:
+            columns = [row_columns(r) for r in rows]
+        table = np.array(columns, dtype=np.float64).reshape(len(rows), _NUM_COLUMNS)  # [N, 8]
+        temperature = table[:, 0]  # [N]
+        greedy = temperature < 1e-5  # [N] bool
+        self._greedy = greedy
         # Greedy rows get temperature 1 so the division is harmless; their draw is argmax anyway.
-        self.temperature = torch.tensor(
-            [1.0 if r.is_greedy else r.temperature for r in rows], **f32
-        )  # [N]
-        self.greedy_mask = torch.tensor(
-            [r.is_greedy for r in rows], dtype=torch.bool, device=self.device
-        )  # [N]
-        self.top_p = torch.tensor([r.top_p for r in rows], **f32)  # [N]
-        self.top_k = torch.tensor(
-            [r.top_k for r in rows], dtype=torch.int64, device=self.device
-        )  # [N]
-        self.min_p = torch.tensor([r.min_p for r in rows], **f32)  # [N]
-        self.need_top_p = any(r.top_p < 1.0 for r in rows)
-        self.need_top_k = any(r.top_k > 0 for r in rows)
-        self.need_min_p = any(r.min_p > 0.0 for r in rows)
+        self._temperature = np.where(greedy, 1.0, temperature).astype(np.float32)  # [N]
+        self._top_p = table[:, 1].astype(np.float32)  # [N]
+        self._top_k = table[:, 2].astype(np.int64)  # [N]
+        self._min_p = table[:, 3].astype(np.float32)  # [N]
+        self.all_greedy = bool(greedy.all())
+        self.any_penalties = bool(table[:, 4].any())
+        self.any_banned = bool(table[:, 7].any())
+        self.any_seeded = bool((table[:, 5].astype(bool) & ~greedy).any())
+        num_logprobs = table[:, 6]  # [N]
+        self.max_num_logprobs: Optional[int] = (
+            int(num_logprobs.max()) if len(rows) and num_logprobs.max() >= 0 else None
+        )
+        self.need_top_p = bool((self._top_p < 1.0).any())
+        self.need_top_k = bool((self._top_k > 0).any())
+        self.need_min_p = bool((self._min_p > 0.0).any())
+        # Copy what the sampler will read now, before the engine launches the forward: a
+        # blocking host-to-device copy issued after the launch would wait for the forward.
+        if not self.all_greedy:
+            _ = self.temperature, self.greedy_mask
+            if self.need_top_p:
+                _ = self.top_p
+            if self.need_top_k:
+                _ = self.top_k
+            if self.need_min_p:
+                _ = self.min_p
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device)
+
+    @functools.cached_property
+    def temperature(self) -> torch.Tensor:  # [N] float32
+        return self._to_device(self._temperature)
+
+    @functools.cached_property
+    def greedy_mask(self) -> torch.Tensor:  # [N] bool
+        return self._to_device(self._greedy)
+
+    @functools.cached_property
+    def top_p(self) -> torch.Tensor:  # [N] float32
+        return self._to_device(self._top_p)
+
+    @functools.cached_property
+    def top_k(self) -> torch.Tensor:  # [N] int64
+        return self._to_device(self._top_k)
+
+    @functools.cached_property
+    def min_p(self) -> torch.Tensor:  # [N] float32
+        return self._to_device(self._min_p)
 
 
 @dataclass
@@ -122,7 +184,8 @@ class Sampler:
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits, dim=-1)  # [N, V]
-        logits = logits.clone()
+        if batch.any_banned or batch.any_penalties:
+            logits = logits.clone()  # edited in place below; the caller's tensor stays intact
         if batch.any_banned:
             self._ban_tokens(logits, batch)
         if batch.any_penalties:
