@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_shapes import SHAPES, write_shape_dir  # noqa: E402
 from pagedllm.engine.arg_utils import EngineArgs  # noqa: E402
 from pagedllm.engine.llm_engine import LLMEngine  # noqa: E402
-from pagedllm.sampling_params import SamplingParams  # noqa: E402
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
 from workloads import WORKLOADS, random_requests  # noqa: E402
 
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
                 max_tokens=req.output_len,
                 ignore_eos=True,
                 detokenize=False,
+                output_kind=RequestOutputKind.FINAL_ONLY,
             ),
         )
     num_output = 0

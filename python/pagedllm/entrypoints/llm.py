@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence, Union
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.llm_engine import LLMEngine, PromptType
 from pagedllm.outputs import RequestOutput
-from pagedllm.sampling_params import SamplingParams
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.usage.usage_lib import UsageContext
 
 ChatMessage = dict[str, Any]
@@ -53,6 +53,14 @@ class LLM:
                 )
         if priority is not None and len(priority) != len(prompt_list):
             raise ValueError("priority: one value per prompt is needed")
+        # Only finished outputs are returned: FINAL_ONLY spares building a cumulative
+        # RequestOutput for every running request on every step (as vLLM's LLM does).
+        final_only: dict[int, SamplingParams] = {}
+        for params in params_list:
+            if id(params) not in final_only:
+                final_only[id(params)] = params.clone()
+                final_only[id(params)].output_kind = RequestOutputKind.FINAL_ONLY
+        params_list = [final_only[id(p)] for p in params_list]
         ids = []
         try:
             for i, (prompt, params) in enumerate(zip(prompt_list, params_list)):
