@@ -116,3 +116,20 @@ def test_detokenize_false_produces_no_text(tokenizer) -> None:
     detok.update(tokenizer.encode("abc", add_special_tokens=False), stop_terminated=False)
     detok.finish()
     assert detok.text == ""
+
+
+def test_stop_string_completed_by_the_final_flush(tokenizer) -> None:
+    """A request cut by max_tokens in the middle of a UTF-8 character flushes a replacement
+    character at finish(); a stop string that this flush completes still stops the text."""
+    out_ids = tokenizer.encode("ab 🤖", add_special_tokens=False)
+    cut = out_ids[:-1]                      # the emoji's last byte never arrives
+    detok = IncrementalDetokenizer(tokenizer, [1], SamplingParams(stop=[" \ufffd"]))
+    for t in cut:
+        assert detok.update([t], stop_terminated=False) is None
+    assert detok.finish() == " \ufffd"
+    assert detok.stop_string == " \ufffd" and detok.text == "ab"
+    # Without a matching stop string the flush just appends the replacement character.
+    detok = IncrementalDetokenizer(tokenizer, [1], SamplingParams(stop=["zz"]))
+    for t in cut:
+        detok.update([t], stop_terminated=False)
+    assert detok.finish() is None and detok.text == "ab \ufffd"

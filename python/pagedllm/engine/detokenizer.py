@@ -128,10 +128,15 @@ class IncrementalDetokenizer:
             self.text += self._next_piece(final=True)  # flush a dangling partial character
         return self._check_stop(start)
 
-    def finish(self) -> None:
-        """The sequence ended for a reason the detokenizer did not see (length, abort): flush."""
-        if self.enabled and self.stop_string is None:
-            self.text += self._next_piece(final=True)
+    def finish(self) -> Optional[str]:
+        """The sequence ended for a reason the detokenizer did not see (length, abort): flush a
+        held-back partial character. The flushed text can complete a stop string (e.g. the
+        replacement character of a cut UTF-8 sequence): returns it then, as update() does."""
+        if not self.enabled or self.stop_string is not None:
+            return None
+        start = len(self.text)
+        self.text += self._next_piece(final=True)
+        return self._check_stop(start)
 
     def _next_piece(self, final: bool) -> str:
         if self._read_offset >= len(self._ids):

@@ -167,9 +167,11 @@ class OutputProcessor:
                 if out.finish_reason is None:
                     to_abort.append(child.handle)
             elif out.finish_reason is not None:
-                if not stop_terminated:
-                    child.detokenizer.finish()
-                child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
+                flushed_stop = None if stop_terminated else child.detokenizer.finish()
+                if flushed_stop is not None:
+                    child.finish_reason, child.stop_reason = "stop", flushed_stop
+                else:
+                    child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
             if child.finish_reason is not None:
                 handle_to_child.pop(child.handle, None)
         results = []
