@@ -17,29 +17,7 @@ WARMUP = 200
 MEASURED = int(os.environ.get("PAGEDLLM_SOAK_REQUESTS", "1000"))
 
 
-# The CPU KV cache is calloc'ed: its pages become resident only when a block is first written
-# (16 KiB per block of the tiny model), so on a big cache RSS climbs by one block per request
-# while fresh blocks are still being handed out -- bounded by the cache size, not a leak. This
-# server's cache (128 blocks) is fully touched during the warm-up, so what is measured after it
-# is real growth.
-SOAK_KV_BYTES = 2 * 2**20
-
-
-@pytest.fixture(scope="module")
-def soak_server(tiny_llama):
-    from conftest import RELIABILITY_ARGS
-    from server_process import ServerProcess
-
-    proc = ServerProcess(str(tiny_llama), *RELIABILITY_ARGS,
-                         "--kv-cache-space-bytes", str(SOAK_KV_BYTES))
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-        proc.close()
-        assert code == 0, f"server exit code {code}"
-
-
+# `soak_server` (conftest.py) has a KV cache small enough to be fully paged in by the warm-up.
 def test_sequential_requests_rss_and_latency_stable(soak_server):
     rserver = soak_server
     proc = psutil.Process(rserver.proc.pid)

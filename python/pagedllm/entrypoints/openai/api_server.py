@@ -378,7 +378,10 @@ async def run_server(
             log_level=args.uvicorn_log_level,
             access_log=not args.disable_uvicorn_access_log,
             timeout_graceful_shutdown=args.shutdown_timeout,
-            timeout_keep_alive=5,
+            # Longer than common clients' idle-connection expiry (httpx: 5 s): with equal
+            # timeouts a client can reuse a pooled connection just as the server closes it,
+            # and the request dies with a connection reset (seen in the disconnect storm).
+            timeout_keep_alive=75,
             backlog=2048,
             lifespan="off",
         )
