@@ -36,15 +36,19 @@ RELIABILITY_ARGS = (
 )
 
 
-@pytest.fixture(scope="module")
-def rserver(tiny_llama: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(str(tiny_llama), *RELIABILITY_ARGS)
+def _server(tiny_llama: Path, *extra: str) -> Iterator[ServerProcess]:
+    proc = ServerProcess(str(tiny_llama), *RELIABILITY_ARGS, *extra)
     try:
         yield proc
     finally:
         code = proc.stop()
         proc.close()
         assert code == 0, f"server exit code {code}"
+
+
+@pytest.fixture(scope="module")
+def rserver(tiny_llama: Path) -> Iterator[ServerProcess]:
+    yield from _server(tiny_llama)
 
 
 # The CPU KV cache is calloc'ed: its pages become resident only when a block is first written
@@ -56,12 +60,5 @@ SOAK_KV_BYTES = 2 * 2**20
 
 
 @pytest.fixture(scope="module")
-def soak_server(tiny_llama):
-    proc = ServerProcess(str(tiny_llama), *RELIABILITY_ARGS,
-                         "--kv-cache-space-bytes", str(SOAK_KV_BYTES))
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-        proc.close()
-        assert code == 0, f"server exit code {code}"
+def soak_server(tiny_llama: Path) -> Iterator[ServerProcess]:
+    yield from _server(tiny_llama, "--kv-cache-space-bytes", str(SOAK_KV_BYTES))
