@@ -40,9 +40,7 @@ def _make_runner(config: EngineConfig):
         return TPExecutor(config, startup_timeout_s=120)
     runner = ModelRunner(config.model_config, config.cache_config, config.device_config,
                          config.parallel_config, scheduler_config=config.scheduler_config)
-    runner.load_model()
-    runner.num_blocks = runner.determine_num_blocks()
-    runner.allocate_kv_cache(runner.num_blocks)
+    runner.initialize()
     return runner
 
 

@@ -105,9 +105,7 @@ class EngineCore:
                 config.parallel_config,
                 scheduler_config=config.scheduler_config,
             )
-            runner.load_model()
-            num_blocks = runner.determine_num_blocks()
-            runner.allocate_kv_cache(num_blocks)
+            num_blocks = runner.initialize()
         else:
             num_blocks = runner.num_blocks
         self.runner = runner

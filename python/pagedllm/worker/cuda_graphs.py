@@ -52,7 +52,7 @@ class DecodeGraphs:
         self.model = model
         self.kv_caches = kv_caches
         self.buffers = buffers
-        self.sizes = sorted(sizes)
+        self.sizes = tuple(sorted(sizes))   # ascending, as padded_batch_size expects
         self.max_model_len = max_model_len
         self.max_blocks_per_seq = max_blocks_per_seq
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -91,7 +91,7 @@ class DecodeGraphs:
             return None
         if int(plan.max_seq_len) > self.max_model_len:
             return None
-        return padded_batch_size(num_seqs, tuple(self.sizes))
+        return padded_batch_size(num_seqs, self.sizes)
 
     def run(self, plan: Any, size: int) -> torch.Tensor:
         """Fill the captured input buffers, replay; hidden states [num_seqs, H]."""

@@ -158,6 +158,13 @@ class ModelRunner:
         finally:
             self.kv_caches = saved
 
+    def initialize(self) -> int:
+        """Load the model, size the KV cache for this device and allocate it (decode graphs
+        captured on CUDA). Returns the number of blocks, null block included."""
+        self.load_model()
+        self.allocate_kv_cache(self.determine_num_blocks())
+        return self.num_blocks
+
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """num_blocks includes the null block 0."""
         if num_blocks < 2:
