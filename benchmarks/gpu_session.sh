@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_session.sh OUT_DIR "build test nano"      # first call
 #   bash benchmarks/gpu_session.sh OUT_DIR "build peer eager 8b"  # a second call
 # Stages: build, test (pytest -m gpu), nano (W-nano with CUDA graphs), eager (W-nano eager),
+# nprof (kernel profile of 10 W-nano decode steps),
 # peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark).
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
 set -uo pipefail
@@ -32,7 +33,12 @@ fi
 if has nano; then
   stage nano
   timeout 200 python3 benchmarks/throughput.py $NANO --output-json "$OUT/nano_graphs.json" \
-    > "$OUT/nano_graphs.log" 2>&1; tail -22 "$OUT/nano_graphs.log"
+    --step-log /tmp/nano_steps.json > "$OUT/nano_graphs.log" 2>&1; tail -40 "$OUT/nano_graphs.log"
+fi
+if has nprof; then
+  stage nprof  # kernel table of 10 steady decode steps (figures of this run are not reported)
+  timeout 200 python3 benchmarks/throughput.py $NANO --profile-steps 10 --profile-after 150 \
+    > "$OUT/nano_profile.log" 2>&1; grep -A45 "== profile" "$OUT/nano_profile.log" | cut -c1-200
 fi
 if has eager; then
   stage eager

@@ -53,6 +53,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output-json", type=str, default=None)
     parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="profile this many steps (torch.profiler, CUDA kernels) once --profile-after steps "
+        "have run; prints the kernel table (the throughput figures of such a run are skewed)",
+    )
+    parser.add_argument("--profile-after", type=int, default=300)
+    parser.add_argument(
+        "--step-log",
+        type=str,
+        default=None,
+        help="write one JSON record per step: tokens, sequences, host ms, model ms",
+    )
     EngineArgs.add_cli_args(parser)
     args = parser.parse_args(argv)
     if not 0.0 <= args.random_range_ratio < 1.0:
@@ -66,6 +80,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _bounds(length: int, ratio: float) -> tuple[int, int]:
     return max(1, int(length * (1 - ratio))), max(1, int(length * (1 + ratio)))
+
+
+def _start_profiler():
+    import torch
+
+    prof = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    )
+    prof.__enter__()
+    return prof
+
+
+def _stop_profiler(prof, num_steps: int) -> None:
+    import torch
+
+    torch.cuda.synchronize()
+    prof.__exit__(None, None, None)
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
+    print(f"== profile of {num_steps} steps (times are totals over them)", file=sys.stderr)
+    print(table, file=sys.stderr)
+
+
+def _summarize_steps(step_log: list[tuple]) -> dict:
+    """Mean host / model ms of decode-only steps (tokens == seqs) and of steps with prompt work."""
+    kinds: dict[str, list[tuple]] = {"decode": [], "prefill_or_mixed": []}
+    for tokens, seqs, host_ms, model_ms in step_log:
+        kinds["decode" if tokens == seqs else "prefill_or_mixed"].append((seqs, host_ms, model_ms))
+    summary = {}
+    for kind, rows in kinds.items():
+        if rows:
+            n = len(rows)
+            summary[kind] = {
+                "steps": n,
+                "mean_seqs": round(sum(r[0] for r in rows) / n, 1),
+                "mean_host_ms": round(sum(r[1] for r in rows) / n, 3),
+                "mean_model_ms": round(sum(r[2] for r in rows) / n, 3),
+                "total_model_s": round(sum(r[2] for r in rows) / 1000, 3),
+                "total_host_s": round(sum(r[1] for r in rows) / 1000, 3),
+            }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,10 +163,23 @@ def main(argv: list[str] | None = None) -> dict:
             ),
         )
     num_output = 0
+    step_log: list[tuple] = []
+    profiler = None
     while engine.has_unfinished_requests():
+        timed_steps = core.num_steps - steps0
+        if args.profile_steps and timed_steps == args.profile_after:
+            profiler = _start_profiler()
+        if profiler is not None and timed_steps == args.profile_after + args.profile_steps:
+            _stop_profiler(profiler, args.profile_steps)
+            profiler = None
+        h, m, o = core.time_host, core.time_model, engine._time_output
         for out in engine.step():
             if out.finished:
                 num_output += len(out.outputs[0].token_ids)
+        if args.step_log:
+            step_log.append((core.last_num_tokens, core.last_num_seqs,
+                             1000 * (core.time_host - h + engine._time_output - o),
+                             1000 * (core.time_model - m)))
     elapsed = time.perf_counter() - start
 
     num_prompt = sum(len(r.prompt_token_ids) for r in requests)
@@ -139,6 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
         "num_preemptions": stats.num_preemptions,
         "kv_blocks_total": stats.num_blocks_total,
     }
+    if step_log:
+        result["steps_by_kind"] = _summarize_steps(step_log)
+        with open(args.step_log, "w") as f:
+            json.dump([dict(zip(("tokens", "seqs", "host_ms", "model_ms"), r)) for r in step_log],
+                      f)
     print(json.dumps(result, indent=2))
     if args.output_json:
         with open(args.output_json, "w") as f:

@@ -162,6 +162,8 @@ class EngineCore:
         self.num_steps = 0
         self.time_host = 0.0
         self.time_model = 0.0
+        self.last_num_tokens = 0  # the last step's plan size (benchmarks split steps by kind)
+        self.last_num_seqs = 0
 
     def close(self) -> None:
         """Release what the runner holds outside this process (tensor-parallel workers)."""
@@ -262,6 +264,7 @@ class EngineCore:
         plan = self.scheduler.schedule()
         if plan.num_seqs == 0:
             return []
+        self.last_num_tokens, self.last_num_seqs = int(plan.num_tokens), int(plan.num_seqs)
         plan_handles = plan.handles  # [S] int64
         first_sched = self._mark_first_scheduled(plan_handles)
         sample_rows = plan.logits_indices  # [N] int32
