@@ -52,9 +52,9 @@ if has peer; then
 fi
 if has 8b; then
   stage 8b
-  timeout 540 python3 benchmarks/throughput.py --model-shape qwen3-8b --workload 8b \
-    --dtype bfloat16 --max-model-len 3072 --gpu-memory-utilization 0.9 \
-    --output-json "$OUT/w8b.json" > "$OUT/w8b.log" 2>&1; tail -22 "$OUT/w8b.log"
+  timeout ${W8B_TIMEOUT:-540} python3 benchmarks/throughput.py --model-shape qwen3-8b --workload 8b \
+    --dtype bfloat16 --max-model-len 3072 --gpu-memory-utilization 0.9 --progress-every 30 \
+    --output-json "$OUT/w8b.json" > "$OUT/w8b.log" 2>&1; tail -40 "$OUT/w8b.log"
 fi
 if has kernels; then
   stage kernels

@@ -62,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-after", type=int, default=300)
     parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=0.0,
+        help="print generated tokens and the running rate every this many seconds (stderr), so "
+        "a run cut short still shows its steady-state rate",
+    )
+    parser.add_argument(
         "--step-log",
         type=str,
         default=None,
@@ -165,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     num_output = 0
     step_log: list[tuple] = []
     profiler = None
+    gen0 = core.num_generation_tokens
+    next_progress = start + args.progress_every
     while engine.has_unfinished_requests():
         timed_steps = core.num_steps - steps0
         if args.profile_steps and timed_steps == args.profile_after:
@@ -176,6 +185,13 @@ def main(argv: list[str] | None = None) -> dict:
         for out in engine.step():
             if out.finished:
                 num_output += len(out.outputs[0].token_ids)
+        if args.progress_every and time.perf_counter() >= next_progress:
+            now = time.perf_counter()
+            done = core.num_generation_tokens - gen0
+            print(f"progress: {now - start:.1f} s, {done} output tokens, {done / (now - start):.1f}"
+                  f" tok/s, {core.num_steps - steps0} steps, "
+                  f"{engine.get_stats().num_running} running", file=sys.stderr, flush=True)
+            next_progress = now + args.progress_every
         if args.step_log:
             step_log.append((core.last_num_tokens, core.last_num_seqs,
                              1000 * (core.time_host - h + engine._time_output - o),

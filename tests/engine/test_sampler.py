@@ -61,6 +61,22 @@ def test_temperature_sampling_follows_softmax() -> None:
     assert np.allclose(counts / 2000, expected, atol=0.03), (counts / 2000, expected)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_plain_sampling_follows_softmax_with_banned_tokens(device: str, temperature: float) -> None:
+    """The unfiltered path (no softmax pass, log-noise race) draws from softmax(logits / T);
+    a banned (-inf) token is never drawn."""
+    torch.manual_seed(1)
+    logits = torch.tensor([[1.5, 1.0, 0.0, -0.5, 3.0]])
+    n = 4000
+    rows = [SamplingRow(temperature=temperature, banned_token_ids=[4]) for _ in range(n)]
+    out = Sampler().sample(logits.expand(n, 5).contiguous().to(device), SamplingBatch(rows, device))
+    freq = np.bincount(out.token_ids, minlength=5) / n
+    expected = torch.softmax(logits[0, :4] / temperature, -1).numpy()
+    assert freq[4] == 0.0
+    assert np.allclose(freq[:4], expected, atol=0.025), (freq, expected)
+
+
 def test_top_k_top_p_min_p_filters() -> None:
     torch.manual_seed(1)
     probs = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])

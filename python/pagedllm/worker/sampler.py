@@ -243,7 +243,24 @@ class Sampler:
                 logits[i] -= row.presence_penalty * (counts > 0).to(logits.dtype)
 
     def _sample_random(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        greedy_ids = logits.argmax(dim=-1)  # [N]
+        any_greedy = bool(batch._greedy.any())
+        greedy_ids = logits.argmax(dim=-1) if any_greedy else None  # [N]
+        if batch.need_min_p or batch.need_top_k or batch.need_top_p:
+            sampled = self._sample_filtered(logits, batch)
+        else:
+            # argmax_i p_i / E_i == argmax_i (logit_i / T - log E_i): the softmax normaliser is
+            # the same for every token of a row, so the plain case needs no softmax pass.
+            if bool((batch._temperature != 1.0).any()):
+                logits = logits / batch.temperature.unsqueeze(1)
+            # Exp(1) draws can be exactly 0; clamp so log E stays finite (-inf - -inf is NaN).
+            log_noise = self._exponential_noise(logits, batch).clamp_min_(1e-20).log_()
+            sampled = (logits - log_noise).argmax(dim=-1)  # [N]
+        if greedy_ids is None:
+            return sampled
+        return torch.where(batch.greedy_mask, greedy_ids, sampled)
+
+    def _sample_filtered(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """The draw when min_p, top_k or top_p zero out part of the distribution."""
         logits = logits / batch.temperature.unsqueeze(1)
         probs = torch.softmax(logits, dim=-1)  # [N, V]
         if batch.need_min_p:
@@ -254,8 +271,7 @@ class Sampler:
             probs = self._top_k_top_p(probs, batch)
         # Exp(1) draws can be exactly 0; clamp so p / E never becomes 0/0.
         noise = self._exponential_noise(probs, batch).clamp_min_(1e-20)  # [N, V]
-        sampled = (probs / noise).argmax(dim=-1)  # [N]
-        return torch.where(batch.greedy_mask, greedy_ids, sampled)
+        return (probs / noise).argmax(dim=-1)  # [N]
 
     @staticmethod
     def _top_k_top_p(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
