@@ -84,9 +84,17 @@ def try_flashinfer():
         return None
 
 
-def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int) -> dict:
+def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int,
+                ctx_min: int = 0) -> dict:
+    """Decode attention for `batch` sequences of `ctx` tokens, or, with ctx_min > 0, of lengths
+    uniform in [ctx_min, ctx] (ragged, as in a real decode batch; seeded)."""
     blocks_per_seq = math.ceil(ctx / BS)
-    kv_bytes = 2 * batch * ctx * HKV * D * 2
+    if ctx_min > 0:
+        gen = torch.Generator().manual_seed(batch * 7919 + ctx)
+        lens_list = torch.randint(ctx_min, ctx + 1, (batch,), generator=gen).tolist()
+    else:
+        lens_list = [ctx] * batch
+    kv_bytes = 2 * sum(lens_list) * HKV * D * 2
     copies = max(1, min(16, math.ceil(256e6 / kv_bytes)))  # > L2 in total
     num_blocks = copies * batch * blocks_per_seq + 1
     kv = torch.randn(2, num_blocks, BS, HKV, D, device="cuda", dtype=DTYPE)
@@ -95,7 +103,7 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int) -> d
     query = torch.randn(batch, HQ, D, device="cuda", dtype=DTYPE)
     out = torch.empty_like(query)
     qsl = torch.arange(batch + 1, device="cuda", dtype=torch.int32)
-    lens = torch.full((batch,), ctx, device="cuda", dtype=torch.int32)
+    lens = torch.tensor(lens_list, device="cuda", dtype=torch.int32)
     scale = D ** -0.5
     step = [0]
 
@@ -104,7 +112,7 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int) -> d
         step[0] += 1
         ops.paged_attention(query, kv, t, qsl, lens, scale, 1, ctx, out=out)
 
-    res = {"batch": batch, "ctx": ctx, "kv_bytes": kv_bytes}
+    res = {"batch": batch, "ctx": ctx, "ctx_min": ctx_min, "kv_bytes": kv_bytes}
     res["pagedllm_us"], res["pagedllm_mode"] = time_fn(ours, calls, repeats)
 
     # Correctness spot check against the reference on a few sequences.
@@ -118,10 +126,12 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int) -> d
         try:
             # CUDA-graph mode wrappers (fixed index buffers), planned outside the capture.
             wrappers = []
+            nblocks = [math.ceil(n / BS) for n in lens_list]
             for c in range(min(copies, 4)):  # a few planned copies suffice to defeat L2
-                indptr = torch.arange(batch + 1, device="cuda", dtype=torch.int32) * blocks_per_seq
-                indices = tables[c].reshape(-1).contiguous()
-                last = torch.full((batch,), ctx - (blocks_per_seq - 1) * BS, device="cuda", dtype=torch.int32)
+                indptr = torch.tensor([0] + nblocks, dtype=torch.int32).cumsum(0).to(torch.int32).cuda()
+                indices = torch.cat([tables[c][i, :nb] for i, nb in enumerate(nblocks)]).contiguous()
+                last = torch.tensor([n - (nb - 1) * BS for n, nb in zip(lens_list, nblocks)],
+                                    device="cuda", dtype=torch.int32)
                 ws = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
                 w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
                     ws, "NHD", use_cuda_graph=True, paged_kv_indptr_buffer=indptr,
@@ -144,7 +154,7 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int) -> d
             res["flashinfer_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             print(res["flashinfer_error"], flush=True)
 
-    if kv_bytes <= 9e9:
+    if kv_bytes <= 9e9 and ctx_min == 0:
         kg = kv[0][tables[0].long()].view(batch, blocks_per_seq * BS, HKV, D)[:, :ctx].transpose(1, 2).contiguous()
         vg = kv[1][tables[0].long()].view(batch, blocks_per_seq * BS, HKV, D)[:, :ctx].transpose(1, 2).contiguous()
         q4 = query.view(batch, HQ, 1, D)
@@ -218,7 +228,7 @@ def plot(results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"pagedllm": "-o", "flashinfer": "--s", "sdpa": ":^"}
     for batch in sorted({r["batch"] for r in results["decode"]}):
-        rows = [r for r in results["decode"] if r["batch"] == batch]
+        rows = [r for r in results["decode"] if r["batch"] == batch and not r.get("ctx_min")]
         for name, style in styles.items():
             pts = [(r["ctx"], r[f"{name}_gbs"]) for r in rows if f"{name}_gbs" in r]
             if pts:
@@ -243,6 +253,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-flashinfer", action="store_true")
     p.add_argument("--prefill", default="1x2048,4x2048,1x8192,8x1024")
+    p.add_argument("--ragged", default="256x100-1100,128x1000-3000",
+                   help="decode cases BxLO-HI with lengths uniform in [LO, HI] ('' for none)")
     args = p.parse_args()
     torch.manual_seed(0)
     results = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -258,6 +270,12 @@ def main() -> None:
             print(json.dumps(r), flush=True)
             with open(args.out, "w") as f:  # after every case: a timeout keeps what ran
                 json.dump(results, f, indent=1)
+    for spec in filter(None, args.ragged.split(",")):
+        b, span = spec.split("x")
+        lo, hi = map(int, span.split("-"))
+        r = decode_case(int(b), hi, flashinfer, args.calls, args.repeats, ctx_min=lo)
+        results["decode"].append(r)
+        print(json.dumps(r), flush=True)
     results["prefill"] = []
     for spec in filter(None, args.prefill.split(",")):
         b, L = map(int, spec.split("x"))
@@ -271,11 +289,12 @@ def main() -> None:
 
     copy = results["copy_gbs"]
     print(f"\n{results['date']}  {results['device']}  copy {copy:.0f} GB/s")
-    print(f"{'B':>4} {'L':>6} | {'ours us':>9} {'GB/s':>6} {'%copy':>6} | {'FI us':>9} {'GB/s':>6} | {'SDPA us':>9} {'GB/s':>6} | err")
+    print(f"{'B':>4} {'L':>9} | {'ours us':>9} {'GB/s':>6} {'%copy':>6} | {'FI us':>9} {'GB/s':>6} | {'SDPA us':>9} {'GB/s':>6} | err")
     for r in results["decode"]:
         fi = (f"{r['flashinfer_us']:9.1f} {r['flashinfer_gbs']:6.0f}" if "flashinfer_us" in r else f"{'-':>9} {'-':>6}")
         sd = (f"{r['sdpa_us']:9.1f} {r['sdpa_gbs']:6.0f}" if "sdpa_us" in r else f"{'-':>9} {'-':>6}")
-        print(f"{r['batch']:>4} {r['ctx']:>6} | {r['pagedllm_us']:9.1f} {r['pagedllm_gbs']:6.0f} "
+        ctx = f"{r['ctx_min']}-{r['ctx']}" if r.get("ctx_min") else str(r["ctx"])
+        print(f"{r['batch']:>4} {ctx:>9} | {r['pagedllm_us']:9.1f} {r['pagedllm_gbs']:6.0f} "
               f"{100 * r['pagedllm_gbs'] / copy:5.1f}% | {fi} | {sd} | {r['rel_err']:.1e}")
     print(f"\n{'B':>4} {'L':>6} | {'ours us':>9} {'TFLOP/s':>8} | {'SDPA us':>9} {'TFLOP/s':>8} | ratio | err")
     for r in results["prefill"]:

@@ -4,11 +4,14 @@
 // GQA packing: the CTA computes up to NG query heads that share one KV head, so each K/V row is
 // read from memory once for all of them. K/V tiles stream into shared memory through cp.async,
 // kStages deep; lanes are grouped TPT to a token (each lane holds E = D / TPT dims), and each
-// tile's logits get softmaxed against the running max (online softmax), then weight the V rows. When the batch alone cannot fill the GPU, the context is
+// token group keeps its own online softmax over the rows it reads, and the groups merge with
+// log-sum-exp weights at the end (no block-wide softmax step per tile). When the batch alone
+// cannot fill the GPU, the context is
 // split across CTAs (flash-decoding); each split writes a normalized partial output plus its
 // (max, sum) and merge_splits_kernel combines them with log-sum-exp weights.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 #include <type_traits>
 
@@ -50,43 +53,49 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Tokens per pipeline tile: K + V of a tile take at most 32 KB of shared memory.
-template <typename T, int D>
+// Tokens per pipeline tile: K + V of a tile take at most kCapBytes of shared memory; a power of
+// two in [16, 64] (so a multiple of every token-group count and softmax chunk).
+template <typename T, int D, int kCapBytes = 32768>
 constexpr int tile_tokens() {
   constexpr int row = D * static_cast<int>(sizeof(T));
-  constexpr int t = 16384 / row;
-  return t > 64 ? 64 : (t < 16 ? 16 : t);
+  int t = 64;
+  while (t > 16 && 2 * t * row > kCapBytes) t /= 2;
+  return t;
 }
-// Two stages of up-to-32 KB tiles. Measured on an H100 (benchmarks/kernels/NOTES.md): half-size
-// tiles three stages deep (more CTAs per SM) ran 4-11% slower.
+// Default pipeline: two stages of up-to-32 KB tiles. Other shapes can be selected for tuning with
+// PAGEDLLM_DECODE_VARIANT (bf16, head_dim 128, group widths 2 and 4 only; see decode_variant()).
 constexpr int kStages = 2;
 
-template <typename T, int D, int NG>
+template <typename T, int D, int NG, int STAGES, int TILE>
 constexpr int token_kernel_smem_bytes() {
-  constexpr int row = D * static_cast<int>(sizeof(T));
-  constexpr int tiles = kStages * 2 * tile_tokens<T, D>() * row;  // K and V, kStages deep
-  constexpr int logits = NG * tile_tokens<T, D>() * 4;
-  constexpr int red = kTokenKernelWarps * NG * D * 4;
-  return tiles + (logits > red ? logits : red);
+  constexpr int tiles = STAGES * 2 * TILE * D * static_cast<int>(sizeof(T));  // K and V tiles
+  constexpr int red = kTokenKernelWarps * NG * (D + 2) * 4;  // final merge, after the pipeline
+  return tiles > red ? tiles : red;
 }
 
-// Pipeline: K/V tiles of TILE tokens stream into shared memory with cp.async, kStages deep,
-// so a CTA keeps up to kStages tiles of loads in flight while it computes on the oldest. Per
-// tile: logits [NG][TILE] -> online-softmax update (running max / sum per head) -> P . V.
-template <typename T, int D, int NG>
+// Pipeline: K/V tiles of TILE tokens stream into shared memory with cp.async, STAGES deep, so
+// STAGES - 1 tiles are in flight while the CTA computes on the oldest. One barrier per tile.
+//
+// Softmax without block-wide steps: each token group (TPT lanes) owns rows tg, tg + NTG, ... of
+// every tile and keeps its own running (max m, sum l, accumulator acc) per head. Every lane of a
+// group holds the same m and l (the dot products are reduced across the group by xor shuffles)
+// and its own E dims of acc. At the end, groups merge with log-sum-exp weights: within a warp by
+// shuffles, across warps in shared memory. Invariant: acc[g] / l[g] is the softmax-weighted sum
+// of V over the rows the group has seen, relative to the max m[g].
+template <typename T, int D, int NG, int STAGES, int TILE>
 __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     token_attention_kernel(const TokenKernelParams p) {
   constexpr int TPT = threads_per_token<T, D>();
   constexpr int E = D / TPT;
-  constexpr int NTG = kTokenKernelWarps * 32 / TPT;  // rows processed side by side
-  constexpr int TILE = tile_tokens<T, D>();
+  constexpr int NTG = kTokenKernelWarps * 32 / TPT;  // token groups side by side
+  constexpr int R = TILE / NTG;                      // rows of a tile per token group
+  // Rows per online-softmax update: more rows share one rescale, bounded by registers.
+  constexpr int RC = R < (16 / NG > 0 ? 16 / NG : 1) ? R : (16 / NG > 0 ? 16 / NG : 1);
+  static_assert(TILE % NTG == 0 && R % RC == 0, "tile shape");
   constexpr int ROW = D * static_cast<int>(sizeof(T));  // bytes per K (or V) row
   constexpr int CR = ROW / 16;                          // 16-byte chunks per row
   constexpr int STAGE = 2 * TILE * ROW;                 // bytes per stage: K tile then V tile
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* logits = reinterpret_cast<float*>(smem_raw + kStages * STAGE);  // [NG][TILE]
-  float* red = logits;                                                   // [warps][NG][D] at the end
-  __shared__ float m_run[NG], l_run[NG], alpha[NG];
 
   const int t = blockIdx.x;
   if (t >= p.query_start_loc[p.num_seqs]) return;  // padding row: nothing owns it
@@ -114,10 +123,11 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
   const int bmask = (1 << p.block_shift) - 1;
   const int num_tiles = (t1 - t0 + TILE - 1) / TILE;
 
-  // Issue the copies of tile i into stage i % kStages (rows past t1 are zero-filled).
+  // Issue the copies of tile i into stage i % STAGES (rows past t1 are zero-filled).
   auto issue_tile = [&](int i) {
-    unsigned char* stage = smem_raw + (i % kStages) * STAGE;
+    unsigned char* stage = smem_raw + (i % STAGES) * STAGE;
     const int base = t0 + i * TILE;
+#pragma unroll 4
     for (int c = tid; c < 2 * TILE * CR; c += kTokenKernelWarps * 32) {
       const int half = c / (TILE * CR);  // 0: K, 1: V
       const int rem = c - half * TILE * CR;
@@ -136,12 +146,12 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     }
   };
 #pragma unroll
-  for (int i = 0; i < kStages - 1; ++i) {
+  for (int i = 0; i < STAGES - 1; ++i) {
     if (i < num_tiles) issue_tile(i);
     cp_async_commit();
   }
 
-  float q[NG][E];  // pre-scaled query rows of this CTA's heads
+  float q[NG][E];  // pre-scaled query rows of this CTA's heads (zero for padding heads)
   const T* qrow = static_cast<const T*>(p.query) + static_cast<int64_t>(t) * p.q_stride +
                   static_cast<int64_t>(kvh * p.group + g0) * D + li * E;
 #pragma unroll
@@ -155,122 +165,136 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
       for (int e = 0; e < E; ++e) q[g][e] = 0.0f;
     }
   }
-  if (tid < NG) { m_run[tid] = -INFINITY; l_run[tid] = 0.0f; alpha[tid] = 0.0f; }
-  float acc[NG][E];
+  float m[NG], l[NG], acc[NG][E];
 #pragma unroll
-  for (int g = 0; g < NG; ++g)
+  for (int g = 0; g < NG; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[g][e] = 0.0f;
+  }
 
   for (int i = 0; i < num_tiles; ++i) {
-    // Keep kStages - 1 tiles in flight beyond the one computed now.
-    if (i + kStages - 1 < num_tiles) issue_tile(i + kStages - 1);
+    cp_async_wait<STAGES - 2>();  // this thread's copies of tile i have landed
+    __syncthreads();              // everyone's have; and every warp is done with tile i - 1
+    if (i + STAGES - 1 < num_tiles) issue_tile(i + STAGES - 1);  // into tile i - 1's stage
     cp_async_commit();
-    cp_async_wait<kStages - 1>();
-    __syncthreads();
-    const unsigned char* stage = smem_raw + (i % kStages) * STAGE;
+    const unsigned char* stage = smem_raw + (i % STAGES) * STAGE;
     const T* sk = reinterpret_cast<const T*>(stage);              // [TILE][D]
     const T* sv = reinterpret_cast<const T*>(stage + TILE * ROW);  // [TILE][D]
-    const int n = min(TILE, t1 - (t0 + i * TILE));
-    // Logits of the tile, [ng][n].
+    const int n = min(TILE, t1 - (t0 + i * TILE));                // valid rows of the tile
 #pragma unroll
-    for (int j0 = 0; j0 < TILE; j0 += NTG) {
-      const int j = j0 + tg;
-      float kf[E];
-      load_row<T, E>(sk + j * D + li * E, kf);
-      float part[NG];
+    for (int r0 = 0; r0 < R; r0 += RC) {
+      float sc[RC][NG];  // logits of this group's next RC rows, then their weights
 #pragma unroll
-      for (int g = 0; g < NG; ++g) {
-        part[g] = 0.0f;
+      for (int r = 0; r < RC; ++r) {
+        const int j = (r0 + r) * NTG + tg;
+        float kf[E];
+        load_row<T, E>(sk + j * D + li * E, kf);
 #pragma unroll
-        for (int e = 0; e < E; ++e) part[g] += q[g][e] * kf[e];
+        for (int g = 0; g < NG; ++g) {
+          float part = 0.0f;
+#pragma unroll
+          for (int e = 0; e < E; ++e) part += q[g][e] * kf[e];
+          sc[r][g] = part;
+        }
+#pragma unroll
+        for (int o = TPT / 2; o > 0; o >>= 1)
+#pragma unroll
+          for (int g = 0; g < NG; ++g) sc[r][g] += __shfl_xor_sync(0xffffffffu, sc[r][g], o);
+        if (j >= n) {
+#pragma unroll
+          for (int g = 0; g < NG; ++g) sc[r][g] = -INFINITY;  // past the end: zero weight
+        }
       }
 #pragma unroll
-      for (int o = TPT / 2; o > 0; o >>= 1)
+      for (int g = 0; g < NG; ++g) {
+        float mt = sc[0][g];
 #pragma unroll
-        for (int g = 0; g < NG; ++g) part[g] += __shfl_xor_sync(0xffffffffu, part[g], o);
-      if (li == 0 && j < n) {
+        for (int r = 1; r < RC; ++r) mt = fmaxf(mt, sc[r][g]);
+        const float m_new = fmaxf(m[g], mt);
+        const float mu = m_new == -INFINITY ? 0.0f : m_new;  // nothing seen yet: keep zeros
+        const float a = __expf(m[g] - mu);
+        float sum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < RC; ++r) {
+          sc[r][g] = __expf(sc[r][g] - mu);
+          sum += sc[r][g];
+        }
+        l[g] = l[g] * a + sum;
+        m[g] = m_new;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[g][e] *= a;
+      }
+#pragma unroll
+      for (int r = 0; r < RC; ++r) {
+        const int j = (r0 + r) * NTG + tg;
+        float vf[E];  // zero-filled past the end, so 0 * 0 there
+        load_row<T, E>(sv + j * D + li * E, vf);
 #pragma unroll
         for (int g = 0; g < NG; ++g)
-          if (g < ng) logits[g * TILE + j] = part[g];
+#pragma unroll
+          for (int e = 0; e < E; ++e) acc[g][e] += sc[r][g] * vf[e];
       }
     }
-    __syncthreads();
-    // Per head: new running max, exp in place, running sum.
-    for (int g = warp; g < ng; g += kTokenKernelWarps) {
-      float* lg = logits + g * TILE;
-      float m = -INFINITY;
-      for (int j = lane; j < n; j += 32) m = fmaxf(m, lg[j]);
-      m = cuda::warp_max(m);
-      const float m_new = fmaxf(m_run[g], m);
-      float sum = 0.0f;
-      for (int j = lane; j < TILE; j += 32) {
-        const float e = j < n ? __expf(lg[j] - m_new) : 0.0f;  // zero weight past the end
-        lg[j] = e;
-        sum += e;
-      }
-      sum = cuda::warp_sum(sum);
-      if (lane == 0) {
-        const float a = __expf(m_run[g] - m_new);  // 0 on the first tile (m_run = -inf)
-        alpha[g] = a;
-        l_run[g] = l_run[g] * a + sum;
-        m_run[g] = m_new;
-      }
-    }
-    __syncthreads();
-    // Rescale the accumulator to the new max, then add P . V of the tile.
-#pragma unroll
-    for (int g = 0; g < NG; ++g) {
-      const float a = g < ng ? alpha[g] : 0.0f;
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[g][e] *= a;
-    }
-#pragma unroll
-    for (int j0 = 0; j0 < TILE; j0 += NTG) {
-      const int j = j0 + tg;
-      float vf[E];
-      load_row<T, E>(sv + j * D + li * E, vf);
-#pragma unroll
-      for (int g = 0; g < NG; ++g) {
-        const float pj = g < ng ? logits[g * TILE + j] : 0.0f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) acc[g][e] += pj * vf[e];
-      }
-    }
-    __syncthreads();  // the stage and the logits are rewritten next
   }
   cp_async_wait<0>();
+  __syncthreads();  // the stages are reused for the merge below
 
-  // Sum the accumulators of the token groups: within the warp by shuffles, across warps in smem.
+  // Merge the token groups of a warp (same lane index li, other group) by shuffles.
 #pragma unroll
-  for (int o = TPT; o < 32; o <<= 1)
+  for (int o = TPT; o < 32; o <<= 1) {
 #pragma unroll
-    for (int g = 0; g < NG; ++g)
+    for (int g = 0; g < NG; ++g) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+      const float mn = fmaxf(m[g], mo);
+      const float mu = mn == -INFINITY ? 0.0f : mn;
+      const float a = __expf(m[g] - mu), b = __expf(mo - mu);
+      l[g] = l[g] * a + lo * b;
+      m[g] = mn;
 #pragma unroll
-      for (int e = 0; e < E; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+      for (int e = 0; e < E; ++e) acc[g][e] = acc[g][e] * a + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * b;
+    }
+  }
+  // Then across warps in shared memory: [warps][NG][D] accumulators, [warps][NG][2] (m, l).
+  float* red_acc = reinterpret_cast<float*>(smem_raw);
+  float* red_ml = red_acc + kTokenKernelWarps * NG * D;
   if (lane < TPT) {
 #pragma unroll
-    for (int g = 0; g < NG; ++g)
+    for (int g = 0; g < NG; ++g) {
 #pragma unroll
-      for (int e = 0; e < E; ++e) red[(warp * NG + g) * D + li * E + e] = acc[g][e];
+      for (int e = 0; e < E; ++e) red_acc[(warp * NG + g) * D + li * E + e] = acc[g][e];
+      if (li == 0) {
+        red_ml[(warp * NG + g) * 2] = m[g];
+        red_ml[(warp * NG + g) * 2 + 1] = l[g];
+      }
+    }
   }
   __syncthreads();
   for (int i = tid; i < ng * D; i += blockDim.x) {
     const int g = i / D, d = i - g * D;
-    float v = 0.0f;
+    float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kTokenKernelWarps; ++w) v += red[(w * NG + g) * D + d];
+    for (int w = 0; w < kTokenKernelWarps; ++w) mx = fmaxf(mx, red_ml[(w * NG + g) * 2]);
+    const float mu = mx == -INFINITY ? 0.0f : mx;
+    float v = 0.0f, lsum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kTokenKernelWarps; ++w) {
+      const float wt = __expf(red_ml[(w * NG + g) * 2] - mu);
+      v += red_acc[(w * NG + g) * D + d] * wt;
+      lsum += red_ml[(w * NG + g) * 2 + 1] * wt;
+    }
     const int hq = kvh * p.group + g0 + g;
-    const float l = l_run[g];
-    const float o = l > 0.0f ? v / l : 0.0f;
+    const float o = lsum > 0.0f ? v / lsum : 0.0f;
     if (p.num_splits == 1) {
       static_cast<T*>(p.out)[(static_cast<int64_t>(t) * p.num_q_heads + hq) * D + d] = from_float<T>(o);
     } else {
       const int64_t idx = (static_cast<int64_t>(t) * p.num_q_heads + hq) * p.num_splits + z;
       p.ws_out[idx * D + d] = o;
       if (d == 0) {
-        p.ws_ml[idx * 2] = m_run[g];
-        p.ws_ml[idx * 2 + 1] = l;
+        p.ws_ml[idx * 2] = mx;
+        p.ws_ml[idx * 2 + 1] = lsum;
       }
     }
   }
@@ -340,17 +364,40 @@ int log2_exact(int v) {
   return l;
 }
 
-template <typename T, int D, int NG>
-void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t stream) {
-  constexpr int smem = token_kernel_smem_bytes<T, D, NG>();
+// Pipeline shape for tuning runs: PAGEDLLM_DECODE_VARIANT = 0 (default: 2 stages of 64-token
+// tiles for bf16 D=128), 1 (3 stages x 32 tokens), 2 (4 x 32), 3 (3 x 64). Read once.
+int decode_variant() {
+  static const int v = [] {
+    const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
+    return env ? std::atoi(env) : 0;
+  }();
+  return v;
+}
+
+template <typename T, int D, int NG, int STAGES, int TILE>
+void launch_shape(const TokenKernelParams& p, int num_tokens, cudaStream_t stream) {
+  constexpr int smem = token_kernel_smem_bytes<T, D, NG, STAGES, TILE>();
+  auto* kernel = token_attention_kernel<T, D, NG, STAGES, TILE>;
   static bool configured = false;  // opt in to > 48 KB of dynamic shared memory once
   if (!configured) {
-    cudaFuncSetAttribute(token_attention_kernel<T, D, NG>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     configured = true;
   }
   const dim3 grid(num_tokens, p.num_kv_heads * p.slices, p.num_splits);
-  token_attention_kernel<T, D, NG><<<grid, kTokenKernelWarps * 32, smem, stream>>>(p);
+  kernel<<<grid, kTokenKernelWarps * 32, smem, stream>>>(p);
   cuda::check_launch("paged_attention (token kernel)");
+}
+
+template <typename T, int D, int NG>
+void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t stream) {
+  constexpr bool tunable = std::is_same_v<T, __nv_bfloat16> && D == 128 && (NG == 2 || NG == 4);
+  const int variant = tunable ? decode_variant() : 0;
+  if constexpr (tunable) {
+    if (variant == 1) launch_shape<T, D, NG, 3, 32>(p, num_tokens, stream);
+    if (variant == 2) launch_shape<T, D, NG, 4, 32>(p, num_tokens, stream);
+    if (variant == 3) launch_shape<T, D, NG, 3, 64>(p, num_tokens, stream);
+  }
+  if (variant < 1 || variant > 3) launch_shape<T, D, NG, kStages, tile_tokens<T, D>()>(p, num_tokens, stream);
   if (p.num_splits > 1) {
     const dim3 mgrid(num_tokens, p.num_q_heads);
     merge_splits_kernel<T><<<mgrid, std::min(D, 128), 0, stream>>>(p, D);
