@@ -10,8 +10,9 @@
 
 namespace pagedllm::kernels::attn {
 
-// Tokens whose logits one CTA of the token kernel keeps in shared memory at a time.
-constexpr int kPartition = 512;
+// Granularity (tokens) of KV splits in the token kernel: a split covers a multiple of this many
+// context tokens. Small, so that a batch of one or a few sequences still spreads over the GPU.
+constexpr int kSplitGranularity = 64;
 constexpr int kTokenKernelWarps = 4;
 
 struct TokenKernelParams {

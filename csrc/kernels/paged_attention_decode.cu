@@ -62,9 +62,12 @@ constexpr int tile_tokens() {
   while (t > 16 && 2 * t * row > kCapBytes) t /= 2;
   return t;
 }
-// Default pipeline: two stages of up-to-32 KB tiles. Other shapes can be selected for tuning with
+// Default pipeline: three stages of up-to-16 KB tiles (32 tokens at bf16 D=128). Measured on an
+// H100 (benchmarks/kernels/NOTES.md, v4): 5-17% faster than two stages of 32 KB tiles, which
+// beat four stages of 16 KB and three of 32 KB. Other shapes can be selected for tuning with
 // PAGEDLLM_DECODE_VARIANT (bf16, head_dim 128, group widths 2 and 4 only; see decode_variant()).
-constexpr int kStages = 2;
+constexpr int kStages = 3;
+constexpr int kTileCapBytes = 16384;
 
 template <typename T, int D, int NG, int STAGES, int TILE>
 constexpr int token_kernel_smem_bytes() {
@@ -348,14 +351,14 @@ SplitPlan plan_splits(const PagedAttentionArgs& a) {
   const int ng = slice_width(a.num_q_heads / a.num_kv_heads);
   const int group = a.num_q_heads / a.num_kv_heads;
   const int slices = (group + ng - 1) / ng;
-  const int parts = std::max(1, (a.max_seq_len + kPartition - 1) / kPartition);
+  const int parts = std::max(1, (a.max_seq_len + kSplitGranularity - 1) / kSplitGranularity);
   const int64_t ctas = std::max<int64_t>(1, a.num_tokens) * a.num_kv_heads * slices;
   const int64_t target = static_cast<int64_t>(sm_count()) * 8;
   int want = static_cast<int>(std::min<int64_t>(parts, (target + ctas - 1) / ctas));
   want = std::max(1, want);
   if (want == 1) return {1, 1 << 30};
   const int per_split = (parts + want - 1) / want;
-  return {(parts + per_split - 1) / per_split, per_split * kPartition};
+  return {(parts + per_split - 1) / per_split, per_split * kSplitGranularity};
 }
 
 int log2_exact(int v) {
@@ -364,8 +367,8 @@ int log2_exact(int v) {
   return l;
 }
 
-// Pipeline shape for tuning runs: PAGEDLLM_DECODE_VARIANT = 0 (default: 2 stages of 64-token
-// tiles for bf16 D=128), 1 (3 stages x 32 tokens), 2 (4 x 32), 3 (3 x 64). Read once.
+// Pipeline shape for tuning runs: PAGEDLLM_DECODE_VARIANT = 0 (default: 3 stages x 32-token
+// tiles for bf16 D=128), 1 (2 x 64), 2 (4 x 32), 3 (4 x 16). Read once.
 int decode_variant() {
   static const int v = [] {
     const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
@@ -393,11 +396,13 @@ void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t strea
   constexpr bool tunable = std::is_same_v<T, __nv_bfloat16> && D == 128 && (NG == 2 || NG == 4);
   const int variant = tunable ? decode_variant() : 0;
   if constexpr (tunable) {
-    if (variant == 1) launch_shape<T, D, NG, 3, 32>(p, num_tokens, stream);
+    if (variant == 1) launch_shape<T, D, NG, 2, 64>(p, num_tokens, stream);
     if (variant == 2) launch_shape<T, D, NG, 4, 32>(p, num_tokens, stream);
-    if (variant == 3) launch_shape<T, D, NG, 3, 64>(p, num_tokens, stream);
+    if (variant == 3) launch_shape<T, D, NG, 4, 16>(p, num_tokens, stream);
   }
-  if (variant < 1 || variant > 3) launch_shape<T, D, NG, kStages, tile_tokens<T, D>()>(p, num_tokens, stream);
+  if (variant < 1 || variant > 3) {
+    launch_shape<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>()>(p, num_tokens, stream);
+  }
   if (p.num_splits > 1) {
     const dim3 mgrid(num_tokens, p.num_q_heads);
     merge_splits_kernel<T><<<mgrid, std::min(D, 128), 0, stream>>>(p, D);
