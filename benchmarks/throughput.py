@@ -109,6 +109,48 @@ def _stop_profiler(prof, num_steps: int) -> None:
     print(table, file=sys.stderr)
 
 
+def _read_bandwidth_gbs() -> float:
+    """Device read bandwidth: median time of summing a 4 GiB bf16 tensor (bytes read / time)."""
+    import torch
+
+    x = torch.randn(1 << 31, device="cuda", dtype=torch.bfloat16)
+    x.sum()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        x.sum()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    nbytes = x.numel() * x.element_size()
+    del x
+    return nbytes / times[len(times) // 2] / 1e9
+
+
+def _memory_roofline(core, steps: int, context_tokens: int, elapsed: float, num_output: int) -> dict:
+    """The HBM floor of this run: every step reads the weights once and the K/V of every
+    scheduled sequence's context once; at the measured read bandwidth that takes roofline_s.
+    (Prefill FLOPs and activations are ignored: a floor, not a model.)"""
+    runner = core.runner
+    weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    spec = runner.kv_spec
+    kv_bytes_per_token = spec.bytes_per_block // spec.block_size
+    read_gbs = _read_bandwidth_gbs()
+    total_bytes = steps * weight_bytes + context_tokens * kv_bytes_per_token
+    roofline_s = total_bytes / (read_gbs * 1e9)
+    return {
+        "read_bandwidth_gbs": round(read_gbs, 1),
+        "weight_bytes": weight_bytes,
+        "kv_bytes_per_token": kv_bytes_per_token,
+        "bytes_read_floor": total_bytes,
+        "roofline_s": round(roofline_s, 3),
+        "roofline_output_tokens_per_second": round(num_output / roofline_s, 1),
+        "roofline_fraction": round(roofline_s / elapsed, 3),
+    }
+
+
 def _summarize_steps(step_log: list[tuple]) -> dict:
     """Mean host / model ms of decode-only steps (tokens == seqs) and of steps with prompt work."""
     kinds: dict[str, list[tuple]] = {"decode": [], "prefill_or_mixed": []}
@@ -153,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
             engine.step()
     core = engine.engine_core
     steps0, host0, model0 = core.num_steps, core.time_host, core.time_model
+    ctx0 = core.num_context_tokens
     out0 = engine._time_output
 
     start = time.perf_counter()
@@ -222,6 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
         "num_preemptions": stats.num_preemptions,
         "kv_blocks_total": stats.num_blocks_total,
     }
+    if str(core.device).startswith("cuda"):
+        result.update(_memory_roofline(core, steps, core.num_context_tokens - ctx0, elapsed,
+                                       num_output))
     if step_log:
         result["steps_by_kind"] = _summarize_steps(step_log)
         with open(args.step_log, "w") as f:

@@ -45,9 +45,14 @@ __device__ __forceinline__ void load_row(const T* src, float (&dst)[E]) {
   }
 }
 
+template <bool kL2Prefetch = false>
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+  if constexpr (kL2Prefetch) {  // also pull the surrounding 256 bytes into L2
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+  }
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -85,7 +90,7 @@ constexpr int token_kernel_smem_bytes() {
 // and its own E dims of acc. At the end, groups merge with log-sum-exp weights: within a warp by
 // shuffles, across warps in shared memory. Invariant: acc[g] / l[g] is the softmax-weighted sum
 // of V over the rows the group has seen, relative to the max m[g].
-template <typename T, int D, int NG, int STAGES, int TILE>
+template <typename T, int D, int NG, int STAGES, int TILE, bool L2PF = false>
 __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     token_attention_kernel(const TokenKernelParams p) {
   constexpr int TPT = threads_per_token<T, D>();
@@ -144,7 +149,7 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
         src += slot * row;
         bytes = 16;
       }
-      cp_async16(stage + half * TILE * ROW + j * ROW + w * 16,
+      cp_async16<L2PF>(stage + half * TILE * ROW + j * ROW + w * 16,
                  reinterpret_cast<const unsigned char*>(src) + w * 16, bytes);
     }
   };
@@ -368,7 +373,8 @@ int log2_exact(int v) {
 }
 
 // Pipeline shape for tuning runs: PAGEDLLM_DECODE_VARIANT = 0 (default: 3 stages x 32-token
-// tiles for bf16 D=128), 1 (2 x 64), 2 (4 x 32), 3 (4 x 16). Read once.
+// tiles for bf16 D=128), 1 (2 x 64), 2 (4 x 32), 3 (4 x 16), 4 (default + L2::256B prefetch
+// hint on the copies). Read once.
 int decode_variant() {
   static const int v = [] {
     const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
@@ -377,10 +383,10 @@ int decode_variant() {
   return v;
 }
 
-template <typename T, int D, int NG, int STAGES, int TILE>
+template <typename T, int D, int NG, int STAGES, int TILE, bool L2PF = false>
 void launch_shape(const TokenKernelParams& p, int num_tokens, cudaStream_t stream) {
   constexpr int smem = token_kernel_smem_bytes<T, D, NG, STAGES, TILE>();
-  auto* kernel = token_attention_kernel<T, D, NG, STAGES, TILE>;
+  auto* kernel = token_attention_kernel<T, D, NG, STAGES, TILE, L2PF>;
   static bool configured = false;  // opt in to > 48 KB of dynamic shared memory once
   if (!configured) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -399,8 +405,9 @@ void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t strea
     if (variant == 1) launch_shape<T, D, NG, 2, 64>(p, num_tokens, stream);
     if (variant == 2) launch_shape<T, D, NG, 4, 32>(p, num_tokens, stream);
     if (variant == 3) launch_shape<T, D, NG, 4, 16>(p, num_tokens, stream);
+    if (variant == 4) launch_shape<T, D, NG, kStages, 32, true>(p, num_tokens, stream);
   }
-  if (variant < 1 || variant > 3) {
+  if (variant < 1 || variant > 4) {
     launch_shape<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>()>(p, num_tokens, stream);
   }
   if (p.num_splits > 1) {

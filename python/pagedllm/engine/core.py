@@ -164,6 +164,7 @@ class EngineCore:
         self.time_model = 0.0
         self.last_num_tokens = 0  # the last step's plan size (benchmarks split steps by kind)
         self.last_num_seqs = 0
+        self.num_context_tokens = 0  # sum over steps of the plans' context lengths (KV read)
 
     def close(self) -> None:
         """Release what the runner holds outside this process (tensor-parallel workers)."""
@@ -265,6 +266,7 @@ class EngineCore:
         if plan.num_seqs == 0:
             return []
         self.last_num_tokens, self.last_num_seqs = int(plan.num_tokens), int(plan.num_seqs)
+        self.num_context_tokens += int(plan.seq_lens.sum())
         plan_handles = plan.handles  # [S] int64
         first_sched = self._mark_first_scheduled(plan_handles)
         sample_rows = plan.logits_indices  # [N] int32
