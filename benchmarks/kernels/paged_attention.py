@@ -237,7 +237,7 @@ def plot(results: dict, path: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("KV read bandwidth (GB/s)")
-    ax.set_title(f"decode attention, Hq=32 Hkv=8 D=128 bf16 — {results['device']}")
+    ax.set_title(f"decode attention, Hq={results.get('num_q_heads', 32)} Hkv=8 D=128 bf16 — {results['device']}")
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -252,12 +252,16 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-flashinfer", action="store_true")
+    p.add_argument("--num-q-heads", type=int, default=HQ,
+                   help="query heads (8 KV heads): 32 = group 4 (Qwen3-8B), 16 = group 2 (Qwen3-0.6B)")
     p.add_argument("--prefill", default="1x2048,4x2048,1x8192,8x1024")
     p.add_argument("--ragged", default="256x100-1100,128x1000-3000",
                    help="decode cases BxLO-HI with lengths uniform in [LO, HI] ('' for none)")
     args = p.parse_args()
+    global HQ
+    HQ = args.num_q_heads
     torch.manual_seed(0)
-    results = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    results = {"num_q_heads": HQ, "device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "torch": torch.__version__}
     results["copy_gbs"] = copy_bandwidth_gbs()
     print(f"device {results['device']}  copy bandwidth {results['copy_gbs']:.0f} GB/s", flush=True)
