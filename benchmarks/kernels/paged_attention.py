@@ -258,8 +258,7 @@ def main() -> None:
     p.add_argument("--ragged", default="256x100-1100,128x1000-3000",
                    help="decode cases BxLO-HI with lengths uniform in [LO, HI] ('' for none)")
     args = p.parse_args()
-    global HQ
-    HQ = args.num_q_heads
+    globals()["HQ"] = args.num_q_heads  # the cases read the module constant
     torch.manual_seed(0)
     results = {"num_q_heads": HQ, "device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "torch": torch.__version__}
