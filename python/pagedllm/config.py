@@ -76,6 +76,8 @@ class SchedulerConfig:
     max_num_batched_tokens: Optional[int] = None  # None: max(8192, max_model_len) when chunked
     enable_chunked_prefill: bool = True
     policy: str = "fcfs"                          # "fcfs" | "priority"
+    # Launch step n+1 before collecting step n's outputs (EngineCore._step_overlapped).
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")

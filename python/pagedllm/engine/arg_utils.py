@@ -49,6 +49,7 @@ class EngineArgs:
     served_model_name: Optional[Union[str, list[str]]] = None
     disable_log_stats: bool = False
     scheduling_policy: str = "fcfs"
+    async_scheduling: bool = False
 
     # -- CLI ----------------------------------------------------------------------------------
     @staticmethod
@@ -122,6 +123,13 @@ class EngineArgs:
             default=d.scheduling_policy,
             choices=["fcfs", "priority"],
         )
+        g.add_argument(
+            "--async-scheduling",
+            action="store_true",
+            default=d.async_scheduling,
+            help="launch each step's model work before handing back the previous step's outputs, "
+            "so output processing overlaps the GPU (same outputs; not yet measured on a GPU)",
+        )
         return parser
 
     @classmethod
@@ -170,6 +178,7 @@ class EngineArgs:
             max_num_batched_tokens=self.max_num_batched_tokens,
             enable_chunked_prefill=self.enable_chunked_prefill,
             policy=self.scheduling_policy,
+            async_scheduling=self.async_scheduling,
         )
         parallel_config = ParallelConfig(tensor_parallel_size=self.tensor_parallel_size)
         device_config = DeviceConfig(device=self.device, enforce_eager=self.enforce_eager)

@@ -4,6 +4,13 @@ step() is: plan = scheduler.schedule() -> logits = runner.execute_model(plan, ro
 -> sampled = sampler.sample(logits, batch) -> scheduler.update(plan, sampled).
 Requests are known here only by int handles and token ids; text lives in the OutputProcessor.
 Thread model: every method is called from one thread at a time (the engine loop's worker).
+
+With scheduler_config.async_scheduling, step() overlaps: it reads step n's tokens, applies them
+(update), schedules and launches step n+1, and only then builds step n's outputs, so that the
+caller's output processing runs while the device computes. The scheduler's order (update n before
+schedule n+1) is unchanged; what moves is when Python sees the tokens. Batches whose sampling
+reads the Python copy of a sequence's history (penalties, min_tokens bans) or that need logprobs
+run the plain synchronous step.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pagedllm.config import EngineConfig
 from pagedllm.outputs import Logprob
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.sampler import (
+    PendingSample,
     Sampler,
     SamplingBatch,
     SamplingRow,
@@ -69,6 +77,16 @@ class CoreOutput:
     new_logprobs: Optional[list[dict[int, Logprob]]] = None
     new_prompt_logprobs: Optional[list[dict[int, Logprob]]] = None
     first_scheduled_time: Optional[float] = None
+
+
+@dataclass
+class _LaunchedStep:
+    """A step whose forward and draw are queued on the device; its tokens are not read yet."""
+
+    plan: Any
+    sample_handles: np.ndarray  # [N] int64
+    first_sched: dict[int, float]
+    pending: PendingSample
 
 
 def _logprob_dict(
@@ -145,12 +163,16 @@ class EngineCore:
         )
         self.scheduler = _core.Scheduler(self.scheduler_config)
         self.sampler = Sampler()
+        self.async_scheduling = bool(getattr(sc, "async_scheduling", False))
+        self._in_flight: Optional[_LaunchedStep] = None  # async scheduling: launched, unread
+        self._carried: list[CoreOutput] = []  # outputs held back by a failed step, given next
         self.requests: dict[int, CoreRequest] = {}
         # Handles by what extra per-step work they need, so that the common step skips loops.
         self._never_scheduled: set[int] = set()  # first_scheduled_time still unset
         self._prompt_lp_handles: set[int] = set()  # asked for prompt logprobs
         self._logprob_handles: set[int] = set()  # asked for sample logprobs
         self._min_tokens_handles: set[int] = set()  # banned tokens may still apply (min_tokens)
+        self._penalty_handles: set[int] = set()  # presence / frequency / repetition penalties
         # The last step's sampled handles ([N] int64) and batch, reused while they stay the same.
         self._last_batch_handles: Optional[np.ndarray] = None
         self._last_batch: Optional[SamplingBatch] = None
@@ -243,6 +265,8 @@ class EngineCore:
         req.columns = row_columns(req.row)
         if banned:
             self._min_tokens_handles.add(req.handle)
+        if has_pen:
+            self._penalty_handles.add(req.handle)
 
     def _forget(self, handle: int) -> None:
         """Drop everything remembered about a handle (finished, aborted or failed)."""
@@ -251,16 +275,107 @@ class EngineCore:
         self._prompt_lp_handles.discard(handle)
         self._logprob_handles.discard(handle)
         self._min_tokens_handles.discard(handle)
+        self._penalty_handles.discard(handle)
 
     def abort_request(self, handle: int) -> bool:
         self._forget(handle)
         return self.scheduler.abort_request(handle)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return (
+            self.scheduler.has_unfinished_requests()
+            or self._in_flight is not None
+            or bool(self._carried)
+        )
 
     # -- one step -----------------------------------------------------------------------------
     def step(self) -> list[CoreOutput]:
+        if self.async_scheduling:
+            return self._step_overlapped()
+        return self._step_sync()
+
+    def _needs_sync_step(self) -> bool:
+        """Sampling that reads each sequence's latest tokens on the host, or logprobs."""
+        return bool(
+            self._penalty_handles
+            or self._min_tokens_handles
+            or self._logprob_handles
+            or self._prompt_lp_handles
+        )
+
+    def _step_overlapped(self) -> list[CoreOutput]:
+        outputs, self._carried = self._carried, []
+        finished = None
+        try:
+            if self._in_flight is not None:
+                launched, self._in_flight = self._in_flight, None
+                finished = self._finish(launched)
+            if self._needs_sync_step():
+                if finished is not None:
+                    outputs += self._collect_finished(finished)
+                    finished = None
+                return outputs + self._step_sync()
+            self._in_flight = self._launch()
+        except BaseException:
+            # Outputs already read must still reach the caller: hand them over next time.
+            if finished is not None:
+                outputs += self._collect_finished(finished)
+            self._carried = outputs
+            raise
+        if finished is not None:
+            outputs += self._collect_finished(finished)
+        return outputs
+
+    def _launch(self) -> Optional[_LaunchedStep]:
+        """schedule() and queue the forward and the draw; None when nothing is scheduled."""
+        t0 = time.perf_counter()
+        plan = self.scheduler.schedule()
+        if plan.num_seqs == 0:
+            return None
+        self.last_num_tokens, self.last_num_seqs = int(plan.num_tokens), int(plan.num_seqs)
+        self.num_context_tokens += int(plan.seq_lens.sum())
+        plan_handles = plan.handles  # [S] int64
+        first_sched = self._mark_first_scheduled(plan_handles)
+        sample_handles = plan_handles[plan.sampled_seq_indices]  # [N] int64
+        batch = self._build_batch(sample_handles)
+        t1 = time.perf_counter()
+        try:
+            if self.fault_injector is not None:
+                self.fault_injector()
+            logits = self.runner.execute_model(plan, plan.logits_indices)  # [N, V] fp32
+            pending = self.sampler.sample_async(logits, batch)
+        except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
+            handles = plan_handles.tolist()
+            self._fail_step(handles)
+            raise StepFailedError(handles, e) from e
+        self.time_host += t1 - t0
+        self.time_model += time.perf_counter() - t1
+        return _LaunchedStep(plan, sample_handles, first_sched, pending)
+
+    def _finish(self, launched: _LaunchedStep) -> tuple:
+        """Wait for a launched step's tokens and apply them to the scheduler."""
+        t0 = time.perf_counter()
+        try:
+            sampled = launched.pending.wait()
+        except Exception as e:  # noqa: BLE001 - a device error surfaces here
+            handles = launched.plan.handles.tolist()
+            self._fail_step(handles)
+            raise StepFailedError(handles, e) from e
+        t1 = time.perf_counter()
+        step_outputs = self.scheduler.update(launched.plan, sampled.token_ids)
+        self.num_steps += 1
+        self.time_model += t1 - t0
+        self.time_host += time.perf_counter() - t1
+        return step_outputs, launched.sample_handles, sampled, launched.first_sched
+
+    def _collect_finished(self, finished: tuple) -> list[CoreOutput]:
+        t0 = time.perf_counter()
+        step_outputs, sample_handles, sampled, first_sched = finished
+        outputs = self._collect(step_outputs, sample_handles, sampled, {}, first_sched)
+        self.time_host += time.perf_counter() - t0
+        return outputs
+
+    def _step_sync(self) -> list[CoreOutput]:
         t0 = time.perf_counter()
         plan = self.scheduler.schedule()
         if plan.num_seqs == 0:

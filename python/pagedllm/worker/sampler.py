@@ -151,6 +151,19 @@ class SamplerOutput:
     topk_logprobs: Optional[np.ndarray] = None  # [N, K] float32
 
 
+class PendingSample:
+    """Token ids on their way to the host: wait() blocks until the copy has landed."""
+
+    def __init__(self, host_token_ids: torch.Tensor, event: Optional["torch.cuda.Event"]):
+        self._host = host_token_ids  # [N] int32, CPU (pinned when it came from a GPU)
+        self._event = event
+
+    def wait(self) -> SamplerOutput:
+        if self._event is not None:
+            self._event.synchronize()
+        return SamplerOutput(token_ids=self._host.numpy())
+
+
 def token_logprobs(
     logprobs: torch.Tensor, token_ids: torch.Tensor, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -184,18 +197,7 @@ class Sampler:
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits, dim=-1)  # [N, V]
-        if batch.any_banned or batch.any_penalties:
-            logits = logits.clone()  # edited in place below; the caller's tensor stays intact
-        if batch.any_banned:
-            self._ban_tokens(logits, batch)
-        if batch.any_penalties:
-            self._apply_penalties(logits, batch)
-
-        if batch.all_greedy:
-            token_ids = logits.argmax(dim=-1)  # [N]
-        else:
-            token_ids = self._sample_random(logits, batch)
-
+        token_ids = self._draw(logits, batch)
         out = SamplerOutput(token_ids=token_ids.to(torch.int32).cpu().numpy())
         if raw_logprobs is not None:
             k = int(batch.max_num_logprobs or 0)
@@ -203,6 +205,33 @@ class Sampler:
                 raw_logprobs, token_ids, k
             )
         return out
+
+    def sample_async(self, logits: torch.Tensor, batch: SamplingBatch) -> "PendingSample":
+        """As sample(), for batches without logprobs, without waiting for the device: the token
+        ids are copied to pinned host memory behind an event; PendingSample.wait() reads them."""
+        if logits.shape[0] != len(batch.rows):
+            raise ValueError(f"logits has {logits.shape[0]} rows, batch has {len(batch.rows)}")
+        if batch.max_num_logprobs is not None:
+            raise ValueError("sample_async: logprobs need the synchronous sample()")
+        token_ids = self._draw(logits.float(), batch).to(torch.int32)  # [N]
+        if not token_ids.is_cuda:
+            return PendingSample(token_ids, None)
+        host = token_ids.to("cpu", non_blocking=True)  # pinned destination
+        event = torch.cuda.Event()
+        event.record()
+        return PendingSample(host, event)
+
+    def _draw(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """One token per row [N] (int64, on the logits' device): masks, penalties, then the draw."""
+        if batch.any_banned or batch.any_penalties:
+            logits = logits.clone()  # edited in place below; the caller's tensor stays intact
+        if batch.any_banned:
+            self._ban_tokens(logits, batch)
+        if batch.any_penalties:
+            self._apply_penalties(logits, batch)
+        if batch.all_greedy:
+            return logits.argmax(dim=-1)  # [N]
+        return self._sample_random(logits, batch)
 
     # -- logits processing ----------------------------------------------------------------------
     @staticmethod
