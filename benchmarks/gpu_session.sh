@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_session.sh OUT_DIR "build test nano"      # first call
 #   bash benchmarks/gpu_session.sh OUT_DIR "build peer eager 8b"  # a second call
 # Stages: build, test (pytest -m gpu), nano (W-nano with CUDA graphs), eager (W-nano eager),
+# async (W-nano with --async-scheduling),
 # nprof (kernel profile of 10 W-nano decode steps),
 # peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark).
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
@@ -34,6 +35,11 @@ if has nano; then
   stage nano
   timeout 200 python3 benchmarks/throughput.py $NANO --output-json "$OUT/nano_graphs.json" \
     --step-log /tmp/nano_steps.json > "$OUT/nano_graphs.log" 2>&1; tail -40 "$OUT/nano_graphs.log"
+fi
+if has async; then
+  stage async  # W-nano with --async-scheduling (step n+1 launched before step n's outputs)
+  timeout 200 python3 benchmarks/throughput.py $NANO --async-scheduling \
+    --output-json "$OUT/nano_async.json" > "$OUT/nano_async.log" 2>&1; tail -30 "$OUT/nano_async.log"
 fi
 if has nprof; then
   stage nprof  # kernel table of 10 steady decode steps (figures of this run are not reported)
