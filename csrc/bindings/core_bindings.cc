@@ -128,7 +128,7 @@ void init_core_bindings(py::module_& m) {
   py::class_<core::SchedulerConfig>(m, "SchedulerConfig")
       .def(py::init([](int32_t num_blocks, int32_t block_size, int32_t max_num_seqs, int32_t max_num_batched_tokens,
                        int32_t max_model_len, bool enable_prefix_caching, bool enable_chunked_prefill,
-                       core::SchedulingPolicy policy) {
+                       core::SchedulingPolicy policy, int32_t admission_reserve_blocks_per_running) {
              core::SchedulerConfig c;
              c.num_blocks = num_blocks;
              c.block_size = block_size;
@@ -138,13 +138,15 @@ void init_core_bindings(py::module_& m) {
              c.enable_prefix_caching = enable_prefix_caching;
              c.enable_chunked_prefill = enable_chunked_prefill;
              c.policy = policy;
+             c.admission_reserve_blocks_per_running = admission_reserve_blocks_per_running;
              c.validate();
              return c;
            }),
            py::kw_only(), py::arg("num_blocks"), py::arg("block_size") = 16, py::arg("max_num_seqs") = 256,
            py::arg("max_num_batched_tokens") = 8192, py::arg("max_model_len") = 2048,
            py::arg("enable_prefix_caching") = true, py::arg("enable_chunked_prefill") = true,
-           py::arg("policy") = core::SchedulingPolicy::kFcfs)
+           py::arg("policy") = core::SchedulingPolicy::kFcfs,
+           py::arg("admission_reserve_blocks_per_running") = 0)
       .def_readonly("num_blocks", &core::SchedulerConfig::num_blocks)
       .def_readonly("block_size", &core::SchedulerConfig::block_size)
       .def_readonly("max_num_seqs", &core::SchedulerConfig::max_num_seqs)
@@ -153,6 +155,8 @@ void init_core_bindings(py::module_& m) {
       .def_readonly("enable_prefix_caching", &core::SchedulerConfig::enable_prefix_caching)
       .def_readonly("enable_chunked_prefill", &core::SchedulerConfig::enable_chunked_prefill)
       .def_readonly("policy", &core::SchedulerConfig::policy)
+      .def_readonly("admission_reserve_blocks_per_running",
+                    &core::SchedulerConfig::admission_reserve_blocks_per_running)
       .def_property_readonly("max_blocks_per_seq", &core::SchedulerConfig::max_blocks_per_seq);
 
   py::class_<core::RequestParams>(m, "RequestParams")

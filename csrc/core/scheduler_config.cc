@@ -14,6 +14,9 @@ void SchedulerConfig::validate() const {
     throw std::invalid_argument(
         "max_num_batched_tokens: must be >= max_model_len when chunked prefill is disabled");
   }
+  if (admission_reserve_blocks_per_running < 0 || admission_reserve_blocks_per_running > 1024) {
+    throw std::invalid_argument("admission_reserve_blocks_per_running: must be in [0, 1024]");
+  }
   if (policy != SchedulingPolicy::kFcfs && policy != SchedulingPolicy::kPriority) {
     throw std::invalid_argument("policy: must be FCFS or PRIORITY");
   }

@@ -78,11 +78,16 @@ class SchedulerConfig:
     policy: str = "fcfs"                          # "fcfs" | "priority"
     # Launch step n+1 before collecting step n's outputs (EngineCore._step_overlapped).
     async_scheduling: bool = False
+    # Admit a waiting request only if this many free KV blocks per running request remain
+    # (the C++ SchedulerConfig field of the same name; 0 = admit whenever blocks fit).
+    admission_reserve_blocks_per_running: int = 0
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
         _require(self.max_num_batched_tokens is None or self.max_num_batched_tokens >= 1,
                  "max_num_batched_tokens", "must be >= 1")
+        _require(0 <= self.admission_reserve_blocks_per_running <= 1024,
+                 "admission_reserve_blocks_per_running", "must be in [0, 1024]")
         _require(self.policy in ("fcfs", "priority"), "scheduling_policy",
                  "must be 'fcfs' or 'priority'")
 

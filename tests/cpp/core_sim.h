@@ -53,6 +53,7 @@ class SchedulerSim {
         cfg_.enable_chunked_prefill ? uniform(1, 64) : uniform(cfg_.max_model_len, cfg_.max_model_len + 32);
     cfg_.enable_prefix_caching = uniform(0, 3) != 0;
     cfg_.policy = uniform(0, 1) ? SchedulingPolicy::kPriority : SchedulingPolicy::kFcfs;
+    cfg_.admission_reserve_blocks_per_running = uniform(0, 3) == 0 ? uniform(1, 2) : 0;
     sched_ = std::make_unique<Scheduler>(cfg_);
     kv_.assign(static_cast<size_t>(cfg_.num_blocks) * cfg_.block_size, 0);
     for (auto& prefix : prefixes_) {

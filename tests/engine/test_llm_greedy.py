@@ -57,6 +57,16 @@ def test_greedy_with_preemption(tiny_qwen3, hf_model, tokenizer_of):
     assert stats.num_blocks_used == 0
 
 
+def test_greedy_with_admission_reserve_under_cache_pressure(tiny_qwen3, hf_model, tokenizer_of):
+    # The preemption test's cache with the anti-churn admission reserve: same tokens as HF.
+    kw = engine_kwargs(kv_cache_space_bytes=13 * 16 * 1024, max_model_len=128,
+                       admission_reserve_blocks_per_running=1)
+    llm = LLM(model=str(tiny_qwen3), **kw)
+    _check_greedy(llm, hf_model(tiny_qwen3), tokenizer_of(tiny_qwen3), PROMPTS)
+    assert llm.llm_engine.engine_core.scheduler_config.admission_reserve_blocks_per_running == 1
+    assert llm.llm_engine.get_stats().num_blocks_used == 0
+
+
 def test_greedy_with_shared_prefixes_hits_the_prefix_cache(tiny_llama, hf_model, tokenizer_of):
     prefix = "The scheduler decides which requests run in each step of the engine. " * 2
     prompts = [prefix + p for p in PROMPTS[:16]]

@@ -45,6 +45,8 @@ class SchedulerConfig:
         enable_prefix_caching: bool = True,
         enable_chunked_prefill: bool = True,  # if False, a prompt is scheduled whole or not at all
         policy: SchedulingPolicy = SchedulingPolicy.FCFS,
+        # admit a waiting request only if this many free blocks per running request remain
+        admission_reserve_blocks_per_running: int = 0,
     ) -> None: ...
     # same names as readable attributes; invalid values raise ValueError naming the field
     num_blocks: int
@@ -55,6 +57,7 @@ class SchedulerConfig:
     enable_prefix_caching: bool
     enable_chunked_prefill: bool
     policy: SchedulingPolicy
+    admission_reserve_blocks_per_running: int
     @property
     def max_blocks_per_seq(self) -> int: ...  # ceil(max_model_len / block_size)
 

@@ -50,6 +50,7 @@ class EngineArgs:
     disable_log_stats: bool = False
     scheduling_policy: str = "fcfs"
     async_scheduling: bool = False
+    admission_reserve_blocks_per_running: int = 0
 
     # -- CLI ----------------------------------------------------------------------------------
     @staticmethod
@@ -130,6 +131,13 @@ class EngineArgs:
             help="launch each step's model work before handing back the previous step's outputs, "
             "so output processing overlaps the GPU (same outputs; not yet measured on a GPU)",
         )
+        g.add_argument(
+            "--admission-reserve-blocks-per-running",
+            type=int,
+            default=d.admission_reserve_blocks_per_running,
+            help="admit a waiting request only if this many free KV blocks per running request "
+            "remain after it (0: whenever its blocks fit); 1 stops preempt/readmit churn",
+        )
         return parser
 
     @classmethod
@@ -179,6 +187,7 @@ class EngineArgs:
             enable_chunked_prefill=self.enable_chunked_prefill,
             policy=self.scheduling_policy,
             async_scheduling=self.async_scheduling,
+            admission_reserve_blocks_per_running=self.admission_reserve_blocks_per_running,
         )
         parallel_config = ParallelConfig(tensor_parallel_size=self.tensor_parallel_size)
         device_config = DeviceConfig(device=self.device, enforce_eager=self.enforce_eager)

@@ -160,6 +160,7 @@ class EngineCore:
             enable_prefix_caching=config.cache_config.enable_prefix_caching,
             enable_chunked_prefill=sc.enable_chunked_prefill,
             policy=policy,
+            admission_reserve_blocks_per_running=sc.admission_reserve_blocks_per_running,
         )
         self.scheduler = _core.Scheduler(self.scheduler_config)
         self.sampler = Sampler()

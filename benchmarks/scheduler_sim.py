@@ -1,0 +1,106 @@
+"""Replay a throughput workload through the C++ scheduler alone (no model): steps, preemptions,
+tokens recomputed after preemption, and the HBM floor of the plans, for several scheduler
+settings. With ignore_eos the plans do not depend on the sampled tokens, so for the settings of a
+GPU run this reproduces that run's step and preemption counts exactly (a check of the replay).
+
+    python benchmarks/scheduler_sim.py --workload 8b --num-blocks 24200 --max-num-seqs 128 192 256 \
+        --admission-reserve 0 1 2
+
+--num-blocks is what the GPU run allocated (its JSON's kv_blocks_total). The floor uses the
+weight and K/V sizes of the model shape and a read bandwidth (default: the H100 figure measured
+in benchmarks/RESULTS.md), as throughput.py does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pagedllm._C import core  # noqa: E402
+from workloads import WORKLOADS, random_requests  # noqa: E402
+
+# (weight bytes, K/V bytes per context token) of the shapes the GPU runs use, bf16.
+SHAPE_BYTES = {
+    "qwen3-8b": (16_381_470_720, 147_456),
+    "qwen3-0.6b": (1_192_099_840, 114_688),
+}
+VOCAB = 151_936
+
+
+def replay(requests, num_blocks: int, max_num_seqs: int, max_num_batched_tokens: int,
+           max_model_len: int, prefix_caching: bool, reserve: int = 0,
+           block_size: int = 16) -> dict:
+    config = core.SchedulerConfig(
+        num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+        enable_prefix_caching=prefix_caching, enable_chunked_prefill=True,
+        admission_reserve_blocks_per_running=reserve)
+    scheduler = core.Scheduler(config)
+    for handle, req in enumerate(requests):
+        params = core.RequestParams(max_tokens=req.output_len, ignore_eos=True)
+        scheduler.add_request(handle, np.asarray(req.prompt_token_ids, dtype=np.int32), params)
+    sampled = np.full(max_num_seqs, 7, dtype=np.int32)  # [max_num_seqs] any valid token id
+    steps = scheduled = context = 0
+    while scheduler.has_unfinished_requests():
+        plan = scheduler.schedule()
+        if plan.num_seqs == 0:
+            raise RuntimeError("scheduler made no progress")
+        steps += 1
+        scheduled += int(plan.num_tokens)
+        context += int(plan.seq_lens.sum())
+        scheduler.update(plan, sampled[: plan.num_sampled])
+    scheduler.check_invariants()
+    stats = scheduler.stats()
+    # Every prompt token and every output token but the last is computed at least once.
+    minimal = sum(len(r.prompt_token_ids) + r.output_len - 1 for r in requests)
+    return {
+        "max_num_seqs": max_num_seqs,
+        "admission_reserve": reserve,
+        "steps": steps,
+        "preemptions": int(stats.num_preemptions),
+        "tokens_scheduled": scheduled,
+        "tokens_recomputed": scheduled - minimal,
+        "context_tokens_read": context,
+        "prefix_cache_hits": int(stats.prefix_cache_hits),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="8b")
+    parser.add_argument("--shape", choices=sorted(SHAPE_BYTES), default=None,
+                        help="default: qwen3-8b for workload 8b, qwen3-0.6b for nano")
+    parser.add_argument("--num-blocks", type=int, default=24200)
+    parser.add_argument("--max-num-seqs", type=int, nargs="+", default=[256])
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--max-model-len", type=int, default=3072)
+    parser.add_argument("--no-prefix-caching", action="store_true")
+    parser.add_argument("--admission-reserve", type=int, nargs="+", default=[0],
+                        help="admission_reserve_blocks_per_running values to replay")
+    parser.add_argument("--read-gbs", type=float, default=3001.1)
+    args = parser.parse_args()
+    shape = args.shape or ("qwen3-8b" if args.workload == "8b" else "qwen3-0.6b")
+    weight_bytes, kv_bytes = SHAPE_BYTES[shape]
+    num, in_lo, in_hi, out_lo, out_hi = WORKLOADS[args.workload]
+    requests = random_requests(num, in_lo, in_hi, out_lo, out_hi, VOCAB, seed=0)
+    results = []
+    for seqs, reserve in [(s, r) for s in args.max_num_seqs for r in args.admission_reserve]:
+        r = replay(requests, args.num_blocks, seqs, args.max_num_batched_tokens,
+                   args.max_model_len, not args.no_prefix_caching, reserve)
+        floor_s = (r["steps"] * weight_bytes + r["context_tokens_read"] * kv_bytes) / (
+            args.read_gbs * 1e9)
+        r["hbm_floor_s"] = round(floor_s, 1)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    print(json.dumps({"workload": args.workload, "shape": shape, "num_blocks": args.num_blocks,
+                      "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
