@@ -71,12 +71,18 @@ def test_async_outputs_equal_sync_outputs_for_every_feature(tiny_llama):
         assert (sync_out.prompt_logprobs is None) == (async_out.prompt_logprobs is None)
 
 
-def test_plain_batches_really_overlap(tiny_llama):
+def _async_engine_with(path, num_requests: int, max_tokens: int) -> LLMEngine:
+    """An LLMEngine with async scheduling and greedy ignore_eos requests "0", "1", ..."""
     engine = LLMEngine.from_engine_args(
-        EngineArgs(model=str(tiny_llama), **engine_kwargs(async_scheduling=True)))
-    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
-    for i in range(4):
+        EngineArgs(model=str(path), **engine_kwargs(async_scheduling=True)))
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    for i in range(num_requests):
         engine.add_request(str(i), PROMPTS[i], params)
+    return engine
+
+
+def test_plain_batches_really_overlap(tiny_llama):
+    engine = _async_engine_with(tiny_llama, num_requests=4, max_tokens=5)
     core = engine.engine_core
     in_flight_seen = 0
     outputs = []
@@ -93,11 +99,7 @@ def test_plain_batches_really_overlap(tiny_llama):
 
 
 def test_abort_between_steps_of_an_in_flight_plan(tiny_llama):
-    engine = LLMEngine.from_engine_args(
-        EngineArgs(model=str(tiny_llama), **engine_kwargs(async_scheduling=True)))
-    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
-    for i in range(3):
-        engine.add_request(str(i), PROMPTS[i], params)
+    engine = _async_engine_with(tiny_llama, num_requests=3, max_tokens=40)
     for _ in range(4):
         engine.step()
     assert engine.engine_core._in_flight is not None  # "1" is in the launched plan
