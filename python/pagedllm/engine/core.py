@@ -89,6 +89,16 @@ class _LaunchedStep:
     pending: PendingSample
 
 
+@dataclass
+class _FinishedStep:
+    """A launched step after its tokens were applied to the scheduler, outputs not built yet."""
+
+    step_outputs: Any  # the scheduler's StepOutputs
+    sample_handles: np.ndarray  # [N] int64
+    sampled: Any  # SamplerOutput
+    first_sched: dict[int, float]
+
+
 def _logprob_dict(
     chosen: int, chosen_lp: float, rank: int, top_ids: np.ndarray, top_lps: np.ndarray, k: int
 ) -> dict[int, Logprob]:
@@ -353,7 +363,7 @@ class EngineCore:
         self.time_model += time.perf_counter() - t1
         return _LaunchedStep(plan, sample_handles, first_sched, pending)
 
-    def _finish(self, launched: _LaunchedStep) -> tuple:
+    def _finish(self, launched: _LaunchedStep) -> _FinishedStep:
         """Wait for a launched step's tokens and apply them to the scheduler."""
         t0 = time.perf_counter()
         try:
@@ -367,12 +377,12 @@ class EngineCore:
         self.num_steps += 1
         self.time_model += t1 - t0
         self.time_host += time.perf_counter() - t1
-        return step_outputs, launched.sample_handles, sampled, launched.first_sched
+        return _FinishedStep(step_outputs, launched.sample_handles, sampled, launched.first_sched)
 
-    def _collect_finished(self, finished: tuple) -> list[CoreOutput]:
+    def _collect_finished(self, finished: _FinishedStep) -> list[CoreOutput]:
         t0 = time.perf_counter()
-        step_outputs, sample_handles, sampled, first_sched = finished
-        outputs = self._collect(step_outputs, sample_handles, sampled, {}, first_sched)
+        outputs = self._collect(finished.step_outputs, finished.sample_handles, finished.sampled,
+                                {}, finished.first_sched)
         self.time_host += time.perf_counter() - t0
         return outputs
 
