@@ -7,6 +7,7 @@
 # nprof (kernel profile of 10 W-nano decode steps),
 # peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark).
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
+# Env: GPU_TEST_DIRS (pytest dirs of the test stage), W8B_TIMEOUT, W8B_ARGS (extra engine flags for 8b).
 set -uo pipefail
 OUT=${1:?output dir}
 STAGES=${2:-"build test nano"}
@@ -59,7 +60,7 @@ fi
 if has 8b; then
   stage 8b
   timeout ${W8B_TIMEOUT:-540} python3 benchmarks/throughput.py --model-shape qwen3-8b --workload 8b \
-    --dtype bfloat16 --max-model-len 3072 --gpu-memory-utilization 0.9 --progress-every 30 \
+    --dtype bfloat16 --max-model-len 3072 --gpu-memory-utilization 0.9 --progress-every 30 ${W8B_ARGS:-} \
     --output-json "$OUT/w8b.json" > "$OUT/w8b.log" 2>&1; tail -40 "$OUT/w8b.log"
 fi
 if has kernels; then
