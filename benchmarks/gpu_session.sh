@@ -65,6 +65,11 @@ if has 8b; then
 fi
 if has kernels; then
   stage kernels
+  # FlashInfer (the peer) travels as wheels in wheels/ (carry it); its kernels JIT-compile here.
+  if ls wheels/flashinfer*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/fi wheels/*.whl \
+      && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/fi" FLASHINFER_WORKSPACE_BASE=/tmp/fi_cache
+  fi
   timeout 200 python3 benchmarks/kernels/paged_attention.py --out "$OUT/kernels.json" \
     --png "$OUT/decode_gbps.png" > "$OUT/kernels.log" 2>&1; tail -30 "$OUT/kernels.log"
 fi
