@@ -40,14 +40,15 @@ ComputedBlocks KVCacheManager::get_computed_blocks(Request& r) {
 }
 
 std::optional<int32_t> KVCacheManager::allocate_slots(Request& r, int32_t num_new_tokens,
-                                                      const ComputedBlocks& computed) {
+                                                      const ComputedBlocks& computed,
+                                                      int64_t keep_free) {
   const int32_t total_tokens = r.num_computed_tokens + computed.num_tokens + num_new_tokens;
   const int32_t held = static_cast<int32_t>(r.block_ids.size() + computed.block_ids.size());
   const int32_t num_new_blocks = std::max(0, blocks_for(total_tokens) - held);
   // Hits on blocks at ref 0 take them out of the free queue, so they cannot also be supplied fresh.
   int32_t hits_from_free_queue = 0;
   for (int32_t id : computed.block_ids) hits_from_free_queue += pool_.block(id).ref_cnt == 0 ? 1 : 0;
-  if (num_new_blocks > pool_.num_free() - hits_from_free_queue) return std::nullopt;
+  if (num_new_blocks > pool_.num_free() - hits_from_free_queue - keep_free) return std::nullopt;
 
   for (int32_t id : computed.block_ids) {
     pool_.incref(id);

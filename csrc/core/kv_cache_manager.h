@@ -36,8 +36,10 @@ class KVCacheManager {
   // taking references on `computed` first. Returns the number of blocks taken from the free
   // queue, or nullopt (and changes nothing) when the pool cannot supply them. Full blocks whose
   // tokens are all known are registered in the prefix cache. Does not move num_computed_tokens.
+  // `keep_free`: fail unless at least this many blocks stay free afterwards (admission reserve).
   std::optional<int32_t> allocate_slots(Request& r, int32_t num_new_tokens,
-                                        const ComputedBlocks& computed = ComputedBlocks{});
+                                        const ComputedBlocks& computed = ComputedBlocks{},
+                                        int64_t keep_free = 0);
 
   // Drops the prefix-cache entries of the request's blocks from index `first_block` on, for
   // blocks whose K/V may never have been computed (a step that did not run). Prefix hits sit

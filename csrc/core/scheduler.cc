@@ -237,14 +237,10 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
       if (!config_.enable_chunked_prefill) break;  // whole prompts only; keep the order
       num_new = budget;
     }
-    if (config_.admission_reserve_blocks_per_running > 0) {
-      const int32_t bs = config_.block_size;
-      const int32_t needed = (hit.num_tokens + num_new + bs - 1) / bs - hit.num_tokens / bs;
-      const int64_t reserve = static_cast<int64_t>(config_.admission_reserve_blocks_per_running) *
-                              static_cast<int64_t>(running_.size());
-      if (kv_.pool().num_free() - needed < reserve) break;  // keep the order: no one jumps ahead
-    }
-    if (!kv_.allocate_slots(*r, num_new, hit)) break;
+    // Blocks kept free for the running requests' growth (admission reserve, 0 by default).
+    const int64_t reserve = static_cast<int64_t>(config_.admission_reserve_blocks_per_running) *
+                            static_cast<int64_t>(running_.size());
+    if (!kv_.allocate_slots(*r, num_new, hit, reserve)) break;  // keep the order: none jumps ahead
     waiting_.erase(waiting_.begin());
     if (kv_.prefix_caching() && !r->params.skip_prefix_cache) {
       kv_.prefix_cache().record_lookup(r->num_tokens(), hit.num_tokens);

@@ -16,10 +16,10 @@ struct SchedulerConfig {
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;  // false: a prompt is scheduled whole or not at all
   SchedulingPolicy policy = SchedulingPolicy::kFcfs;
-  // Admission reserve: a waiting request is admitted only if, after its new blocks are taken, at
+  // Admission reserve: a waiting request is admitted only if, after its blocks are taken, at
   // least this many free blocks per running request remain for their growth. 0 = admit whenever
   // the blocks fit (vLLM's rule). 1 stops a preempted request from being readmitted into the
-  // space the next preemption just freed (benchmarks/scheduler_sim.py: W-8B recompute -37%).
+  // space the next preemption just freed (benchmarks/scheduler_sim.py: W-8B recompute -38%).
   int32_t admission_reserve_blocks_per_running = 0;
 
   int32_t max_blocks_per_seq() const { return (max_model_len + block_size - 1) / block_size; }
