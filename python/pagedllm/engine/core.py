@@ -337,17 +337,31 @@ class EngineCore:
             outputs += self._collect_finished(finished)
         return outputs
 
-    def _launch(self) -> Optional[_LaunchedStep]:
-        """schedule() and queue the forward and the draw; None when nothing is scheduled."""
-        t0 = time.perf_counter()
+    def _schedule(self) -> Optional[tuple]:
+        """schedule() and the bookkeeping both step modes share. None when nothing is scheduled,
+        else (plan, plan handles [S] int64, sampled handles [N] int64, first-scheduled times)."""
         plan = self.scheduler.schedule()
         if plan.num_seqs == 0:
             return None
         self.last_num_tokens, self.last_num_seqs = int(plan.num_tokens), int(plan.num_seqs)
         self.num_context_tokens += int(plan.seq_lens.sum())
-        plan_handles = plan.handles  # [S] int64
+        plan_handles = plan.handles
         first_sched = self._mark_first_scheduled(plan_handles)
-        sample_handles = plan_handles[plan.sampled_seq_indices]  # [N] int64
+        return plan, plan_handles, plan_handles[plan.sampled_seq_indices], first_sched
+
+    def _failed(self, plan_handles: np.ndarray, cause: BaseException) -> StepFailedError:
+        """Drop a failed step's requests; the error to raise for them."""
+        handles = plan_handles.tolist()
+        self._fail_step(handles)
+        return StepFailedError(handles, cause)
+
+    def _launch(self) -> Optional[_LaunchedStep]:
+        """schedule() and queue the forward and the draw; None when nothing is scheduled."""
+        t0 = time.perf_counter()
+        scheduled = self._schedule()
+        if scheduled is None:
+            return None
+        plan, plan_handles, sample_handles, first_sched = scheduled
         batch = self._build_batch(sample_handles)
         t1 = time.perf_counter()
         try:
@@ -356,9 +370,7 @@ class EngineCore:
             logits = self.runner.execute_model(plan, plan.logits_indices)  # [N, V] fp32
             pending = self.sampler.sample_async(logits, batch)
         except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
-            handles = plan_handles.tolist()
-            self._fail_step(handles)
-            raise StepFailedError(handles, e) from e
+            raise self._failed(plan_handles, e) from e
         self.time_host += t1 - t0
         self.time_model += time.perf_counter() - t1
         return _LaunchedStep(plan, sample_handles, first_sched, pending)
@@ -369,9 +381,7 @@ class EngineCore:
         try:
             sampled = launched.pending.wait()
         except Exception as e:  # noqa: BLE001 - a device error surfaces here
-            handles = launched.plan.handles.tolist()
-            self._fail_step(handles)
-            raise StepFailedError(handles, e) from e
+            raise self._failed(launched.plan.handles, e) from e
         t1 = time.perf_counter()
         step_outputs = self.scheduler.update(launched.plan, sampled.token_ids)
         self.num_steps += 1
@@ -388,15 +398,11 @@ class EngineCore:
 
     def _step_sync(self) -> list[CoreOutput]:
         t0 = time.perf_counter()
-        plan = self.scheduler.schedule()
-        if plan.num_seqs == 0:
+        scheduled = self._schedule()
+        if scheduled is None:
             return []
-        self.last_num_tokens, self.last_num_seqs = int(plan.num_tokens), int(plan.num_seqs)
-        self.num_context_tokens += int(plan.seq_lens.sum())
-        plan_handles = plan.handles  # [S] int64
-        first_sched = self._mark_first_scheduled(plan_handles)
+        plan, plan_handles, sample_handles, first_sched = scheduled
         sample_rows = plan.logits_indices  # [N] int32
-        sample_handles = plan_handles[plan.sampled_seq_indices]  # [N] int64
         prompt_lp_rows: list[int] = []
         prompt_lp_spans: list[tuple[int, int, int]] = []
         if self._prompt_lp_handles:
@@ -416,9 +422,7 @@ class EngineCore:
             sampled = self.sampler.sample(logits[num_plp:], batch)
             prompt_lps = self._score_prompt(logits[:num_plp], prompt_lp_spans) if num_plp else {}
         except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
-            handles = plan_handles.tolist()
-            self._fail_step(handles)
-            raise StepFailedError(handles, e) from e
+            raise self._failed(plan_handles, e) from e
         t2 = time.perf_counter()
 
         step_outputs = self.scheduler.update(plan, sampled.token_ids)

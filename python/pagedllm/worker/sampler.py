@@ -97,6 +97,8 @@ class SamplingBatch:
         self._top_k = table[:, 2].astype(np.int64)  # [N]
         self._min_p = table[:, 3].astype(np.float32)  # [N]
         self.all_greedy = bool(greedy.all())
+        self.any_greedy = bool(greedy.any())
+        self.all_temperature_one = bool((self._temperature == 1.0).all())
         self.any_penalties = bool(table[:, 4].any())
         self.any_banned = bool(table[:, 7].any())
         self.any_seeded = bool((table[:, 5].astype(bool) & ~greedy).any())
@@ -151,6 +153,11 @@ class SamplerOutput:
     topk_logprobs: Optional[np.ndarray] = None  # [N, K] float32
 
 
+def _check_rows(logits: torch.Tensor, batch: SamplingBatch) -> None:
+    if logits.shape[0] != len(batch.rows):
+        raise ValueError(f"logits has {logits.shape[0]} rows, batch has {len(batch.rows)}")
+
+
 class PendingSample:
     """Token ids on their way to the host: wait() blocks until the copy has landed."""
 
@@ -191,8 +198,7 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         """logits: [N, V] float32 on any device. Returns int32 token ids [N] (numpy)."""
-        if logits.shape[0] != len(batch.rows):
-            raise ValueError(f"logits has {logits.shape[0]} rows, batch has {len(batch.rows)}")
+        _check_rows(logits, batch)
         logits = logits.float()
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
@@ -209,8 +215,7 @@ class Sampler:
     def sample_async(self, logits: torch.Tensor, batch: SamplingBatch) -> "PendingSample":
         """As sample(), for batches without logprobs, without waiting for the device: the token
         ids are copied to pinned host memory behind an event; PendingSample.wait() reads them."""
-        if logits.shape[0] != len(batch.rows):
-            raise ValueError(f"logits has {logits.shape[0]} rows, batch has {len(batch.rows)}")
+        _check_rows(logits, batch)
         if batch.max_num_logprobs is not None:
             raise ValueError("sample_async: logprobs need the synchronous sample()")
         token_ids = self._draw(logits.float(), batch).to(torch.int32)  # [N]
@@ -272,14 +277,13 @@ class Sampler:
                 logits[i] -= row.presence_penalty * (counts > 0).to(logits.dtype)
 
     def _sample_random(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        any_greedy = bool(batch._greedy.any())
-        greedy_ids = logits.argmax(dim=-1) if any_greedy else None  # [N]
+        greedy_ids = logits.argmax(dim=-1) if batch.any_greedy else None  # [N]
         if batch.need_min_p or batch.need_top_k or batch.need_top_p:
             sampled = self._sample_filtered(logits, batch)
         else:
             # argmax_i p_i / E_i == argmax_i (logit_i / T - log E_i): the softmax normaliser is
             # the same for every token of a row, so the plain case needs no softmax pass.
-            if bool((batch._temperature != 1.0).any()):
+            if not batch.all_temperature_one:
                 logits = logits / batch.temperature.unsqueeze(1)
             # Exp(1) draws can be exactly 0; clamp so log E stays finite (-inf - -inf is NaN).
             log_noise = self._exponential_noise(logits, batch).clamp_min_(1e-20).log_()
