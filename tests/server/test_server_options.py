@@ -116,34 +116,13 @@ def test_cli_complete_and_chat(keyed_server):
         timeout=60,
         json={"model": "tiny", "prompt": "Once upon", "max_tokens": 6, "temperature": 0},
     ).json()["choices"][0]["text"]
-    done = run_cli(
-        "complete",
-        "--url",
-        keyed_server.base_url,
-        "--api-key",
-        KEY,
-        "--max-tokens",
-        "6",
-        "--temperature",
-        "0",
-        "-q",
-        "Once upon",
-    )
+    common = ["--url", keyed_server.base_url, "--api-key", KEY, "--max-tokens", "6",
+              "--temperature", "0"]
+    done = run_cli("complete", *common, "-q", "Once upon")
     assert done.returncode == 0, done.stderr
     assert done.stdout == expected + "\n"
     # stdin mode: one completion per line
-    lines = run_cli(
-        "complete",
-        "--url",
-        keyed_server.base_url,
-        "--api-key",
-        KEY,
-        "--max-tokens",
-        "6",
-        "--temperature",
-        "0",
-        stdin="Once upon\nOnce upon\n",
-    )
+    lines = run_cli("complete", *common, stdin="Once upon\nOnce upon\n")
     assert lines.stdout == (expected + "\n") * 2
     # This model has no chat template: the chat client reports the server's 400 and fails.
     chat = run_cli("chat", "--url", keyed_server.base_url, "--api-key", KEY, "-q", "hello")
