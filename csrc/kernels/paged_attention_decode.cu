@@ -310,8 +310,14 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
 
 // Combines the splits of one (token, query head): out = sum_z w_z o_z / sum_z w_z with
 // w_z = l_z * exp(m_z - max_z m_z). Skips exactly the splits the token kernel skipped.
+// The block first turns every split's (m, l) into its weight in shared memory (one split per
+// thread, block-wide max and sum), then each thread sums one output dim over the splits: no
+// serial walk over the splits per thread (v3 did three, which dominated at 128 splits).
+// Dynamic shared memory: num_splits floats.
 template <typename T>
 __global__ void merge_splits_kernel(const TokenKernelParams p, int head_dim) {
+  extern __shared__ float weights[];  // [num_splits], only [z0, z1] used
+  __shared__ float scratch[32];
   const int t = blockIdx.x, hq = blockIdx.y;
   if (t >= p.query_start_loc[p.num_seqs]) return;
   const int s = find_sequence(p.query_start_loc, p.num_seqs, t);
@@ -323,17 +329,28 @@ __global__ void merge_splits_kernel(const TokenKernelParams p, int head_dim) {
   const int kv_lo = p.sliding_window > 0 ? max(0, kv_end - p.sliding_window) : 0;
   const int z0 = kv_lo / p.split_tokens, z1 = (kv_end - 1) / p.split_tokens;
   const int64_t base = (static_cast<int64_t>(t) * p.num_q_heads + hq) * p.num_splits;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+
   float m = -INFINITY;
-  for (int z = z0; z <= z1; ++z) m = fmaxf(m, p.ws_ml[(base + z) * 2]);
-  float total = 0.0f;
-  for (int z = z0; z <= z1; ++z) total += p.ws_ml[(base + z) * 2 + 1] * __expf(p.ws_ml[(base + z) * 2] - m);
+  for (int z = z0 + threadIdx.x; z <= z1; z += blockDim.x) m = fmaxf(m, p.ws_ml[(base + z) * 2]);
+  m = cuda::warp_max(m);
+  if (lane == 0) scratch[warp] = m;
+  __syncthreads();
+  m = lane < nwarps ? scratch[lane] : -INFINITY;
+  m = cuda::warp_max(m);  // every thread: the max over all splits
+  __syncthreads();        // scratch is reused for the sum
+  float part = 0.0f;
+  for (int z = z0 + threadIdx.x; z <= z1; z += blockDim.x) {
+    const float w = p.ws_ml[(base + z) * 2 + 1] * __expf(p.ws_ml[(base + z) * 2] - m);
+    weights[z] = w;
+    part += w;
+  }
+  const float total = cuda::block_sum(part, scratch);  // its barriers also publish weights[]
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
     float v = 0.0f;
-    for (int z = z0; z <= z1; ++z) {
-      const float w = p.ws_ml[(base + z) * 2 + 1] * __expf(p.ws_ml[(base + z) * 2] - m);
-      v += w * p.ws_out[(base + z) * head_dim + d];
-    }
+#pragma unroll 4
+    for (int z = z0; z <= z1; ++z) v += weights[z] * p.ws_out[(base + z) * head_dim + d];
     static_cast<T*>(p.out)[(static_cast<int64_t>(t) * p.num_q_heads + hq) * head_dim + d] =
         from_float<T>(v * inv);
   }
@@ -412,7 +429,8 @@ void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t strea
   }
   if (p.num_splits > 1) {
     const dim3 mgrid(num_tokens, p.num_q_heads);
-    merge_splits_kernel<T><<<mgrid, std::min(D, 128), 0, stream>>>(p, D);
+    const size_t merge_smem = static_cast<size_t>(p.num_splits) * sizeof(float);
+    merge_splits_kernel<T><<<mgrid, 128, merge_smem, stream>>>(p, D);  // whole warps
     cuda::check_launch("paged_attention (merge splits)");
   }
 }
