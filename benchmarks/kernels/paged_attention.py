@@ -21,10 +21,12 @@ import math
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import pagedllm.ops as ops
+from pagedllm.worker.input_buffers import longest_first_token_order
 
 HKV, HQ, D, BS = 8, 32, 128, 16
 DTYPE = torch.bfloat16
@@ -105,15 +107,23 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int,
     qsl = torch.arange(batch + 1, device="cuda", dtype=torch.int32)
     lens = torch.tensor(lens_list, device="cuda", dtype=torch.int32)
     scale = D ** -0.5
+    # The token order the engine passes (input_buffers): longest context first.
+    order_np = np.empty(batch, np.int32)
+    longest_first_token_order(np.arange(batch + 1, dtype=np.int32), np.array(lens_list, np.int32),
+                              order_np)
+    order = torch.from_numpy(order_np).cuda()
     step = [0]
 
-    def ours():
+    def ours(token_order=order):
         t = tables[step[0] % copies]
         step[0] += 1
-        ops.paged_attention(query, kv, t, qsl, lens, scale, 1, ctx, out=out)
+        ops.paged_attention(query, kv, t, qsl, lens, scale, 1, ctx, out=out,
+                            token_order=token_order)
 
     res = {"batch": batch, "ctx": ctx, "ctx_min": ctx_min, "kv_bytes": kv_bytes}
     res["pagedllm_us"], res["pagedllm_mode"] = time_fn(ours, calls, repeats)
+    if ctx_min > 0:  # what the longest-first order buys on a ragged batch
+        res["pagedllm_plan_order_us"], _ = time_fn(lambda: ours(None), calls, repeats)
 
     # Correctness spot check against the reference on a few sequences.
     ops.paged_attention(query, kv, tables[0], qsl, lens, scale, 1, ctx, out=out)
@@ -279,6 +289,8 @@ def main() -> None:
         r = decode_case(int(b), hi, flashinfer, args.calls, args.repeats, ctx_min=lo)
         results["decode"].append(r)
         print(json.dumps(r), flush=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
     results["prefill"] = []
     for spec in filter(None, args.prefill.split(",")):
         b, L = map(int, spec.split("x"))
@@ -298,7 +310,9 @@ def main() -> None:
         sd = (f"{r['sdpa_us']:9.1f} {r['sdpa_gbs']:6.0f}" if "sdpa_us" in r else f"{'-':>9} {'-':>6}")
         ctx = f"{r['ctx_min']}-{r['ctx']}" if r.get("ctx_min") else str(r["ctx"])
         print(f"{r['batch']:>4} {ctx:>9} | {r['pagedllm_us']:9.1f} {r['pagedllm_gbs']:6.0f} "
-              f"{100 * r['pagedllm_gbs'] / copy:5.1f}% | {fi} | {sd} | {r['rel_err']:.1e}")
+              f"{100 * r['pagedllm_gbs'] / copy:5.1f}% | {fi} | {sd} | {r['rel_err']:.1e}"
+              + (f"  (plan order: {r['pagedllm_plan_order_us']:.1f} us)"
+                 if "pagedllm_plan_order_us" in r else ""))
     print(f"\n{'B':>4} {'L':>6} | {'ours us':>9} {'TFLOP/s':>8} | {'SDPA us':>9} {'TFLOP/s':>8} | ratio | err")
     for r in results["prefill"]:
         sd = (f"{r['sdpa_us']:9.1f} {r['sdpa_tflops']:8.1f} | {r['ratio_vs_sdpa']:5.2f}" if "sdpa_us" in r

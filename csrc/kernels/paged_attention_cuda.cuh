@@ -22,6 +22,7 @@ struct TokenKernelParams {
   const int32_t* block_table;      // [S, max_blocks]
   const int32_t* query_start_loc;  // [S + 1]
   const int32_t* seq_lens;         // [S]
+  const int32_t* token_order;      // [T] permutation or null (see PagedAttentionArgs)
   float* ws_out;                   // [T, Hq, num_splits, D] split outputs, normalized
   float* ws_ml;                    // [T, Hq, num_splits, 2] split (max logit, sum of exp)
   int64_t q_stride;

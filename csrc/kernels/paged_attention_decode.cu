@@ -1,5 +1,5 @@
-// The token kernel of paged attention: one CTA per (query token, KV-head slice, KV split);
-// grid (num_tokens, num_kv_heads * slices, num_splits).
+// The token kernel of paged attention: one CTA per (query token, KV-head slice, KV split), a
+// flat grid of num_tokens * num_kv_heads * slices * num_splits CTAs ordered by token_order.
 //
 // GQA packing: the CTA computes up to NG query heads that share one KV head, so each K/V row is
 // read from memory once for all of them. K/V tiles stream into shared memory through cp.async,
@@ -10,6 +10,7 @@
 // split across CTAs (flash-decoding); each split writes a normalized partial output plus its
 // (max, sum) and merge_splits_kernel combines them with log-sum-exp weights.
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <stdexcept>
@@ -105,21 +106,27 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
   constexpr int STAGE = 2 * TILE * ROW;                 // bytes per stage: K tile then V tile
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
-  const int t = blockIdx.x;
-  if (t >= p.query_start_loc[p.num_seqs]) return;  // padding row: nothing owns it
+  // Flat grid: KV-head slice fastest, then split, then token rank. CTAs start in index order, so
+  // with token_order = longest context first the short tokens make up the last wave.
+  const int head_slices = p.num_kv_heads * p.slices;
+  const int hs = static_cast<int>(blockIdx.x % head_slices);
+  const int rest = static_cast<int>(blockIdx.x / head_slices);
+  const int z = rest % p.num_splits;
+  const int rank = rest / p.num_splits;
+  const int t = p.token_order != nullptr ? p.token_order[rank] : rank;
+  if (t < 0 || t >= p.query_start_loc[p.num_seqs]) return;  // padding row: nothing owns it
   const int s = find_sequence(p.query_start_loc, p.num_seqs, t);
   const int q_begin = p.query_start_loc[s];
   const int q_len = p.query_start_loc[s + 1] - q_begin;
   if (p.skip_long && q_len >= kPrefillMmaMinQueryLen) return;
   const int kv_end = p.seq_lens[s] - q_len + (t - q_begin) + 1;  // keys [kv_lo, kv_end)
   const int kv_lo = p.sliding_window > 0 ? max(0, kv_end - p.sliding_window) : 0;
-  const int z = blockIdx.z;
   if (kv_end <= 0 || z < kv_lo / p.split_tokens || z > (kv_end - 1) / p.split_tokens) return;
   const int t0 = max(kv_lo, z * p.split_tokens);
   const int t1 = min(kv_end, (z + 1) * p.split_tokens);
 
-  const int kvh = blockIdx.y / p.slices;
-  const int g0 = (blockIdx.y % p.slices) * NG;
+  const int kvh = hs / p.slices;
+  const int g0 = (hs % p.slices) * NG;
   const int ng = min(NG, p.group - g0);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tg = tid / TPT, li = tid % TPT;
@@ -409,8 +416,9 @@ void launch_shape(const TokenKernelParams& p, int num_tokens, cudaStream_t strea
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     configured = true;
   }
-  const dim3 grid(num_tokens, p.num_kv_heads * p.slices, p.num_splits);
-  kernel<<<grid, kTokenKernelWarps * 32, smem, stream>>>(p);
+  const int64_t ctas = static_cast<int64_t>(num_tokens) * p.num_kv_heads * p.slices * p.num_splits;
+  if (ctas > INT32_MAX) throw std::invalid_argument("paged_attention: batch too large for one launch");
+  kernel<<<static_cast<unsigned>(ctas), kTokenKernelWarps * 32, smem, stream>>>(p);
   cuda::check_launch("paged_attention (token kernel)");
 }
 
@@ -477,6 +485,7 @@ void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   p.block_table = a.block_table;
   p.query_start_loc = a.query_start_loc;
   p.seq_lens = a.seq_lens;
+  p.token_order = a.token_order;
   const int64_t rows = a.num_tokens * a.num_q_heads * plan.num_splits;
   p.ws_out = static_cast<float*>(a.workspace);
   p.ws_ml = plan.num_splits > 1 ? p.ws_out + rows * a.head_dim : nullptr;

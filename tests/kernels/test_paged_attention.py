@@ -75,6 +75,13 @@ def check_attention(chunks, num_kv_heads, group, head_dim, block_size, dtype, de
                                  sliding_window=sliding_window)
     err = rel_err(out, expect)
     assert err < TOL[dtype], f"relative error {err:.2e} for chunks {chunks[:4]}..."
+    # The order CTAs start in must not change a bit of the result.
+    order = torch.randperm(query.shape[0], generator=torch.Generator().manual_seed(seed))
+    reordered = torch.full_like(query, float("nan"))
+    ops.paged_attention(query, kv, table, qsl, lens, scale, max_q, max_ctx, out=reordered,
+                        sliding_window=sliding_window,
+                        token_order=order.to(dtype=torch.int32, device=device))
+    assert torch.equal(reordered, out), "token_order changed the result"
 
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -261,6 +268,18 @@ def test_attention_binding_rejects_bad_inputs():
         call(seq_lens=desc(short))
     with pytest.raises(ValueError, match="same device"):
         call(out=desc(out)[:4] + (0,))
+    orders = {  # kept alive: a descriptor holds only the data pointer
+        "valid": torch.tensor([3, 0, 2, 1], dtype=torch.int32),
+        "repeat": torch.tensor([3, 0, 3, 1], dtype=torch.int32),
+        "range": torch.tensor([0, 1, 2, 4], dtype=torch.int32),
+        "short": torch.arange(3, dtype=torch.int32),
+        "int64": torch.arange(4),
+    }
+    call(token_order=desc(orders["valid"]))
+    for name, match in (("repeat", "permutation"), ("range", "permutation"),
+                        ("short", "num_tokens"), ("int64", "int32")):
+        with pytest.raises(ValueError, match=match):
+            call(token_order=desc(orders[name]))
 
 
 def test_cache_binding_rejects_bad_inputs():

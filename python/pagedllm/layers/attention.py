@@ -32,5 +32,6 @@ class Attention(nn.Module):
         ops.reshape_and_cache(k, v, kv_cache, meta.slot_mapping)
         out = ops.paged_attention(q, kv_cache, meta.block_table, meta.query_start_loc,
                                   meta.seq_lens, self.scale, meta.max_query_len, meta.max_seq_len,
-                                  sliding_window=self.sliding_window)
+                                  sliding_window=self.sliding_window,
+                                  token_order=meta.token_order)
         return out.view(num_tokens, self.num_heads * self.head_dim)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -22,3 +23,6 @@ class AttentionMetadata:
     num_tokens: int
     max_query_len: int
     max_seq_len: int
+    # [T] int32 permutation of the tokens, longest context first: the order the CUDA decode
+    # kernel starts them in (balances its last wave). A scheduling hint, never the result.
+    token_order: Optional[torch.Tensor] = None
