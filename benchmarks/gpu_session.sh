@@ -3,11 +3,12 @@
 #   bash benchmarks/gpu_session.sh OUT_DIR "build test nano"      # first call
 #   bash benchmarks/gpu_session.sh OUT_DIR "build peer eager 8b"  # a second call
 # Stages: build, test (pytest -m gpu), nano (W-nano with CUDA graphs), eager (W-nano eager),
-# async (W-nano with --async-scheduling),
+# sync (W-nano with --no-async-scheduling: what the default async scheduling buys),
 # nprof (kernel profile of 10 W-nano decode steps),
 # peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark).
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
-# Env: GPU_TEST_DIRS (pytest dirs of the test stage), W8B_TIMEOUT, W8B_ARGS (extra engine flags for 8b).
+# Env: GPU_TEST_DIRS (pytest dirs of the test stage), W8B_TIMEOUT, W8B_ARGS (extra engine flags for 8b),
+# KERNEL_ARGS (case selection of the kernels stage), KERNEL_TIMEOUT.
 set -uo pipefail
 OUT=${1:?output dir}
 STAGES=${2:-"build test nano"}
@@ -37,10 +38,10 @@ if has nano; then
   timeout 200 python3 benchmarks/throughput.py $NANO --output-json "$OUT/nano_graphs.json" \
     --step-log /tmp/nano_steps.json > "$OUT/nano_graphs.log" 2>&1; tail -40 "$OUT/nano_graphs.log"
 fi
-if has async; then
-  stage async  # W-nano with --async-scheduling (step n+1 launched before step n's outputs)
-  timeout 200 python3 benchmarks/throughput.py $NANO --async-scheduling \
-    --output-json "$OUT/nano_async.json" > "$OUT/nano_async.log" 2>&1; tail -30 "$OUT/nano_async.log"
+if has sync; then
+  stage sync  # W-nano with --no-async-scheduling (each step's outputs before the next launch)
+  timeout 200 python3 benchmarks/throughput.py $NANO --no-async-scheduling \
+    --output-json "$OUT/nano_sync.json" > "$OUT/nano_sync.log" 2>&1; tail -30 "$OUT/nano_sync.log"
 fi
 if has nprof; then
   stage nprof  # kernel table of 10 steady decode steps (figures of this run are not reported)
@@ -70,7 +71,7 @@ if has kernels; then
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/fi wheels/*.whl \
       && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/fi" FLASHINFER_WORKSPACE_BASE=/tmp/fi_cache
   fi
-  timeout 200 python3 benchmarks/kernels/paged_attention.py --out "$OUT/kernels.json" \
-    --png "$OUT/decode_gbps.png" > "$OUT/kernels.log" 2>&1; tail -30 "$OUT/kernels.log"
+  timeout ${KERNEL_TIMEOUT:-200} python3 benchmarks/kernels/paged_attention.py --out "$OUT/kernels.json" \
+    --png "$OUT/decode_gbps.png" ${KERNEL_ARGS:-} > "$OUT/kernels.log" 2>&1; tail -30 "$OUT/kernels.log"
 fi
 stage done

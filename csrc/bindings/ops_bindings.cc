@@ -21,7 +21,7 @@ void init_ops_bindings(py::module_& m) {
         py::arg("block_table"), py::arg("query_start_loc"), py::arg("seq_lens"), py::arg("scale"),
         py::arg("max_query_len"), py::arg("max_seq_len"), py::arg("sliding_window") = -1,
         py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("stream") = 0,
-        py::call_guard<py::gil_scoped_release>(),
+        py::arg("token_order") = py::none(), py::call_guard<py::gil_scoped_release>(),
         "Causal attention of each sequence's query chunk over its paged context, into out.");
   m.def("rms_norm", &b::rms_norm, py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("eps"),
         py::arg("stream") = 0, "out = x / sqrt(mean(x^2) + eps) * weight.");
@@ -29,7 +29,10 @@ void init_ops_bindings(py::module_& m) {
         py::arg("eps"), py::arg("stream") = 0, "In place: residual += x; x = rms_norm(residual) * weight.");
   m.def("rotary_embedding", &b::rotary_embedding, py::arg("positions"), py::arg("query"), py::arg("key"),
         py::arg("head_size"), py::arg("cos_sin_cache"), py::arg("is_neox"), py::arg("stream") = 0,
-        "Rotate query and key in place (NeoX or GPT-J pairing).");
+        py::arg("q_norm_weight") = py::none(), py::arg("k_norm_weight") = py::none(),
+        py::arg("norm_eps") = 1e-6,
+        "Rotate query and key in place (NeoX or GPT-J pairing), each head RMS-normalized first "
+        "when norm weights are given (Qwen3's q_norm / k_norm).");
   m.def("silu_and_mul", &b::silu_and_mul, py::arg("out"), py::arg("x"), py::arg("stream") = 0,
         "out = silu(x[:, :d]) * x[:, d:].");
 }

@@ -8,9 +8,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kernels/activation.h"
@@ -243,6 +245,20 @@ inline kernels::PagedAttentionArgs attention_args(
   return a;
 }
 
+// token_order must be a permutation of the tokens (on CUDA a token left out would never be
+// computed; device memory is not read there, so the CPU path is where this is checked).
+inline void check_token_order_cpu(const kernels::PagedAttentionArgs& a) {
+  if (a.token_order == nullptr) return;
+  std::vector<char> seen(static_cast<size_t>(a.num_tokens), 0);
+  for (int64_t i = 0; i < a.num_tokens; ++i) {
+    const int32_t t = a.token_order[i];
+    if (t < 0 || t >= a.num_tokens || seen[static_cast<size_t>(t)]) {
+      fail("token_order: must be a permutation of 0.." + std::to_string(a.num_tokens - 1));
+    }
+    seen[static_cast<size_t>(t)] = 1;
+  }
+}
+
 // Host-side contract checks on the CPU path (device memory is not read on the CUDA path).
 inline void check_attention_metadata_cpu(const kernels::PagedAttentionArgs& a) {
   if (a.query_start_loc[0] != 0) fail("query_start_loc: must start at 0");
@@ -288,14 +304,25 @@ inline int64_t paged_attention_workspace_bytes(
 inline void paged_attention(const TensorTuple& out_t, const TensorTuple& query_t, const TensorTuple& cache_t,
                             const TensorTuple& table_t, const TensorTuple& qsl_t, const TensorTuple& lens_t,
                             double scale, int max_query_len, int max_seq_len, int sliding_window,
-                            uintptr_t workspace, int64_t workspace_bytes, uintptr_t stream) {
+                            uintptr_t workspace, int64_t workspace_bytes, uintptr_t stream,
+                            const std::optional<TensorTuple>& order_t) {
   int dev = -1;
   kernels::PagedAttentionArgs a = attention_args(out_t, query_t, cache_t, table_t, qsl_t, lens_t, scale,
                                                  max_query_len, max_seq_len, sliding_window, &dev);
   a.workspace = reinterpret_cast<void*>(workspace);
   a.stream = as_stream(stream);
+  if (order_t) {
+    const TensorRef order = to_ref("token_order", *order_t);
+    if (order.device != dev) fail("token_order: must be on the device of query");
+    check_rank(order, 1);
+    check_dtype(order, DType::kInt32);
+    check_contiguous(order);
+    check_dim(order, 0, a.num_tokens, "num_tokens");
+    a.token_order = static_cast<const int32_t*>(as_ptr(order));
+  }
   if (dev < 0) {
     check_attention_metadata_cpu(a);
+    check_token_order_cpu(a);
     kernels::paged_attention_cpu(a);
     return;
   }
@@ -390,7 +417,9 @@ inline void fused_add_rms_norm(const TensorTuple& x_t, const TensorTuple& res_t,
 }
 
 inline void rotary_embedding(const TensorTuple& pos_t, const TensorTuple& q_t, const TensorTuple& k_t,
-                             int head_size, const TensorTuple& cache_t, bool is_neox, uintptr_t stream) {
+                             int head_size, const TensorTuple& cache_t, bool is_neox, uintptr_t stream,
+                             const std::optional<TensorTuple>& q_norm_t,
+                             const std::optional<TensorTuple>& k_norm_t, double norm_eps) {
   const TensorRef pos = to_ref("positions", pos_t), q = to_ref("query", q_t), k = to_ref("key", k_t);
   const TensorRef cache = to_ref("cos_sin_cache", cache_t);
   const int dev = common_device({&pos, &q, &k, &cache});
@@ -435,6 +464,24 @@ inline void rotary_embedding(const TensorTuple& pos_t, const TensorTuple& q_t, c
   a.cache_dtype = cache.dtype;
   a.positions_dtype = pos.dtype;
   a.stream = as_stream(stream);
+  if (q_norm_t.has_value() != k_norm_t.has_value()) {
+    fail("q_norm_weight and k_norm_weight: give both or neither");
+  }
+  if (q_norm_t) {
+    for (const auto& [name, t] : {std::pair<const char*, const TensorTuple*>{"q_norm_weight", &*q_norm_t},
+                                  {"k_norm_weight", &*k_norm_t}}) {
+      const TensorRef w = to_ref(name, *t);
+      if (w.device != dev) fail(w.name + ": all tensors must be on the same device");
+      check_rank(w, 1);
+      check_dtype(w, q.dtype);
+      check_contiguous(w);
+      check_dim(w, 0, head_size, "head_size");
+    }
+    if (!(norm_eps >= 0.0)) fail("norm_eps: must be >= 0");
+    a.q_norm_weight = reinterpret_cast<const void*>(std::get<0>(*q_norm_t));
+    a.k_norm_weight = reinterpret_cast<const void*>(std::get<0>(*k_norm_t));
+    a.norm_eps = static_cast<float>(norm_eps);
+  }
   if (dev < 0) {
     for (int64_t t = 0; t < a.num_tokens; ++t) {
       const int64_t p = pos.dtype == DType::kInt64 ? static_cast<const int64_t*>(a.positions)[t]

@@ -66,6 +66,10 @@ struct PagedAttentionArgs {
   const int32_t* block_table;       // [num_seqs, max_blocks_per_seq]
   const int32_t* query_start_loc;   // [num_seqs + 1]
   const int32_t* seq_lens;          // [num_seqs]
+  // Optional [num_tokens] permutation of the tokens, the order the CUDA token kernel starts them
+  // in (longest context first balances the last wave); null = token order. Never changes the
+  // result; the CPU twin ignores it.
+  const int32_t* token_order;
   int64_t q_stride;                 // elements between query tokens
   int64_t num_tokens;
   int64_t num_blocks;
@@ -113,7 +117,8 @@ struct FusedAddRmsNormArgs {
   void* stream;
 };
 
-// In place rotation of the first rot_dim dims of every head of query and key.
+// In place rotation of the first rot_dim dims of every head of query and key, optionally after a
+// per-head RMSNorm (Qwen3's q_norm / k_norm): head <- round(rms_norm(head) * weight), then rotate.
 struct RotaryEmbeddingArgs {
   const void* positions;       // [num_tokens] int32 or int64 (positions_dtype)
   void* query;                 // [num_tokens, num_q_heads * head_size], row stride query_stride
@@ -131,6 +136,9 @@ struct RotaryEmbeddingArgs {
   DType dtype;                 // of query and key
   DType cache_dtype;           // float32 or dtype
   DType positions_dtype;       // int32 or int64
+  const void* q_norm_weight;   // [head_size] of dtype, or null: no per-head norm
+  const void* k_norm_weight;   // [head_size] of dtype; null exactly when q_norm_weight is
+  float norm_eps;
   void* stream;
 };
 

@@ -1,6 +1,8 @@
-// CPU twin of rotary_embedding: per token, one float copy of the cos|sin row, then each head.
+// CPU twin of rotary_embedding: per token, one float copy of the cos|sin row, then each head
+// (normalized first when norm weights are given).
 #include "kernels/rotary_embedding.h"
 
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -9,12 +11,26 @@
 namespace pagedllm::kernels {
 namespace {
 
+// head <- round(head / sqrt(mean(head^2) + eps) * weight), as rms_norm rounds its output.
+template <typename T>
+void normalize_head(T* xh /* [head_size] */, const T* weight /* [head_size] */, int head_size,
+                    float eps) {
+  float sumsq = 0.0f;
+  for (int j = 0; j < head_size; ++j) sumsq += cpu::to_float(xh[j]) * cpu::to_float(xh[j]);
+  const float inv = 1.0f / std::sqrt(sumsq / head_size + eps);
+  for (int j = 0; j < head_size; ++j) {
+    xh[j] = cpu::from_float<T>(cpu::to_float(xh[j]) * inv * cpu::to_float(weight[j]));
+  }
+}
+
 template <typename T>
 void rotate_heads(T* x /* [heads, head_size] */, int heads, int head_size, int rot_dim,
-                  const float* cs /* [rot_dim] */, bool neox) {
+                  const float* cs /* [rot_dim] */, bool neox,
+                  const T* norm_weight /* [head_size] or null */, float eps) {
   const int half = rot_dim / 2;
   for (int h = 0; h < heads; ++h) {
     T* xh = x + static_cast<int64_t>(h) * head_size;
+    if (norm_weight != nullptr) normalize_head(xh, norm_weight, head_size, eps);
     for (int i = 0; i < half; ++i) {
       const int i1 = neox ? i : 2 * i;
       const int i2 = neox ? i + half : 2 * i + 1;
@@ -42,9 +58,11 @@ void rotary_embedding_cpu(const RotaryEmbeddingArgs& a) {
         for (int i = 0; i < a.rot_dim; ++i) cs[i] = cpu::to_float(row[i]);
       });
       rotate_heads(static_cast<T*>(a.query) + t * a.query_stride, a.num_q_heads, a.head_size,
-                   a.rot_dim, cs.data(), a.is_neox);
+                   a.rot_dim, cs.data(), a.is_neox, static_cast<const T*>(a.q_norm_weight),
+                   a.norm_eps);
       rotate_heads(static_cast<T*>(a.key) + t * a.key_stride, a.num_kv_heads, a.head_size,
-                   a.rot_dim, cs.data(), a.is_neox);
+                   a.rot_dim, cs.data(), a.is_neox, static_cast<const T*>(a.k_norm_weight),
+                   a.norm_eps);
     }
   });
 }

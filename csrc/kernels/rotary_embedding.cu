@@ -1,5 +1,5 @@
 // rotary_embedding on CUDA: one CTA per token; each thread rotates (head, pair) items of query
-// and key. Positions must lie in [0, max_position): the CPU path checks; on CUDA it is the
+// and key. With per-head norm weights, norm_rotary_kernel instead (one warp per head). Positions must lie in [0, max_position): the CPU path checks; on CUDA it is the
 // caller's contract (checking device memory would cost a sync).
 #include <algorithm>
 #include <type_traits>
@@ -40,27 +40,85 @@ __global__ void rotary_kernel(const void* __restrict__ positions,  // [T] int32 
   }
 }
 
+// With Qwen3's per-head norm: one warp per (token, head), so the head's sum of squares is one
+// warp reduction. Lane l owns the pairs i = l, l + 32, ... and the unrotated dims rot_dim + l, ...:
+// every element is read and written by one lane only (after the reduction), so in place is safe.
+template <typename T, typename C>
+__global__ void norm_rotary_kernel(const void* __restrict__ positions,  // [T] int32 / int64
+                                   bool positions_int64,
+                                   T* __restrict__ query,               // [T, Hq * head_size]
+                                   T* __restrict__ key,                 // [T, Hkv * head_size]
+                                   const C* __restrict__ cos_sin,       // [max_pos, rot_dim]
+                                   const T* __restrict__ q_weight,      // [head_size]
+                                   const T* __restrict__ k_weight,      // [head_size]
+                                   float eps, int64_t q_stride, int64_t k_stride, int num_q_heads,
+                                   int num_kv_heads, int head_size, int rot_dim, bool neox) {
+  const int64_t t = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int h = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (h >= num_q_heads + num_kv_heads) return;
+  const bool is_q = h < num_q_heads;
+  T* xh = is_q ? query + t * q_stride + static_cast<int64_t>(h) * head_size
+               : key + t * k_stride + static_cast<int64_t>(h - num_q_heads) * head_size;
+  const T* w = is_q ? q_weight : k_weight;
+  float sumsq = 0.0f;
+  for (int j = lane; j < head_size; j += 32) {
+    const float v = to_float(xh[j]);
+    sumsq += v * v;
+  }
+  const float inv = rsqrtf(cuda::warp_sum(sumsq) / head_size + eps);
+  // The normalized element, rounded to T as rms_norm's output would be.
+  auto normed = [&](int j) { return to_float(from_float<T>(to_float(xh[j]) * inv * to_float(w[j]))); };
+
+  const int64_t pos = positions_int64 ? static_cast<const int64_t*>(positions)[t]
+                                      : static_cast<const int32_t*>(positions)[t];
+  const C* cs = cos_sin + pos * rot_dim;
+  const int half = rot_dim / 2;
+  for (int i = lane; i < half; i += 32) {
+    const int i1 = neox ? i : 2 * i;
+    const int i2 = neox ? i + half : 2 * i + 1;
+    const float c = to_float(cs[i]), s = to_float(cs[half + i]);
+    const float x1 = normed(i1), x2 = normed(i2);
+    xh[i1] = from_float<T>(x1 * c - x2 * s);
+    xh[i2] = from_float<T>(x2 * c + x1 * s);
+  }
+  for (int j = rot_dim + lane; j < head_size; j += 32) xh[j] = from_float<T>(normed(j));
+}
+
+template <typename T, typename C>
+void launch(const RotaryEmbeddingArgs& a, cudaStream_t s) {
+  const bool p64 = a.positions_dtype == DType::kInt64;
+  auto* q = static_cast<T*>(a.query);
+  auto* k = static_cast<T*>(a.key);
+  const auto* cs = static_cast<const C*>(a.cos_sin_cache);
+  const int heads = a.num_q_heads + a.num_kv_heads;
+  if (a.q_norm_weight != nullptr) {
+    constexpr int kWarps = 8;  // heads per CTA
+    const dim3 grid(static_cast<unsigned>(a.num_tokens), (heads + kWarps - 1) / kWarps);
+    norm_rotary_kernel<T, C><<<grid, kWarps * 32, 0, s>>>(
+        a.positions, p64, q, k, cs, static_cast<const T*>(a.q_norm_weight),
+        static_cast<const T*>(a.k_norm_weight), a.norm_eps, a.query_stride, a.key_stride,
+        a.num_q_heads, a.num_kv_heads, a.head_size, a.rot_dim, a.is_neox);
+    return;
+  }
+  const int items = heads * (a.rot_dim / 2);
+  const int threads = std::max(32, std::min(512, (items + 31) / 32 * 32));
+  rotary_kernel<T, C><<<static_cast<unsigned>(a.num_tokens), threads, 0, s>>>(
+      a.positions, p64, q, k, cs, a.query_stride, a.key_stride, a.num_q_heads, a.num_kv_heads,
+      a.head_size, a.rot_dim, a.is_neox);
+}
+
 }  // namespace
 
 void rotary_embedding_cuda(const RotaryEmbeddingArgs& a) {
   if (a.num_tokens == 0) return;
   cuda::dispatch_float_type(a.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    const int items = (a.num_q_heads + a.num_kv_heads) * (a.rot_dim / 2);
-    const int threads = std::max(32, std::min(512, (items + 31) / 32 * 32));
-    const dim3 grid(static_cast<unsigned>(a.num_tokens));
     cudaStream_t s = cuda::as_stream(a.stream);
-    const bool p64 = a.positions_dtype == DType::kInt64;
     if (a.cache_dtype == DType::kFloat32) {
-      rotary_kernel<T, float><<<grid, threads, 0, s>>>(
-          a.positions, p64, static_cast<T*>(a.query), static_cast<T*>(a.key),
-          static_cast<const float*>(a.cos_sin_cache), a.query_stride, a.key_stride, a.num_q_heads,
-          a.num_kv_heads, a.head_size, a.rot_dim, a.is_neox);
+      launch<T, float>(a, s);
     } else {
-      rotary_kernel<T, T><<<grid, threads, 0, s>>>(
-          a.positions, p64, static_cast<T*>(a.query), static_cast<T*>(a.key),
-          static_cast<const T*>(a.cos_sin_cache), a.query_stride, a.key_stride, a.num_q_heads,
-          a.num_kv_heads, a.head_size, a.rot_dim, a.is_neox);
+      launch<T, T>(a, s);
     }
   });
   cuda::check_launch("rotary_embedding");

@@ -77,7 +77,7 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     policy: str = "fcfs"                          # "fcfs" | "priority"
     # Launch step n+1 before collecting step n's outputs (EngineCore._step_overlapped).
-    async_scheduling: bool = False
+    async_scheduling: bool = True
     # Admit a waiting request only if this many free KV blocks per running request remain
     # (the C++ SchedulerConfig field of the same name; 0 = admit whenever blocks fit).
     admission_reserve_blocks_per_running: int = 0

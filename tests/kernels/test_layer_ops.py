@@ -105,6 +105,43 @@ def test_rotary_embedding(device, dtype, is_neox, head_size, rot_dim):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", (True, False))
+@pytest.mark.parametrize("head_size,rot_dim,hq,hkv", [(128, 128, 16, 8), (64, 64, 4, 4),
+                                                      (80, 40, 40, 8), (256, 256, 3, 1)])
+def test_rotary_with_per_head_norm(device, dtype, is_neox, head_size, rot_dim, hq, hkv):
+    # Qwen3's q_norm / k_norm fused into the rotation, in place in a fused qkv output.
+    tokens, max_pos = 29, 2048
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rot_dim, 2).float() / rot_dim))
+    freqs = torch.outer(torch.arange(max_pos).float(), inv_freq)
+    cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device)  # [max_pos, rot_dim]
+    positions = torch.randint(0, max_pos, (tokens,),
+                              generator=torch.Generator().manual_seed(rot_dim)).to(device)
+    width = (hq + 2 * hkv) * head_size
+    qkv = rand(tokens, width, dtype=dtype, device=device, seed=head_size) * 3
+    q, k = qkv[:, : hq * head_size], qkv[:, hq * head_size: (hq + hkv) * head_size]
+    q_w = rand(head_size, dtype=dtype, device=device, seed=1) + 1
+    k_w = rand(head_size, dtype=dtype, device=device, seed=2) + 1
+    # Reference: the separate per-head rms_norm (float32 in, rounded out), then the rotation.
+    q_ref = ref.rms_norm(q.reshape(-1, head_size), q_w, 1e-6).view(tokens, -1)
+    k_ref = ref.rms_norm(k.reshape(-1, head_size), k_w, 1e-6).view(tokens, -1)
+    ref.rotary_embedding(positions, q_ref, k_ref, head_size, cache, is_neox)
+    values = qkv[:, (hq + hkv) * head_size:].clone()
+    ops.rotary_embedding(positions, q, k, head_size, cache, is_neox, q_norm_weight=q_w,
+                         k_norm_weight=k_w, norm_eps=1e-6)
+    assert rel_err(q, q_ref) < TOL[dtype]
+    assert rel_err(k, k_ref) < TOL[dtype]
+    assert torch.equal(qkv[:, (hq + hkv) * head_size:], values)  # V untouched
+    # The two norms are not swapped: with k's weight on q the answer is different.
+    if dtype == torch.float32:
+        swapped = qkv.clone()
+        ops.rotary_embedding(positions, swapped[:, : hq * head_size],
+                             swapped[:, hq * head_size: (hq + hkv) * head_size], head_size, cache,
+                             is_neox, q_norm_weight=k_w, k_norm_weight=q_w)
+        assert not torch.allclose(swapped[:, : hq * head_size], q)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_rotary_3d_views_and_model_dtype_cache(device):
     dtype, head_size = torch.bfloat16, 64
     cache = rand(128, 64, dtype=dtype, device=device, seed=7)
@@ -150,6 +187,18 @@ def test_layer_bindings_reject_bad_inputs():
         _C.ops.rotary_embedding(d(pos), d(q), d(k), 48, d(cache), True)
     with pytest.raises(ValueError, match="int32 or int64"):
         _C.ops.rotary_embedding(d(pos.float()), d(q), d(k), 64, d(cache), True)
+    pos = torch.tensor([0, 15], dtype=torch.int32)
+    w64, w32, w_half = torch.ones(64), torch.ones(32), torch.ones(64).half()
+    _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, q_norm_weight=d(w64),
+                            k_norm_weight=d(w64))  # valid
+    with pytest.raises(ValueError, match="both or neither"):
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, q_norm_weight=d(w64))
+    with pytest.raises(ValueError, match="head_size"):
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, q_norm_weight=d(w64),
+                                k_norm_weight=d(w32))
+    with pytest.raises(ValueError, match="dtype"):
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, q_norm_weight=d(w_half),
+                                k_norm_weight=d(w64))
 
 
 

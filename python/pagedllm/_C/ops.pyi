@@ -6,7 +6,7 @@
 # `stream` is a cudaStream_t as an integer (torch.cuda.current_stream().cuda_stream); 0 on CPU.
 # Invalid input raises ValueError before anything runs; CUDA tensors on a build without CUDA
 # raise RuntimeError.
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 TensorDesc = Tuple[int, Sequence[int], Sequence[int], int, int]
 
@@ -20,11 +20,14 @@ def paged_attention(out: TensorDesc, query: TensorDesc, kv_cache: TensorDesc,
                     block_table: TensorDesc, query_start_loc: TensorDesc, seq_lens: TensorDesc,
                     scale: float, max_query_len: int, max_seq_len: int,
                     sliding_window: int = -1, workspace: int = 0, workspace_bytes: int = 0,
-                    stream: int = 0) -> None: ...
+                    stream: int = 0, token_order: Optional[TensorDesc] = None) -> None: ...
 def rms_norm(out: TensorDesc, x: TensorDesc, weight: TensorDesc, eps: float,
              stream: int = 0) -> None: ...
 def fused_add_rms_norm(x: TensorDesc, residual: TensorDesc, weight: TensorDesc, eps: float,
                        stream: int = 0) -> None: ...
 def rotary_embedding(positions: TensorDesc, query: TensorDesc, key: TensorDesc, head_size: int,
-                     cos_sin_cache: TensorDesc, is_neox: bool, stream: int = 0) -> None: ...
+                     cos_sin_cache: TensorDesc, is_neox: bool, stream: int = 0,
+                     q_norm_weight: Optional[TensorDesc] = None,
+                     k_norm_weight: Optional[TensorDesc] = None,
+                     norm_eps: float = 1e-6) -> None: ...
 def silu_and_mul(out: TensorDesc, x: TensorDesc, stream: int = 0) -> None: ...

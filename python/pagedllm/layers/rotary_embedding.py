@@ -78,8 +78,16 @@ class RotaryEmbedding(nn.Module):
         # float32 keeps positions past 2^8 exact in bf16 models; kernels read it as float.
         self.register_buffer("cos_sin_cache", cache.to(dtype or torch.float32), persistent=False)
 
-    def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor):
-        """positions [T]; query [T, Hq * D], key [T, Hkv * D]; rotated in place and returned."""
+    def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                q_norm: Optional[nn.Module] = None, k_norm: Optional[nn.Module] = None):
+        """positions [T]; query [T, Hq * D], key [T, Hkv * D]; rotated in place and returned.
+        q_norm / k_norm (RMSNorm over one head, Qwen3): applied to every head first, in the
+        same kernel (no copies of the strided q / k views, two launches fewer per layer)."""
+        if (q_norm is None) != (k_norm is None):
+            raise ValueError("q_norm and k_norm: give both or neither")
         ops.rotary_embedding(positions, query, key, self.head_size, self.cos_sin_cache,
-                             self.is_neox_style)
+                             self.is_neox_style,
+                             q_norm_weight=q_norm.weight if q_norm is not None else None,
+                             k_norm_weight=k_norm.weight if k_norm is not None else None,
+                             norm_eps=q_norm.eps if q_norm is not None else 1e-6)
         return query, key

@@ -75,10 +75,10 @@ class LlamaAttention(nn.Module):
         # Views into qkv, no copies: the kernels take rows with any stride as long as each
         # row is dense (rotary rotates them in place inside qkv).
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm:   # per-head RMSNorm; produces new dense tensors
-            q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)
-            k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)
-        q, k = self.rotary_emb(positions, q, k)
+        if self.qk_norm:   # per-head RMSNorm, fused into the rotation (in place in qkv)
+            q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm)
+        else:
+            q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v, kv_cache, meta)               # [T, Hq * D]
         return self.o_proj(out)
 

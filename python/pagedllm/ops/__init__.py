@@ -113,11 +113,14 @@ def paged_attention(
     max_seq_len: int = 0,
     out: Optional[torch.Tensor] = None,  # [T, Hq, D]
     sliding_window: int = -1,       # > 0: a query at position p sees keys in (p - window, p]
+    token_order: Optional[torch.Tensor] = None,  # [T] int32 permutation of the tokens
 ) -> torch.Tensor:
     """Causal attention of each sequence's query chunk over its whole cached context.
 
     On CUDA the grids are sized from max_query_len and max_seq_len: pass fixed upper bounds
-    when capturing a CUDA graph.
+    when capturing a CUDA graph. token_order (a permutation of 0..T-1, e.g. from
+    longest_first_token_order) is the order the CUDA token kernel starts the tokens in; it never
+    changes the result.
     """
     usable = (_use_kernel("paged_attention", kv_cache) and kv_cache.dtype in _FLOAT_DTYPES
               and query.dtype == kv_cache.dtype and query.dim() == 3
@@ -148,7 +151,8 @@ def paged_attention(
         if ws_bytes > 0:
             workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=kv_cache.device)
     _ops.paged_attention(*args, workspace=workspace.data_ptr() if workspace is not None else 0,
-                         workspace_bytes=ws_bytes, stream=_stream(kv_cache))
+                         workspace_bytes=ws_bytes, stream=_stream(kv_cache),
+                         token_order=_desc(token_order) if token_order is not None else None)
     if out is not None and target is not out:
         out.copy_(target)
         return out
@@ -211,17 +215,28 @@ def rotary_embedding(
     head_size: int,
     cos_sin_cache: torch.Tensor,  # [max_position, rot_dim]: cos in [:rot_dim/2], sin in the rest
     is_neox: bool,
+    q_norm_weight: Optional[torch.Tensor] = None,  # [D]: per-head RMSNorm of query first
+    k_norm_weight: Optional[torch.Tensor] = None,  # [D]: per-head RMSNorm of key first
+    norm_eps: float = 1e-6,
 ) -> None:
-    """Rotate the first rot_dim dims of every head (NeoX or GPT-J pairing), in place."""
+    """Rotate the first rot_dim dims of every head (NeoX or GPT-J pairing), in place; with norm
+    weights each head is RMS-normalized first (Qwen3's q_norm / k_norm in the same pass)."""
     q2, k2 = _rows_view(query), _rows_view(key)
+    norms = (q_norm_weight, k_norm_weight)
     if (not _use_kernel("rotary_embedding", query) or q2 is None or k2 is None
             or query.dtype not in _FLOAT_DTYPES or key.dtype != query.dtype
             or cos_sin_cache.dtype not in (torch.float32, query.dtype)
             or positions.dtype not in (torch.int32, torch.int64)
-            or not cos_sin_cache.is_contiguous() or not positions.is_contiguous()):
-        return _ref.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)
+            or not cos_sin_cache.is_contiguous() or not positions.is_contiguous()
+            or any(w is not None and (w.dtype != query.dtype or not w.is_contiguous())
+                   for w in norms)):
+        return _ref.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox,
+                                     q_norm_weight, k_norm_weight, norm_eps)
+    descs = [_desc(w) if w is not None else None for w in norms]
     _ops.rotary_embedding(_desc(positions), _desc(q2), _desc(k2), int(head_size),
-                          _desc(cos_sin_cache), bool(is_neox), stream=_stream(query))
+                          _desc(cos_sin_cache), bool(is_neox), stream=_stream(query),
+                          q_norm_weight=descs[0], k_norm_weight=descs[1],
+                          norm_eps=float(norm_eps))
 
 
 def silu_and_mul(

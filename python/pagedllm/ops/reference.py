@@ -117,9 +117,19 @@ def rotary_embedding(
     head_size: int,
     cos_sin_cache: torch.Tensor,  # [max_position, rot_dim]: cos in [:rot_dim/2], sin in the rest
     is_neox: bool,
+    q_norm_weight: Optional[torch.Tensor] = None,  # [D]: per-head RMSNorm of query first
+    k_norm_weight: Optional[torch.Tensor] = None,  # [D]: per-head RMSNorm of key first
+    norm_eps: float = 1e-6,
 ) -> None:
     """Rotate the first rot_dim dims of every head. NeoX style pairs dim i with i + rot_dim/2;
-    GPT-J style pairs dim 2i with 2i + 1."""
+    GPT-J style pairs dim 2i with 2i + 1. With norm weights each head is first replaced by
+    rms_norm(head) * weight (Qwen3's q_norm / k_norm)."""
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("q_norm_weight and k_norm_weight: give both or neither")
+    if q_norm_weight is not None:
+        for t, w in ((query, q_norm_weight), (key, k_norm_weight)):
+            heads = t.view(t.shape[0], -1, head_size)
+            heads.copy_(rms_norm(heads, w, norm_eps))
     rot_dim = cos_sin_cache.shape[1]
     cos_sin = cos_sin_cache[positions.long()].float()   # [T, rot_dim]
     cos, sin = cos_sin[:, : rot_dim // 2], cos_sin[:, rot_dim // 2:]
