@@ -376,17 +376,40 @@ struct SplitPlan {
   int split_tokens;
 };
 
-SplitPlan plan_splits(const PagedAttentionArgs& a) {
+// At most this many token-kernel CTAs are resident per SM (128 threads, >= 48 KB of stages):
+// the workspace is sized with it, so it bounds every plan.
+constexpr int kMaxResidentPerSm = 8;
+
+// How the context of one (token, head slice) is split across CTAs, from PAGEDLLM_DECODE_SPLITS
+// (read once): 0 (default) aims for 8 CTAs per SM, rounded up (several waves when fewer fit);
+// 1 fills at most one wave of the CTAs that fit at once (resident_per_sm), no split once the
+// batch alone fills a wave. Both cut in kSplitGranularity units; neither changes the result.
+int split_mode() {
+  static const int m = [] {
+    const char* env = std::getenv("PAGEDLLM_DECODE_SPLITS");
+    return env ? std::atoi(env) : 0;
+  }();
+  return m;
+}
+
+// Depends only on the launch's shape hints (max_seq_len, not the lengths), so a captured CUDA
+// graph keeps a valid plan; num_splits never exceeds the plan for kMaxResidentPerSm.
+SplitPlan plan_splits(const PagedAttentionArgs& a, int resident_per_sm) {
   const int ng = slice_width(a.num_q_heads / a.num_kv_heads);
   const int group = a.num_q_heads / a.num_kv_heads;
   const int slices = (group + ng - 1) / ng;
   const int parts = std::max(1, (a.max_seq_len + kSplitGranularity - 1) / kSplitGranularity);
   const int64_t ctas = std::max<int64_t>(1, a.num_tokens) * a.num_kv_heads * slices;
-  const int64_t target = static_cast<int64_t>(sm_count()) * 8;
-  int want = static_cast<int>(std::min<int64_t>(parts, (target + ctas - 1) / ctas));
-  want = std::max(1, want);
+  int64_t want = 1;
+  if (split_mode() == 1) {
+    want = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm) / ctas;
+  } else {
+    const int64_t target = static_cast<int64_t>(sm_count()) * 8;
+    want = (target + ctas - 1) / ctas;
+  }
+  want = std::max<int64_t>(1, std::min<int64_t>(parts, want));
   if (want == 1) return {1, 1 << 30};
-  const int per_split = (parts + want - 1) / want;
+  const int per_split = static_cast<int>((parts + want - 1) / want);
   return {(parts + per_split - 1) / per_split, per_split * kSplitGranularity};
 }
 
@@ -407,34 +430,35 @@ int decode_variant() {
   return v;
 }
 
+// Plans the splits for this kernel's residency, launches it, then the merge when split.
 template <typename T, int D, int NG, int STAGES, int TILE, bool L2PF = false>
-void launch_shape(const TokenKernelParams& p, int num_tokens, cudaStream_t stream) {
+void launch_shape(TokenKernelParams p, const PagedAttentionArgs& a, cudaStream_t stream) {
   constexpr int smem = token_kernel_smem_bytes<T, D, NG, STAGES, TILE>();
+  constexpr int threads = kTokenKernelWarps * 32;
   auto* kernel = token_attention_kernel<T, D, NG, STAGES, TILE, L2PF>;
-  static bool configured = false;  // opt in to > 48 KB of dynamic shared memory once
-  if (!configured) {
+  static int resident_per_sm = 0;  // per instance: opt in to > 48 KB of smem, ask occupancy once
+  if (resident_per_sm == 0) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    configured = true;
+    int n = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem);
+    resident_per_sm = std::max(1, n);
   }
+  const SplitPlan plan = plan_splits(a, resident_per_sm);
+  p.split_tokens = plan.split_tokens;
+  p.num_splits = plan.num_splits;
+  if (plan.num_splits > 1) {
+    if (a.workspace == nullptr) {
+      throw std::invalid_argument("paged_attention: workspace required (paged_attention_workspace_bytes)");
+    }
+    const int64_t rows = a.num_tokens * a.num_q_heads * plan.num_splits;
+    p.ws_out = static_cast<float*>(a.workspace);  // [rows, D] then [rows, 2]
+    p.ws_ml = p.ws_out + rows * D;
+  }
+  const int num_tokens = static_cast<int>(a.num_tokens);
   const int64_t ctas = static_cast<int64_t>(num_tokens) * p.num_kv_heads * p.slices * p.num_splits;
   if (ctas > INT32_MAX) throw std::invalid_argument("paged_attention: batch too large for one launch");
-  kernel<<<static_cast<unsigned>(ctas), kTokenKernelWarps * 32, smem, stream>>>(p);
+  kernel<<<static_cast<unsigned>(ctas), threads, smem, stream>>>(p);
   cuda::check_launch("paged_attention (token kernel)");
-}
-
-template <typename T, int D, int NG>
-void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t stream) {
-  constexpr bool tunable = std::is_same_v<T, __nv_bfloat16> && D == 128 && (NG == 2 || NG == 4);
-  const int variant = tunable ? decode_variant() : 0;
-  if constexpr (tunable) {
-    if (variant == 1) launch_shape<T, D, NG, 2, 64>(p, num_tokens, stream);
-    if (variant == 2) launch_shape<T, D, NG, 4, 32>(p, num_tokens, stream);
-    if (variant == 3) launch_shape<T, D, NG, 4, 16>(p, num_tokens, stream);
-    if (variant == 4) launch_shape<T, D, NG, kStages, 32, true>(p, num_tokens, stream);
-  }
-  if (variant < 1 || variant > 4) {
-    launch_shape<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>()>(p, num_tokens, stream);
-  }
   if (p.num_splits > 1) {
     const dim3 mgrid(num_tokens, p.num_q_heads);
     const size_t merge_smem = static_cast<size_t>(p.num_splits) * sizeof(float);
@@ -443,13 +467,28 @@ void launch_typed(const TokenKernelParams& p, int num_tokens, cudaStream_t strea
   }
 }
 
+template <typename T, int D, int NG>
+void launch_typed(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
+  constexpr bool tunable = std::is_same_v<T, __nv_bfloat16> && D == 128 && (NG == 2 || NG == 4);
+  const int variant = tunable ? decode_variant() : 0;
+  if constexpr (tunable) {
+    if (variant == 1) launch_shape<T, D, NG, 2, 64>(p, a, stream);
+    if (variant == 2) launch_shape<T, D, NG, 4, 32>(p, a, stream);
+    if (variant == 3) launch_shape<T, D, NG, 4, 16>(p, a, stream);
+    if (variant == 4) launch_shape<T, D, NG, kStages, 32, true>(p, a, stream);
+  }
+  if (variant < 1 || variant > 4) {
+    launch_shape<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>()>(p, a, stream);
+  }
+}
+
 template <typename T, int D>
-void launch_for_dim(const TokenKernelParams& p, int ng, int num_tokens, cudaStream_t s) {
+void launch_for_dim(const TokenKernelParams& p, int ng, const PagedAttentionArgs& a, cudaStream_t s) {
   switch (ng) {
-    case 1: launch_typed<T, D, 1>(p, num_tokens, s); break;
-    case 2: launch_typed<T, D, 2>(p, num_tokens, s); break;
-    case 4: launch_typed<T, D, 4>(p, num_tokens, s); break;
-    default: launch_typed<T, D, 8>(p, num_tokens, s); break;
+    case 1: launch_typed<T, D, 1>(p, a, s); break;
+    case 2: launch_typed<T, D, 2>(p, a, s); break;
+    case 4: launch_typed<T, D, 4>(p, a, s); break;
+    default: launch_typed<T, D, 8>(p, a, s); break;
   }
 }
 
@@ -469,7 +508,7 @@ int sm_count() {
 }
 
 int64_t token_attention_workspace_bytes(const PagedAttentionArgs& a) {
-  const SplitPlan plan = plan_splits(a);
+  const SplitPlan plan = plan_splits(a, kMaxResidentPerSm);  // the largest plan any kernel makes
   if (plan.num_splits == 1) return 0;
   const int64_t rows = a.num_tokens * a.num_q_heads * plan.num_splits;
   return rows * (a.head_dim + 2) * static_cast<int64_t>(sizeof(float)) + 16;
@@ -477,8 +516,7 @@ int64_t token_attention_workspace_bytes(const PagedAttentionArgs& a) {
 
 void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   if (a.num_tokens == 0 || a.num_seqs == 0) return;
-  const SplitPlan plan = plan_splits(a);
-  TokenKernelParams p{};
+  TokenKernelParams p{};  // the split plan and workspace pointers are set by launch_shape
   p.out = a.out;
   p.query = a.query;
   p.kv_cache = a.kv_cache;
@@ -486,12 +524,6 @@ void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   p.query_start_loc = a.query_start_loc;
   p.seq_lens = a.seq_lens;
   p.token_order = a.token_order;
-  const int64_t rows = a.num_tokens * a.num_q_heads * plan.num_splits;
-  p.ws_out = static_cast<float*>(a.workspace);
-  p.ws_ml = plan.num_splits > 1 ? p.ws_out + rows * a.head_dim : nullptr;
-  if (plan.num_splits > 1 && a.workspace == nullptr) {
-    throw std::invalid_argument("paged_attention: workspace required (paged_attention_workspace_bytes)");
-  }
   p.q_stride = a.q_stride;
   p.kv_plane = a.num_blocks * a.block_size * static_cast<int64_t>(a.num_kv_heads) * a.head_dim;
   p.num_tokens = static_cast<int>(a.num_tokens);
@@ -505,19 +537,16 @@ void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   p.block_shift = log2_exact(a.block_size);
   p.scale = a.scale;
   p.sliding_window = a.sliding_window;
-  p.split_tokens = plan.split_tokens;
-  p.num_splits = plan.num_splits;
   p.skip_long = skip_long;
   cudaStream_t s = cuda::as_stream(a.stream);
-  const int nt = static_cast<int>(a.num_tokens);
   cuda::dispatch_float_type(a.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     switch (a.head_dim) {
-      case 64: launch_for_dim<T, 64>(p, ng, nt, s); break;
-      case 80: launch_for_dim<T, 80>(p, ng, nt, s); break;
-      case 96: launch_for_dim<T, 96>(p, ng, nt, s); break;
-      case 128: launch_for_dim<T, 128>(p, ng, nt, s); break;
-      case 256: launch_for_dim<T, 256>(p, ng, nt, s); break;
+      case 64: launch_for_dim<T, 64>(p, ng, a, s); break;
+      case 80: launch_for_dim<T, 80>(p, ng, a, s); break;
+      case 96: launch_for_dim<T, 96>(p, ng, a, s); break;
+      case 128: launch_for_dim<T, 128>(p, ng, a, s); break;
+      case 256: launch_for_dim<T, 256>(p, ng, a, s); break;
       default: throw std::invalid_argument("paged_attention: unsupported head_dim on CUDA");
     }
   });

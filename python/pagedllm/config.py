@@ -79,8 +79,9 @@ class SchedulerConfig:
     # Launch step n+1 before collecting step n's outputs (EngineCore._step_overlapped).
     async_scheduling: bool = True
     # Admit a waiting request only if this many free KV blocks per running request remain
-    # (the C++ SchedulerConfig field of the same name; 0 = admit whenever blocks fit).
-    admission_reserve_blocks_per_running: int = 0
+    # (the C++ SchedulerConfig field of the same name; 0 = admit whenever blocks fit). 1 by
+    # default: on W-8B it halves the preemptions (977 -> 482) at the same number of steps.
+    admission_reserve_blocks_per_running: int = 1
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")

@@ -48,7 +48,8 @@ def test_async_greedy_matches_hf(arch, tiny_model_dirs, hf_model, tokenizer_of):
 
 def test_async_greedy_with_chunks_and_preemption(tiny_qwen3, hf_model, tokenizer_of):
     kw = engine_kwargs(kv_cache_space_bytes=13 * 16 * 1024, max_model_len=128,
-                       max_num_batched_tokens=32, async_scheduling=True)
+                       max_num_batched_tokens=32, async_scheduling=True,
+                       admission_reserve_blocks_per_running=0)  # so that preemption happens
     llm = LLM(model=str(tiny_qwen3), **kw)
     _check_greedy(llm, hf_model(tiny_qwen3), tokenizer_of(tiny_qwen3), PROMPTS)
     stats = llm.llm_engine.get_stats()

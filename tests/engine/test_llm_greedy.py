@@ -48,8 +48,10 @@ def test_greedy_with_chunked_prefill(tiny_llama, hf_model, tokenizer_of):
 
 def test_greedy_with_preemption(tiny_qwen3, hf_model, tokenizer_of):
     # 16-token blocks of 2 layers x 2 KV heads x 32 dims x fp32 = 16 KiB each: 12 usable blocks
-    # cannot hold 17 prompts growing by 12 tokens, so the newest requests get preempted.
-    kw = engine_kwargs(kv_cache_space_bytes=13 * 16 * 1024, max_model_len=128)
+    # cannot hold 17 prompts growing by 12 tokens, so the newest requests get preempted (with
+    # the admission reserve off: it exists to avoid exactly this).
+    kw = engine_kwargs(kv_cache_space_bytes=13 * 16 * 1024, max_model_len=128,
+                       admission_reserve_blocks_per_running=0)
     llm = LLM(model=str(tiny_qwen3), **kw)
     _check_greedy(llm, hf_model(tiny_qwen3), tokenizer_of(tiny_qwen3), PROMPTS)
     stats = llm.llm_engine.get_stats()

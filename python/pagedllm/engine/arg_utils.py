@@ -50,7 +50,7 @@ class EngineArgs:
     disable_log_stats: bool = False
     scheduling_policy: str = "fcfs"
     async_scheduling: bool = True
-    admission_reserve_blocks_per_running: int = 0
+    admission_reserve_blocks_per_running: int = 1
 
     # -- CLI ----------------------------------------------------------------------------------
     @staticmethod
@@ -137,7 +137,8 @@ class EngineArgs:
             type=int,
             default=d.admission_reserve_blocks_per_running,
             help="admit a waiting request only if this many free KV blocks per running request "
-            "remain after it (0: whenever its blocks fit); 1 stops preempt/readmit churn",
+            "remain after it (0: whenever its blocks fit; default 1: halves preempt/readmit "
+            "churn when a workload outgrows the KV cache)",
         )
         return parser
 
