@@ -5,11 +5,10 @@
 # Stages: build, test (pytest -m gpu), nano (W-nano with CUDA graphs), eager (W-nano eager),
 # sync (W-nano with --no-async-scheduling: what the default async scheduling buys),
 # nprof (kernel profile of 10 W-nano decode steps),
-# peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark),
-# splits (PAGEDLLM_DECODE_SPLITS=1: the attention kernel tests and the decode benchmark again).
+# peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark).
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
 # Env: GPU_TEST_DIRS (pytest dirs of the test stage), W8B_TIMEOUT, W8B_ARGS (extra engine flags for 8b),
-# KERNEL_ARGS (case selection of the kernels stage), KERNEL_TIMEOUT, SPLITS_ARGS (of the splits stage).
+# KERNEL_ARGS (case selection of the kernels stage), KERNEL_TIMEOUT.
 set -uo pipefail
 OUT=${1:?output dir}
 STAGES=${2:-"build test nano"}
@@ -74,13 +73,5 @@ if has kernels; then
   fi
   timeout ${KERNEL_TIMEOUT:-200} python3 benchmarks/kernels/paged_attention.py --out "$OUT/kernels.json" \
     --png "$OUT/decode_gbps.png" ${KERNEL_ARGS:-} > "$OUT/kernels.log" 2>&1; tail -30 "$OUT/kernels.log"
-fi
-if has splits; then
-  stage splits  # the one-wave split plan: correctness, then the decode cases without FlashInfer
-  (cd tests && PAGEDLLM_DECODE_SPLITS=1 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu \
-     kernels/test_paged_attention.py 2>&1 | tail -3)
-  PAGEDLLM_DECODE_SPLITS=1 timeout 150 python3 benchmarks/kernels/paged_attention.py --no-flashinfer \
-    --prefill= --out "$OUT/kernels_splits1.json" ${SPLITS_ARGS:-} > "$OUT/kernels_splits1.log" 2>&1
-  tail -20 "$OUT/kernels_splits1.log"
 fi
 stage done

@@ -33,6 +33,11 @@ void init_ops_bindings(py::module_& m) {
         py::arg("norm_eps") = 1e-6,
         "Rotate query and key in place (NeoX or GPT-J pairing), each head RMS-normalized first "
         "when norm weights are given (Qwen3's q_norm / k_norm).");
+  m.def("exponential_race_sample", &b::exponential_race_sample, py::arg("out"), py::arg("logits"),
+        py::arg("inv_temperature"), py::arg("greedy"), py::arg("seed"), py::arg("step"),
+        py::arg("stream") = 0,
+        "One token per row: argmax of logits (greedy rows) or of logits / T + Gumbel noise drawn "
+        "by Philox from (seed, step, row, token).");
   m.def("silu_and_mul", &b::silu_and_mul, py::arg("out"), py::arg("x"), py::arg("stream") = 0,
         "out = silu(x[:, :d]) * x[:, d:].");
 }

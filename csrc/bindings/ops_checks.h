@@ -21,6 +21,7 @@
 #include "kernels/reshape_and_cache.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rotary_embedding.h"
+#include "kernels/sampling.h"
 
 namespace pagedllm::bindings {
 
@@ -496,6 +497,44 @@ inline void rotary_embedding(const TensorTuple& pos_t, const TensorTuple& q_t, c
   kernels::rotary_embedding_cuda(a);
 #else
   no_cuda("rotary_embedding");
+#endif
+}
+
+inline void exponential_race_sample(const TensorTuple& out_t, const TensorTuple& logits_t,
+                                    const TensorTuple& inv_t_t, const TensorTuple& greedy_t, uint64_t seed,
+                                    uint64_t step, uintptr_t stream) {
+  const TensorRef out = to_ref("out", out_t), logits = to_ref("logits", logits_t);
+  const TensorRef inv_t = to_ref("inv_temperature", inv_t_t), greedy = to_ref("greedy", greedy_t);
+  const int dev = common_device({&out, &logits, &inv_t, &greedy});
+  check_rank(logits, 2);
+  check_float(logits);
+  check_contiguous_from(logits, 1);
+  if (logits.dim(1) <= 0) fail("logits: the vocabulary must not be empty");
+  for (const TensorRef* t : {&out, &inv_t, &greedy}) {
+    check_rank(*t, 1);
+    check_contiguous(*t);
+    check_dim(*t, 0, logits.dim(0), "num_rows");
+  }
+  check_dtype(out, DType::kInt64);
+  check_dtype(inv_t, DType::kFloat32);
+  check_dtype(greedy, DType::kInt32);
+  kernels::ExponentialRaceArgs a{};
+  a.out = static_cast<int64_t*>(as_ptr(out));
+  a.logits = as_ptr(logits);
+  a.inv_temperature = static_cast<const float*>(as_ptr(inv_t));
+  a.greedy = static_cast<const int32_t*>(as_ptr(greedy));
+  a.num_rows = logits.dim(0);
+  a.logits_stride = logits.stride(0);
+  a.vocab = logits.dim(1);
+  a.seed = seed;
+  a.step = step;
+  a.dtype = logits.dtype;
+  a.stream = as_stream(stream);
+  if (dev < 0) return kernels::exponential_race_sample_cpu(a);
+#ifdef PAGEDLLM_WITH_CUDA
+  kernels::exponential_race_sample_cuda(a);
+#else
+  no_cuda("exponential_race_sample");
 #endif
 }
 

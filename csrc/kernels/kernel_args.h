@@ -142,6 +142,21 @@ struct RotaryEmbeddingArgs {
   void* stream;
 };
 
+// sampling.h: one token per row by the exponential race (greedy rows: argmax).
+struct ExponentialRaceArgs {
+  int64_t* out;                  // [num_rows] token ids
+  const void* logits;            // [num_rows, vocab], row stride logits_stride, elements dense
+  const float* inv_temperature;  // [num_rows] 1 / T (read for non-greedy rows only)
+  const int32_t* greedy;         // [num_rows] non-zero: argmax, no noise
+  int64_t num_rows;
+  int64_t logits_stride;
+  int64_t vocab;
+  uint64_t seed;                 // Philox key
+  uint64_t step;                 // part of the counter: a new draw every step
+  DType dtype;                   // of logits
+  void* stream;
+};
+
 struct SiluAndMulArgs {
   void* out;               // [num_rows, d], contiguous
   const void* x;           // [num_rows, 2 * d], contiguous: gate then up

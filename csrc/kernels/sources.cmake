@@ -5,6 +5,7 @@ set(PAGEDLLM_KERNEL_CPU_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/reshape_and_cache.cc
   ${CMAKE_CURRENT_LIST_DIR}/rms_norm.cc
   ${CMAKE_CURRENT_LIST_DIR}/rotary_embedding.cc
+  ${CMAKE_CURRENT_LIST_DIR}/sampling.cc
 )
 set(PAGEDLLM_KERNEL_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/activation.cu
@@ -14,4 +15,5 @@ set(PAGEDLLM_KERNEL_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/reshape_and_cache.cu
   ${CMAKE_CURRENT_LIST_DIR}/rms_norm.cu
   ${CMAKE_CURRENT_LIST_DIR}/rotary_embedding.cu
+  ${CMAKE_CURRENT_LIST_DIR}/sampling.cu
 )

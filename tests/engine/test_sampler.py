@@ -70,7 +70,10 @@ def test_plain_sampling_follows_softmax_with_banned_tokens(device: str, temperat
     logits = torch.tensor([[1.5, 1.0, 0.0, -0.5, 3.0]])
     n = 4000
     rows = [SamplingRow(temperature=temperature, banned_token_ids=[4]) for _ in range(n)]
-    out = Sampler().sample(logits.expand(n, 5).contiguous().to(device), SamplingBatch(rows, device))
+    sampler = Sampler()
+    out = sampler.sample(logits.expand(n, 5).contiguous().to(device), SamplingBatch(rows, device))
+    # On CUDA this batch takes the fused kernel (ops.exponential_race_sample), on the CPU torch.
+    assert sampler._race_step == (1 if device == "cuda" else 0)
     freq = np.bincount(out.token_ids, minlength=5) / n
     expected = torch.softmax(logits[0, :4] / temperature, -1).numpy()
     assert freq[4] == 0.0

@@ -92,7 +92,8 @@ class TPExecutor:
             raise AttributeError(name)
         return getattr(self.runner, name)
 
-    def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None) -> torch.Tensor:
+    def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None,
+                      float32_logits: bool = True) -> torch.Tensor:
         if self._closed:
             raise WorkerFailedError("tensor-parallel executor is shut down")
         self._check_workers_alive()
@@ -101,7 +102,7 @@ class TPExecutor:
             broadcast_plan(plan, rows, self._cpu_group)
         except RuntimeError as e:
             raise WorkerFailedError(f"tensor-parallel broadcast failed: {e}") from e
-        return self.runner.execute_model(plan, rows)
+        return self.runner.execute_model(plan, rows, float32_logits)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _spawn_workers(self, port: int) -> None:

@@ -367,7 +367,8 @@ class EngineCore:
         try:
             if self.fault_injector is not None:
                 self.fault_injector()
-            logits = self.runner.execute_model(plan, plan.logits_indices)  # [N, V] fp32
+            logits = self.runner.execute_model(plan, plan.logits_indices,
+                                               float32_logits=False)  # [N, V] model dtype
             pending = self.sampler.sample_async(logits, batch)
         except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
             raise self._failed(plan_handles, e) from e
@@ -417,7 +418,8 @@ class EngineCore:
         try:
             if self.fault_injector is not None:
                 self.fault_injector()
-            logits = self.runner.execute_model(plan, rows)  # [len(rows), V] fp32
+            logits = self.runner.execute_model(plan, rows,
+                                               float32_logits=False)  # [len(rows), V] model dtype
             num_plp = len(prompt_lp_rows)
             sampled = self.sampler.sample(logits[num_plp:], batch)
             prompt_lps = self._score_prompt(logits[:num_plp], prompt_lp_spans) if num_plp else {}

@@ -62,11 +62,11 @@ class ParallelLMHead(VocabParallelEmbedding):
         self.weight = embedding.weight
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, H] -> float32 [N, V] (padding rows of the vocabulary dropped)."""
+        """[N, H] -> [N, V] in the weights' dtype (padding rows of the vocabulary dropped)."""
         logits = F.linear(hidden, self.weight, self.bias)  # [N, V / tp]
         if self.tp_size > 1:
             # UNTESTED until the tensor-parallel issue.
             parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
             torch.distributed.all_gather(parts, logits)
             logits = torch.cat(parts, dim=-1)
-        return logits[:, : self.num_embeddings].float()
+        return logits[:, : self.num_embeddings]

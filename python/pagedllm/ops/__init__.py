@@ -55,6 +55,9 @@ _CPU_TWIN = {
     "rms_norm": False,
     "fused_add_rms_norm": False,
     "silu_and_mul": False,
+    # Scalar Philox + two logs per element: slower than torch's vectorised noise on the CPU, so
+    # the CPU sampler keeps its torch path (the twin is the kernel's reference in the tests).
+    "exponential_race_sample": False,
 }
 
 
@@ -237,6 +240,36 @@ def rotary_embedding(
                           _desc(cos_sin_cache), bool(is_neox), stream=_stream(query),
                           q_norm_weight=descs[0], k_norm_weight=descs[1],
                           norm_eps=float(norm_eps))
+
+
+def exponential_race_sample_supported(logits: torch.Tensor) -> bool:
+    """Whether exponential_race_sample has a compiled kernel for these logits (see _CPU_TWIN)."""
+    return (_use_kernel("exponential_race_sample", logits) and logits.dtype in _FLOAT_DTYPES
+            and logits.dim() == 2 and logits.shape[1] > 0 and logits.stride(1) == 1)
+
+
+def exponential_race_sample(
+    logits: torch.Tensor,           # [N, V] float32 / float16 / bfloat16, rows dense
+    inv_temperature: torch.Tensor,  # [N] float32, 1 / T (ignored on greedy rows)
+    greedy: torch.Tensor,           # [N] int32, non-zero: plain argmax
+    seed: int,                      # Philox key (64 bits)
+    step: int,                      # a new draw per step (64 bits)
+    out: Optional[torch.Tensor] = None,  # [N] int64
+    force_twin: bool = False,       # tests: run the CPU twin even where torch is preferred
+) -> torch.Tensor:
+    """One token per row in one pass over the logits: argmax of logits (greedy rows) or of
+    logits / T + Gumbel noise, i.e. a sample of softmax(logits / T) (kernels/sampling.h). The
+    noise of (seed, step, row, token) is the same on the CPU and on CUDA."""
+    if not (force_twin or exponential_race_sample_supported(logits)):
+        raise ValueError("exponential_race_sample: no kernel for these logits "
+                         "(check exponential_race_sample_supported first)")
+    if out is None:
+        out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+    mask = (1 << 64) - 1
+    _ops.exponential_race_sample(_desc(out), _desc(logits), _desc(inv_temperature),
+                                 _desc(greedy), int(seed) & mask, int(step) & mask,
+                                 stream=_stream(logits))
+    return out
 
 
 def silu_and_mul(

@@ -1,7 +1,7 @@
 """ModelRunner: loads the model, owns the paged KV cache, and runs one BatchPlan per step.
 
-execute_model(plan) writes the plan's new K/V into the cache and returns float32 logits for the
-rows that are sampled. The plan is only read (its arrays are views the core owns).
+execute_model(plan) writes the plan's new K/V into the cache and returns the logits (float32 unless
+asked otherwise) of the rows that are sampled. The plan is only read (its arrays are views the core owns).
 
 GPU path:
 - inputs go through CudaInputBuffers: persistent pinned host + device buffers, one
@@ -206,9 +206,12 @@ class ModelRunner:
         return self._cuda_buffers
 
     @torch.inference_mode()
-    def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None) -> torch.Tensor:
-        """Run the plan's tokens; float32 logits [len(rows), vocab] for token rows `logits_rows`
-        (default plan.logits_indices), on this runner's device."""
+    def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None,
+                      float32_logits: bool = True) -> torch.Tensor:
+        """Run the plan's tokens; logits [len(rows), vocab] for token rows `logits_rows`
+        (default plan.logits_indices), on this runner's device: float32, or the model's dtype
+        with float32_logits=False (the engine's sampler upcasts only where it must: one
+        [N, V] copy less per step)."""
         self._require_model()
         if not self.kv_caches:
             raise RuntimeError("ModelRunner.allocate_kv_cache() must run before executing")
@@ -227,7 +230,8 @@ class ModelRunner:
         if len(rows) == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
         index = torch.from_numpy(rows).to(self.device, non_blocking=True)
-        return self.model.compute_logits(hidden.index_select(0, index))  # [N, V] float32
+        logits = self.model.compute_logits(hidden.index_select(0, index))  # [N, V] model dtype
+        return logits.float() if float32_logits else logits
 
 
 class _SyntheticPlan:

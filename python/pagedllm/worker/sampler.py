@@ -5,7 +5,9 @@ min_tokens masking, penalties, temperature, min_p, top_k and top_p; then the dra
 Drawing uses the exponential race (argmax of p / E, E ~ Exp(1)), which samples exactly from p and
 lets a seeded request draw its own noise from its own torch.Generator: its tokens then depend
 only on its seed and its own history, never on which requests share the batch.
-The common case (no penalties, no seeds) is fully vectorised over the batch.
+The common case (no penalties, no seeds) is fully vectorised over the batch; on CUDA, batches
+without top-k / top-p / min-p and without seeds take one fused kernel (ops.exponential_race_sample:
+the same race in Gumbel form, Philox noise, one pass over the logits in their own dtype).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+
+from pagedllm import ops
 
 _NEG_INF = float("-inf")
 
@@ -109,9 +113,15 @@ class SamplingBatch:
         self.need_top_p = bool((self._top_p < 1.0).any())
         self.need_top_k = bool((self._top_k > 0).any())
         self.need_min_p = bool((self._min_p > 0.0).any())
+        # The fused exponential-race kernel serves the batch (Sampler._draw): nothing filtered,
+        # no per-request generators.
+        self.race_applies = not (self.all_greedy or self.need_min_p or self.need_top_k
+                                 or self.need_top_p or self.any_seeded)
         # Copy what the sampler will read now, before the engine launches the forward: a
         # blocking host-to-device copy issued after the launch would wait for the forward.
-        if not self.all_greedy:
+        if self.race_applies and self.device.type == "cuda":
+            _ = self.inv_temperature, self.greedy_flags
+        elif not self.all_greedy:
             _ = self.temperature, self.greedy_mask
             if self.need_top_p:
                 _ = self.top_p
@@ -130,6 +140,14 @@ class SamplingBatch:
     @functools.cached_property
     def greedy_mask(self) -> torch.Tensor:  # [N] bool
         return self._to_device(self._greedy)
+
+    @functools.cached_property
+    def inv_temperature(self) -> torch.Tensor:  # [N] float32 (1 on greedy rows)
+        return self._to_device((1.0 / self._temperature).astype(np.float32))
+
+    @functools.cached_property
+    def greedy_flags(self) -> torch.Tensor:  # [N] int32
+        return self._to_device(self._greedy.astype(np.int32))
 
     @functools.cached_property
     def top_p(self) -> torch.Tensor:  # [N] float32
@@ -195,14 +213,15 @@ class Sampler:
     def __init__(self) -> None:
         # Noise for unseeded rows; seeded rows use their own generators.
         self._default_generator: Optional[torch.Generator] = None
+        # The fused kernel's Philox counter advances by one step per draw.
+        self._race_step = 0
 
     def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-        """logits: [N, V] float32 on any device. Returns int32 token ids [N] (numpy)."""
+        """logits: [N, V] (any float dtype) on any device. Returns int32 token ids [N] (numpy)."""
         _check_rows(logits, batch)
-        logits = logits.float()
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
-            raw_logprobs = torch.log_softmax(logits, dim=-1)  # [N, V]
+            raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
         token_ids = self._draw(logits, batch)
         out = SamplerOutput(token_ids=token_ids.to(torch.int32).cpu().numpy())
         if raw_logprobs is not None:
@@ -218,7 +237,7 @@ class Sampler:
         _check_rows(logits, batch)
         if batch.max_num_logprobs is not None:
             raise ValueError("sample_async: logprobs need the synchronous sample()")
-        token_ids = self._draw(logits.float(), batch).to(torch.int32)  # [N]
+        token_ids = self._draw(logits, batch).to(torch.int32)  # [N]
         if not token_ids.is_cuda:
             return PendingSample(token_ids, None)
         host = token_ids.to("cpu", non_blocking=True)  # pinned destination
@@ -227,16 +246,25 @@ class Sampler:
         return PendingSample(host, event)
 
     def _draw(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        """One token per row [N] (int64, on the logits' device): masks, penalties, then the draw."""
+        """One token per row [N] (int64, on the logits' device): masks, penalties, then the draw.
+        Logits stay in their own dtype unless a step below needs float32."""
         if batch.any_banned or batch.any_penalties:
-            logits = logits.clone()  # edited in place below; the caller's tensor stays intact
+            # Edited in place below; the caller's tensor stays intact.
+            logits = logits.to(torch.float32, copy=True)
         if batch.any_banned:
             self._ban_tokens(logits, batch)
         if batch.any_penalties:
             self._apply_penalties(logits, batch)
         if batch.all_greedy:
             return logits.argmax(dim=-1)  # [N]
-        return self._sample_random(logits, batch)
+        if batch.race_applies and ops.exponential_race_sample_supported(logits):
+            # One fused pass (kernels/sampling.h) instead of cast, divide, noise, log, argmax.
+            self._race_step += 1
+            seed = self._generator_for(logits.device)
+            return ops.exponential_race_sample(
+                logits, batch.inv_temperature, batch.greedy_flags,
+                seed.initial_seed() if seed is not None else torch.initial_seed(), self._race_step)
+        return self._sample_random(logits.float(), batch)
 
     # -- logits processing ----------------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,93 @@
+"""exponential_race_sample (kernels/sampling.h): the CPU twin samples softmax(logits / T),
+greedy rows are argmax, the noise is a pure function of (seed, step, row, token), and the CUDA
+kernel returns exactly the twin's tokens."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pagedllm.ops as ops
+from pagedllm import _C
+
+HAS_CUDA = torch.cuda.is_available() and bool(_C.with_cuda)
+
+
+def requires_gpu(fn):
+    return pytest.mark.gpu(pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")(fn))
+
+
+def race(logits, temperature, greedy, seed, step, device="cpu"):
+    n = logits.shape[0]
+    inv_t = torch.full((n,), 1.0 / temperature) if np.isscalar(temperature) else 1.0 / temperature
+    flags = torch.as_tensor(greedy, dtype=torch.int32).expand(n).contiguous()
+    return ops.exponential_race_sample(logits.to(device), inv_t.float().to(device),
+                                       flags.to(device), seed, step, force_twin=True).cpu()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_twin_samples_softmax_and_never_a_banned_token(temperature):
+    logits = torch.tensor([1.5, 1.0, 0.0, -0.5, 3.0, 0.3, -2.0])
+    logits[4] = float("-inf")                      # banned
+    n = 20000                                      # identical rows: independent draws
+    tokens = race(logits.expand(n, 7).contiguous(), temperature, 0, seed=123, step=1)
+    freq = np.bincount(tokens.numpy(), minlength=7) / n
+    expected = torch.softmax(logits / temperature, -1).numpy()
+    assert freq[4] == 0.0
+    sigma = np.sqrt(expected * (1 - expected) / n)
+    assert (np.abs(freq - expected) < 5 * sigma + 1e-9).all(), (freq, expected)
+
+
+def test_twin_steps_and_seeds_give_fresh_draws_and_repeat_exactly():
+    logits = torch.zeros(64, 1000)                 # uniform: every draw is pure noise
+    a = race(logits, 1.0, 0, seed=7, step=3)
+    assert torch.equal(a, race(logits, 1.0, 0, seed=7, step=3))       # a pure function
+    assert (a != race(logits, 1.0, 0, seed=7, step=4)).float().mean() > 0.9
+    assert (a != race(logits, 1.0, 0, seed=8, step=3)).float().mean() > 0.9
+    assert len(set(a.tolist())) > 50               # rows draw independently
+
+
+def test_twin_greedy_rows_are_argmax_with_first_index_ties():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 333, generator=g)
+    logits[2] = 0.0                                # all tied: the first index
+    logits[3, 100] = logits[3, 200] = 50.0         # tie between two maxima
+    logits[4] = float("-inf")                      # nothing finite: token 0, like torch.argmax
+    greedy = torch.tensor([1, 0, 1, 1, 1, 0], dtype=torch.int32)
+    tokens = race(logits, 0.8, greedy, seed=1, step=1)
+    assert tokens[0] == logits[0].argmax() and tokens[2] == 0
+    assert tokens[3] == 100 and tokens[4] == 0
+
+
+def test_binding_rejects_bad_inputs():
+    d = ops._desc
+    logits = torch.randn(3, 10)
+    out, inv_t = torch.empty(3, dtype=torch.int64), torch.ones(3)
+    flags = torch.zeros(3, dtype=torch.int32)
+    _C.ops.exponential_race_sample(d(out), d(logits), d(inv_t), d(flags), 1, 1)  # valid
+    with pytest.raises(ValueError, match="int64"):
+        _C.ops.exponential_race_sample(d(out.int()), d(logits), d(inv_t), d(flags), 1, 1)
+    with pytest.raises(ValueError, match="num_rows"):
+        _C.ops.exponential_race_sample(d(out), d(logits), d(inv_t[:2]), d(flags), 1, 1)
+    with pytest.raises(ValueError, match="int32"):
+        _C.ops.exponential_race_sample(d(out), d(logits), d(inv_t), d(flags.long()), 1, 1)
+    with pytest.raises(ValueError, match="contiguous"):
+        _C.ops.exponential_race_sample(d(out), d(logits.t().contiguous().t()), d(inv_t), d(flags), 1, 1)
+    assert not ops.exponential_race_sample_supported(logits)  # CPU: the sampler keeps torch
+    with pytest.raises(ValueError, match="no kernel"):
+        ops.exponential_race_sample(logits, inv_t, flags, 1, 1)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("rows,vocab", [(1, 7), (3, 1000), (256, 151936), (17, 4097)])
+def test_cuda_kernel_returns_the_twins_tokens(dtype, rows, vocab):
+    g = torch.Generator().manual_seed(vocab)
+    wide = (torch.randn(rows, vocab + 5, generator=g) * 4).to(dtype)
+    logits = wide[:, :vocab]                       # rows with a stride > vocab
+    temperature = torch.rand(rows, generator=g) + 0.3
+    greedy = (torch.rand(rows, generator=g) < 0.3).to(torch.int32)
+    want = race(logits, temperature, greedy, seed=2**40 + 5, step=2**33 + 9)
+    got = race(logits, temperature, greedy, seed=2**40 + 5, step=2**33 + 9, device="cuda")
+    assert torch.equal(got, want)
+    assert ops.exponential_race_sample_supported(logits.cuda())
