@@ -371,6 +371,12 @@ int slice_width(int group) {
   return ng;
 }
 
+// CTAs per KV head: the group in slices of slice_width(group) query heads.
+int slices_per_kv_head(int group) {
+  const int ng = slice_width(group);
+  return (group + ng - 1) / ng;
+}
+
 struct SplitPlan {
   int num_splits;
   int split_tokens;
@@ -388,9 +394,7 @@ constexpr int kMaxResidentPerSm = 8;
 // L=16384.) Depends only on the launch's shape hints (max_seq_len, not the lengths), so a captured
 // CUDA graph keeps a valid plan; never more splits than the plan for kMaxResidentPerSm.
 SplitPlan plan_splits(const PagedAttentionArgs& a, int resident_per_sm) {
-  const int ng = slice_width(a.num_q_heads / a.num_kv_heads);
-  const int group = a.num_q_heads / a.num_kv_heads;
-  const int slices = (group + ng - 1) / ng;
+  const int slices = slices_per_kv_head(a.num_q_heads / a.num_kv_heads);
   const int parts = std::max(1, (a.max_seq_len + kSplitGranularity - 1) / kSplitGranularity);
   const int64_t ctas = std::max<int64_t>(1, a.num_tokens) * a.num_kv_heads * slices;
   const int64_t slots = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm);
@@ -520,7 +524,7 @@ void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   p.num_kv_heads = a.num_kv_heads;
   p.group = a.num_q_heads / a.num_kv_heads;
   const int ng = slice_width(p.group);
-  p.slices = (p.group + ng - 1) / ng;
+  p.slices = slices_per_kv_head(p.group);
   p.block_shift = log2_exact(a.block_size);
   p.scale = a.scale;
   p.sliding_window = a.sliding_window;

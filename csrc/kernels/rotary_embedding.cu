@@ -13,6 +13,35 @@ namespace {
 using cuda::from_float;
 using cuda::to_float;
 
+// The cos | sin row of token t's position.
+template <typename C>
+__device__ __forceinline__ const C* cos_sin_row(const void* positions, bool positions_int64,
+                                                const C* cos_sin, int64_t t, int rot_dim) {
+  const int64_t pos = positions_int64 ? static_cast<const int64_t*>(positions)[t]
+                                      : static_cast<const int32_t*>(positions)[t];
+  return cos_sin + pos * rot_dim;
+}
+
+// Head h of token t: the query heads first, then the key heads.
+template <typename T>
+__device__ __forceinline__ T* head_of(T* query, T* key, int64_t t, int h, int64_t q_stride,
+                                      int64_t k_stride, int num_q_heads, int head_size) {
+  return h < num_q_heads ? query + t * q_stride + static_cast<int64_t>(h) * head_size
+                         : key + t * k_stride + static_cast<int64_t>(h - num_q_heads) * head_size;
+}
+
+// Rotates pair i of one head in place; value(j) is dim j before the rotation.
+template <typename T, typename C, typename Value>
+__device__ __forceinline__ void rotate_pair(T* xh, const C* cs, int i, int half, bool neox,
+                                            Value value) {
+  const int i1 = neox ? i : 2 * i;
+  const int i2 = neox ? i + half : 2 * i + 1;
+  const float c = to_float(cs[i]), s = to_float(cs[half + i]);
+  const float x1 = value(i1), x2 = value(i2);
+  xh[i1] = from_float<T>(x1 * c - x2 * s);
+  xh[i2] = from_float<T>(x2 * c + x1 * s);
+}
+
 template <typename T, typename C>
 __global__ void rotary_kernel(const void* __restrict__ positions,  // [T] int32 / int64
                               bool positions_int64,
@@ -22,21 +51,13 @@ __global__ void rotary_kernel(const void* __restrict__ positions,  // [T] int32 
                               int64_t q_stride, int64_t k_stride, int num_q_heads,
                               int num_kv_heads, int head_size, int rot_dim, bool neox) {
   const int64_t t = blockIdx.x;
-  const int64_t pos = positions_int64 ? static_cast<const int64_t*>(positions)[t]
-                                      : static_cast<const int32_t*>(positions)[t];
-  const C* cs = cos_sin + pos * rot_dim;
+  const C* cs = cos_sin_row(positions, positions_int64, cos_sin, t, rot_dim);
   const int half = rot_dim / 2;
   const int items = (num_q_heads + num_kv_heads) * half;
   for (int it = threadIdx.x; it < items; it += blockDim.x) {
     const int h = it / half, i = it - h * half;
-    T* xh = h < num_q_heads ? query + t * q_stride + static_cast<int64_t>(h) * head_size
-                            : key + t * k_stride + static_cast<int64_t>(h - num_q_heads) * head_size;
-    const int i1 = neox ? i : 2 * i;
-    const int i2 = neox ? i + half : 2 * i + 1;
-    const float c = to_float(cs[i]), s = to_float(cs[half + i]);
-    const float x1 = to_float(xh[i1]), x2 = to_float(xh[i2]);
-    xh[i1] = from_float<T>(x1 * c - x2 * s);
-    xh[i2] = from_float<T>(x2 * c + x1 * s);
+    T* xh = head_of(query, key, t, h, q_stride, k_stride, num_q_heads, head_size);
+    rotate_pair(xh, cs, i, half, neox, [&](int j) { return to_float(xh[j]); });
   }
 }
 
@@ -57,10 +78,8 @@ __global__ void norm_rotary_kernel(const void* __restrict__ positions,  // [T] i
   const int lane = threadIdx.x & 31;
   const int h = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (h >= num_q_heads + num_kv_heads) return;
-  const bool is_q = h < num_q_heads;
-  T* xh = is_q ? query + t * q_stride + static_cast<int64_t>(h) * head_size
-               : key + t * k_stride + static_cast<int64_t>(h - num_q_heads) * head_size;
-  const T* w = is_q ? q_weight : k_weight;
+  T* xh = head_of(query, key, t, h, q_stride, k_stride, num_q_heads, head_size);
+  const T* w = h < num_q_heads ? q_weight : k_weight;
   float sumsq = 0.0f;
   for (int j = lane; j < head_size; j += 32) {
     const float v = to_float(xh[j]);
@@ -70,18 +89,9 @@ __global__ void norm_rotary_kernel(const void* __restrict__ positions,  // [T] i
   // The normalized element, rounded to T as rms_norm's output would be.
   auto normed = [&](int j) { return to_float(from_float<T>(to_float(xh[j]) * inv * to_float(w[j]))); };
 
-  const int64_t pos = positions_int64 ? static_cast<const int64_t*>(positions)[t]
-                                      : static_cast<const int32_t*>(positions)[t];
-  const C* cs = cos_sin + pos * rot_dim;
+  const C* cs = cos_sin_row(positions, positions_int64, cos_sin, t, rot_dim);
   const int half = rot_dim / 2;
-  for (int i = lane; i < half; i += 32) {
-    const int i1 = neox ? i : 2 * i;
-    const int i2 = neox ? i + half : 2 * i + 1;
-    const float c = to_float(cs[i]), s = to_float(cs[half + i]);
-    const float x1 = normed(i1), x2 = normed(i2);
-    xh[i1] = from_float<T>(x1 * c - x2 * s);
-    xh[i2] = from_float<T>(x2 * c + x1 * s);
-  }
+  for (int i = lane; i < half; i += 32) rotate_pair(xh, cs, i, half, neox, normed);
   for (int j = rot_dim + lane; j < head_size; j += 32) xh[j] = from_float<T>(normed(j));
 }
 

@@ -174,7 +174,7 @@ class EngineCore:
         )
         self.scheduler = _core.Scheduler(self.scheduler_config)
         self.sampler = Sampler()
-        self.async_scheduling = bool(getattr(sc, "async_scheduling", False))
+        self.async_scheduling = sc.async_scheduling
         self._in_flight: Optional[_LaunchedStep] = None  # async scheduling: launched, unread
         self._carried: list[CoreOutput] = []  # outputs held back by a failed step, given next
         self.requests: dict[int, CoreRequest] = {}

@@ -83,8 +83,6 @@ class RotaryEmbedding(nn.Module):
         """positions [T]; query [T, Hq * D], key [T, Hkv * D]; rotated in place and returned.
         q_norm / k_norm (RMSNorm over one head, Qwen3): applied to every head first, in the
         same kernel (no copies of the strided q / k views, two launches fewer per layer)."""
-        if (q_norm is None) != (k_norm is None):
-            raise ValueError("q_norm and k_norm: give both or neither")
         ops.rotary_embedding(positions, query, key, self.head_size, self.cos_sin_cache,
                              self.is_neox_style,
                              q_norm_weight=q_norm.weight if q_norm is not None else None,

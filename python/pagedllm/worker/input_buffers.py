@@ -70,10 +70,7 @@ def _as_int32(array: np.ndarray) -> torch.Tensor:
 
 
 def build_cpu_inputs(plan: Any) -> StepInputs:
-    # The CPU kernel ignores the order, but checks it is a permutation: every CPU engine test
-    # then checks the order the CUDA path builds the same way.
-    order = np.empty(int(plan.num_tokens), np.int32)
-    longest_first_token_order(np.asarray(plan.query_start_loc), np.asarray(plan.seq_lens), order)
+    # No token_order: the CPU kernel would ignore it.
     meta = AttentionMetadata(
         slot_mapping=_as_int32(plan.slot_mapping),
         block_table=_as_int32(plan.block_table),
@@ -81,7 +78,6 @@ def build_cpu_inputs(plan: Any) -> StepInputs:
         seq_lens=_as_int32(plan.seq_lens),
         num_seqs=int(plan.num_seqs), num_tokens=int(plan.num_tokens),
         max_query_len=int(plan.max_query_len), max_seq_len=int(plan.max_seq_len),
-        token_order=torch.from_numpy(order),
     )
     return StepInputs(_as_int32(plan.input_ids), _as_int32(plan.positions), meta)
 

@@ -221,7 +221,8 @@ class Sampler:
         _check_rows(logits, batch)
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
-            raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+            logits = logits.float()  # once, for the logprobs and the draw alike
+            raw_logprobs = torch.log_softmax(logits, dim=-1)  # [N, V]
         token_ids = self._draw(logits, batch)
         out = SamplerOutput(token_ids=token_ids.to(torch.int32).cpu().numpy())
         if raw_logprobs is not None:
@@ -260,10 +261,8 @@ class Sampler:
         if batch.race_applies and ops.exponential_race_sample_supported(logits):
             # One fused pass (kernels/sampling.h) instead of cast, divide, noise, log, argmax.
             self._race_step += 1
-            seed = self._generator_for(logits.device)
-            return ops.exponential_race_sample(
-                logits, batch.inv_temperature, batch.greedy_flags,
-                seed.initial_seed() if seed is not None else torch.initial_seed(), self._race_step)
+            return ops.exponential_race_sample(logits, batch.inv_temperature, batch.greedy_flags,
+                                               self._race_seed(logits.device), self._race_step)
         return self._sample_random(logits.float(), batch)
 
     # -- logits processing ----------------------------------------------------------------------
@@ -371,6 +370,11 @@ class Sampler:
                 # One full-vocab draw per step: the stream depends on the seed and step count only.
                 noise[i].exponential_(generator=r.generator)
         return noise
+
+    def _race_seed(self, device: torch.device) -> int:
+        """The fused kernel's Philox key: the seed of the noise generator unseeded rows use."""
+        generator = self._generator_for(device)
+        return generator.initial_seed() if generator is not None else torch.initial_seed()
 
     def _generator_for(self, device: torch.device) -> Optional[torch.Generator]:
         if device.type == "cpu":
