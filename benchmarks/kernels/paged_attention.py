@@ -29,6 +29,7 @@ import pagedllm.ops as ops
 from pagedllm.worker.input_buffers import longest_first_token_order
 
 HKV, HQ, D, BS = 8, 32, 128, 16
+HINT_LEN = 0  # --hint-len
 DTYPE = torch.bfloat16
 
 
@@ -117,7 +118,7 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int,
     def ours(token_order=order):
         t = tables[step[0] % copies]
         step[0] += 1
-        ops.paged_attention(query, kv, t, qsl, lens, scale, 1, ctx, out=out,
+        ops.paged_attention(query, kv, t, qsl, lens, scale, 1, max(ctx, HINT_LEN), out=out,
                             token_order=token_order)
 
     res = {"batch": batch, "ctx": ctx, "ctx_min": ctx_min, "kv_bytes": kv_bytes}
@@ -262,15 +263,19 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-flashinfer", action="store_true")
+    p.add_argument("--hint-len", type=int, default=0,
+                   help="max_seq_len hint given to pagedllm's decode (default: the context), e.g. "
+                   "the max_model_len a CUDA graph was captured with")
     p.add_argument("--num-q-heads", type=int, default=HQ,
                    help="query heads (8 KV heads): 32 = group 4 (Qwen3-8B), 16 = group 2 (Qwen3-0.6B)")
     p.add_argument("--prefill", default="1x2048,4x2048,1x8192,8x1024")
     p.add_argument("--ragged", default="256x100-1100,128x1000-3000",
                    help="decode cases BxLO-HI with lengths uniform in [LO, HI] ('' for none)")
     args = p.parse_args()
-    globals()["HQ"] = args.num_q_heads  # the cases read the module constant
+    globals()["HQ"] = args.num_q_heads  # the cases read the module constants
+    globals()["HINT_LEN"] = args.hint_len
     torch.manual_seed(0)
-    results = {"num_q_heads": HQ, "device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    results = {"num_q_heads": HQ, "hint_len": HINT_LEN, "device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "torch": torch.__version__}
     results["copy_gbs"] = copy_bandwidth_gbs()
     print(f"device {results['device']}  copy bandwidth {results['copy_gbs']:.0f} GB/s", flush=True)

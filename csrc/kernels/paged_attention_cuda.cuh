@@ -37,8 +37,7 @@ struct TokenKernelParams {
   int block_shift;                 // log2(block_size)
   float scale;
   int sliding_window;
-  int split_tokens;                // tokens of context per split
-  int num_splits;
+  int num_splits;                  // splits per (token, head slice); see split_size
   bool skip_long;                  // sequences with q_len >= kPrefillMmaMinQueryLen go elsewhere
 };
 
@@ -50,6 +49,15 @@ __device__ __forceinline__ int find_sequence(const int32_t* qsl /* [S + 1] */, i
     if (qsl[mid] <= t) lo = mid; else hi = mid - 1;
   }
   return lo;
+}
+
+// Tokens per split for a query whose keys end at kv_end: its own context cut into num_splits
+// kSplitGranularity-aligned parts. The size follows the sequence, not the launch's max_seq_len
+// hint, so a CUDA graph captured with max_model_len still splits a short context finely.
+// The token kernel and the merge kernel must agree on it.
+__device__ __forceinline__ int split_size(int kv_end, int num_splits) {
+  const int per = (kv_end + num_splits - 1) / num_splits;
+  return (per + kSplitGranularity - 1) / kSplitGranularity * kSplitGranularity;
 }
 
 void launch_token_attention(const PagedAttentionArgs& a, bool skip_long);

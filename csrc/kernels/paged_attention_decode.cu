@@ -121,9 +121,11 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
   if (p.skip_long && q_len >= kPrefillMmaMinQueryLen) return;
   const int kv_end = p.seq_lens[s] - q_len + (t - q_begin) + 1;  // keys [kv_lo, kv_end)
   const int kv_lo = p.sliding_window > 0 ? max(0, kv_end - p.sliding_window) : 0;
-  if (kv_end <= 0 || z < kv_lo / p.split_tokens || z > (kv_end - 1) / p.split_tokens) return;
-  const int t0 = max(kv_lo, z * p.split_tokens);
-  const int t1 = min(kv_end, (z + 1) * p.split_tokens);
+  if (kv_end <= 0) return;
+  const int split = split_size(kv_end, p.num_splits);
+  if (z < kv_lo / split || z > (kv_end - 1) / split) return;
+  const int t0 = max(kv_lo, z * split);
+  const int t1 = min(kv_end, (z + 1) * split);
 
   const int kvh = hs / p.slices;
   const int g0 = (hs % p.slices) * NG;
@@ -334,7 +336,8 @@ __global__ void merge_splits_kernel(const TokenKernelParams p, int head_dim) {
   const int kv_end = p.seq_lens[s] - q_len + (t - q_begin) + 1;
   if (kv_end <= 0) return;
   const int kv_lo = p.sliding_window > 0 ? max(0, kv_end - p.sliding_window) : 0;
-  const int z0 = kv_lo / p.split_tokens, z1 = (kv_end - 1) / p.split_tokens;
+  const int split = split_size(kv_end, p.num_splits);
+  const int z0 = kv_lo / split, z1 = (kv_end - 1) / split;
   const int64_t base = (static_cast<int64_t>(t) * p.num_q_heads + hq) * p.num_splits;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
 
@@ -377,31 +380,24 @@ int slices_per_kv_head(int group) {
   return (group + ng - 1) / ng;
 }
 
-struct SplitPlan {
-  int num_splits;
-  int split_tokens;
-};
-
 // At most this many token-kernel CTAs are resident per SM (128 threads, >= 48 KB of stages):
 // the workspace is sized with it, so it bounds every plan.
 constexpr int kMaxResidentPerSm = 8;
 
-// The context of one (token, head slice) is split across CTAs only while the batch alone does
-// not fill one wave of the CTAs that fit at once (resident_per_sm per SM): then into as many
-// kSplitGranularity-unit splits as fill that wave. (The first plan aimed at 8 CTAs per SM, rounded
+// Splits per (token, head slice): 1 once the batch alone fills one wave of the CTAs that fit at
+// once (resident_per_sm per SM); else as many as fill that wave, at most one per
+// kSplitGranularity tokens of the max_seq_len hint. Each query then cuts its own context into that
+// many parts (split_size). (The first plan aimed at 8 CTAs per SM, rounded
 // up, i.e. several waves and more merging: on the H100 the one-wave plan was faster or equal in 9
 // of 10 cases, e.g. B=1 L=16384 51.1 -> 41.4 us, B=64 L=512 76.8 -> 63.4 us; 2% slower at B=64
-// L=16384.) Depends only on the launch's shape hints (max_seq_len, not the lengths), so a captured
-// CUDA graph keeps a valid plan; never more splits than the plan for kMaxResidentPerSm.
-SplitPlan plan_splits(const PagedAttentionArgs& a, int resident_per_sm) {
+// L=16384.) Depends only on the launch's shape hints, so a captured CUDA graph keeps a valid
+// plan; never more splits than the plan for kMaxResidentPerSm.
+int plan_splits(const PagedAttentionArgs& a, int resident_per_sm) {
   const int slices = slices_per_kv_head(a.num_q_heads / a.num_kv_heads);
   const int parts = std::max(1, (a.max_seq_len + kSplitGranularity - 1) / kSplitGranularity);
   const int64_t ctas = std::max<int64_t>(1, a.num_tokens) * a.num_kv_heads * slices;
   const int64_t slots = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm);
-  const int64_t want = std::max<int64_t>(1, std::min<int64_t>(parts, slots / ctas));
-  if (want == 1) return {1, 1 << 30};
-  const int per_split = static_cast<int>((parts + want - 1) / want);
-  return {(parts + per_split - 1) / per_split, per_split * kSplitGranularity};
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, slots / ctas)));
 }
 
 int log2_exact(int v) {
@@ -434,14 +430,12 @@ void launch_shape(TokenKernelParams p, const PagedAttentionArgs& a, cudaStream_t
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem);
     resident_per_sm = std::max(1, n);
   }
-  const SplitPlan plan = plan_splits(a, resident_per_sm);
-  p.split_tokens = plan.split_tokens;
-  p.num_splits = plan.num_splits;
-  if (plan.num_splits > 1) {
+  p.num_splits = plan_splits(a, resident_per_sm);
+  if (p.num_splits > 1) {
     if (a.workspace == nullptr) {
       throw std::invalid_argument("paged_attention: workspace required (paged_attention_workspace_bytes)");
     }
-    const int64_t rows = a.num_tokens * a.num_q_heads * plan.num_splits;
+    const int64_t rows = a.num_tokens * a.num_q_heads * p.num_splits;
     p.ws_out = static_cast<float*>(a.workspace);  // [rows, D] then [rows, 2]
     p.ws_ml = p.ws_out + rows * D;
   }
@@ -499,9 +493,9 @@ int sm_count() {
 }
 
 int64_t token_attention_workspace_bytes(const PagedAttentionArgs& a) {
-  const SplitPlan plan = plan_splits(a, kMaxResidentPerSm);  // the largest plan any kernel makes
-  if (plan.num_splits == 1) return 0;
-  const int64_t rows = a.num_tokens * a.num_q_heads * plan.num_splits;
+  const int num_splits = plan_splits(a, kMaxResidentPerSm);  // the largest plan any kernel makes
+  if (num_splits == 1) return 0;
+  const int64_t rows = a.num_tokens * a.num_q_heads * num_splits;
   return rows * (a.head_dim + 2) * static_cast<int64_t>(sizeof(float)) + 16;
 }
 

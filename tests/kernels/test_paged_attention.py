@@ -61,13 +61,13 @@ def make_batch(chunks, num_kv_heads, group, head_dim, block_size, dtype, device,
 
 
 def check_attention(chunks, num_kv_heads, group, head_dim, block_size, dtype, device, seed,
-                    sliding_window=-1):
+                    sliding_window=-1, max_seq_len_hint=0):
     query, kv, table, qsl, lens = make_batch(chunks, num_kv_heads, group, head_dim, block_size,
                                              dtype, device, seed)
     scale = head_dim ** -0.5
     out = torch.full_like(query, float("nan"))
     max_q = max(q for q, _ in chunks)
-    max_ctx = max(c for _, c in chunks)
+    max_ctx = max(max(c for _, c in chunks), max_seq_len_hint)
     result = ops.paged_attention(query, kv, table, qsl, lens, scale, max_q, max_ctx, out=out,
                                  sliding_window=sliding_window)
     assert result.data_ptr() == out.data_ptr()
@@ -161,6 +161,18 @@ def test_prefill_batch256_gpu(dtype):
 def test_sliding_window_gpu(window, dtype):
     chunks = [(1, 4097), (1, 17), (64, 1000), (16, 16), (5, 600)]
     check_attention(chunks, 2, 4, 128, 16, dtype, "cuda", seed=window, sliding_window=window)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+@requires_gpu
+def test_decode_with_a_loose_max_seq_len_hint_gpu(dtype):
+    # As in a CUDA graph captured with max_model_len: the hint is far above every context, the
+    # split count comes from it and the batch, and each query cuts its own context.
+    for batch in ([(1, 5)], [(1, 700), (1, 3000), (1, 64), (1, 65)], [(1, 1 + i * 37) for i in range(20)]):
+        check_attention(batch, 2, 4, 128, 16, dtype, "cuda", seed=len(batch),
+                        max_seq_len_hint=40960)
+    check_attention([(1, 4097), (1, 17)], 2, 4, 128, 16, dtype, "cuda", seed=3,
+                    sliding_window=300, max_seq_len_hint=40960)
 
 
 @requires_gpu
