@@ -30,6 +30,7 @@ from pagedllm.worker.input_buffers import longest_first_token_order
 
 HKV, HQ, D, BS = 8, 32, 128, 16
 HINT_LEN = 0  # --hint-len
+WITH_SDPA = True  # --no-sdpa
 DTYPE = torch.bfloat16
 
 
@@ -165,7 +166,7 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int,
             res["flashinfer_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             print(res["flashinfer_error"], flush=True)
 
-    if kv_bytes <= 9e9 and ctx_min == 0:
+    if kv_bytes <= 9e9 and ctx_min == 0 and WITH_SDPA:
         kg = kv[0][tables[0].long()].view(batch, blocks_per_seq * BS, HKV, D)[:, :ctx].transpose(1, 2).contiguous()
         vg = kv[1][tables[0].long()].view(batch, blocks_per_seq * BS, HKV, D)[:, :ctx].transpose(1, 2).contiguous()
         q4 = query.view(batch, HQ, 1, D)
@@ -263,6 +264,9 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-flashinfer", action="store_true")
+    p.add_argument("--no-sdpa", action="store_true", help="skip the SDPA-on-gathered-KV column")
+    p.add_argument("--cases", default="",
+                   help="uniform decode cases BxL, e.g. 64x4096,256x512 (instead of batches x contexts)")
     p.add_argument("--hint-len", type=int, default=0,
                    help="max_seq_len hint given to pagedllm's decode (default: the context), e.g. "
                    "the max_model_len a CUDA graph was captured with")
@@ -274,6 +278,7 @@ def main() -> None:
     args = p.parse_args()
     globals()["HQ"] = args.num_q_heads  # the cases read the module constants
     globals()["HINT_LEN"] = args.hint_len
+    globals()["WITH_SDPA"] = not args.no_sdpa
     torch.manual_seed(0)
     results = {"num_q_heads": HQ, "hint_len": HINT_LEN, "device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "torch": torch.__version__}
@@ -281,13 +286,17 @@ def main() -> None:
     print(f"device {results['device']}  copy bandwidth {results['copy_gbs']:.0f} GB/s", flush=True)
     flashinfer = None if args.no_flashinfer else try_flashinfer()
     results["decode"] = []
-    for b in map(int, args.batches.split(",")):
-        for L in map(int, args.contexts.split(",")):
-            r = decode_case(b, L, flashinfer, args.calls, args.repeats)
-            results["decode"].append(r)
-            print(json.dumps(r), flush=True)
-            with open(args.out, "w") as f:  # after every case: a timeout keeps what ran
-                json.dump(results, f, indent=1)
+    if args.cases:
+        uniform = [tuple(map(int, c.split("x"))) for c in args.cases.split(",")]
+    else:
+        uniform = [(b, L) for b in map(int, filter(None, args.batches.split(",")))
+                   for L in map(int, filter(None, args.contexts.split(",")))]
+    for b, L in uniform:
+        r = decode_case(b, L, flashinfer, args.calls, args.repeats)
+        results["decode"].append(r)
+        print(json.dumps(r), flush=True)
+        with open(args.out, "w") as f:  # after every case: a timeout keeps what ran
+            json.dump(results, f, indent=1)
     for spec in filter(None, args.ragged.split(",")):
         b, span = spec.split("x")
         lo, hi = map(int, span.split("-"))

@@ -14,6 +14,9 @@ namespace pagedllm::kernels::attn {
 // context tokens. Small, so that a batch of one or a few sequences still spreads over the GPU.
 constexpr int kSplitGranularity = 64;
 constexpr int kTokenKernelWarps = 4;
+// Query heads one decode CTA computes at most (a larger GQA group takes several CTAs, "slices",
+// per KV head).
+constexpr int kMaxSliceHeads = 8;
 
 struct TokenKernelParams {
   void* out;                       // [T, Hq, D]
@@ -33,7 +36,8 @@ struct TokenKernelParams {
   int num_q_heads;
   int num_kv_heads;
   int group;                       // num_q_heads / num_kv_heads
-  int slices;                      // CTAs per KV head (group split into NG-wide slices)
+  int slices;                      // CTAs per KV head (the group in slices of slice_width heads)
+  int slice_width;                 // query heads per slice (the last slice may have fewer)
   int block_shift;                 // log2(block_size)
   float scale;
   int sliding_window;

@@ -1,14 +1,18 @@
-// The token kernel of paged attention: one CTA per (query token, KV-head slice, KV split), a
-// flat grid of num_tokens * num_kv_heads * slices * num_splits CTAs ordered by token_order.
+// Decode attention: one CTA per (query token, KV-head slice, KV split), a flat grid of
+// num_tokens * num_kv_heads * slices * num_splits CTAs ordered by token_order. Two kernels share
+// that grid, the K/V tile pipeline, the final cross-warp merge and the split merge:
 //
-// GQA packing: the CTA computes up to NG query heads that share one KV head, so each K/V row is
+// - token_attention_kernel (CUDA cores, every dtype and head size): lanes are grouped TPT to a
+//   key (each lane holds E = D / TPT dims), and each key group keeps its own online softmax over
+//   the rows it reads; the groups merge with log-sum-exp weights at the end.
+// - mma_token_attention_kernel (tensor cores, fp16/bf16, head sizes 64-128): the slice's query
+//   heads are the rows of mma.m16n8k16 tiles, each warp owns 16 keys of every tile.
+//
+// GQA packing: the CTA computes up to 8 query heads that share one KV head, so each K/V row is
 // read from memory once for all of them. K/V tiles stream into shared memory through cp.async,
-// kStages deep; lanes are grouped TPT to a token (each lane holds E = D / TPT dims), and each
-// token group keeps its own online softmax over the rows it reads, and the groups merge with
-// log-sum-exp weights at the end (no block-wide softmax step per tile). When the batch alone
-// cannot fill the GPU, the context is
-// split across CTAs (flash-decoding); each split writes a normalized partial output plus its
-// (max, sum) and merge_splits_kernel combines them with log-sum-exp weights.
+// STAGES deep. When the batch alone cannot fill the GPU, each query's context is split across
+// CTAs (flash-decoding); each split writes a normalized partial output plus its (max, sum) and
+// merge_splits_kernel combines them with log-sum-exp weights.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -17,10 +21,14 @@
 #include <type_traits>
 
 #include "kernels/paged_attention_cuda.cuh"
+#include "kernels/tensor_core.cuh"
 
 namespace pagedllm::kernels::attn {
 namespace {
 
+using cuda::cp_async16;
+using cuda::cp_async_commit;
+using cuda::cp_async_wait;
 using cuda::from_float;
 using cuda::to_float;
 
@@ -46,19 +54,6 @@ __device__ __forceinline__ void load_row(const T* src, float (&dst)[E]) {
   }
 }
 
-template <bool kL2Prefetch = false>
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  if constexpr (kL2Prefetch) {  // also pull the surrounding 256 bytes into L2
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
-  } else {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
-  }
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 // Tokens per pipeline tile: K + V of a tile take at most kCapBytes of shared memory; a power of
 // two in [16, 64] (so a multiple of every token-group count and softmax chunk).
 template <typename T, int D, int kCapBytes = 32768>
@@ -75,11 +70,116 @@ constexpr int tile_tokens() {
 constexpr int kStages = 3;
 constexpr int kTileCapBytes = 16384;
 
+// Shared memory the cross-warp merge needs: [WARPS][NG][D] accumulators, [WARPS][NG][2] (m, l).
+template <int D, int NG, int WARPS>
+constexpr int warp_merge_smem_bytes() { return WARPS * NG * (D + 2) * 4; }
+
 template <typename T, int D, int NG, int STAGES, int TILE>
 constexpr int token_kernel_smem_bytes() {
   constexpr int tiles = STAGES * 2 * TILE * D * static_cast<int>(sizeof(T));  // K and V tiles
-  constexpr int red = kTokenKernelWarps * NG * (D + 2) * 4;  // final merge, after the pipeline
+  constexpr int red = warp_merge_smem_bytes<D, NG, kTokenKernelWarps>();  // after the pipeline
   return tiles > red ? tiles : red;
+}
+
+// Where one CTA of a decode kernel works. Flat grid: KV-head slice fastest, then split, then
+// token rank; CTAs start in index order, so with token_order = longest context first the short
+// tokens make up the last wave. valid == false: nothing to do (a padding row, a chunk the
+// prefill kernel owns, a split past the context).
+struct DecodeWork {
+  int t, s, z;      // query token, its sequence, split
+  int kvh, g0, ng;  // KV head, the slice's first query head within the group, heads in the slice
+  int t0, t1;       // keys [t0, t1) of this split
+  bool valid;
+};
+
+__device__ __forceinline__ DecodeWork locate_work(const TokenKernelParams& p) {
+  DecodeWork w{};
+  w.valid = false;
+  const int head_slices = p.num_kv_heads * p.slices;
+  const int hs = static_cast<int>(blockIdx.x % head_slices);
+  const int rest = static_cast<int>(blockIdx.x / head_slices);
+  w.z = rest % p.num_splits;
+  const int rank = rest / p.num_splits;
+  w.t = p.token_order != nullptr ? p.token_order[rank] : rank;
+  if (w.t < 0 || w.t >= p.query_start_loc[p.num_seqs]) return w;  // padding row: nothing owns it
+  w.s = find_sequence(p.query_start_loc, p.num_seqs, w.t);
+  const int q_begin = p.query_start_loc[w.s];
+  const int q_len = p.query_start_loc[w.s + 1] - q_begin;
+  if (p.skip_long && q_len >= kPrefillMmaMinQueryLen) return w;
+  const int kv_end = p.seq_lens[w.s] - q_len + (w.t - q_begin) + 1;  // keys [kv_lo, kv_end)
+  const int kv_lo = p.sliding_window > 0 ? max(0, kv_end - p.sliding_window) : 0;
+  if (kv_end <= 0) return w;
+  const int split = split_size(kv_end, p.num_splits);
+  if (w.z < kv_lo / split || w.z > (kv_end - 1) / split) return w;
+  w.t0 = max(kv_lo, w.z * split);
+  w.t1 = min(kv_end, (w.z + 1) * split);
+  w.kvh = hs / p.slices;
+  w.g0 = (hs % p.slices) * p.slice_width;
+  w.ng = min(p.slice_width, p.group - w.g0);
+  w.valid = true;
+  return w;
+}
+
+// Issues the cp.async copies of the K and V rows of keys [base, base + TILE) of one KV head into
+// a stage laid out [K rows][V rows], RS bytes per row (rows past t1 are zero-filled). THREADS
+// threads take 16-byte chunks in turn.
+template <typename T, int D, int TILE, int RS, int THREADS>
+__device__ __forceinline__ void issue_kv_tile(unsigned char* stage, const T* kcache /* head's row 0 */,
+                                              const T* vcache, const int32_t* btab /* [max_blocks] */,
+                                              int block_shift, int64_t slot_elems, int base, int t1) {
+  constexpr int CR = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks per row
+  const int bmask = (1 << block_shift) - 1;
+#pragma unroll 4
+  for (int c = threadIdx.x; c < 2 * TILE * CR; c += THREADS) {
+    const int half = c / (TILE * CR);  // 0: K, 1: V
+    const int rem = c - half * TILE * CR;
+    const int j = rem / CR, w = rem - j * CR;
+    const int tok = base + j;
+    const T* src = half ? vcache : kcache;
+    int bytes = 0;
+    if (tok < t1) {
+      const int64_t slot = (static_cast<int64_t>(btab[tok >> block_shift]) << block_shift) | (tok & bmask);
+      src += slot * slot_elems;
+      bytes = 16;
+    }
+    cp_async16(stage + half * TILE * RS + j * RS + w * 16,
+               reinterpret_cast<const unsigned char*>(src) + w * 16, bytes);
+  }
+}
+
+// Combines the warps' softmax states of one CTA and stores the result: the output rows when
+// unsplit, else the split's normalized rows and (max, sum) in the workspace. red_acc holds each
+// warp's unnormalized accumulators relative to its max (natural-log units, in red_ml with its
+// sum of exponentials). Call after a barrier that publishes red_acc / red_ml.
+template <typename T, int D, int NG, int WARPS>
+__device__ __forceinline__ void store_warp_merge(const TokenKernelParams& p, const DecodeWork& w,
+                                                 const float* red_acc, const float* red_ml) {
+  for (int i = threadIdx.x; i < w.ng * D; i += WARPS * 32) {
+    const int g = i / D, d = i - g * D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < WARPS; ++k) mx = fmaxf(mx, red_ml[(k * NG + g) * 2]);
+    const float mu = mx == -INFINITY ? 0.0f : mx;
+    float v = 0.0f, lsum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < WARPS; ++k) {
+      const float wt = __expf(red_ml[(k * NG + g) * 2] - mu);
+      v += red_acc[(k * NG + g) * D + d] * wt;
+      lsum += red_ml[(k * NG + g) * 2 + 1] * wt;
+    }
+    const int hq = w.kvh * p.group + w.g0 + g;
+    const float o = lsum > 0.0f ? v / lsum : 0.0f;
+    if (p.num_splits == 1) {
+      static_cast<T*>(p.out)[(static_cast<int64_t>(w.t) * p.num_q_heads + hq) * D + d] = from_float<T>(o);
+    } else {
+      const int64_t idx = (static_cast<int64_t>(w.t) * p.num_q_heads + hq) * p.num_splits + w.z;
+      p.ws_out[idx * D + d] = o;
+      if (d == 0) {
+        p.ws_ml[idx * 2] = mx;
+        p.ws_ml[idx * 2 + 1] = lsum;
+      }
+    }
+  }
 }
 
 // Pipeline: K/V tiles of TILE tokens stream into shared memory with cp.async, STAGES deep, so
@@ -91,7 +191,7 @@ constexpr int token_kernel_smem_bytes() {
 // and its own E dims of acc. At the end, groups merge with log-sum-exp weights: within a warp by
 // shuffles, across warps in shared memory. Invariant: acc[g] / l[g] is the softmax-weighted sum
 // of V over the rows the group has seen, relative to the max m[g].
-template <typename T, int D, int NG, int STAGES, int TILE, bool L2PF = false>
+template <typename T, int D, int NG, int STAGES, int TILE>
 __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     token_attention_kernel(const TokenKernelParams p) {
   constexpr int TPT = threads_per_token<T, D>();
@@ -102,65 +202,25 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
   constexpr int RC = R < (16 / NG > 0 ? 16 / NG : 1) ? R : (16 / NG > 0 ? 16 / NG : 1);
   static_assert(TILE % NTG == 0 && R % RC == 0, "tile shape");
   constexpr int ROW = D * static_cast<int>(sizeof(T));  // bytes per K (or V) row
-  constexpr int CR = ROW / 16;                          // 16-byte chunks per row
   constexpr int STAGE = 2 * TILE * ROW;                 // bytes per stage: K tile then V tile
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
-  // Flat grid: KV-head slice fastest, then split, then token rank. CTAs start in index order, so
-  // with token_order = longest context first the short tokens make up the last wave.
-  const int head_slices = p.num_kv_heads * p.slices;
-  const int hs = static_cast<int>(blockIdx.x % head_slices);
-  const int rest = static_cast<int>(blockIdx.x / head_slices);
-  const int z = rest % p.num_splits;
-  const int rank = rest / p.num_splits;
-  const int t = p.token_order != nullptr ? p.token_order[rank] : rank;
-  if (t < 0 || t >= p.query_start_loc[p.num_seqs]) return;  // padding row: nothing owns it
-  const int s = find_sequence(p.query_start_loc, p.num_seqs, t);
-  const int q_begin = p.query_start_loc[s];
-  const int q_len = p.query_start_loc[s + 1] - q_begin;
-  if (p.skip_long && q_len >= kPrefillMmaMinQueryLen) return;
-  const int kv_end = p.seq_lens[s] - q_len + (t - q_begin) + 1;  // keys [kv_lo, kv_end)
-  const int kv_lo = p.sliding_window > 0 ? max(0, kv_end - p.sliding_window) : 0;
-  if (kv_end <= 0) return;
-  const int split = split_size(kv_end, p.num_splits);
-  if (z < kv_lo / split || z > (kv_end - 1) / split) return;
-  const int t0 = max(kv_lo, z * split);
-  const int t1 = min(kv_end, (z + 1) * split);
-
-  const int kvh = hs / p.slices;
-  const int g0 = (hs % p.slices) * NG;
-  const int ng = min(NG, p.group - g0);
+  const DecodeWork w = locate_work(p);
+  if (!w.valid) return;
+  const int t0 = w.t0, t1 = w.t1, ng = w.ng;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tg = tid / TPT, li = tid % TPT;
 
   const int64_t row = static_cast<int64_t>(p.num_kv_heads) * D;  // elements per cache slot
-  const T* kcache = static_cast<const T*>(p.kv_cache) + static_cast<int64_t>(kvh) * D;
+  const T* kcache = static_cast<const T*>(p.kv_cache) + static_cast<int64_t>(w.kvh) * D;
   const T* vcache = kcache + p.kv_plane;
-  const int32_t* btab = p.block_table + static_cast<int64_t>(s) * p.max_blocks;
-  const int bmask = (1 << p.block_shift) - 1;
+  const int32_t* btab = p.block_table + static_cast<int64_t>(w.s) * p.max_blocks;
   const int num_tiles = (t1 - t0 + TILE - 1) / TILE;
 
-  // Issue the copies of tile i into stage i % STAGES (rows past t1 are zero-filled).
+  // Issue the copies of tile i into stage i % STAGES.
   auto issue_tile = [&](int i) {
-    unsigned char* stage = smem_raw + (i % STAGES) * STAGE;
-    const int base = t0 + i * TILE;
-#pragma unroll 4
-    for (int c = tid; c < 2 * TILE * CR; c += kTokenKernelWarps * 32) {
-      const int half = c / (TILE * CR);  // 0: K, 1: V
-      const int rem = c - half * TILE * CR;
-      const int j = rem / CR, w = rem - j * CR;
-      const int tok = base + j;
-      const T* src = half ? vcache : kcache;
-      int bytes = 0;
-      if (tok < t1) {
-        const int64_t slot =
-            (static_cast<int64_t>(btab[tok >> p.block_shift]) << p.block_shift) | (tok & bmask);
-        src += slot * row;
-        bytes = 16;
-      }
-      cp_async16<L2PF>(stage + half * TILE * ROW + j * ROW + w * 16,
-                 reinterpret_cast<const unsigned char*>(src) + w * 16, bytes);
-    }
+    issue_kv_tile<T, D, TILE, ROW, kTokenKernelWarps * 32>(smem_raw + (i % STAGES) * STAGE, kcache, vcache,
+                                                         btab, p.block_shift, row, t0 + i * TILE, t1);
   };
 #pragma unroll
   for (int i = 0; i < STAGES - 1; ++i) {
@@ -169,8 +229,8 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
   }
 
   float q[NG][E];  // pre-scaled query rows of this CTA's heads (zero for padding heads)
-  const T* qrow = static_cast<const T*>(p.query) + static_cast<int64_t>(t) * p.q_stride +
-                  static_cast<int64_t>(kvh * p.group + g0) * D + li * E;
+  const T* qrow = static_cast<const T*>(p.query) + static_cast<int64_t>(w.t) * p.q_stride +
+                  static_cast<int64_t>(w.kvh * p.group + w.g0) * D + li * E;
 #pragma unroll
   for (int g = 0; g < NG; ++g) {
     if (g < ng) {
@@ -289,32 +349,157 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     }
   }
   __syncthreads();
-  for (int i = tid; i < ng * D; i += blockDim.x) {
-    const int g = i / D, d = i - g * D;
-    float mx = -INFINITY;
+  store_warp_merge<T, D, NG, kTokenKernelWarps>(p, w, red_acc, red_ml);
+}
+
+// The tensor-core decode kernel (fp16 / bf16, D in 64..128): the slice's query heads are rows
+// 0..ng-1 of an m16n8k16 A tile (rows ng..15 zero), so S = Q K^T for 8 keys is KS mma
+// instructions where the token kernel spends ~40 CUDA-core instructions per key and head group;
+// most of the tile's rows are padding, which costs nothing the memory-bound kernel can see.
+// Each of the WARPS warps owns 16 keys of every 16 * WARPS-key tile and keeps its own online
+// softmax in base 2; P V reuses the S fragment as the A operand (flash-attention-2 layout). K/V
+// rows sit in padded shared memory (D + 8 elements) so ldmatrix rows hit distinct banks.
+// Invariant per warp: o / l is the softmax-weighted sum of V over the keys the warp has seen,
+// relative to 2^m; l is this lane's partial sum (the quad's lanes add up at the end).
+template <typename T, int D, int STAGES, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) mma_token_attention_kernel(const TokenKernelParams p) {
+  constexpr int TILE = 16 * WARPS;  // keys per stage
+  constexpr int DP = D + 8;         // padded row, elements
+  constexpr int RS = DP * static_cast<int>(sizeof(T));
+  constexpr int STAGE = 2 * TILE * RS;
+  constexpr int KS = D / 16;  // k-steps of Q K^T
+  constexpr int DT = D / 8;   // n-tiles of P V
+  static_assert(DT % 2 == 0, "ldmatrix.x4 covers two n-tiles");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+
+  const DecodeWork w = locate_work(p);
+  if (!w.valid) return;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int gid = lane >> 2, tig = lane & 3;  // fragment row (query head) and column pair
+
+  const int64_t row = static_cast<int64_t>(p.num_kv_heads) * D;
+  const T* kcache = static_cast<const T*>(p.kv_cache) + static_cast<int64_t>(w.kvh) * D;
+  const T* vcache = kcache + p.kv_plane;
+  const int32_t* btab = p.block_table + static_cast<int64_t>(w.s) * p.max_blocks;
+  const int num_tiles = (w.t1 - w.t0 + TILE - 1) / TILE;
+  auto issue_tile = [&](int i) {
+    issue_kv_tile<T, D, TILE, RS, WARPS * 32>(smem_raw + (i % STAGES) * STAGE, kcache, vcache, btab,
+                                              p.block_shift, row, w.t0 + i * TILE, w.t1);
+  };
 #pragma unroll
-    for (int w = 0; w < kTokenKernelWarps; ++w) mx = fmaxf(mx, red_ml[(w * NG + g) * 2]);
-    const float mu = mx == -INFINITY ? 0.0f : mx;
-    float v = 0.0f, lsum = 0.0f;
+  for (int i = 0; i < STAGES - 1; ++i) {
+    if (i < num_tiles) issue_tile(i);
+    cp_async_commit();
+  }
+
+  // A fragments of Q: row gid = query head g0 + gid (zero past the slice); rows 8-15 are zero,
+  // so only a0 / a2 are loaded and a1 = a3 = 0.
+  uint32_t qa[KS][4];
+  {
+    const T* qrow = static_cast<const T*>(p.query) + static_cast<int64_t>(w.t) * p.q_stride +
+                    static_cast<int64_t>(w.kvh * p.group + w.g0 + gid) * D;
+    const bool live = gid < w.ng;
 #pragma unroll
-    for (int w = 0; w < kTokenKernelWarps; ++w) {
-      const float wt = __expf(red_ml[(w * NG + g) * 2] - mu);
-      v += red_acc[(w * NG + g) * D + d] * wt;
-      lsum += red_ml[(w * NG + g) * 2 + 1] * wt;
-    }
-    const int hq = kvh * p.group + g0 + g;
-    const float o = lsum > 0.0f ? v / lsum : 0.0f;
-    if (p.num_splits == 1) {
-      static_cast<T*>(p.out)[(static_cast<int64_t>(t) * p.num_q_heads + hq) * D + d] = from_float<T>(o);
-    } else {
-      const int64_t idx = (static_cast<int64_t>(t) * p.num_q_heads + hq) * p.num_splits + z;
-      p.ws_out[idx * D + d] = o;
-      if (d == 0) {
-        p.ws_ml[idx * 2] = mx;
-        p.ws_ml[idx * 2 + 1] = lsum;
-      }
+    for (int ks = 0; ks < KS; ++ks) {
+      qa[ks][0] = live ? *reinterpret_cast<const uint32_t*>(qrow + ks * 16 + tig * 2) : 0u;
+      qa[ks][1] = 0u;
+      qa[ks][2] = live ? *reinterpret_cast<const uint32_t*>(qrow + ks * 16 + 8 + tig * 2) : 0u;
+      qa[ks][3] = 0u;
     }
   }
+  const float scale_log2 = p.scale * 1.4426950408889634f;
+  float o[DT][4];  // [n-tile][c0..c3]; c2 / c3 (rows 8-15) stay zero
+#pragma unroll
+  for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+
+  for (int i = 0; i < num_tiles; ++i) {
+    cp_async_wait<STAGES - 2>();  // this thread's copies of tile i have landed
+    __syncthreads();              // everyone's have; and every warp is done with tile i - 1
+    if (i + STAGES - 1 < num_tiles) issue_tile(i + STAGES - 1);  // into tile i - 1's stage
+    cp_async_commit();
+    const int n = min(TILE, w.t1 - (w.t0 + i * TILE)) - warp * 16;  // valid keys of this warp
+    if (n <= 0) continue;  // warp-uniform; the barrier is at the loop's top
+    const T (*sK)[DP] = reinterpret_cast<const T (*)[DP]>(smem_raw + (i % STAGES) * STAGE) + warp * 16;
+    const T (*sV)[DP] = sK + TILE;
+
+    // S = Q K^T for the warp's 16 keys: two n-tiles of 8 keys.
+    float sc[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks + 1 < KS; ks += 2) {
+        uint32_t b[4];  // lane l addresses key nt*8 + (l & 7) at column ks*16 + (l >> 3) * 8
+        cuda::ldmatrix_x4(b, &sK[nt * 8 + (lane & 7)][ks * 16 + (lane >> 3) * 8]);
+        cuda::mma16816<T>(sc[nt], qa[ks], b[0], b[1]);
+        cuda::mma16816<T>(sc[nt], qa[ks + 1], b[2], b[3]);
+      }
+      if constexpr (KS % 2 == 1) {
+        const T* kr = &sK[nt * 8 + gid][(KS - 1) * 16 + tig * 2];
+        cuda::mma16816<T>(sc[nt], qa[KS - 1], *reinterpret_cast<const uint32_t*>(kr),
+                          *reinterpret_cast<const uint32_t*>(kr + 8));
+      }
+    }
+    // Row gid's four logits (keys nt*8 + 2*tig + {0, 1}) in base 2, keys past the end masked.
+    float x[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int key = (k >> 1) * 8 + tig * 2 + (k & 1);
+      x[k] = key < n ? sc[k >> 1][k & 1] * scale_log2 : -INFINITY;
+    }
+    float tm = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+    tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 1));
+    tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 2));  // the row's max over 16 keys (n >= 1)
+    const float m_new = fmaxf(m, tm);
+    const float alpha = exp2f(m - m_new);  // 0 while nothing was seen (m = -inf)
+    m = m_new;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) x[k] = exp2f(x[k] - m_new);
+    l = l * alpha + (x[0] + x[1]) + (x[2] + x[3]);
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+      o[dt][0] *= alpha;
+      o[dt][1] *= alpha;
+    }
+    // O += P V over the 16 keys: P's accumulator layout is the A operand (rows 8-15 zero).
+    const uint32_t pa[4] = {cuda::pack2<T>(x[0], x[1]), 0u, cuda::pack2<T>(x[2], x[3]), 0u};
+#pragma unroll
+    for (int dt = 0; dt < DT; dt += 2) {
+      uint32_t b[4];  // lanes 0-15 address keys 0..15 at column dt*8, lanes 16-31 at dt*8 + 8
+      cuda::ldmatrix_x4_trans(b, &sV[lane & 15][dt * 8 + (lane >> 4) * 8]);
+      cuda::mma16816<T>(o[dt], pa, b[0], b[1]);
+      cuda::mma16816<T>(o[dt + 1], pa, b[2], b[3]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the stages are reused for the merge below
+
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  float* red_acc = reinterpret_cast<float*>(smem_raw);  // [WARPS][kMaxSliceHeads][D]
+  float* red_ml = red_acc + WARPS * kMaxSliceHeads * D;  // [WARPS][kMaxSliceHeads][2]
+  if (gid < w.ng) {
+    float* dst = red_acc + (warp * kMaxSliceHeads + gid) * D + tig * 2;
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+      dst[dt * 8] = o[dt][0];
+      dst[dt * 8 + 1] = o[dt][1];
+    }
+    if (tig == 0) {
+      red_ml[(warp * kMaxSliceHeads + gid) * 2] = m * 0.6931471805599453f;  // natural-log units
+      red_ml[(warp * kMaxSliceHeads + gid) * 2 + 1] = l;
+    }
+  }
+  __syncthreads();
+  store_warp_merge<T, D, kMaxSliceHeads, WARPS>(p, w, red_acc, red_ml);
+}
+
+template <typename T, int D, int STAGES, int WARPS>
+constexpr int mma_kernel_smem_bytes() {
+  constexpr int tiles = STAGES * 2 * 16 * WARPS * (D + 8) * static_cast<int>(sizeof(T));
+  constexpr int red = warp_merge_smem_bytes<D, kMaxSliceHeads, WARPS>();
+  return tiles > red ? tiles : red;
 }
 
 // Combines the splits of one (token, query head): out = sum_z w_z o_z / sum_z w_z with
@@ -366,11 +551,11 @@ __global__ void merge_splits_kernel(const TokenKernelParams p, int head_dim) {
   }
 }
 
-// Query heads per CTA: the group rounded up to a power of two, at most 8 (larger groups take
-// several CTAs, "slices", per KV head).
+// Query heads per CTA: the group rounded up to a power of two, at most kMaxSliceHeads (larger
+// groups take several CTAs, "slices", per KV head).
 int slice_width(int group) {
   int ng = 1;
-  while (ng < group && ng < 8) ng *= 2;
+  while (ng < group && ng < kMaxSliceHeads) ng *= 2;
   return ng;
 }
 
@@ -406,9 +591,9 @@ int log2_exact(int v) {
   return l;
 }
 
-// Pipeline shape for tuning runs: PAGEDLLM_DECODE_VARIANT = 0 (default: 3 stages x 32-token
-// tiles for bf16 D=128), 1 (2 x 64), 2 (4 x 32), 3 (4 x 16), 4 (default + L2::256B prefetch
-// hint on the copies). Read once.
+// Kernel choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (default), 1 (the CUDA-core
+// token kernel wherever the tensor-core one would run), 5 (tensor cores, 4 warps x 3 stages of
+// 64 keys), 6 (2 warps x 4 stages of 32 keys), 7 (4 warps x 2 stages of 64 keys). Read once.
 int decode_variant() {
   static const int v = [] {
     const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
@@ -417,13 +602,11 @@ int decode_variant() {
   return v;
 }
 
-// Plans the splits for this kernel's residency, launches it, then the merge when split.
-template <typename T, int D, int NG, int STAGES, int TILE, bool L2PF = false>
-void launch_shape(TokenKernelParams p, const PagedAttentionArgs& a, cudaStream_t stream) {
-  constexpr int smem = token_kernel_smem_bytes<T, D, NG, STAGES, TILE>();
-  constexpr int threads = kTokenKernelWarps * 32;
-  auto* kernel = token_attention_kernel<T, D, NG, STAGES, TILE, L2PF>;
-  static int resident_per_sm = 0;  // per instance: opt in to > 48 KB of smem, ask occupancy once
+// Plans the splits for a kernel's residency (asked once per kernel, with its opt-in to > 48 KB
+// of smem), launches it over the flat grid, then the merge when split.
+template <typename T, int D>
+void launch_planned(void (*kernel)(TokenKernelParams), int threads, int smem, int& resident_per_sm,
+                    TokenKernelParams p, const PagedAttentionArgs& a, cudaStream_t stream) {
   if (resident_per_sm == 0) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     int n = 0;
@@ -443,7 +626,7 @@ void launch_shape(TokenKernelParams p, const PagedAttentionArgs& a, cudaStream_t
   const int64_t ctas = static_cast<int64_t>(num_tokens) * p.num_kv_heads * p.slices * p.num_splits;
   if (ctas > INT32_MAX) throw std::invalid_argument("paged_attention: batch too large for one launch");
   kernel<<<static_cast<unsigned>(ctas), threads, smem, stream>>>(p);
-  cuda::check_launch("paged_attention (token kernel)");
+  cuda::check_launch("paged_attention (decode kernel)");
   if (p.num_splits > 1) {
     const dim3 mgrid(num_tokens, p.num_q_heads);
     const size_t merge_smem = static_cast<size_t>(p.num_splits) * sizeof(float);
@@ -452,19 +635,38 @@ void launch_shape(TokenKernelParams p, const PagedAttentionArgs& a, cudaStream_t
   }
 }
 
+template <typename T, int D, int NG, int STAGES, int TILE>
+void launch_token_kernel(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
+  static int resident_per_sm = 0;
+  launch_planned<T, D>(token_attention_kernel<T, D, NG, STAGES, TILE>, kTokenKernelWarps * 32,
+                       token_kernel_smem_bytes<T, D, NG, STAGES, TILE>(), resident_per_sm, p, a, stream);
+}
+
+template <typename T, int D, int STAGES, int WARPS>
+void launch_mma_kernel(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
+  static int resident_per_sm = 0;
+  launch_planned<T, D>(mma_token_attention_kernel<T, D, STAGES, WARPS>, WARPS * 32,
+                       mma_kernel_smem_bytes<T, D, STAGES, WARPS>(), resident_per_sm, p, a, stream);
+}
+
+// The tensor-core kernel reads Q as 4-byte pairs: it needs them aligned.
+bool mma_decode_applies(const PagedAttentionArgs& a) {
+  return a.q_stride % 2 == 0 && reinterpret_cast<uintptr_t>(a.query) % 4 == 0;
+}
+
 template <typename T, int D, int NG>
 void launch_typed(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
-  constexpr bool tunable = std::is_same_v<T, __nv_bfloat16> && D == 128 && (NG == 2 || NG == 4);
-  const int variant = tunable ? decode_variant() : 0;
-  if constexpr (tunable) {
-    if (variant == 1) launch_shape<T, D, NG, 2, 64>(p, a, stream);
-    if (variant == 2) launch_shape<T, D, NG, 4, 32>(p, a, stream);
-    if (variant == 3) launch_shape<T, D, NG, 4, 16>(p, a, stream);
-    if (variant == 4) launch_shape<T, D, NG, kStages, 32, true>(p, a, stream);
+  constexpr bool has_mma = !std::is_same_v<T, float> && D <= 128;
+  const int variant = decode_variant();
+  if constexpr (has_mma) {
+    if (variant >= 5 && variant <= 7 && mma_decode_applies(a)) {
+      if (variant == 5) launch_mma_kernel<T, D, 3, 4>(p, a, stream);
+      if (variant == 6) launch_mma_kernel<T, D, 4, 2>(p, a, stream);
+      if (variant == 7) launch_mma_kernel<T, D, 2, 4>(p, a, stream);
+      return;
+    }
   }
-  if (variant < 1 || variant > 4) {
-    launch_shape<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>()>(p, a, stream);
-  }
+  launch_token_kernel<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>()>(p, a, stream);
 }
 
 template <typename T, int D>
@@ -501,7 +703,7 @@ int64_t token_attention_workspace_bytes(const PagedAttentionArgs& a) {
 
 void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   if (a.num_tokens == 0 || a.num_seqs == 0) return;
-  TokenKernelParams p{};  // the split plan and workspace pointers are set by launch_shape
+  TokenKernelParams p{};  // the split plan and workspace pointers are set by launch_planned
   p.out = a.out;
   p.query = a.query;
   p.kv_cache = a.kv_cache;
@@ -518,6 +720,7 @@ void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   p.num_kv_heads = a.num_kv_heads;
   p.group = a.num_q_heads / a.num_kv_heads;
   const int ng = slice_width(p.group);
+  p.slice_width = ng;
   p.slices = slices_per_kv_head(p.group);
   p.block_shift = log2_exact(a.block_size);
   p.scale = a.scale;
