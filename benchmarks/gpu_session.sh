@@ -36,7 +36,7 @@ fi
 if has nano; then
   stage nano
   timeout 200 python3 benchmarks/throughput.py $NANO --output-json "$OUT/nano_graphs.json" \
-    --step-log /tmp/nano_steps.json > "$OUT/nano_graphs.log" 2>&1; tail -40 "$OUT/nano_graphs.log"
+    --step-log "$OUT/nano_steps.json" > "$OUT/nano_graphs.log" 2>&1; tail -40 "$OUT/nano_graphs.log"
 fi
 if has sync; then
   stage sync  # W-nano with --no-async-scheduling (each step's outputs before the next launch)

@@ -72,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--step-log",
         type=str,
         default=None,
-        help="write one JSON record per step: tokens, sequences, host ms, model ms",
+        help="write one JSON record per step: tokens, sequences, host ms, model ms, context tokens "
+        "read (the K/V the step's attention reads), wall ms",
     )
     EngineArgs.add_cli_args(parser)
     args = parser.parse_args(argv)
@@ -154,7 +155,7 @@ def _memory_roofline(core, steps: int, context_tokens: int, elapsed: float, num_
 def _summarize_steps(step_log: list[tuple]) -> dict:
     """Mean host / model ms of decode-only steps (tokens == seqs) and of steps with prompt work."""
     kinds: dict[str, list[tuple]] = {"decode": [], "prefill_or_mixed": []}
-    for tokens, seqs, host_ms, model_ms in step_log:
+    for tokens, seqs, host_ms, model_ms, _, _ in step_log:
         kinds["decode" if tokens == seqs else "prefill_or_mixed"].append((seqs, host_ms, model_ms))
     summary = {}
     for kind, rows in kinds.items():
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             _stop_profiler(profiler, args.profile_steps)
             profiler = None
         h, m, o = core.time_host, core.time_model, engine._time_output
+        c, w = core.num_context_tokens, time.perf_counter()
         for out in engine.step():
             if out.finished:
                 num_output += len(out.outputs[0].token_ids)
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.step_log:
             step_log.append((core.last_num_tokens, core.last_num_seqs,
                              1000 * (core.time_host - h + engine._time_output - o),
-                             1000 * (core.time_model - m)))
+                             1000 * (core.time_model - m), core.num_context_tokens - c,
+                             1000 * (time.perf_counter() - w)))
     elapsed = time.perf_counter() - start
 
     num_prompt = sum(len(r.prompt_token_ids) for r in requests)
@@ -271,7 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     if step_log:
         result["steps_by_kind"] = _summarize_steps(step_log)
         with open(args.step_log, "w") as f:
-            json.dump([dict(zip(("tokens", "seqs", "host_ms", "model_ms"), r)) for r in step_log],
+            json.dump([dict(zip(("tokens", "seqs", "host_ms", "model_ms", "context_tokens", "wall_ms"), r))
+                       for r in step_log],
                       f)
     print(json.dumps(result, indent=2))
     if args.output_json:

@@ -65,8 +65,7 @@ constexpr int tile_tokens() {
 }
 // Default pipeline: three stages of up-to-16 KB tiles (32 tokens at bf16 D=128). Measured on an
 // H100 (benchmarks/kernels/NOTES.md, v4): 5-17% faster than two stages of 32 KB tiles, which
-// beat four stages of 16 KB and three of 32 KB. Other shapes can be selected for tuning with
-// PAGEDLLM_DECODE_VARIANT (bf16, head_dim 128, group widths 2 and 4 only; see decode_variant()).
+// beat four stages of 16 KB and three of 32 KB (those shapes were removed after the measurement).
 constexpr int kStages = 3;
 constexpr int kTileCapBytes = 16384;
 
@@ -565,6 +564,18 @@ int slices_per_kv_head(int group) {
   return (group + ng - 1) / ng;
 }
 
+// Kernel and plan choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (the default policy,
+// see launch_typed), 1 (the CUDA-core token kernel everywhere), 5 (the tensor-core kernel, 4 warps
+// x 3 stages of 64 keys, wherever it can run, group 1-2 included), 7 (the same with 2 stages),
+// 8 (the default policy with the split count rounded up instead of down). Read once.
+int decode_variant() {
+  static const int v = [] {
+    const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
+    return env ? std::atoi(env) : 0;
+  }();
+  return v;
+}
+
 // At most this many token-kernel CTAs are resident per SM (128 threads, >= 48 KB of stages):
 // the workspace is sized with it, so it bounds every plan.
 constexpr int kMaxResidentPerSm = 8;
@@ -582,24 +593,14 @@ int plan_splits(const PagedAttentionArgs& a, int resident_per_sm) {
   const int parts = std::max(1, (a.max_seq_len + kSplitGranularity - 1) / kSplitGranularity);
   const int64_t ctas = std::max<int64_t>(1, a.num_tokens) * a.num_kv_heads * slices;
   const int64_t slots = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, slots / ctas)));
+  const int64_t fill = decode_variant() == 8 ? (slots + ctas - 1) / ctas : slots / ctas;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, fill)));
 }
 
 int log2_exact(int v) {
   int l = 0;
   while ((1 << l) < v) ++l;
   return l;
-}
-
-// Kernel choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (default), 1 (the CUDA-core
-// token kernel wherever the tensor-core one would run), 5 (tensor cores, 4 warps x 3 stages of
-// 64 keys), 6 (2 warps x 4 stages of 32 keys), 7 (4 warps x 2 stages of 64 keys). Read once.
-int decode_variant() {
-  static const int v = [] {
-    const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
-    return env ? std::atoi(env) : 0;
-  }();
-  return v;
 }
 
 // Plans the splits for a kernel's residency (asked once per kernel, with its opt-in to > 48 KB
@@ -654,15 +655,21 @@ bool mma_decode_applies(const PagedAttentionArgs& a) {
   return a.q_stride % 2 == 0 && reinterpret_cast<uintptr_t>(a.query) % 4 == 0;
 }
 
+// Default policy: the tensor-core kernel for slices of >= 4 query heads (fp16 / bf16, D <= 128),
+// the CUDA-core token kernel otherwise. Measured on an H100 (benchmarks/kernels/NOTES.md): at
+// group 4 the tensor-core kernel is 4-18% faster on uniform and long ragged batches (B=64
+// L=4096 426.8 -> 394.1 us); at group 2 the token kernel is 12% faster on W-nano-like ragged
+// batches (228 vs 260 us): its CUDA-core work halves with the group, and its 48 KB stages fit
+// 4 CTAs per SM against the tensor-core kernel's 2.
 template <typename T, int D, int NG>
 void launch_typed(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
   constexpr bool has_mma = !std::is_same_v<T, float> && D <= 128;
-  const int variant = decode_variant();
   if constexpr (has_mma) {
-    if (variant >= 5 && variant <= 7 && mma_decode_applies(a)) {
-      if (variant == 5) launch_mma_kernel<T, D, 3, 4>(p, a, stream);
-      if (variant == 6) launch_mma_kernel<T, D, 4, 2>(p, a, stream);
+    const int variant = decode_variant();
+    const bool use_mma = variant == 5 || variant == 7 || ((variant == 0 || variant == 8) && NG >= 4);
+    if (use_mma && mma_decode_applies(a)) {
       if (variant == 7) launch_mma_kernel<T, D, 2, 4>(p, a, stream);
+      else launch_mma_kernel<T, D, 3, 4>(p, a, stream);
       return;
     }
   }
