@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a run cut short still shows its steady-state rate",
     )
     parser.add_argument(
+        "--gpu-idle",
+        action="store_true",
+        help="measure how long the GPU waits between steps (CUDA events around each step's "
+        "forward + sampling, all on the current stream); adds gpu_idle_* to the result",
+    )
+    parser.add_argument(
         "--step-log",
         type=str,
         default=None,
@@ -152,6 +158,48 @@ def _memory_roofline(core, steps: int, context_tokens: int, elapsed: float, num_
     }
 
 
+class _GpuIdleMeter:
+    """GPU time between steps: an event before each step's forward and one after its sampling
+    (the engine queues both on the current stream). A step's span is start -> end; the gap
+    before it is the previous end -> its start, i.e. time the GPU had nothing queued, waiting
+    for the host to apply the last tokens and plan, prepare and launch the next step."""
+
+    def __init__(self, core) -> None:
+        import torch
+
+        self._events: list[tuple] = []
+        runner, sampler = core.runner, core.sampler
+        forward, sample = runner.execute_model, sampler.sample_async
+
+        def timed_forward(*a, **k):
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._events.append([start, None])
+            return forward(*a, **k)
+
+        def timed_sample(*a, **k):
+            pending = sample(*a, **k)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events[-1][1] = end
+            return pending
+
+        runner.execute_model, sampler.sample_async = timed_forward, timed_sample
+
+    def summary(self) -> dict:
+        import torch
+
+        torch.cuda.synchronize()
+        steps = [(s, e) for s, e in self._events if e is not None]
+        busy = sum(s.elapsed_time(e) for s, e in steps)
+        gaps = [steps[i - 1][1].elapsed_time(steps[i][0]) for i in range(1, len(steps))]
+        span = steps[0][0].elapsed_time(steps[-1][1]) if steps else 0.0
+        return {"gpu_idle_steps": len(steps), "gpu_step_busy_ms": round(busy, 1),
+                "gpu_idle_between_steps_ms": round(sum(gaps), 1),
+                "gpu_idle_fraction": round(sum(gaps) / span, 4) if span else 0.0,
+                "gpu_idle_mean_gap_ms": round(sum(gaps) / max(len(gaps), 1), 3)}
+
+
 def _summarize_steps(step_log: list[tuple]) -> dict:
     """Mean host / model ms of decode-only steps (tokens == seqs) and of steps with prompt work."""
     kinds: dict[str, list[tuple]] = {"decode": [], "prefill_or_mixed": []}
@@ -195,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         while engine.has_unfinished_requests():
             engine.step()
     core = engine.engine_core
+    idle_meter = _GpuIdleMeter(core) if args.gpu_idle else None
     steps0, host0, model0 = core.num_steps, core.time_host, core.time_model
     ctx0 = core.num_context_tokens
     out0 = engine._time_output
@@ -268,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
         "num_preemptions": stats.num_preemptions,
         "kv_blocks_total": stats.num_blocks_total,
     }
+    if idle_meter is not None:
+        result.update(idle_meter.summary())
     if str(core.device).startswith("cuda"):
         result.update(_memory_roofline(core, steps, core.num_context_tokens - ctx0, elapsed,
                                        num_output))
