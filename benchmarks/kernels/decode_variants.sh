@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Decode-attention kernel variants side by side on one GPU (after gpu_session.sh's build stage):
 # the kernel tests under each variant, then the same decode cases per variant, all in two logs.
-#   bash benchmarks/kernels/decode_variants.sh OUT_DIR "0 5 6 7"
+#   bash benchmarks/kernels/decode_variants.sh OUT_DIR "0 1 5"
 # Variants: PAGEDLLM_DECODE_VARIANT in csrc/kernels/paged_attention_decode.cu (decode_variant()).
 # Env: CASES (uniform BxL list), RAGGED, RAGGED_G2 (ragged cases at group 2, Qwen3-0.6B's),
 # HINT_CASES (cases re-run with a 40,960-token max_seq_len hint, as in a CUDA graph).

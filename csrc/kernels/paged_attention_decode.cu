@@ -68,6 +68,11 @@ constexpr int tile_tokens() {
 // beat four stages of 16 KB and three of 32 KB (those shapes were removed after the measurement).
 constexpr int kStages = 3;
 constexpr int kTileCapBytes = 16384;
+// Tensor-core kernel: 4 warps x 16 keys = 64-key tiles, 3 stages (104 KB at D=128: 2 CTAs per SM).
+// Measured against 2 warps x 4 stages of 32 keys (slower everywhere, up to 1.5x) and 4 warps x
+// 2 stages (3 CTAs per SM: 4% faster on short ragged batches, up to 28% slower on uniform ones).
+constexpr int kMmaStages = 3;
+constexpr int kMmaWarps = 4;
 
 // Shared memory the cross-warp merge needs: [WARPS][NG][D] accumulators, [WARPS][NG][2] (m, l).
 template <int D, int NG, int WARPS>
@@ -564,20 +569,8 @@ int slices_per_kv_head(int group) {
   return (group + ng - 1) / ng;
 }
 
-// Kernel and plan choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (the default policy,
-// see launch_typed), 1 (the CUDA-core token kernel everywhere), 5 (the tensor-core kernel, 4 warps
-// x 3 stages of 64 keys, wherever it can run, group 1-2 included), 7 (the same with 2 stages),
-// 8 (the default policy with the split count rounded up instead of down). Read once.
-int decode_variant() {
-  static const int v = [] {
-    const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
-    return env ? std::atoi(env) : 0;
-  }();
-  return v;
-}
-
-// At most this many token-kernel CTAs are resident per SM (128 threads, >= 48 KB of stages):
-// the workspace is sized with it, so it bounds every plan.
+// At most this many decode CTAs are resident per SM (the token kernel: 128 threads, >= 48 KB of
+// stages; the tensor-core kernel fits fewer): the workspace is sized with it, so it bounds every plan.
 constexpr int kMaxResidentPerSm = 8;
 
 // Splits per (token, head slice): 1 once the batch alone fills one wave of the CTAs that fit at
@@ -593,8 +586,7 @@ int plan_splits(const PagedAttentionArgs& a, int resident_per_sm) {
   const int parts = std::max(1, (a.max_seq_len + kSplitGranularity - 1) / kSplitGranularity);
   const int64_t ctas = std::max<int64_t>(1, a.num_tokens) * a.num_kv_heads * slices;
   const int64_t slots = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm);
-  const int64_t fill = decode_variant() == 8 ? (slots + ctas - 1) / ctas : slots / ctas;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, fill)));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, slots / ctas)));
 }
 
 int log2_exact(int v) {
@@ -655,6 +647,18 @@ bool mma_decode_applies(const PagedAttentionArgs& a) {
   return a.q_stride % 2 == 0 && reinterpret_cast<uintptr_t>(a.query) % 4 == 0;
 }
 
+// Kernel choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (the default policy, see
+// launch_typed), 1 (the CUDA-core token kernel everywhere), 5 (the tensor-core kernel wherever it
+// can run, groups 1-2 included). Read once. (Also measured and removed: the tensor-core kernel
+// with 2 stages, 3 CTAs per SM; the split count rounded up. benchmarks/kernels/NOTES.md.)
+int decode_variant() {
+  static const int v = [] {
+    const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
+    return env ? std::atoi(env) : 0;
+  }();
+  return v;
+}
+
 // Default policy: the tensor-core kernel for slices of >= 4 query heads (fp16 / bf16, D <= 128),
 // the CUDA-core token kernel otherwise. Measured on an H100 (benchmarks/kernels/NOTES.md): at
 // group 4 the tensor-core kernel is 4-18% faster on uniform and long ragged batches (B=64
@@ -666,10 +670,9 @@ void launch_typed(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaS
   constexpr bool has_mma = !std::is_same_v<T, float> && D <= 128;
   if constexpr (has_mma) {
     const int variant = decode_variant();
-    const bool use_mma = variant == 5 || variant == 7 || ((variant == 0 || variant == 8) && NG >= 4);
+    const bool use_mma = variant == 5 || (variant != 1 && NG >= 4);
     if (use_mma && mma_decode_applies(a)) {
-      if (variant == 7) launch_mma_kernel<T, D, 2, 4>(p, a, stream);
-      else launch_mma_kernel<T, D, 3, 4>(p, a, stream);
+      launch_mma_kernel<T, D, kMmaStages, kMmaWarps>(p, a, stream);
       return;
     }
   }
