@@ -334,6 +334,13 @@ inline void paged_attention(const TensorTuple& out_t, const TensorTuple& query_t
   if (max_query_len <= 0 || max_seq_len <= 0) {
     fail("max_query_len and max_seq_len must be positive upper bounds on the CUDA path");
   }
+  // The CUDA kernels move query, K/V and output rows in 16-byte words.
+  const int64_t elem = kernels::dtype_size(a.dtype);
+  const std::pair<const char*, const void*> rows[] = {{"query", a.query}, {"kv_cache", a.kv_cache}, {"out", a.out}};
+  for (const auto& [name, ptr] : rows) {
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) fail(std::string(name) + ": data must be 16-byte aligned on CUDA");
+  }
+  if (a.q_stride * elem % 16 != 0) fail("query: token stride must be a multiple of 16 bytes on CUDA");
   const int64_t need = kernels::paged_attention_workspace_bytes(a);
   if (workspace_bytes < need || (need > 0 && workspace == 0)) {
     fail("workspace: " + std::to_string(need) + " bytes needed, " + std::to_string(workspace_bytes) + " given");

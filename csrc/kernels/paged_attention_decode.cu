@@ -642,11 +642,6 @@ void launch_mma_kernel(const TokenKernelParams& p, const PagedAttentionArgs& a, 
                        mma_kernel_smem_bytes<T, D, STAGES, WARPS>(), resident_per_sm, p, a, stream);
 }
 
-// The tensor-core kernel reads Q as 4-byte pairs: it needs them aligned.
-bool mma_decode_applies(const PagedAttentionArgs& a) {
-  return a.q_stride % 2 == 0 && reinterpret_cast<uintptr_t>(a.query) % 4 == 0;
-}
-
 // Kernel choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (the default policy, see
 // launch_typed), 1 (the CUDA-core token kernel everywhere), 5 (the tensor-core kernel wherever it
 // can run, groups 1-2 included). Read once. (Also measured and removed: the tensor-core kernel
@@ -671,7 +666,7 @@ void launch_typed(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaS
   if constexpr (has_mma) {
     const int variant = decode_variant();
     const bool use_mma = variant == 5 || (variant != 1 && NG >= 4);
-    if (use_mma && mma_decode_applies(a)) {
+    if (use_mma) {  // the binding guarantees 16-byte aligned query rows (read as 4-byte pairs here)
       launch_mma_kernel<T, D, kMmaStages, kMmaWarps>(p, a, stream);
       return;
     }

@@ -204,6 +204,30 @@ def test_decode_on_side_stream_and_graph_gpu():
     assert rel_err(out, expect) < TOL[torch.bfloat16]
 
 
+@requires_gpu
+def test_misaligned_query_and_out_gpu():
+    # Views whose data start off a 16-byte boundary: the op copies them to aligned memory; the
+    # binding, called directly, refuses them instead of faulting in the kernel.
+    query, kv, table, qsl, lens = make_batch([(1, 300), (1, 17)], 2, 4, 128, 16, torch.bfloat16,
+                                             "cuda", 5)
+    scale = 128 ** -0.5
+    expect = ref.paged_attention(query.float(), kv.float(), table, qsl, lens, scale)
+    flat_q = torch.empty(query.numel() + 1, dtype=query.dtype, device="cuda")
+    shifted_q = flat_q[1:].view(query.shape)  # 2 bytes past an aligned allocation
+    shifted_q.copy_(query)
+    flat_out = torch.full((query.numel() + 1,), float("nan"), dtype=query.dtype, device="cuda")
+    shifted_out = flat_out[1:].view(query.shape)
+    got = ops.paged_attention(shifted_q, kv, table, qsl, lens, scale, 1, 300, out=shifted_out)
+    assert got.data_ptr() == shifted_out.data_ptr()
+    assert rel_err(shifted_out, expect) < TOL[torch.bfloat16]
+
+    out = torch.empty_like(query)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        _C.ops.paged_attention(out=desc(out), query=desc(shifted_q), kv_cache=desc(kv),
+                               block_table=desc(table), query_start_loc=desc(qsl),
+                               seq_lens=desc(lens), scale=scale, max_query_len=1, max_seq_len=300)
+
+
 # ------------------------------------------------------------------------- reshape_and_cache
 def check_reshape_and_cache(dtype, device, num_tokens, block_size, strided):
     g = torch.Generator().manual_seed(num_tokens)

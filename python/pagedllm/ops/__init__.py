@@ -135,8 +135,11 @@ def paged_attention(
                                     scale, max_query_len, max_seq_len, out, sliding_window)
     if query.stride(-1) != 1 or query.stride(1) != query.shape[2]:
         query = query.contiguous()
+    if query.is_cuda and (query.data_ptr() % 16 or query.stride(0) * query.element_size() % 16):
+        query = query.clone(memory_format=torch.contiguous_format)  # rows move in 16-byte words
     target = out
-    if out is None or not out.is_contiguous() or out.dtype != query.dtype:
+    if (out is None or not out.is_contiguous() or out.dtype != query.dtype
+            or (out.is_cuda and out.data_ptr() % 16)):
         target = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     if kv_cache.is_cuda:
         if max_query_len <= 0:
