@@ -116,6 +116,10 @@ def measure(engine: LLMEngine, num_seqs: int, warmup: int, steps: int, prompt_le
         if core.scheduler.stats().num_running != num_seqs:
             raise RuntimeError("the batch shrank during the timed steps")
     engine.abort_request([f"r{i}" for i in range(num_seqs)])
+    for _ in range(3):  # async scheduling: the step already in flight is drained by a step
+        if not engine.has_unfinished_requests():
+            break
+        engine.step()
     if engine.has_unfinished_requests():
         raise RuntimeError("requests left after abort")
     return {

@@ -11,6 +11,7 @@ output processing) and model (forward + sampling) time.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -200,6 +201,27 @@ class _GpuIdleMeter:
                 "gpu_idle_mean_gap_ms": round(sum(gaps) / max(len(gaps), 1), 3)}
 
 
+def _log_call(step_log: list[list], unfinished: collections.deque, core, context_tokens: int,
+              finished: int, costs: tuple) -> None:
+    """One engine.step() call into the step log: a record per launched plan (tokens, sequences,
+    context tokens read), and the call's host / model / wall ms charged to the plan it finished
+    (with async scheduling a call finishes the previous call's plan and launches the next, so
+    the wall time of waiting for a step lands on that step). A call that finished nothing (the
+    first async launch) charges the plan it launched. context_tokens > 0: a plan was launched."""
+    if context_tokens > 0:
+        record = [core.last_num_tokens, core.last_num_seqs, 0.0, 0.0, context_tokens, 0.0]
+        step_log.append(record)
+        unfinished.append(record)
+    charged = None
+    for _ in range(min(finished, len(unfinished))):
+        charged = unfinished.popleft()
+    if charged is None and unfinished:
+        charged = unfinished[-1]
+    if charged is not None:
+        for k, cost in zip((2, 3, 5), costs):
+            charged[k] += cost
+
+
 def _summarize_steps(step_log: list[tuple]) -> dict:
     """Mean host / model ms of decode-only steps (tokens == seqs) and of steps with prompt work."""
     kinds: dict[str, list[tuple]] = {"decode": [], "prefill_or_mixed": []}
@@ -263,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
             ),
         )
     num_output = 0
-    step_log: list[tuple] = []
+    step_log: list[list] = []
+    unfinished: collections.deque = collections.deque()  # step_log records still on the GPU
     profiler = None
     gen0 = core.num_generation_tokens
     next_progress = start + args.progress_every
@@ -275,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
             _stop_profiler(profiler, args.profile_steps)
             profiler = None
         h, m, o = core.time_host, core.time_model, engine._time_output
-        c, w = core.num_context_tokens, time.perf_counter()
+        c, n, w = core.num_context_tokens, core.num_steps, time.perf_counter()
         for out in engine.step():
             if out.finished:
                 num_output += len(out.outputs[0].token_ids)
@@ -287,10 +310,10 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{engine.get_stats().num_running} running", file=sys.stderr, flush=True)
             next_progress = now + args.progress_every
         if args.step_log:
-            step_log.append((core.last_num_tokens, core.last_num_seqs,
-                             1000 * (core.time_host - h + engine._time_output - o),
-                             1000 * (core.time_model - m), core.num_context_tokens - c,
-                             1000 * (time.perf_counter() - w)))
+            _log_call(step_log, unfinished, core, context_tokens=core.num_context_tokens - c,
+                      finished=core.num_steps - n,
+                      costs=(1000 * (core.time_host - h + engine._time_output - o),
+                             1000 * (core.time_model - m), 1000 * (time.perf_counter() - w)))
     elapsed = time.perf_counter() - start
 
     num_prompt = sum(len(r.prompt_token_ids) for r in requests)

@@ -1,0 +1,59 @@
+"""benchmarks/throughput.py on the CPU: the step log adds up, and step_log_summary.py's
+groups account for every step against the floor it computes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    sys.path.insert(0, str(BENCHMARKS))  # throughput.py imports its sibling modules
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+@pytest.mark.parametrize("scheduling", ("--async-scheduling", "--no-async-scheduling"))
+def test_step_log_records_every_step(tmp_path, scheduling):
+    bench = load("throughput")
+    log = tmp_path / "steps.json"
+    result = bench.main(["--input-len", "16", "--output-len", "5", "--num-prompts", "3",
+                         "--step-log", str(log), "--max-num-batched-tokens", "32", scheduling])
+    steps = json.loads(log.read_text())
+    assert len(steps) == result["num_steps"]
+    # Each prompt token is computed once, each output token but the last is fed back once.
+    assert sum(s["tokens"] for s in steps) == 3 * 16 + 3 * (5 - 1)
+    for s in steps:
+        assert s["context_tokens"] >= s["tokens"] >= s["seqs"] > 0
+        assert s["wall_ms"] >= s["model_ms"] >= 0.0
+    assert any(s["tokens"] > s["seqs"] for s in steps)    # prompt chunks
+    assert any(s["tokens"] == s["seqs"] for s in steps)   # pure decode steps
+    # Every call's wall time is charged to some step.
+    assert sum(s["wall_ms"] for s in steps) <= 1000 * result["elapsed_time"] + 1.0
+
+
+def test_step_log_summary_groups_and_floor():
+    summary = load("step_log_summary")
+    run = {"read_bandwidth_gbs": 1.0, "weight_bytes": 10**6, "kv_bytes_per_token": 1000}
+    steps = ([{"tokens": 300, "seqs": 3, "context_tokens": 300, "wall_ms": 100.0}]
+             + [{"tokens": 250, "seqs": 250, "context_tokens": 10000, "wall_ms": 20.0}] * 4
+             + [{"tokens": 10, "seqs": 10, "context_tokens": 100, "wall_ms": 5.0}] * 2)
+    rows = {r["group"]: r for r in summary.summarize(steps, run)}
+    assert set(rows) == {"prefill / mixed", "decode, >= 200 seqs", "decode, < 33 seqs"}
+    big = rows["decode, >= 200 seqs"]
+    assert big["steps"] == 4 and big["wall_ms"] == 80.0
+    # Floor per step: (10^6 + 10,000 * 1,000) bytes at 1 GB/s = 11 ms.
+    assert big["floor_ms"] == pytest.approx(44.0)
+    assert big["efficiency"] == pytest.approx(44.0 / 80.0, abs=1e-4)
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0, abs=1e-3)
