@@ -142,16 +142,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--configs", nargs="*", default=None,
                    help="subset of <sampling>/<detok|nodetok> names (default: all four)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-model-len", type=int, default=512,
+                   help="engine max_model_len: the block table's width grows with it")
     p.add_argument("--output-json", default=None)
     p.add_argument("--profile", action="store_true",
                    help="cProfile the timed steps; the top functions go to stderr")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_model("llama", os.path.join(tmp, "llama"), num_hidden_layers=1)
+        model_dir = make_tiny_model("llama", os.path.join(tmp, "llama"), num_hidden_layers=1,
+                                    max_position_embeddings=max(args.max_model_len, 512))
         engine_args = EngineArgs(
             model=str(model_dir), device="cpu", dtype="float32", seed=args.seed,
-            max_model_len=512, max_num_seqs=args.num_seqs,
+            max_model_len=args.max_model_len, max_num_seqs=args.num_seqs,
             kv_cache_space_bytes=256 << 20, disable_log_stats=True,
         )
         engine = LLMEngine.from_engine_args(engine_args)
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "num_seqs": args.num_seqs,
         "steps": args.steps,
         "prompt_len": args.prompt_len,
+        "max_model_len": args.max_model_len,
         "output_kind": args.output_kind,
         "machine": platform.processor() or platform.machine(),
         "python": sys.version.split()[0],

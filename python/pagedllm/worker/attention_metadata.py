@@ -16,7 +16,9 @@ class AttentionMetadata:
     context, and block_table[i] lists at least ceil(seq_lens[i] / block_size) real blocks.
     """
     slot_mapping: torch.Tensor      # [T] int32, slot of each token's K/V (-1: do not write)
-    block_table: torch.Tensor       # [S, max_blocks] int32, padded with null block 0
+    # [S, W] int32, W <= max_blocks_per_seq: any width covering every row's blocks (the step's
+    # used columns, or the full width CUDA graphs captured); padded with null block 0
+    block_table: torch.Tensor
     query_start_loc: torch.Tensor   # [S + 1] int32
     seq_lens: torch.Tensor          # [S] int32, context length including this step's tokens
     num_seqs: int

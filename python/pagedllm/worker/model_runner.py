@@ -195,7 +195,7 @@ class ModelRunner:
 
     def _prepare(self, plan: Any) -> StepInputs:
         if self.device.type == "cpu":
-            return build_cpu_inputs(plan)
+            return build_cpu_inputs(plan, self.block_size)
         return self._input_buffers().build(plan)
 
     def _input_buffers(self) -> CudaInputBuffers:
