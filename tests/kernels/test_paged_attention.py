@@ -128,6 +128,8 @@ GPU_CONFIGS = [(dt, d, bs, g) for dt in DTYPES for d in (64, 128) for bs in (16,
                for g in (1, 4, 8)]
 GPU_CONFIGS += [(torch.bfloat16, d, 16, 4) for d in (80, 96, 256)]
 GPU_CONFIGS += [(torch.float16, d, 32, 2) for d in (80, 96, 256)]
+# Groups that are not a power of two: slices of 8 (or 4) heads, the last one partly padding.
+GPU_CONFIGS += [(torch.bfloat16, 128, 16, 6), (torch.float16, 64, 16, 12), (torch.float32, 128, 16, 6)]
 
 
 @pytest.mark.parametrize("dtype,head_dim,block_size,group", GPU_CONFIGS)
