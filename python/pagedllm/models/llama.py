@@ -64,10 +64,9 @@ class LlamaAttention(nn.Module):
         self.rotary_emb = rotary_emb   # shared by all layers: one cos/sin table per model
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
                               self.num_kv_heads, sliding_window=sliding_window)
-        self.qk_norm = options.qk_norm
-        if self.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        # Qwen3's per-head RMSNorm of q and k (None elsewhere), fused into the rotation.
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if options.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if options.qk_norm else None
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -75,10 +74,7 @@ class LlamaAttention(nn.Module):
         # Views into qkv, no copies: the kernels take rows with any stride as long as each
         # row is dense (rotary rotates them in place inside qkv).
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm:   # per-head RMSNorm, fused into the rotation (in place in qkv)
-            q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm)
-        else:
-            q, k = self.rotary_emb(positions, q, k)
+        q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm)  # in place in qkv
         out = self.attn(q, k, v, kv_cache, meta)               # [T, Hq * D]
         return self.o_proj(out)
 

@@ -133,10 +133,11 @@ def paged_attention(
     if not usable:
         return _ref.paged_attention(query, kv_cache, block_table, query_start_loc, seq_lens,
                                     scale, max_query_len, max_seq_len, out, sliding_window)
-    if query.stride(-1) != 1 or query.stride(1) != query.shape[2]:
-        query = query.contiguous()
-    if query.is_cuda and (query.data_ptr() % 16 or query.stride(0) * query.element_size() % 16):
-        query = query.clone(memory_format=torch.contiguous_format)  # rows move in 16-byte words
+    # Heads must be dense; on CUDA rows must also start on 16-byte boundaries (the kernels move
+    # 16-byte words). Anything else is copied.
+    if (query.stride(-1) != 1 or query.stride(1) != query.shape[2]
+            or (query.is_cuda and (query.data_ptr() % 16 or query.stride(0) * query.element_size() % 16))):
+        query = query.clone(memory_format=torch.contiguous_format)
     target = out
     if (out is None or not out.is_contiguous() or out.dtype != query.dtype
             or (out.is_cuda and out.data_ptr() % 16)):
