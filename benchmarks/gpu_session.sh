@@ -8,7 +8,8 @@
 # peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark).
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
 # Env: GPU_TEST_DIRS (pytest dirs of the test stage), W8B_TIMEOUT, W8B_ARGS (extra engine flags for 8b),
-# KERNEL_ARGS (case selection of the kernels stage), KERNEL_TIMEOUT.
+# KERNEL_ARGS (case selection of the kernels stage), KERNEL_TIMEOUT, GPU_TEST_ARGS (extra pytest
+# arguments of the test stage, e.g. -n 4), NANO_ARGS (extra throughput.py flags of the nano stage).
 set -uo pipefail
 OUT=${1:?output dir}
 STAGES=${2:-"build test nano"}
@@ -31,12 +32,12 @@ fi
 if has test; then
   stage test
   (cd tests && PAGEDLLM_REPORT_DIR="$OUT" timeout 330 python3 -m pytest -q -p no:cacheprovider \
-     -m gpu -rfE ${GPU_TEST_DIRS:-kernels models engine gpu distributed} 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25)
+     -m gpu -rfE ${GPU_TEST_ARGS:-} ${GPU_TEST_DIRS:-kernels models engine gpu distributed} 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25)
 fi
 if has nano; then
   stage nano
   timeout 200 python3 benchmarks/throughput.py $NANO --output-json "$OUT/nano_graphs.json" \
-    --step-log "$OUT/nano_steps.json" > "$OUT/nano_graphs.log" 2>&1; tail -40 "$OUT/nano_graphs.log"
+    --step-log "$OUT/nano_steps.json" ${NANO_ARGS:-} > "$OUT/nano_graphs.log" 2>&1; tail -40 "$OUT/nano_graphs.log"
 fi
 if has sync; then
   stage sync  # W-nano with --no-async-scheduling (each step's outputs before the next launch)

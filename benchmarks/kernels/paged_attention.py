@@ -1,6 +1,7 @@
 """Paged-attention kernel benchmark: decode GB/s vs copy bandwidth, prefill TFLOP/s vs SDPA.
 
-Decode: B in {1, 16, 64, 256} x L in {512, 4096, 16384}, Hkv=8, Hq=32, D=128, bf16, block 16.
+Decode: B in {1, 16, 64, 256} x L in {512, 4096, 16384}, Hkv=8, Hq=32, D=128, bf16, block 16
+(each can be changed by a flag, as can the block order and FlashInfer's cache layout).
 Bytes counted = K and V of every context token read once (+ q and out, negligible). Peers in
 the same run: FlashInfer's BatchDecodeWithPagedKVCacheWrapper on the same paged cache (skipped
 if it does not import or build) and torch SDPA on pre-gathered contiguous KV (gather not timed).
@@ -32,6 +33,8 @@ HKV, HQ, D, BS = 8, 32, 128, 16
 HINT_LEN = 0  # --hint-len
 WITH_SDPA = True  # --no-sdpa
 DTYPE = torch.bfloat16
+SEQUENTIAL_BLOCKS = False  # --block-order sequential
+FI_LAYOUT = "NHD"  # --fi-layout: FlashInfer reads a copy of the cache in this layout
 
 
 def time_fn(fn, calls: int, repeats: int) -> tuple[float, str]:
@@ -102,7 +105,10 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int,
     copies = max(1, min(16, math.ceil(256e6 / kv_bytes)))  # > L2 in total
     num_blocks = copies * batch * blocks_per_seq + 1
     kv = torch.randn(2, num_blocks, BS, HKV, D, device="cuda", dtype=DTYPE)
-    perm = torch.randperm(num_blocks - 1, device="cuda", dtype=torch.int32) + 1
+    if SEQUENTIAL_BLOCKS:  # each sequence's blocks adjacent in memory (a fresh cache)
+        perm = torch.arange(1, num_blocks, device="cuda", dtype=torch.int32)
+    else:  # scattered, as in a cache that has served for a while
+        perm = torch.randperm(num_blocks - 1, device="cuda", dtype=torch.int32) + 1
     tables = perm[: copies * batch * blocks_per_seq].view(copies, batch, blocks_per_seq)
     query = torch.randn(batch, HQ, D, device="cuda", dtype=DTYPE)
     out = torch.empty_like(query)
@@ -138,6 +144,8 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int,
         try:
             # CUDA-graph mode wrappers (fixed index buffers), planned outside the capture.
             wrappers = []
+            # HND: [NB, Hkv, BS, D] per K and V, a head's rows of a block adjacent.
+            fi_kv = kv if FI_LAYOUT == "NHD" else kv.transpose(2, 3).contiguous()
             nblocks = [math.ceil(n / BS) for n in lens_list]
             for c in range(min(copies, 4)):  # a few planned copies suffice to defeat L2
                 indptr = torch.tensor([0] + nblocks, dtype=torch.int32).cumsum(0).to(torch.int32).cuda()
@@ -146,7 +154,7 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int,
                                     device="cuda", dtype=torch.int32)
                 ws = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
                 w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-                    ws, "NHD", use_cuda_graph=True, paged_kv_indptr_buffer=indptr,
+                    ws, FI_LAYOUT, use_cuda_graph=True, paged_kv_indptr_buffer=indptr,
                     paged_kv_indices_buffer=indices, paged_kv_last_page_len_buffer=last)
                 w.plan(indptr, indices, last, HQ, HKV, D, BS, q_data_type=DTYPE, kv_data_type=DTYPE)
                 wrappers.append((w, ws, indptr, indices, last))
@@ -155,13 +163,13 @@ def decode_case(batch: int, ctx: int, flashinfer, calls: int, repeats: int,
             def theirs():
                 w = wrappers[fstep[0] % len(wrappers)][0]
                 fstep[0] += 1
-                w.run(query, (kv[0], kv[1]))
+                w.run(query, (fi_kv[0], fi_kv[1]))
 
             ops.paged_attention(query, kv, tables[0], qsl, lens, scale, 1, ctx, out=out)
-            fi_out = wrappers[0][0].run(query, (kv[0], kv[1]))
+            fi_out = wrappers[0][0].run(query, (fi_kv[0], fi_kv[1]))
             res["flashinfer_rel_err"] = float((fi_out.float() - out.float()).norm() / out.float().norm())
             res["flashinfer_us"], res["flashinfer_mode"] = time_fn(theirs, calls, repeats)
-            del wrappers
+            del wrappers, fi_kv
         except Exception as e:  # noqa: BLE001
             res["flashinfer_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             print(res["flashinfer_error"], flush=True)
@@ -249,7 +257,7 @@ def plot(results: dict, path: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("KV read bandwidth (GB/s)")
-    ax.set_title(f"decode attention, Hq={results.get('num_q_heads', 32)} Hkv=8 D=128 bf16 — {results['device']}")
+    ax.set_title(f"decode attention, Hq={results.get('num_q_heads', 32)} Hkv={results.get('num_kv_heads', 8)} D=128 bf16 — {results['device']}")
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -272,15 +280,26 @@ def main() -> None:
                    "the max_model_len a CUDA graph was captured with")
     p.add_argument("--num-q-heads", type=int, default=HQ,
                    help="query heads (8 KV heads): 32 = group 4 (Qwen3-8B), 16 = group 2 (Qwen3-0.6B)")
+    p.add_argument("--num-kv-heads", type=int, default=HKV)
+    p.add_argument("--block-size", type=int, default=BS, help="tokens per KV block (a power of two)")
+    p.add_argument("--block-order", choices=("random", "sequential"), default="random",
+                   help="block tables: a random permutation of the cache (default) or in order")
+    p.add_argument("--fi-layout", choices=("NHD", "HND"), default="NHD",
+                   help="FlashInfer's cache layout (HND: a copy of ours with heads outside tokens)")
     p.add_argument("--prefill", default="1x2048,4x2048,1x8192,8x1024")
     p.add_argument("--ragged", default="256x100-1100,128x1000-3000",
                    help="decode cases BxLO-HI with lengths uniform in [LO, HI] ('' for none)")
     args = p.parse_args()
     globals()["HQ"] = args.num_q_heads  # the cases read the module constants
+    globals()["HKV"] = args.num_kv_heads
+    globals()["BS"] = args.block_size
+    globals()["SEQUENTIAL_BLOCKS"] = args.block_order == "sequential"
+    globals()["FI_LAYOUT"] = args.fi_layout
     globals()["HINT_LEN"] = args.hint_len
     globals()["WITH_SDPA"] = not args.no_sdpa
     torch.manual_seed(0)
-    results = {"num_q_heads": HQ, "hint_len": HINT_LEN, "device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    results = {"num_q_heads": HQ, "num_kv_heads": HKV, "block_size": BS, "block_order": args.block_order,
+               "fi_layout": FI_LAYOUT, "hint_len": HINT_LEN, "device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "torch": torch.__version__}
     results["copy_gbs"] = copy_bandwidth_gbs()
     print(f"device {results['device']}  copy bandwidth {results['copy_gbs']:.0f} GB/s", flush=True)

@@ -517,6 +517,10 @@ inline void exponential_race_sample(const TensorTuple& out_t, const TensorTuple&
   check_float(logits);
   check_contiguous_from(logits, 1);
   if (logits.dim(1) <= 0) fail("logits: the vocabulary must not be empty");
+  if (logits.dim(1) > kernels::kMaxRaceVocab) {
+    fail("logits: a vocabulary of " + std::to_string(logits.dim(1)) + " is larger than the sampler takes (" +
+         std::to_string(kernels::kMaxRaceVocab) + ")");
+  }
   for (const TensorRef* t : {&out, &inv_t, &greedy}) {
     check_rank(*t, 1);
     check_contiguous(*t);

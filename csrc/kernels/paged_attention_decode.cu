@@ -645,7 +645,8 @@ void launch_mma_kernel(const TokenKernelParams& p, const PagedAttentionArgs& a, 
 // Kernel choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (the default policy, see
 // launch_typed), 1 (the CUDA-core token kernel everywhere), 5 (the tensor-core kernel wherever it
 // can run, groups 1-2 included). Read once. (Also measured and removed: the tensor-core kernel
-// with 2 stages, 3 CTAs per SM; the split count rounded up. benchmarks/kernels/NOTES.md.)
+// with 2 stages, 3 CTAs per SM; the split count rounded up; on an H200, token-kernel pipelines
+// 4 x 32, 2 x 64 and 6 x 16 tokens, 4-16% slower than 3 x 32 at group 2. benchmarks/kernels/NOTES.md.)
 int decode_variant() {
   static const int v = [] {
     const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");

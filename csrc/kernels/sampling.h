@@ -13,6 +13,9 @@
 
 namespace pagedllm::kernels {
 
+// Largest vocabulary the CUDA kernel takes (65,535 chunks of 8,192 elements on the grid's y axis).
+constexpr int64_t kMaxRaceVocab = int64_t{65535} * 8192;
+
 void exponential_race_sample_cpu(const ExponentialRaceArgs& args);
 #ifdef PAGEDLLM_WITH_CUDA
 void exponential_race_sample_cuda(const ExponentialRaceArgs& args);

@@ -91,3 +91,28 @@ def test_cuda_kernel_returns_the_twins_tokens(dtype, rows, vocab):
     got = race(logits, temperature, greedy, seed=2**40 + 5, step=2**33 + 9, device="cuda")
     assert torch.equal(got, want)
     assert ops.exponential_race_sample_supported(logits.cuda())
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_cuda_kernel_edge_rows_across_chunks(dtype):
+    """The CUDA kernel cuts rows into 8,192-element chunks and merges their winners: ties across
+    chunks go to the smaller index, -0 ties +0, rows with no finite score give token 0 (all -inf)
+    or ignore NaNs, exactly as the twin's one sequential pass."""
+    vocab = 3 * 8192 + 5
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(8, vocab, generator=g)
+    logits[0, 20000] = logits[0, 100] = 40.0            # tie in chunks 2 and 0: index 100
+    logits[1, 9000] = logits[1, 8191] = 40.0            # tie at a chunk border: index 8191
+    logits[2] = 0.0
+    logits[2, 5] = -0.0                                 # +0 / -0 tie: index 0
+    logits[3] = float("-inf")                           # nothing finite: token 0
+    logits[4, :] = float("nan")
+    logits[4, 17000] = 1.0                              # NaNs never win
+    logits[5, vocab - 1] = 60.0                         # the max in the last, partial chunk
+    greedy = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.int32)
+    logits = logits.to(dtype)
+    want = race(logits, 0.7, greedy, seed=99, step=4)
+    got = race(logits, 0.7, greedy, seed=99, step=4, device="cuda")
+    assert torch.equal(got, want)
+    assert want[:6].tolist() == [100, 8191, 0, 0, 17000, vocab - 1]

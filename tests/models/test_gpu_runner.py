@@ -57,11 +57,12 @@ def test_padded_decode_rows_do_not_change_real_rows(tiny_llama):
     planner = HandPlanner(runner.num_blocks, BLOCK_SIZE, runner.max_blocks_per_seq)
     runner.execute_model(planner.plan([(0, list(range(3, 20))), (1, list(range(5, 9)))]))
     decode = planner.plan([(0, [7]), (1, [8])])
+    # A step's inputs are views valid until the next build(): run each before building the next.
     inputs = runner._prepare(decode)
+    real = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta).clone()
     padded = runner._cuda_buffers.build(decode, padded_num_seqs=8)
     assert padded.meta.num_seqs == 8 and padded.input_ids.shape[0] == 8
     assert padded.meta.slot_mapping[2:].eq(-1).all()
-    real = runner.model(inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta)
     with_pad = runner.model(padded.input_ids, padded.positions, runner.kv_caches, padded.meta)
     torch.testing.assert_close(with_pad[:2], real, rtol=0, atol=1e-5)
 

@@ -1,4 +1,5 @@
-"""build_cpu_inputs copies only the block-table columns the step can read."""
+"""Step inputs: build_cpu_inputs and CudaInputBuffers copy only the block-table columns a step can
+read; CudaInputBuffers lays a step out in one buffer (graph steps at fixed addresses)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pagedllm.worker.input_buffers import build_cpu_inputs, used_block_columns
+from pagedllm.worker.input_buffers import CudaInputBuffers, build_cpu_inputs, used_block_columns
 
 
 def plan_with(seq_lens: list[int], max_blocks: int, block_size: int = 16) -> SimpleNamespace:
@@ -44,3 +45,66 @@ def test_cpu_inputs_carry_every_needed_block_and_no_more():
     for i, n in enumerate([40, 100, 3]):
         blocks = -(-n // 16)
         assert torch.equal(meta.block_table[i, :blocks], torch.from_numpy(plan.block_table[i, :blocks]))
+
+
+# CudaInputBuffers' layout logic runs on the CPU too (no pinned memory, no events).
+def cpu_buffers(max_blocks: int = 2560) -> CudaInputBuffers:
+    return CudaInputBuffers(max_num_tokens=64, max_num_seqs=8, max_blocks_per_seq=max_blocks,
+                            block_size=16, device=torch.device("cpu"))
+
+
+def test_buffers_eager_step_views_hold_the_plan_with_a_compact_table():
+    plan = plan_with([40, 100, 3], max_blocks=2560)
+    inputs = cpu_buffers().build(plan)
+    meta = inputs.meta
+    assert inputs.input_ids.tolist() == plan.input_ids.tolist()
+    assert inputs.positions.tolist() == plan.positions.tolist()
+    assert meta.slot_mapping.tolist() == plan.slot_mapping.tolist()
+    assert meta.query_start_loc.tolist() == [0, 1, 2, 3]
+    assert meta.seq_lens.tolist() == [40, 100, 3]
+    assert meta.token_order.tolist() == [1, 0, 2]                 # longest context first
+    assert meta.block_table.shape == (3, 7)                       # ceil(100 / 16) columns
+    assert torch.equal(meta.block_table, torch.from_numpy(plan.block_table[:, :7]))
+    assert (meta.num_seqs, meta.num_tokens) == (3, 3)
+
+
+def test_buffers_graph_step_pads_rows_and_scatters_into_the_full_width_table():
+    bufs = cpu_buffers(max_blocks=64)
+    wide = plan_with([1000, 20], max_blocks=64)                   # 63 columns
+    bufs.build(wide, padded_num_seqs=4)
+    narrow = plan_with([17, 5, 30], max_blocks=64)                # 2 columns
+    inputs = bufs.build(narrow, padded_num_seqs=4)
+    meta = inputs.meta
+    assert inputs.input_ids.tolist() == [0, 1, 2, 0]              # padding token 0
+    assert meta.slot_mapping.tolist() == [0, 1, 2, -1]            # padding: no cache write
+    assert meta.query_start_loc.tolist() == [0, 1, 2, 3, 4]
+    assert meta.seq_lens.tolist() == [17, 5, 30, 1]               # padding: one key
+    assert meta.block_table.shape == (4, 64)                      # the width graphs captured
+    for i, n in enumerate([17, 5, 30]):                           # every block a row reads
+        blocks = -(-n // 16)
+        assert torch.equal(meta.block_table[i, :blocks], torch.from_numpy(narrow.block_table[i, :blocks]))
+    assert meta.block_table[3, 0] == 0                            # padding reads the null block
+    # Past the used columns the wide step's ids remain (stale, never read): only W moved.
+    assert torch.equal(meta.block_table[0, 2:63], torch.from_numpy(wide.block_table[0, 2:63]))
+
+
+def test_buffers_graph_views_keep_their_addresses_across_steps():
+    bufs = cpu_buffers(max_blocks=64)
+    first = bufs.build(plan_with([100, 7], max_blocks=64), padded_num_seqs=8)
+    second = bufs.build(plan_with([3, 3, 3, 900, 12], max_blocks=64), padded_num_seqs=8)
+
+    def ptrs(x):
+        m = x.meta
+        return [t.data_ptr() for t in (x.input_ids, x.positions, m.slot_mapping, m.block_table,
+                                       m.query_start_loc, m.seq_lens, m.token_order)]
+    assert ptrs(first) == ptrs(second)                            # what a replay depends on
+    assert second.meta.seq_lens.tolist() == [3, 3, 3, 900, 12, 1, 1, 1]
+
+
+def test_buffers_a_build_rewrites_the_previous_steps_views():
+    """The contract the runner relies on: views are valid until the next build() only."""
+    bufs = cpu_buffers(max_blocks=64)
+    first = bufs.build(plan_with([18, 5], max_blocks=64))
+    assert first.meta.seq_lens.tolist() == [18, 5]
+    bufs.build(plan_with([18, 5], max_blocks=64), padded_num_seqs=8)   # another layout
+    assert first.meta.seq_lens.tolist() != [18, 5]

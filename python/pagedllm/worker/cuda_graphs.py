@@ -68,7 +68,7 @@ class DecodeGraphs:
         pool = None
         for size in sorted(self.sizes, reverse=True):
             plan = _DecodePlan(size, self.max_blocks_per_seq, self.max_model_len)
-            inputs = self.buffers.build(plan)
+            inputs = self.buffers.build(plan, padded_num_seqs=size)  # the views run() will fill
             # Warm-up outside capture: lazy initialisations must not happen inside the graph.
             self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
             torch.cuda.synchronize(device)

@@ -2,9 +2,9 @@
 
 CPU: plain tensor copies of the plan's numpy views (the views are read-only and owned by the
 core, so they are copied, never aliased).
-CUDA (exercised by the GPU tests only): persistent pinned host buffers and persistent device
-buffers sized for the largest step, filled with one non_blocking copy each, plus the
-longest-first token order the decode attention kernel starts its CTAs in.
+CUDA: one persistent pinned host buffer and one device buffer sized for the largest step, filled
+with one non_blocking copy per step (layout in CudaInputBuffers), plus the longest-first token
+order the decode attention kernel starts its CTAs in.
 Fixed device addresses are what CUDA-graph replay of decode batches needs: a decode batch of S
 sequences is padded to a captured size S' >= S with slot -1 (no cache write), seq_len 1 and
 null-block rows (they attend to the never-written, zero null block, so stay finite), whose
@@ -94,70 +94,101 @@ def build_cpu_inputs(plan: Any, block_size: int) -> StepInputs:
 
 
 class CudaInputBuffers:
-    """Persistent pinned + device buffers for the largest step."""
+    """Persistent pinned + device int32 buffers for the largest step; one host-to-device copy.
 
-    _TOKEN_FIELDS = ("input_ids", "positions", "slot_mapping", "token_order")
+    A step of T tokens and S rows (padding included) whose block table needs W columns
+    (used_block_columns) lays its arrays out back to back, at offsets that depend on (T, S) only:
+
+        input_ids [T] | positions [T] | slot_mapping [T] | token_order [T]
+        | query_start_loc [S + 1] | seq_lens [S] | block_table [S, W]
+
+    The host fills the pinned buffer, one non_blocking copy moves the prefix it wrote, and the
+    step's tensors are views of the device buffer. A decode graph of size N was captured with the
+    views of T = S = N, so a replay of that size finds its inputs where the graph reads them.
+    The block table is the exception: a graph reads the persistent full-width `graph_block_table`
+    [max_num_seqs, max_blocks], and each graph step scatters its W used columns into it on the
+    device. Columns past W keep stale ids from earlier steps; no kernel reads them, since a row
+    reads only its first ceil(seq_len / block_size) entries. The copy thus grows with the batch's
+    longest context, not with max_model_len (a full 256-row table is 2.6 MB at 40,960 tokens).
+
+    Invariant: a step's tensors are valid until the next build(), which rewrites the buffer at
+    offsets of its own shape; the engine keeps it since every build follows the previous step's
+    kernels on the same stream. Hold two steps' inputs at once only after cloning the first.
+    device may be the CPU (tests): the same layout without pinned memory or events.
+    """
 
     def __init__(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int,
-                 device: torch.device):
-        self.device = device
+                 block_size: int, device: torch.device):
+        self.device = torch.device(device)
+        self.block_size = block_size
         self.max_blocks_per_seq = max_blocks_per_seq
-
-        def pair(*shape):
-            # Normal (not inference-mode) tensors even when first built inside
-            # torch.inference_mode(): in-place refills then work in and out of inference mode.
-            with torch.inference_mode(False):
-                host = torch.zeros(shape, dtype=torch.int32, pin_memory=True)
-                return host, torch.zeros(shape, dtype=torch.int32, device=device)
-
-        self.host, self.dev = {}, {}
-        for name in self._TOKEN_FIELDS:                            # [max_num_tokens] each
-            self.host[name], self.dev[name] = pair(max_num_tokens)
-        self.host["query_start_loc"], self.dev["query_start_loc"] = pair(max_num_seqs + 1)
-        self.host["seq_lens"], self.dev["seq_lens"] = pair(max_num_seqs)
-        self.host["block_table"], self.dev["block_table"] = pair(max_num_seqs, max_blocks_per_seq)
-        # Set after the copies of a step; the next step waits on it before touching host buffers.
+        on_cuda = self.device.type == "cuda"
+        # Rows: at most max_num_seqs in engine steps, but profile_run's prompts of max_model_len
+        # tokens can be more rows (never more than tokens) and its table needs at most
+        # 2 * tokens + max_blocks + 1 entries beyond a max_num_seqs-row one.
+        rows = max(max_num_seqs, max_num_tokens)
+        size = (4 * max_num_tokens + 2 * rows + 1 + max_num_seqs * max_blocks_per_seq
+                + 2 * max_num_tokens + max_blocks_per_seq + 1)
+        # Normal (not inference-mode) tensors even when first built inside
+        # torch.inference_mode(): in-place refills then work in and out of inference mode.
+        with torch.inference_mode(False):
+            self.host = torch.zeros(size, dtype=torch.int32, pin_memory=on_cuda)
+            self.dev = torch.zeros(size, dtype=torch.int32, device=self.device)
+            self.graph_block_table = torch.zeros((max_num_seqs, max_blocks_per_seq),
+                                                 dtype=torch.int32, device=self.device)
+        self._host_np = self.host.numpy()
+        # Set after the copy of a step; the next step waits on it before touching the host buffer.
         self._copied: Optional[torch.cuda.Event] = None
 
     def build(self, plan: Any, padded_num_seqs: Optional[int] = None) -> StepInputs:
-        """Copy the plan in; pad the sequence rows to padded_num_seqs (decode graphs) if given."""
+        """Copy the plan in. padded_num_seqs (a decode graph's size, >= plan.num_seqs): pad the
+        rows to it and hand out the graph's full-width block table."""
         if self._copied is not None:
             self._copied.synchronize()
         num_tokens, num_seqs = int(plan.num_tokens), int(plan.num_seqs)
         rows = padded_num_seqs or num_seqs
-        # Decode padding: one padded token per padded sequence.
-        tokens = num_tokens + (rows - num_seqs)
-        h = {k: v.numpy() for k, v in self.host.items()}
-        h["input_ids"][:num_tokens] = plan.input_ids
-        h["positions"][:num_tokens] = plan.positions
-        h["slot_mapping"][:num_tokens] = plan.slot_mapping
-        h["input_ids"][num_tokens:tokens] = 0
-        h["positions"][num_tokens:tokens] = 0
-        h["slot_mapping"][num_tokens:tokens] = -1
-        h["query_start_loc"][: num_seqs + 1] = plan.query_start_loc
-        h["query_start_loc"][num_seqs + 1: rows + 1] = np.arange(num_tokens + 1, tokens + 1)
-        h["seq_lens"][:num_seqs] = plan.seq_lens
-        h["seq_lens"][num_seqs:rows] = 1
-        longest_first_token_order(h["query_start_loc"][: rows + 1], h["seq_lens"][:rows],
-                                  h["token_order"])
-        width = plan.block_table.shape[1]
-        h["block_table"][:num_seqs, :width] = plan.block_table
-        h["block_table"][num_seqs:rows] = 0
+        tokens = num_tokens + (rows - num_seqs)  # decode padding: one token per padded row
+        width = used_block_columns(plan, self.block_size)
+        o_qsl = 4 * tokens
+        o_lens = o_qsl + rows + 1
+        o_table = o_lens + rows
+        end = o_table + rows * width
+        if end > self._host_np.size:
+            raise ValueError(f"step of {tokens} tokens / {rows} rows x {width} blocks does not fit "
+                             f"the input buffers ({self._host_np.size} int32)")
+        h = self._host_np
+        for k, (field, pad) in enumerate((("input_ids", 0), ("positions", 0),
+                                          ("slot_mapping", -1))):
+            h[k * tokens: k * tokens + num_tokens] = getattr(plan, field)
+            h[k * tokens + num_tokens: (k + 1) * tokens] = pad  # padding: no cache write
+        qsl, lens = h[o_qsl: o_lens], h[o_lens: o_table]
+        qsl[: num_seqs + 1] = plan.query_start_loc
+        qsl[num_seqs + 1:] = np.arange(num_tokens + 1, tokens + 1)
+        lens[:num_seqs] = plan.seq_lens
+        lens[num_seqs:] = 1  # padding rows: one key on the null block
+        longest_first_token_order(qsl, lens, h[3 * tokens: 4 * tokens])
+        table = h[o_table: end].reshape(rows, width)
+        table[:num_seqs] = plan.block_table[:, :width]
+        table[num_seqs:] = 0
+        self.dev[:end].copy_(self.host[:end], non_blocking=True)
 
-        def to_dev(name: str, n: int) -> torch.Tensor:
-            self.dev[name][:n].copy_(self.host[name][:n], non_blocking=True)
-            return self.dev[name][:n]
-
+        d = self.dev
+        if padded_num_seqs is not None:
+            block_table = self.graph_block_table[:rows]                   # [S, max_blocks]
+            block_table[:, :width].copy_(d[o_table: end].view(rows, width))
+        else:
+            block_table = d[o_table: end].view(rows, width)               # [S, W]
         meta = AttentionMetadata(
-            slot_mapping=to_dev("slot_mapping", tokens),
-            block_table=to_dev("block_table", rows)[:, :width],
-            query_start_loc=to_dev("query_start_loc", rows + 1),
-            seq_lens=to_dev("seq_lens", rows),
+            slot_mapping=d[2 * tokens: 3 * tokens],
+            block_table=block_table,
+            query_start_loc=d[o_qsl: o_lens],
+            seq_lens=d[o_lens: o_table],
             num_seqs=rows, num_tokens=tokens,
             max_query_len=int(plan.max_query_len), max_seq_len=int(plan.max_seq_len),
-            token_order=to_dev("token_order", tokens),
+            token_order=d[3 * tokens: 4 * tokens],
         )
-        inputs = StepInputs(to_dev("input_ids", tokens), to_dev("positions", tokens), meta)
-        self._copied = torch.cuda.Event()
-        self._copied.record()
+        inputs = StepInputs(d[:tokens], d[tokens: 2 * tokens], meta)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
         return inputs

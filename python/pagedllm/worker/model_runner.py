@@ -4,8 +4,8 @@ execute_model(plan) writes the plan's new K/V into the cache and returns the log
 asked otherwise) of the rows that are sampled. The plan is only read (its arrays are views the core owns).
 
 GPU path:
-- inputs go through CudaInputBuffers: persistent pinned host + device buffers, one
-  non_blocking copy per array per step (input_buffers.py);
+- inputs go through CudaInputBuffers: one persistent pinned host + device buffer pair, one
+  non_blocking copy per step of the used prefix (input_buffers.py);
 - KV blocks come from gpu_memory_utilization after profile_run() of max_num_batched_tokens, with
   the decode CUDA graphs' memory counted first;
 - pure-decode plans replay a CUDA graph captured per padded batch size (cuda_graphs.py);
@@ -202,7 +202,7 @@ class ModelRunner:
         if self._cuda_buffers is None:
             self._cuda_buffers = CudaInputBuffers(
                 max(self._max_num_batched_tokens(), self._max_num_seqs()), self._max_num_seqs(),
-                self.max_blocks_per_seq, self.device)
+                self.max_blocks_per_seq, self.block_size, self.device)
         return self._cuda_buffers
 
     @torch.inference_mode()
