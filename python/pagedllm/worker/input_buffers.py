@@ -160,7 +160,7 @@ class CudaInputBuffers:
         for k, (field, pad) in enumerate((("input_ids", 0), ("positions", 0),
                                           ("slot_mapping", -1))):
             h[k * tokens: k * tokens + num_tokens] = getattr(plan, field)
-            h[k * tokens + num_tokens: (k + 1) * tokens] = pad  # padding: no cache write
+            h[k * tokens + num_tokens: (k + 1) * tokens] = pad  # padded rows (slot -1: no write)
         qsl, lens = h[o_qsl: o_lens], h[o_lens: o_table]
         qsl[: num_seqs + 1] = plan.query_start_loc
         qsl[num_seqs + 1:] = np.arange(num_tokens + 1, tokens + 1)
