@@ -17,7 +17,7 @@ NANO_ARGS="--gpu-idle" bash benchmarks/gpu_session.sh $L nano > /dev/null 2>&1
 cp $L/nano_graphs.json $L/nano_steps.json $OUT/
 python3 - <<'PY'
 import json; d=json.load(open('/tmp/logs/nano_graphs.json'))
-print({k: d[k] for k in ('output_tokens_per_second','mean_step_host_ms','mean_step_model_ms','gpu_idle_fraction','gpu_idle_mean_gap_ms','roofline_fraction','read_bandwidth_gbs')})
+print({k: d.get(k) for k in ('output_tokens_per_second','mean_step_host_ms','mean_step_model_ms','gpu_idle_fraction','gpu_idle_mean_gap_ms','graph_input_build_ms_mean','graph_launch_ms_mean','roofline_fraction','read_bandwidth_gbs')})
 PY
 timeout 120 python3 benchmarks/throughput.py --model-shape qwen3-0.6b --workload nano --dtype bfloat16 \
   --max-model-len 40960 --gpu-idle --output-json $OUT/nano_40960.json > $L/nano_40960.log 2>&1

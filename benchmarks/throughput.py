@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
             engine.step()
     core = engine.engine_core
     idle_meter = _GpuIdleMeter(core) if args.gpu_idle else None
+    graphs = getattr(core.runner, "_decode_graphs", None)  # CUDA graphs (single-GPU runner)
+    graph0 = (graphs.replays, graphs.build_seconds, graphs.launch_seconds) if graphs else None
     steps0, host0, model0 = core.num_steps, core.time_host, core.time_model
     ctx0 = core.num_context_tokens
     out0 = engine._time_output
@@ -342,6 +344,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if idle_meter is not None:
         result.update(idle_meter.summary())
+    if graphs is not None and graphs.replays > graph0[0]:
+        n = graphs.replays - graph0[0]
+        result["graph_steps"] = n
+        result["graph_input_build_ms_mean"] = round(1000 * (graphs.build_seconds - graph0[1]) / n, 4)
+        result["graph_launch_ms_mean"] = round(1000 * (graphs.launch_seconds - graph0[2]) / n, 4)
     if str(core.device).startswith("cuda"):
         result.update(_memory_roofline(core, steps, core.num_context_tokens - ctx0, elapsed,
                                        num_output))

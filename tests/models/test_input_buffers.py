@@ -108,3 +108,29 @@ def test_buffers_a_build_rewrites_the_previous_steps_views():
     assert first.meta.seq_lens.tolist() == [18, 5]
     bufs.build(plan_with([18, 5], max_blocks=64), padded_num_seqs=8)   # another layout
     assert first.meta.seq_lens.tolist() != [18, 5]
+
+
+def test_decode_graphs_run_fills_inputs_replays_and_counts_host_time():
+    """DecodeGraphs.run on stand-ins for the graph (no CUDA needed): the padded inputs are built,
+    the size's graph replays once, and the host time of both parts is counted."""
+    from pagedllm.worker.cuda_graphs import DecodeGraphs
+
+    class FakeGraph:
+        def __init__(self):
+            self.replays = 0
+
+        def replay(self):
+            self.replays += 1
+
+    bufs = cpu_buffers(max_blocks=64)
+    graphs = DecodeGraphs(model=None, kv_caches=[], buffers=bufs, sizes=[4, 8],
+                          max_model_len=1024, max_blocks_per_seq=64)
+    graphs.graphs = {4: FakeGraph(), 8: FakeGraph()}
+    graphs.outputs = {4: torch.arange(4.0).view(4, 1), 8: torch.arange(8.0).view(8, 1)}
+    plan = plan_with([100, 7, 30], max_blocks=64)
+    assert graphs.padded_size(plan) == 4
+    hidden = graphs.run(plan, 4)
+    assert hidden.tolist() == [[0.0], [1.0], [2.0]]            # the real rows only
+    assert graphs.graphs[4].replays == 1 and graphs.graphs[8].replays == 0
+    assert graphs.replays == 1 and graphs.build_seconds > 0 and graphs.launch_seconds >= 0
+    assert bufs.graph_block_table[0, :7].tolist() == plan.block_table[0, :7].tolist()

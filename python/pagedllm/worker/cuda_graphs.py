@@ -12,6 +12,7 @@ Prefill and mixed steps run eagerly.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -58,6 +59,11 @@ class DecodeGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}   # size -> [size, H] hidden states
         self.memory_bytes = 0
+        # Host seconds of the replays so far (benchmarks split the gap between steps with them):
+        # filling the inputs (numpy + one copy + the table scatter) and launching the graph.
+        self.replays = 0
+        self.build_seconds = 0.0
+        self.launch_seconds = 0.0
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -95,6 +101,11 @@ class DecodeGraphs:
 
     def run(self, plan: Any, size: int) -> torch.Tensor:
         """Fill the captured input buffers, replay; hidden states [num_seqs, H]."""
+        t0 = time.perf_counter()
         self.buffers.build(plan, padded_num_seqs=size)
+        t1 = time.perf_counter()
         self.graphs[size].replay()
+        self.launch_seconds += time.perf_counter() - t1
+        self.build_seconds += t1 - t0
+        self.replays += 1
         return self.outputs[size][: int(plan.num_tokens)]
