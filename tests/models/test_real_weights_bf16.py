@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("accelerate")  # transformers needs it to load a GGUF
+pytest.importorskip("gguf")
 
 
 @pytest.fixture(scope="module")
