@@ -1,5 +1,5 @@
 // exponential_race_sample on CUDA: each row is cut into chunks of kChunk elements, one CTA per
-// (chunk, row), so that a batch of any size fills the GPU (one CTA per row left most SMs idle
+// (row, chunk), so that a batch of any size fills the GPU (one CTA per row left most SMs idle
 // for small batches and took 153 us for 244 x 151,936 on an H200). A CTA streams its chunk (4
 // elements and one Philox draw per thread per iteration), keeps a per-thread best (score, index),
 // reduces over the block and folds its winner into the row's slot with one 64-bit atomicMax on a
