@@ -155,3 +155,16 @@ def test_profile_run_runs_full_budget_forward(tiny_llama):
     logits = runner.profile_run(1100)   # 3 sequences: 512, 512, 76 tokens
     assert logits.shape == (8, 512)
     assert torch.isfinite(logits).all()
+
+
+def test_profile_run_plans_no_more_sequences_than_a_step_holds(tiny_llama, monkeypatch):
+    """max_num_seqs 8 x max_model_len 512 = 4096 tokens is the largest real step: a larger
+    budget profiles 8 full prompts, not 20 (the step input buffers are sized for 8 rows)."""
+    runner = make_runner(tiny_llama)
+    seen = {}
+    monkeypatch.setattr(runner, "execute_model",
+                        lambda plan, rows: seen.update(seqs=plan.num_seqs, tokens=plan.num_tokens))
+    runner.profile_run(10_000)
+    assert seen == {"seqs": 8, "tokens": 8 * 512}
+    runner.profile_run(1100)
+    assert seen == {"seqs": 3, "tokens": 1100}

@@ -122,17 +122,12 @@ class CudaInputBuffers:
         self.device = torch.device(device)
         self.block_size = block_size
         self.max_blocks_per_seq = max_blocks_per_seq
-        on_cuda = self.device.type == "cuda"
-        # Rows: at most max_num_seqs in engine steps, but profile_run's prompts of max_model_len
-        # tokens can be more rows (never more than tokens) and its table needs at most
-        # 2 * tokens + max_blocks + 1 entries beyond a max_num_seqs-row one.
-        rows = max(max_num_seqs, max_num_tokens)
-        size = (4 * max_num_tokens + 2 * rows + 1 + max_num_seqs * max_blocks_per_seq
-                + 2 * max_num_tokens + max_blocks_per_seq + 1)
+        self._on_cuda = self.device.type == "cuda"
+        size = 4 * max_num_tokens + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq
         # Normal (not inference-mode) tensors even when first built inside
         # torch.inference_mode(): in-place refills then work in and out of inference mode.
         with torch.inference_mode(False):
-            self.host = torch.zeros(size, dtype=torch.int32, pin_memory=on_cuda)
+            self.host = torch.zeros(size, dtype=torch.int32, pin_memory=self._on_cuda)
             self.dev = torch.zeros(size, dtype=torch.int32, device=self.device)
             self.graph_block_table = torch.zeros((max_num_seqs, max_blocks_per_seq),
                                                  dtype=torch.int32, device=self.device)
@@ -188,7 +183,7 @@ class CudaInputBuffers:
             token_order=d[3 * tokens: 4 * tokens],
         )
         inputs = StepInputs(d[:tokens], d[tokens: 2 * tokens], meta)
-        if self.device.type == "cuda":
+        if self._on_cuda:
             self._copied = torch.cuda.Event()
             self._copied.record()
         return inputs

@@ -141,12 +141,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def profile_run(self, num_tokens: int) -> torch.Tensor:
-        """A forward pass of `num_tokens` prompt tokens (sequences of at most max_model_len) plus
-        logits for max_num_seqs rows, against a throw-away cache just big enough for it: the
+        """A forward pass of `num_tokens` prompt tokens (at most max_num_seqs sequences of at most
+        max_model_len) plus logits for max_num_seqs rows, against a throw-away cache just big enough for it: the
         peak activation memory a real step can reach. Returns the logits."""
         self._require_model()
-        lengths = [self.max_model_len] * (num_tokens // self.max_model_len)
-        if num_tokens % self.max_model_len:
+        # Prompts of max_model_len tokens, at most max_num_seqs of them: no engine step holds
+        # more sequences (nor, then, more than max_num_seqs * max_model_len tokens).
+        max_seqs = self._max_num_seqs()
+        lengths = [self.max_model_len] * min(num_tokens // self.max_model_len, max_seqs)
+        if num_tokens % self.max_model_len and len(lengths) < max_seqs:
             lengths.append(num_tokens % self.max_model_len)
         plan = _synthetic_prefill_plan(lengths, self.block_size, self.max_blocks_per_seq)
         blocks_needed = int(plan.block_table.max()) + 1
