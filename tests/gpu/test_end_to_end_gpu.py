@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pagedllm.testing.bf16_agreement import agreement, hf_greedy, measure
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -45,13 +47,6 @@ def _prompts(num, vocab, seed, lo=5, hi=60):
     g = torch.Generator().manual_seed(seed)
     lens = torch.randint(lo, hi, (num,), generator=g).tolist()
     return [torch.randint(3, vocab - 1, (n,), generator=g).tolist() for n in lens]
-
-
-def _hf_greedy(model, prompt, n):
-    ids = torch.tensor([prompt], device="cuda")
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                         min_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +125,9 @@ def test_real_shape_float32_greedy_matches_transformers(real_shape_dir):
     ours = _greedy_ids(llm, prompts, 32)
     _free(llm)
     hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.float32).cuda().eval()
-    expected = [_hf_greedy(hf, p, 32) for p in prompts]
+    expected = [hf_greedy(hf, p, 32, "cuda") for p in prompts]
     del hf
     assert ours == expected
-
-
-def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    return sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) / sum(len(q) for q in b)
 
 
 def test_real_shape_bf16_agreement_with_transformers_bf16(real_shape_dir):
@@ -151,15 +142,15 @@ def test_real_shape_bf16_agreement_with_transformers_bf16(real_shape_dir):
     ours = _greedy_ids(llm, prompts, 32)
     _free(llm)
     hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.bfloat16).cuda().eval()
-    hf_bf16 = [_hf_greedy(hf, p, 32) for p in prompts]
+    hf_bf16 = [hf_greedy(hf, p, 32, "cuda") for p in prompts]
     del hf
     hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.float32).cuda().eval()
-    hf_fp32 = [_hf_greedy(hf, p, 32) for p in prompts]
+    hf_fp32 = [hf_greedy(hf, p, 32, "cuda") for p in prompts]
     del hf
     report = {
-        "ours_bf16_vs_hf_bf16": _agreement(ours, hf_bf16),
-        "ours_bf16_vs_hf_fp32": _agreement(ours, hf_fp32),
-        "hf_bf16_vs_hf_fp32": _agreement(hf_bf16, hf_fp32),
+        "ours_bf16_vs_hf_bf16": agreement(ours, hf_bf16),
+        "ours_bf16_vs_hf_fp32": agreement(ours, hf_fp32),
+        "hf_bf16_vs_hf_fp32": agreement(hf_bf16, hf_fp32),
         "first_token_ours_vs_hf_bf16": sum(o[0] == e[0] for o, e in zip(ours, hf_bf16)) / 64,
         "prompts": len(prompts), "tokens_each": 32,
     }
@@ -178,7 +169,6 @@ def test_real_weights_bf16_agreement_with_transformers():
     sit lower for any two bf16 implementations)."""
     pytest.importorskip("accelerate")
     pytest.importorskip("gguf")  # the device image lacks it: carry its wheel in .whl/
-    from pagedllm.testing.bf16_agreement import measure
 
     path = os.environ.get("PAGEDLLM_REAL_GGUF")
     if not path:

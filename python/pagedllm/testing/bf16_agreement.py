@@ -33,7 +33,7 @@ def chat_prompts(tokenizer: Any, num: int = 64) -> list[list[int]]:
         text = _ASKS[(i // len(_TOPICS)) % len(_ASKS)].format(_TOPICS[i % len(_TOPICS)])
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                             add_generation_prompt=True, tokenize=True)
-        prompts.append(list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids))
+        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))  # dict or ids
     return prompts
 
 
@@ -45,7 +45,8 @@ def _hf_model(gguf: Path, dtype: torch.dtype, device: str):
 
 
 @torch.no_grad()
-def _hf_greedy(model, prompt: list[int], n: int, device: str) -> list[int]:
+def hf_greedy(model, prompt: list[int], n: int, device: str) -> list[int]:
+    """transformers' n greedy tokens after prompt (EOS not allowed to stop it early)."""
     ids = torch.tensor([prompt], device=device)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                          min_new_tokens=n, do_sample=False, pad_token_id=0)
@@ -59,7 +60,8 @@ def _hf_forced_argmax(model, prompt: list[int], cont: list[int], device: str) ->
     return logits.float().argmax(-1).tolist()
 
 
-def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Fraction of b's positions where a has the same token."""
     return sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) / sum(len(q) for q in b)
 
 
@@ -77,12 +79,12 @@ def measure(gguf: str | Path, device: str, num_prompts: int = 64, tokens: int = 
     prompts = chat_prompts(tok, num_prompts)
 
     hf = _hf_model(gguf, torch.float32, device)
-    conts = [_hf_greedy(hf, p, tokens, device) for p in prompts]       # the float32 text
+    conts = [hf_greedy(hf, p, tokens, device) for p in prompts]       # the float32 text
     forced_fp32 = [_hf_forced_argmax(hf, p, c, device) for p, c in zip(prompts, conts)]
     del hf
     hf = _hf_model(gguf, torch.bfloat16, device)
     forced_hf_bf16 = [_hf_forced_argmax(hf, p, c, device) for p, c in zip(prompts, conts)]
-    free_hf_bf16 = [_hf_greedy(hf, p, tokens, device) for p in prompts]
+    free_hf_bf16 = [hf_greedy(hf, p, tokens, device) for p in prompts]
     del hf
     gc.collect()
 
@@ -102,10 +104,10 @@ def measure(gguf: str | Path, device: str, num_prompts: int = 64, tokens: int = 
 
     return {
         "model": gguf.name, "device": device, "prompts": len(prompts), "tokens_each": tokens,
-        "teacher_forced_ours_bf16_vs_hf_fp32": _agreement(forced_ours, forced_fp32),
-        "teacher_forced_ours_bf16_vs_hf_bf16": _agreement(forced_ours, forced_hf_bf16),
-        "teacher_forced_hf_bf16_vs_hf_fp32": _agreement(forced_hf_bf16, forced_fp32),
-        "free_running_ours_bf16_vs_hf_bf16": _agreement(free_ours, free_hf_bf16),
-        "free_running_ours_bf16_vs_hf_fp32": _agreement(free_ours, conts),
-        "free_running_hf_bf16_vs_hf_fp32": _agreement(free_hf_bf16, conts),
+        "teacher_forced_ours_bf16_vs_hf_fp32": agreement(forced_ours, forced_fp32),
+        "teacher_forced_ours_bf16_vs_hf_bf16": agreement(forced_ours, forced_hf_bf16),
+        "teacher_forced_hf_bf16_vs_hf_fp32": agreement(forced_hf_bf16, forced_fp32),
+        "free_running_ours_bf16_vs_hf_bf16": agreement(free_ours, free_hf_bf16),
+        "free_running_ours_bf16_vs_hf_fp32": agreement(free_ours, conts),
+        "free_running_hf_bf16_vs_hf_fp32": agreement(free_hf_bf16, conts),
     }
