@@ -4,7 +4,9 @@
 #   bash benchmarks/kernels/decode_variants.sh OUT_DIR "0 1 5"
 # Variants: PAGEDLLM_DECODE_VARIANT in csrc/kernels/paged_attention_decode.cu (decode_variant()).
 # Env: CASES (uniform BxL list), RAGGED, RAGGED_G2 (ragged cases at group 2, Qwen3-0.6B's),
-# HINT_CASES (cases re-run with a 40,960-token max_seq_len hint, as in a CUDA graph).
+# HINT_CASES (cases re-run with a 40,960-token max_seq_len hint, as in a CUDA graph),
+# VARIANT_TESTS=0 (skip the per-variant kernel tests), ROUNDS (the variants' benchmarks run this
+# many times in turn, 0 7 0 7 ..., so a drift of the card shows instead of favouring one variant).
 set -uo pipefail
 OUT=${1:?output dir}
 VARIANTS=${2:-"0 5"}
@@ -15,12 +17,14 @@ RAGGED_G2=${RAGGED_G2:-256x100-1100,240x100-2000}
 HINT_CASES=${HINT_CASES:-1x512,1x4096,16x512,16x4096}
 BENCH="python3 benchmarks/kernels/paged_attention.py --no-flashinfer --no-sdpa --prefill= --repeats 7"
 
+ROUNDS=${ROUNDS:-1}
 for v in $VARIANTS; do
+  [ "${VARIANT_TESTS:-1}" = 0 ] && break
   echo "== variant $v tests $(date -u +%H:%M:%S)" >> "$OUT/variant_tests.log"
   (cd tests && PAGEDLLM_DECODE_VARIANT=$v timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu \
      -x -rfE kernels/test_paged_attention.py 2>&1 | tail -6) >> "$OUT/variant_tests.log"
 done
-for v in $VARIANTS; do
+for round in $(seq "$ROUNDS"); do for v in $VARIANTS; do
   echo "== variant $v group 4 $(date -u +%H:%M:%S)" >> "$OUT/variant_bench.log"
   PAGEDLLM_DECODE_VARIANT=$v timeout 120 $BENCH --cases "$CASES" --ragged "$RAGGED" \
     --out /tmp/v$v.json 2>&1 | grep -v "^device" >> "$OUT/variant_bench.log"
@@ -30,4 +34,4 @@ for v in $VARIANTS; do
   echo "== variant $v hint 40960 $(date -u +%H:%M:%S)" >> "$OUT/variant_bench.log"
   PAGEDLLM_DECODE_VARIANT=$v timeout 60 $BENCH --hint-len 40960 --cases "$HINT_CASES" --ragged= \
     --out /tmp/v${v}h.json 2>&1 | grep -v "^device" >> "$OUT/variant_bench.log"
-done
+done; done

@@ -127,27 +127,56 @@ __device__ __forceinline__ DecodeWork locate_work(const TokenKernelParams& p) {
 // Issues the cp.async copies of the K and V rows of keys [base, base + TILE) of one KV head into
 // a stage laid out [K rows][V rows], RS bytes per row (rows past t1 are zero-filled). THREADS
 // threads take 16-byte chunks in turn.
-template <typename T, int D, int TILE, int RS, int THREADS>
+//
+// Fast path (THREADS a multiple of the chunks per row, TILE a multiple of the rows the threads
+// cover at once): each thread keeps one chunk column and walks rows tid / CR, + THREADS / CR, ...,
+// so a row's cache slot is computed once for its K and its V chunk, in 32 bits (the launcher
+// refuses caches of >= 2^31 slots), and without a branch (rows past t1 read row t1 - 1's address
+// with a zero-byte copy). The SASS of the tile loop shrank by a third with it (token kernel 824 +
+// a 211-instruction copy loop -> 537 instructions at bf16 D=128 group 2; benchmarks/kernels/NOTES.md):
+// the token kernel is issue-bound on Hopper, so integer work per chunk competes with the math.
+template <typename T, int D, int TILE, int RS, int THREADS, bool kOldCopy = false>
 __device__ __forceinline__ void issue_kv_tile(unsigned char* stage, const T* kcache /* head's row 0 */,
                                               const T* vcache, const int32_t* btab /* [max_blocks] */,
                                               int block_shift, int64_t slot_elems, int base, int t1) {
   constexpr int CR = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks per row
   const int bmask = (1 << block_shift) - 1;
-#pragma unroll 4
-  for (int c = threadIdx.x; c < 2 * TILE * CR; c += THREADS) {
-    const int half = c / (TILE * CR);  // 0: K, 1: V
-    const int rem = c - half * TILE * CR;
-    const int j = rem / CR, w = rem - j * CR;
-    const int tok = base + j;
-    const T* src = half ? vcache : kcache;
-    int bytes = 0;
-    if (tok < t1) {
-      const int64_t slot = (static_cast<int64_t>(btab[tok >> block_shift]) << block_shift) | (tok & bmask);
-      src += slot * slot_elems;
-      bytes = 16;
+  if constexpr (!kOldCopy && THREADS % CR == 0 && TILE % (THREADS / CR) == 0) {
+    constexpr int kRowStep = THREADS / CR;  // rows the CTA covers per pass
+    const int col = static_cast<int>(threadIdx.x) % CR, row0 = static_cast<int>(threadIdx.x) / CR;
+    const int slot_bytes = static_cast<int>(slot_elems) * static_cast<int>(sizeof(T));
+    const unsigned char* ksrc = reinterpret_cast<const unsigned char*>(kcache) + col * 16;
+    const int64_t v_delta = reinterpret_cast<const unsigned char*>(vcache) -
+                            reinterpret_cast<const unsigned char*>(kcache);
+    unsigned char* dst = stage + row0 * RS + col * 16;
+#pragma unroll
+    for (int r = 0; r < TILE / kRowStep; ++r) {
+      const int tok = base + row0 + r * kRowStep;
+      const bool live = tok < t1;
+      const int tc = live ? tok : t1 - 1;  // t1 > base: a mapped row, never read (0 bytes)
+      const int slot = (btab[tc >> block_shift] << block_shift) | (tc & bmask);
+      const unsigned char* src = ksrc + static_cast<int64_t>(slot) * slot_bytes;
+      const int bytes = live ? 16 : 0;
+      cp_async16(dst + r * kRowStep * RS, src, bytes);
+      cp_async16(dst + (TILE + r * kRowStep) * RS, src + v_delta, bytes);
     }
-    cp_async16(stage + half * TILE * RS + j * RS + w * 16,
-               reinterpret_cast<const unsigned char*>(src) + w * 16, bytes);
+  } else {
+#pragma unroll 4
+    for (int c = threadIdx.x; c < 2 * TILE * CR; c += THREADS) {
+      const int half = c / (TILE * CR);  // 0: K, 1: V
+      const int rem = c - half * TILE * CR;
+      const int j = rem / CR, w = rem - j * CR;
+      const int tok = base + j;
+      const T* src = half ? vcache : kcache;
+      int bytes = 0;
+      if (tok < t1) {
+        const int64_t slot = (static_cast<int64_t>(btab[tok >> block_shift]) << block_shift) | (tok & bmask);
+        src += slot * slot_elems;
+        bytes = 16;
+      }
+      cp_async16(stage + half * TILE * RS + j * RS + w * 16,
+                 reinterpret_cast<const unsigned char*>(src) + w * 16, bytes);
+    }
   }
 }
 
@@ -195,7 +224,7 @@ __device__ __forceinline__ void store_warp_merge(const TokenKernelParams& p, con
 // and its own E dims of acc. At the end, groups merge with log-sum-exp weights: within a warp by
 // shuffles, across warps in shared memory. Invariant: acc[g] / l[g] is the softmax-weighted sum
 // of V over the rows the group has seen, relative to the max m[g].
-template <typename T, int D, int NG, int STAGES, int TILE>
+template <typename T, int D, int NG, int STAGES, int TILE, bool kOldCopy = false>
 __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     token_attention_kernel(const TokenKernelParams p) {
   constexpr int TPT = threads_per_token<T, D>();
@@ -223,7 +252,7 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
 
   // Issue the copies of tile i into stage i % STAGES.
   auto issue_tile = [&](int i) {
-    issue_kv_tile<T, D, TILE, ROW, kTokenKernelWarps * 32>(smem_raw + (i % STAGES) * STAGE, kcache, vcache,
+    issue_kv_tile<T, D, TILE, ROW, kTokenKernelWarps * 32, kOldCopy>(smem_raw + (i % STAGES) * STAGE, kcache, vcache,
                                                          btab, p.block_shift, row, t0 + i * TILE, t1);
   };
 #pragma unroll
@@ -365,7 +394,7 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
 // rows sit in padded shared memory (D + 8 elements) so ldmatrix rows hit distinct banks.
 // Invariant per warp: o / l is the softmax-weighted sum of V over the keys the warp has seen,
 // relative to 2^m; l is this lane's partial sum (the quad's lanes add up at the end).
-template <typename T, int D, int STAGES, int WARPS>
+template <typename T, int D, int STAGES, int WARPS, bool kOldCopy = false>
 __global__ void __launch_bounds__(WARPS * 32) mma_token_attention_kernel(const TokenKernelParams p) {
   constexpr int TILE = 16 * WARPS;  // keys per stage
   constexpr int DP = D + 8;         // padded row, elements
@@ -387,7 +416,7 @@ __global__ void __launch_bounds__(WARPS * 32) mma_token_attention_kernel(const T
   const int32_t* btab = p.block_table + static_cast<int64_t>(w.s) * p.max_blocks;
   const int num_tiles = (w.t1 - w.t0 + TILE - 1) / TILE;
   auto issue_tile = [&](int i) {
-    issue_kv_tile<T, D, TILE, RS, WARPS * 32>(smem_raw + (i % STAGES) * STAGE, kcache, vcache, btab,
+    issue_kv_tile<T, D, TILE, RS, WARPS * 32, kOldCopy>(smem_raw + (i % STAGES) * STAGE, kcache, vcache, btab,
                                               p.block_shift, row, w.t0 + i * TILE, w.t1);
   };
 #pragma unroll
@@ -628,23 +657,23 @@ void launch_planned(void (*kernel)(TokenKernelParams), int threads, int smem, in
   }
 }
 
-template <typename T, int D, int NG, int STAGES, int TILE>
+template <typename T, int D, int NG, int STAGES, int TILE, bool kOldCopy = false>
 void launch_token_kernel(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
   static int resident_per_sm = 0;
-  launch_planned<T, D>(token_attention_kernel<T, D, NG, STAGES, TILE>, kTokenKernelWarps * 32,
+  launch_planned<T, D>(token_attention_kernel<T, D, NG, STAGES, TILE, kOldCopy>, kTokenKernelWarps * 32,
                        token_kernel_smem_bytes<T, D, NG, STAGES, TILE>(), resident_per_sm, p, a, stream);
 }
 
-template <typename T, int D, int STAGES, int WARPS>
+template <typename T, int D, int STAGES, int WARPS, bool kOldCopy = false>
 void launch_mma_kernel(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
   static int resident_per_sm = 0;
-  launch_planned<T, D>(mma_token_attention_kernel<T, D, STAGES, WARPS>, WARPS * 32,
+  launch_planned<T, D>(mma_token_attention_kernel<T, D, STAGES, WARPS, kOldCopy>, WARPS * 32,
                        mma_kernel_smem_bytes<T, D, STAGES, WARPS>(), resident_per_sm, p, a, stream);
 }
 
 // Kernel choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (the default policy, see
 // launch_typed), 1 (the CUDA-core token kernel everywhere), 5 (the tensor-core kernel wherever it
-// can run, groups 1-2 included). Read once. (Also measured and removed: the tensor-core kernel
+// can run, groups 1-2 included), 7 (the default policy with the old K/V copy loop, bf16 D=128). Read once. (Also measured and removed: the tensor-core kernel
 // with 2 stages, 3 CTAs per SM; the split count rounded up; on an H200, token-kernel pipelines
 // 4 x 32, 2 x 64 and 6 x 16 tokens, 4-16% slower than 3 x 32 at group 2. benchmarks/kernels/NOTES.md.)
 int decode_variant() {
@@ -667,9 +696,24 @@ void launch_typed(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaS
   if constexpr (has_mma) {
     const int variant = decode_variant();
     const bool use_mma = variant == 5 || (variant != 1 && NG >= 4);
+    // Variant 7: the default policy with the copy loop of before the fixed-column fast path
+    // (issue_kv_tile), for an A/B in one run; bf16 D=128 only, to keep the build small.
+    constexpr bool has_old_copy = std::is_same_v<T, __nv_bfloat16> && D == 128;
     if (use_mma) {  // the binding guarantees 16-byte aligned query rows (read as 4-byte pairs here)
+      if constexpr (has_old_copy) {
+        if (variant == 7) {
+          launch_mma_kernel<T, D, kMmaStages, kMmaWarps, true>(p, a, stream);
+          return;
+        }
+      }
       launch_mma_kernel<T, D, kMmaStages, kMmaWarps>(p, a, stream);
       return;
+    }
+    if constexpr (has_old_copy) {
+      if (variant == 7) {
+        launch_token_kernel<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>(), true>(p, a, stream);
+        return;
+      }
     }
   }
   launch_token_kernel<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>()>(p, a, stream);
@@ -718,6 +762,9 @@ void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   p.seq_lens = a.seq_lens;
   p.token_order = a.token_order;
   p.q_stride = a.q_stride;
+  if (a.num_blocks * a.block_size > INT32_MAX) {  // issue_kv_tile computes slots in 32 bits
+    throw std::invalid_argument("paged_attention: KV cache of >= 2^31 slots (num_blocks * block_size)");
+  }
   p.kv_plane = a.num_blocks * a.block_size * static_cast<int64_t>(a.num_kv_heads) * a.head_dim;
   p.num_tokens = static_cast<int>(a.num_tokens);
   p.num_seqs = a.num_seqs;
