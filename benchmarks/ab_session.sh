@@ -15,8 +15,8 @@ GPU_TEST_ARGS="-n 4" GPU_TEST_DIRS=kernels bash benchmarks/gpu_session.sh $L tes
 cp $L/pytest_gpu.log $L/pytest_kernels.log
 since "kernels: $(grep -E 'passed|failed' $L/tk.txt | tail -1)"; grep -E "^(FAILED|ERROR)" $L/pytest_kernels.log | head
 
-VARIANT_TESTS=0 ROUNDS=${ROUNDS:-2} HINT_CASES=1x4096,16x512 RAGGED_G2=256x100-1100,244x250-1200 \
-  timeout 200 bash benchmarks/kernels/decode_variants.sh $OUT "${VARIANTS:-0 7}"
+VARIANT_TESTS=0 ROUNDS=${ROUNDS:-2} HINT_CASES= CASES=1x4096,64x512,64x4096,256x512,256x4096 \
+  RAGGED=256x100-1100,128x1000-3000 RAGGED_G2=256x100-1100,244x250-1200 timeout 220 bash benchmarks/kernels/decode_variants.sh $OUT "${VARIANTS:-0 7}"
 since "decode A/B done"
 for round in 1 2; do for order in 0 1; do
   echo "== prefill order $order round $round" >> $OUT/prefill_ab.log

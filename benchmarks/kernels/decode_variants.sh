@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 CASES=${CASES:-1x4096,1x16384,16x4096,64x512,64x4096,256x512,256x4096}
 RAGGED=${RAGGED:-256x100-1100,128x1000-3000}
 RAGGED_G2=${RAGGED_G2:-256x100-1100,240x100-2000}
-HINT_CASES=${HINT_CASES:-1x512,1x4096,16x512,16x4096}
+HINT_CASES=${HINT_CASES-1x512,1x4096,16x512,16x4096}  # empty: no hint runs
 BENCH="python3 benchmarks/kernels/paged_attention.py --no-flashinfer --no-sdpa --prefill= --repeats 7"
 
 ROUNDS=${ROUNDS:-1}
@@ -31,6 +31,7 @@ for round in $(seq "$ROUNDS"); do for v in $VARIANTS; do
   echo "== variant $v group 2 $(date -u +%H:%M:%S)" >> "$OUT/variant_bench.log"
   PAGEDLLM_DECODE_VARIANT=$v timeout 60 $BENCH --num-q-heads 16 --cases "" --batches "" \
     --ragged "$RAGGED_G2" --out /tmp/v${v}g2.json 2>&1 | grep -v "^device" >> "$OUT/variant_bench.log"
+  [ -z "$HINT_CASES" ] && continue
   echo "== variant $v hint 40960 $(date -u +%H:%M:%S)" >> "$OUT/variant_bench.log"
   PAGEDLLM_DECODE_VARIANT=$v timeout 60 $BENCH --hint-len 40960 --cases "$HINT_CASES" --ragged= \
     --out /tmp/v${v}h.json 2>&1 | grep -v "^device" >> "$OUT/variant_bench.log"
