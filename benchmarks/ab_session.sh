@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One device call for a kernel change measured against the code it replaces, in the same run:
 # build, kernel tests (-n 4), decode attention under PAGEDLLM_DECODE_VARIANT A and B taken in turn,
-# the prefill kernel under PAGEDLLM_PREFILL_ORDER 0 and 1 in turn, then the other GPU tests (with
+# the prefill kernel under PAGEDLLM_PREFILL_ORDER 0 and 1 in turn (the
+# variable is read only by a build that has it: none on main now), then the other GPU tests (with
 # the real-weights bf16 test when .devstage/smol14.gguf and the gguf / accelerate wheels in .whl
 # are carried). At most 8 small files land in $OUT.
-#   bash benchmarks/ab_session.sh            # env: VARIANTS (default "0 7"), ROUNDS (default 2)
+#   VARIANTS="0 7" bash benchmarks/ab_session.sh   # env: VARIANTS (PAGEDLLM_DECODE_VARIANT values
+#   to compare, e.g. the default and a measurement-only variant), ROUNDS (default 2)
 set -u
 cd "$(dirname "$0")/.."
 L=/tmp/logs; mkdir -p $L
@@ -16,7 +18,7 @@ cp $L/pytest_gpu.log $L/pytest_kernels.log
 since "kernels: $(grep -E 'passed|failed' $L/tk.txt | tail -1)"; grep -E "^(FAILED|ERROR)" $L/pytest_kernels.log | head
 
 VARIANT_TESTS=0 ROUNDS=${ROUNDS:-2} HINT_CASES= CASES=1x4096,64x512,64x4096,256x512,256x4096 \
-  RAGGED=256x100-1100,128x1000-3000 RAGGED_G2=256x100-1100,244x250-1200 timeout 220 bash benchmarks/kernels/decode_variants.sh $OUT "${VARIANTS:-0 7}"
+  RAGGED=256x100-1100,128x1000-3000 RAGGED_G2=256x100-1100,244x250-1200 timeout 220 bash benchmarks/kernels/decode_variants.sh $OUT "${VARIANTS:?VARIANTS: the decode variants to compare, e.g. \"0 5\"}"
 since "decode A/B done"
 for round in 1 2; do for order in 0 1; do
   echo "== prefill order $order round $round" >> $OUT/prefill_ab.log

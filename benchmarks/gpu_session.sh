@@ -9,7 +9,7 @@
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
 # Env: GPU_TEST_DIRS (pytest dirs of the test stage), W8B_TIMEOUT, W8B_ARGS (extra engine flags for 8b),
 # KERNEL_ARGS (case selection of the kernels stage), KERNEL_TIMEOUT, GPU_TEST_ARGS (extra pytest
-# arguments of the test stage, e.g. -n 4), NANO_ARGS (extra throughput.py flags of the nano stage).
+# arguments of the test stage, e.g. -n 4), GPU_TEST_TIMEOUT (seconds, default 330), NANO_ARGS (extra throughput.py flags of the nano stage).
 set -uo pipefail
 OUT=${1:?output dir}
 STAGES=${2:-"build test nano"}
@@ -31,7 +31,7 @@ if has build; then
 fi
 if has test; then
   stage test
-  (cd tests && PAGEDLLM_REPORT_DIR="$OUT" timeout 330 python3 -m pytest -q -p no:cacheprovider \
+  (cd tests && PAGEDLLM_REPORT_DIR="$OUT" timeout ${GPU_TEST_TIMEOUT:-330} python3 -m pytest -q -p no:cacheprovider \
      -m gpu -rfE ${GPU_TEST_ARGS:-} ${GPU_TEST_DIRS:-kernels models engine gpu distributed} 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25)
 fi
 if has nano; then

@@ -132,16 +132,17 @@ __device__ __forceinline__ DecodeWork locate_work(const TokenKernelParams& p) {
 // cover at once): each thread keeps one chunk column and walks rows tid / CR, + THREADS / CR, ...,
 // so a row's cache slot is computed once for its K and its V chunk, in 32 bits (the launcher
 // refuses caches of >= 2^31 slots), and without a branch (rows past t1 read row t1 - 1's address
-// with a zero-byte copy). The SASS of the tile loop shrank by a third with it (token kernel 824 +
-// a 211-instruction copy loop -> 537 instructions at bf16 D=128 group 2; benchmarks/kernels/NOTES.md):
-// the token kernel is issue-bound on Hopper, so integer work per chunk competes with the math.
-template <typename T, int D, int TILE, int RS, int THREADS, bool kOldCopy = false>
+// with a zero-byte copy). Per chunk the old loop spent a division, a block-table load and 64-bit
+// slot math, twice per row: on an H200 the decode kernels ran 1.21x (token kernel, group 2) to
+// 1.43x (tensor-core kernel) faster without it (benchmarks/kernels/NOTES.md, v6): both kernels
+// are issue-bound there, so integer work per chunk competed with the loads it issues.
+template <typename T, int D, int TILE, int RS, int THREADS>
 __device__ __forceinline__ void issue_kv_tile(unsigned char* stage, const T* kcache /* head's row 0 */,
                                               const T* vcache, const int32_t* btab /* [max_blocks] */,
                                               int block_shift, int64_t slot_elems, int base, int t1) {
   constexpr int CR = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks per row
   const int bmask = (1 << block_shift) - 1;
-  if constexpr (!kOldCopy && THREADS % CR == 0 && TILE % (THREADS / CR) == 0) {
+  if constexpr (THREADS % CR == 0 && TILE % (THREADS / CR) == 0) {
     constexpr int kRowStep = THREADS / CR;  // rows the CTA covers per pass
     const int col = static_cast<int>(threadIdx.x) % CR, row0 = static_cast<int>(threadIdx.x) / CR;
     const int slot_bytes = static_cast<int>(slot_elems) * static_cast<int>(sizeof(T));
@@ -224,7 +225,7 @@ __device__ __forceinline__ void store_warp_merge(const TokenKernelParams& p, con
 // and its own E dims of acc. At the end, groups merge with log-sum-exp weights: within a warp by
 // shuffles, across warps in shared memory. Invariant: acc[g] / l[g] is the softmax-weighted sum
 // of V over the rows the group has seen, relative to the max m[g].
-template <typename T, int D, int NG, int STAGES, int TILE, bool kOldCopy = false>
+template <typename T, int D, int NG, int STAGES, int TILE>
 __global__ void __launch_bounds__(kTokenKernelWarps * 32)
     token_attention_kernel(const TokenKernelParams p) {
   constexpr int TPT = threads_per_token<T, D>();
@@ -252,7 +253,7 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
 
   // Issue the copies of tile i into stage i % STAGES.
   auto issue_tile = [&](int i) {
-    issue_kv_tile<T, D, TILE, ROW, kTokenKernelWarps * 32, kOldCopy>(smem_raw + (i % STAGES) * STAGE, kcache, vcache,
+    issue_kv_tile<T, D, TILE, ROW, kTokenKernelWarps * 32>(smem_raw + (i % STAGES) * STAGE, kcache, vcache,
                                                          btab, p.block_shift, row, t0 + i * TILE, t1);
   };
 #pragma unroll
@@ -394,7 +395,7 @@ __global__ void __launch_bounds__(kTokenKernelWarps * 32)
 // rows sit in padded shared memory (D + 8 elements) so ldmatrix rows hit distinct banks.
 // Invariant per warp: o / l is the softmax-weighted sum of V over the keys the warp has seen,
 // relative to 2^m; l is this lane's partial sum (the quad's lanes add up at the end).
-template <typename T, int D, int STAGES, int WARPS, bool kOldCopy = false>
+template <typename T, int D, int STAGES, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) mma_token_attention_kernel(const TokenKernelParams p) {
   constexpr int TILE = 16 * WARPS;  // keys per stage
   constexpr int DP = D + 8;         // padded row, elements
@@ -416,7 +417,7 @@ __global__ void __launch_bounds__(WARPS * 32) mma_token_attention_kernel(const T
   const int32_t* btab = p.block_table + static_cast<int64_t>(w.s) * p.max_blocks;
   const int num_tiles = (w.t1 - w.t0 + TILE - 1) / TILE;
   auto issue_tile = [&](int i) {
-    issue_kv_tile<T, D, TILE, RS, WARPS * 32, kOldCopy>(smem_raw + (i % STAGES) * STAGE, kcache, vcache, btab,
+    issue_kv_tile<T, D, TILE, RS, WARPS * 32>(smem_raw + (i % STAGES) * STAGE, kcache, vcache, btab,
                                               p.block_shift, row, w.t0 + i * TILE, w.t1);
   };
 #pragma unroll
@@ -657,25 +658,26 @@ void launch_planned(void (*kernel)(TokenKernelParams), int threads, int smem, in
   }
 }
 
-template <typename T, int D, int NG, int STAGES, int TILE, bool kOldCopy = false>
+template <typename T, int D, int NG, int STAGES, int TILE>
 void launch_token_kernel(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
   static int resident_per_sm = 0;
-  launch_planned<T, D>(token_attention_kernel<T, D, NG, STAGES, TILE, kOldCopy>, kTokenKernelWarps * 32,
+  launch_planned<T, D>(token_attention_kernel<T, D, NG, STAGES, TILE>, kTokenKernelWarps * 32,
                        token_kernel_smem_bytes<T, D, NG, STAGES, TILE>(), resident_per_sm, p, a, stream);
 }
 
-template <typename T, int D, int STAGES, int WARPS, bool kOldCopy = false>
+template <typename T, int D, int STAGES, int WARPS>
 void launch_mma_kernel(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaStream_t stream) {
   static int resident_per_sm = 0;
-  launch_planned<T, D>(mma_token_attention_kernel<T, D, STAGES, WARPS, kOldCopy>, WARPS * 32,
+  launch_planned<T, D>(mma_token_attention_kernel<T, D, STAGES, WARPS>, WARPS * 32,
                        mma_kernel_smem_bytes<T, D, STAGES, WARPS>(), resident_per_sm, p, a, stream);
 }
 
 // Kernel choice for measurement runs: PAGEDLLM_DECODE_VARIANT = 0 (the default policy, see
 // launch_typed), 1 (the CUDA-core token kernel everywhere), 5 (the tensor-core kernel wherever it
-// can run, groups 1-2 included), 7 (the default policy with the old K/V copy loop, bf16 D=128). Read once. (Also measured and removed: the tensor-core kernel
-// with 2 stages, 3 CTAs per SM; the split count rounded up; on an H200, token-kernel pipelines
-// 4 x 32, 2 x 64 and 6 x 16 tokens, 4-16% slower than 3 x 32 at group 2. benchmarks/kernels/NOTES.md.)
+// can run, groups 1-2 included). Read once. (Also measured and removed: variant 7, the K/V copy
+// loop of before issue_kv_tile's fixed-column path; the tensor-core kernel with 2 stages, 3 CTAs
+// per SM; the split count rounded up; on an H200, token-kernel pipelines 4 x 32, 2 x 64 and
+// 6 x 16 tokens, 4-16% slower than 3 x 32 at group 2. benchmarks/kernels/NOTES.md.)
 int decode_variant() {
   static const int v = [] {
     const char* env = std::getenv("PAGEDLLM_DECODE_VARIANT");
@@ -696,24 +698,9 @@ void launch_typed(const TokenKernelParams& p, const PagedAttentionArgs& a, cudaS
   if constexpr (has_mma) {
     const int variant = decode_variant();
     const bool use_mma = variant == 5 || (variant != 1 && NG >= 4);
-    // Variant 7: the default policy with the copy loop of before the fixed-column fast path
-    // (issue_kv_tile), for an A/B in one run; bf16 D=128 only, to keep the build small.
-    constexpr bool has_old_copy = std::is_same_v<T, __nv_bfloat16> && D == 128;
     if (use_mma) {  // the binding guarantees 16-byte aligned query rows (read as 4-byte pairs here)
-      if constexpr (has_old_copy) {
-        if (variant == 7) {
-          launch_mma_kernel<T, D, kMmaStages, kMmaWarps, true>(p, a, stream);
-          return;
-        }
-      }
       launch_mma_kernel<T, D, kMmaStages, kMmaWarps>(p, a, stream);
       return;
-    }
-    if constexpr (has_old_copy) {
-      if (variant == 7) {
-        launch_token_kernel<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>(), true>(p, a, stream);
-        return;
-      }
     }
   }
   launch_token_kernel<T, D, NG, kStages, tile_tokens<T, D, kTileCapBytes>()>(p, a, stream);

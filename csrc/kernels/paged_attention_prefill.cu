@@ -10,7 +10,6 @@
 // (conflict-free fragment reads), double-buffered so the next tile loads during the math.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <stdexcept>
 #include <type_traits>
 
@@ -49,7 +48,6 @@ struct PrefillParams {
   int block_shift;
   float scale_log2;                // scale * log2(e)
   int sliding_window;
-  bool heavy_first;                // query tiles in descending order (see launch_prefill_typed)
 };
 
 template <typename T, int D>
@@ -68,8 +66,7 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
   if (q_len < kPrefillMmaMinQueryLen) return;  // the token kernel owns it
   const int G = p.group;
   const int rows = q_len * G;
-  const int tile = p.heavy_first ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
-  const int row0 = tile * kBlockM;
+  const int row0 = blockIdx.x * kBlockM;
   if (row0 >= rows) return;
   const int ctx = p.seq_lens[s];
   const int first_pos = ctx - q_len;  // position of the chunk's first token
@@ -259,18 +256,6 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
   }
 }
 
-// Tile order for measurement runs: PAGEDLLM_PREFILL_ORDER=0 launches each (KV head, sequence)'s
-// query tiles first to last (light to heavy under the causal mask), anything else (the default)
-// heaviest first: CTAs start in index order, so the grid's last wave is then light tiles instead
-// of the last head's heaviest ones. Read once.
-bool prefill_heavy_first() {
-  static const bool v = [] {
-    const char* env = std::getenv("PAGEDLLM_PREFILL_ORDER");
-    return env == nullptr || std::atoi(env) != 0;
-  }();
-  return v;
-}
-
 template <typename T, int D>
 void launch_prefill_typed(const PrefillParams& p, const PagedAttentionArgs& a) {
   const int tiles = (a.max_query_len * p.group + kBlockM - 1) / kBlockM;
@@ -315,7 +300,6 @@ void launch_prefill_attention(const PagedAttentionArgs& a) {
   p.block_shift = shift;
   p.scale_log2 = a.scale * 1.4426950408889634f;
   p.sliding_window = a.sliding_window;
-  p.heavy_first = prefill_heavy_first();
   const auto run = [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     switch (a.head_dim) {
