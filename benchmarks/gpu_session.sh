@@ -9,7 +9,8 @@
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
 # Env: GPU_TEST_DIRS (pytest dirs of the test stage), W8B_TIMEOUT, W8B_ARGS (extra engine flags for 8b),
 # KERNEL_ARGS (case selection of the kernels stage), KERNEL_TIMEOUT, GPU_TEST_ARGS (extra pytest
-# arguments of the test stage, e.g. -n 4), GPU_TEST_TIMEOUT (seconds, default 330), NANO_ARGS (extra throughput.py flags of the nano stage).
+# arguments of the test stage, e.g. -n 4), GPU_TEST_TIMEOUT (seconds, default 330), NANO_ARGS
+# (extra throughput.py flags of the nano stage).
 set -uo pipefail
 OUT=${1:?output dir}
 STAGES=${2:-"build test nano"}

@@ -6,7 +6,7 @@
 # Env: CASES (uniform BxL list), RAGGED, RAGGED_G2 (ragged cases at group 2, Qwen3-0.6B's),
 # HINT_CASES (cases re-run with a 40,960-token max_seq_len hint, as in a CUDA graph),
 # VARIANT_TESTS=0 (skip the per-variant kernel tests), ROUNDS (the variants' benchmarks run this
-# many times in turn, 0 7 0 7 ..., so a drift of the card shows instead of favouring one variant).
+# many times in turn, A B A B ..., so a drift of the card shows instead of favouring one variant).
 set -uo pipefail
 OUT=${1:?output dir}
 VARIANTS=${2:-"0 5"}
