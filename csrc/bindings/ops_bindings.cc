@@ -21,8 +21,11 @@ void init_ops_bindings(py::module_& m) {
         py::arg("block_table"), py::arg("query_start_loc"), py::arg("seq_lens"), py::arg("scale"),
         py::arg("max_query_len"), py::arg("max_seq_len"), py::arg("sliding_window") = -1,
         py::arg("workspace") = 0, py::arg("workspace_bytes") = 0, py::arg("stream") = 0,
-        py::arg("token_order") = py::none(), py::call_guard<py::gil_scoped_release>(),
+        py::arg("token_order") = py::none(), py::arg("short_chunk_tokens") = -1,
+        py::call_guard<py::gil_scoped_release>(),
         "Causal attention of each sequence's query chunk over its paged context, into out.");
+  // Query chunks this long or longer go to the tensor-core kernel on CUDA (fp16/bf16).
+  m.attr("PREFILL_KERNEL_MIN_QUERY_LEN") = pagedllm::kernels::kPrefillMmaMinQueryLen;
   m.def("rms_norm", &b::rms_norm, py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("eps"),
         py::arg("stream") = 0, "out = x / sqrt(mean(x^2) + eps) * weight.");
   m.def("fused_add_rms_norm", &b::fused_add_rms_norm, py::arg("x"), py::arg("residual"), py::arg("weight"),

@@ -243,6 +243,7 @@ inline kernels::PagedAttentionArgs attention_args(
   a.max_seq_len = max_seq_len;
   a.sliding_window = sliding_window;
   a.dtype = cache.dtype;
+  a.short_chunk_tokens = -1;
   return a;
 }
 
@@ -257,6 +258,27 @@ inline void check_token_order_cpu(const kernels::PagedAttentionArgs& a) {
       fail("token_order: must be a permutation of 0.." + std::to_string(a.num_tokens - 1));
     }
     seen[static_cast<size_t>(t)] = 1;
+  }
+}
+
+// short_chunk_tokens = n must put every token of a chunk shorter than kPrefillMmaMinQueryLen
+// among ranks [0, n) of token_order (on CUDA a token past them would never be computed).
+inline void check_short_chunk_tokens_cpu(const kernels::PagedAttentionArgs& a) {
+  if (a.short_chunk_tokens < 0) return;
+  std::vector<int64_t> rank_of(static_cast<size_t>(a.num_tokens));
+  for (int64_t r = 0; r < a.num_tokens; ++r) {
+    rank_of[static_cast<size_t>(a.token_order != nullptr ? a.token_order[r] : r)] = r;
+  }
+  for (int s = 0; s < a.num_seqs; ++s) {
+    const int32_t begin = a.query_start_loc[s], end = a.query_start_loc[s + 1];
+    if (end - begin >= kernels::kPrefillMmaMinQueryLen) continue;
+    for (int32_t t = begin; t < end; ++t) {
+      if (rank_of[static_cast<size_t>(t)] >= a.short_chunk_tokens) {
+        fail("short_chunk_tokens: token " + std::to_string(t) + " of a " + std::to_string(end - begin) +
+             "-token chunk has rank " + std::to_string(rank_of[static_cast<size_t>(t)]) + " in token_order, not below " +
+             std::to_string(a.short_chunk_tokens));
+      }
+    }
   }
 }
 
@@ -306,7 +328,7 @@ inline void paged_attention(const TensorTuple& out_t, const TensorTuple& query_t
                             const TensorTuple& table_t, const TensorTuple& qsl_t, const TensorTuple& lens_t,
                             double scale, int max_query_len, int max_seq_len, int sliding_window,
                             uintptr_t workspace, int64_t workspace_bytes, uintptr_t stream,
-                            const std::optional<TensorTuple>& order_t) {
+                            const std::optional<TensorTuple>& order_t, int64_t short_chunk_tokens) {
   int dev = -1;
   kernels::PagedAttentionArgs a = attention_args(out_t, query_t, cache_t, table_t, qsl_t, lens_t, scale,
                                                  max_query_len, max_seq_len, sliding_window, &dev);
@@ -321,9 +343,15 @@ inline void paged_attention(const TensorTuple& out_t, const TensorTuple& query_t
     check_dim(order, 0, a.num_tokens, "num_tokens");
     a.token_order = static_cast<const int32_t*>(as_ptr(order));
   }
+  if (short_chunk_tokens < -1 || short_chunk_tokens > a.num_tokens) {
+    fail("short_chunk_tokens: must be -1 (unknown) or in [0, num_tokens = " + std::to_string(a.num_tokens) +
+         "], got " + std::to_string(short_chunk_tokens));
+  }
+  a.short_chunk_tokens = short_chunk_tokens;
   if (dev < 0) {
     check_attention_metadata_cpu(a);
     check_token_order_cpu(a);
+    check_short_chunk_tokens_cpu(a);
     kernels::paged_attention_cpu(a);
     return;
   }

@@ -70,6 +70,11 @@ struct PagedAttentionArgs {
   // in (longest context first balances the last wave); null = token order. Never changes the
   // result; the CPU twin ignores it.
   const int32_t* token_order;
+  // -1: unknown. n >= 0: the tokens of chunks shorter than kPrefillMmaMinQueryLen (decode rows,
+  // short extends) are all among ranks [0, n) of token_order (of the tokens when it is null), so
+  // when the tensor-core kernel takes the long chunks, the token kernel covers only those ranks
+  // (a batch of long chunks otherwise pays one empty token-kernel CTA per token and KV head).
+  int64_t short_chunk_tokens;
   int64_t q_stride;                 // elements between query tokens
   int64_t num_tokens;
   int64_t num_blocks;

@@ -8,8 +8,8 @@
 //       together (GQA packing) and long contexts split across CTAs (flash-decoding) with a
 //       log-sum-exp merge.
 //   q_len >= kPrefillMmaMinQueryLen, fp16/bf16: the tensor-core kernel (paged_attention_prefill.cu).
-// The grids depend only on (num_tokens, num_seqs, max_query_len, max_seq_len), so a CUDA graph
-// captured with fixed hints replays correctly for any contents within them.
+// The grids depend only on (num_tokens, num_seqs, max_query_len, max_seq_len, short_chunk_tokens),
+// so a CUDA graph captured with fixed hints replays correctly for any contents within them.
 #pragma once
 
 #include <cstdint>

@@ -31,6 +31,7 @@ struct TokenKernelParams {
   int64_t q_stride;
   int64_t kv_plane;                // elements of one of the K / V planes
   int num_tokens;
+  int token_ranks;                 // the grid covers ranks [0, token_ranks) of token_order
   int num_seqs;
   int max_blocks;
   int num_q_heads;
@@ -64,7 +65,8 @@ __device__ __forceinline__ int split_size(int kv_end, int num_splits) {
   return (per + kSplitGranularity - 1) / kSplitGranularity * kSplitGranularity;
 }
 
-void launch_token_attention(const PagedAttentionArgs& a, bool skip_long);
+// One CTA per (rank of token_order < token_ranks, KV-head slice, split).
+void launch_token_attention(const PagedAttentionArgs& a, bool skip_long, int64_t token_ranks);
 int64_t token_attention_workspace_bytes(const PagedAttentionArgs& a);
 void launch_prefill_attention(const PagedAttentionArgs& a);
 bool prefill_mma_applies(const PagedAttentionArgs& a);

@@ -646,7 +646,7 @@ void launch_planned(void (*kernel)(TokenKernelParams), int threads, int smem, in
     p.ws_ml = p.ws_out + rows * D;
   }
   const int num_tokens = static_cast<int>(a.num_tokens);
-  const int64_t ctas = static_cast<int64_t>(num_tokens) * p.num_kv_heads * p.slices * p.num_splits;
+  const int64_t ctas = static_cast<int64_t>(p.token_ranks) * p.num_kv_heads * p.slices * p.num_splits;
   if (ctas > INT32_MAX) throw std::invalid_argument("paged_attention: batch too large for one launch");
   kernel<<<static_cast<unsigned>(ctas), threads, smem, stream>>>(p);
   cuda::check_launch("paged_attention (decode kernel)");
@@ -738,8 +738,8 @@ int64_t token_attention_workspace_bytes(const PagedAttentionArgs& a) {
   return rows * (a.head_dim + 2) * static_cast<int64_t>(sizeof(float)) + 16;
 }
 
-void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
-  if (a.num_tokens == 0 || a.num_seqs == 0) return;
+void launch_token_attention(const PagedAttentionArgs& a, bool skip_long, int64_t token_ranks) {
+  if (a.num_tokens == 0 || a.num_seqs == 0 || token_ranks <= 0) return;
   TokenKernelParams p{};  // the split plan and workspace pointers are set by launch_planned
   p.out = a.out;
   p.query = a.query;
@@ -754,6 +754,7 @@ void launch_token_attention(const PagedAttentionArgs& a, bool skip_long) {
   }
   p.kv_plane = a.num_blocks * a.block_size * static_cast<int64_t>(a.num_kv_heads) * a.head_dim;
   p.num_tokens = static_cast<int>(a.num_tokens);
+  p.token_ranks = static_cast<int>(std::min(token_ranks, a.num_tokens));
   p.num_seqs = a.num_seqs;
   p.max_blocks = a.max_blocks_per_seq;
   p.num_q_heads = a.num_q_heads;

@@ -1,15 +1,17 @@
 // The tensor-core kernel of paged attention for query chunks of >= kPrefillMmaMinQueryLen tokens
 // (prefill, chunked prefill, prefix-cache hits), fp16 / bf16.
 //
-// One CTA of 4 warps per (64-row query tile, KV head, sequence). Rows are (token, head) pairs of
-// the KV head's query-head group, token-major (row r = token r / G, head r % G), so the GQA group
-// shares every K/V tile it loads. Each warp owns 16 rows; S = Q K^T and O += P V run on
-// mma.sync.m16n8k16 with float accumulators; the S fragment is reused as the A operand of P V
-// (flash-attention-2 register layout), so P never touches shared memory. Online softmax in base 2.
-// K/V tiles of 64 keys are gathered from the pages by cp.async into padded shared memory
-// (conflict-free fragment reads), double-buffered so the next tile loads during the math.
+// One CTA of WARPS warps per (32 * WARPS-row query tile, KV head, sequence). Rows are (token,
+// head) pairs of the KV head's query-head group, token-major (row r = token r / G, head r % G), so
+// the GQA group shares every K/V tile it loads. Each warp owns 32 rows (two m16 tiles); S = Q K^T
+// and O += P V run on mma.sync.m16n8k16 with float accumulators; the S fragment is reused as the
+// A operand of P V (flash-attention-2 register layout), so P never touches shared memory. Online
+// softmax in base 2. K/V tiles of 64 keys are gathered from the pages by cp.async into padded
+// shared memory (conflict-free fragment reads), STAGES-buffered so the next tiles load during
+// the math. Taller query tiles share each K/V tile among more rows: less L2 traffic per FLOP.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 #include <type_traits>
 
@@ -27,10 +29,8 @@ using cuda::ldmatrix_x4_trans;
 using cuda::mma16816;
 using cuda::pack2;
 
-constexpr int kBlockM = 64;
-constexpr int kBlockN = 64;
-constexpr int kWarps = 4;
-constexpr int kStages = 2;
+constexpr int kBlockN = 64;  // keys per K/V tile
+constexpr int kMTiles = 2;   // m16 row tiles per warp
 
 struct PrefillParams {
   void* out;                       // [T, Hq, D]
@@ -50,23 +50,38 @@ struct PrefillParams {
   int sliding_window;
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const PrefillParams p) {
+// Grid: (KV heads, row tiles, sequences), the last (longest-context) row tile launched first so
+// the short ones fill the tail.
+// Each warp owns kMTiles m16 tiles (32 rows): every K/V fragment read from shared memory feeds two
+// mma (with 16 rows per warp the kernel reached ~0.6x FA2). Their Q fragments would need 64 more
+// registers than the o and S accumulators leave, so the CTA's Q tile waits in shared memory and
+// is re-read by ldmatrix per K/V tile.
+template <typename T, int D, int WARPS, int STAGES>
+__global__ void __launch_bounds__(WARPS * 32) prefill_attention_kernel(const PrefillParams p) {
+  constexpr int MT = kMTiles;
+  constexpr int kRowsPerWarp = 16 * MT;
+  constexpr int kBlockM = WARPS * kRowsPerWarp;
+  constexpr int kThreads = WARPS * 32;
   constexpr int DP = D + 8;  // padded smem row (elements): fragment reads hit 32 distinct banks
   constexpr int KS = D / 16;       // k-steps of Q K^T
   constexpr int DT = D / 8;        // n-tiles of P V (even for every supported D)
   static_assert(DT % 2 == 0, "ldmatrix.x4 covers two n-tiles");
   constexpr int NT = kBlockN / 8;  // n-tiles of Q K^T
-  // [kStages][K tile, V tile][kBlockN][DP], filled by cp.async kStages - 1 tiles ahead.
+  constexpr int kStageBytes = 2 * kBlockN * DP * static_cast<int>(sizeof(T));
+  // [STAGES][K tile, V tile][kBlockN][DP], filled by cp.async STAGES - 1 tiles ahead; then the
+  // Q tile [kBlockM][DP].
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw + STAGES * kStageBytes);
 
-  const int s = blockIdx.z, kvh = blockIdx.y;
+  const int s = blockIdx.z;
+  const int kvh = blockIdx.x;
+  const int row_tile = gridDim.y - 1 - blockIdx.y;
   const int q_begin = p.query_start_loc[s];
   const int q_len = p.query_start_loc[s + 1] - q_begin;
   if (q_len < kPrefillMmaMinQueryLen) return;  // the token kernel owns it
   const int G = p.group;
   const int rows = q_len * G;
-  const int row0 = blockIdx.x * kBlockM;
+  const int row0 = row_tile * kBlockM;
   if (row0 >= rows) return;
   const int ctx = p.seq_lens[s];
   const int first_pos = ctx - q_len;  // position of the chunk's first token
@@ -76,30 +91,46 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
-  const int rA = row0 + warp * 16 + gid, rB = rA + 8;
-  const int posA = first_pos + rA / G, posB = first_pos + rB / G;
-  const bool okA = rA < rows, okB = rB < rows;
-
-  // Q fragments for the warp's 16 rows, [KS][4] packed pairs.
-  uint32_t qa[KS][4];
-  {
-    const T* q = static_cast<const T*>(p.query);
-    const T* qA = q + static_cast<int64_t>(q_begin + rA / G) * p.q_stride + static_cast<int64_t>(kvh * G + rA % G) * D;
-    const T* qB = q + static_cast<int64_t>(q_begin + rB / G) * p.q_stride + static_cast<int64_t>(kvh * G + rB % G) * D;
+  // This lane's rows: gid (A) and gid + 8 (B) of each of the warp's m16 tiles.
+  int posA[MT], posB[MT];
+  bool okA[MT], okB[MT];
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-      const int c = ks * 16 + tig * 2;
-      qa[ks][0] = okA ? *reinterpret_cast<const uint32_t*>(qA + c) : 0u;
-      qa[ks][1] = okB ? *reinterpret_cast<const uint32_t*>(qB + c) : 0u;
-      qa[ks][2] = okA ? *reinterpret_cast<const uint32_t*>(qA + c + 8) : 0u;
-      qa[ks][3] = okB ? *reinterpret_cast<const uint32_t*>(qB + c + 8) : 0u;
-    }
+  for (int mt = 0; mt < MT; ++mt) {
+    const int rA = row0 + warp * kRowsPerWarp + mt * 16 + gid, rB = rA + 8;
+    posA[mt] = first_pos + rA / G;
+    posB[mt] = first_pos + rB / G;
+    okA[mt] = rA < rows;
+    okB[mt] = rB < rows;
   }
 
-  float o[DT][4];
+  // Query row r (token-major (token, head) pair) of this KV head's group.
+  const T* q = static_cast<const T*>(p.query);
+  auto q_row = [&](int r) {
+    return q + static_cast<int64_t>(q_begin + r / G) * p.q_stride + static_cast<int64_t>(kvh * G + r % G) * D;
+  };
+  // The CTA's Q tile (rows past the chunk zero-filled); it joins the first K/V tile's group.
+  for (int c = tid; c < kBlockM * D / 8; c += kThreads) {
+    const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+    const bool ok = row0 + r < rows;
+    cp_async16(sQ + r * DP + col, ok ? q_row(row0 + r) + col : q, ok ? 16 : 0);
+  }
+  // A fragment of k-step ks for m tile mt by ldmatrix.x4 from the Q tile (lane l addresses row
+  // l & 15 at column ks * 16 + (l >> 4) * 8).
+  auto load_a = [&](uint32_t (&a)[4], int mt, int ks) {
+    ldmatrix_x4(a, sQ + (warp * kRowsPerWarp + mt * 16 + (lane & 15)) * DP + ks * 16 + (lane >> 4) * 8);
+  };
+
+  float o[MT][DT][4];
 #pragma unroll
-  for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;  // l: this lane's partial sums
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < DT; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+  float mA[MT], mB[MT], lA[MT], lB[MT];  // l: this lane's partial sums
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    mA[mt] = mB[mt] = -INFINITY;
+    lA[mt] = lB[mt] = 0.0f;
+  }
 
   const int64_t row = static_cast<int64_t>(p.num_kv_heads) * D;
   const T* kcache = static_cast<const T*>(p.kv_cache) + static_cast<int64_t>(kvh) * D;
@@ -107,17 +138,16 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
   const int32_t* btab = p.block_table + static_cast<int64_t>(s) * p.max_blocks;
   const int bmask = (1 << p.block_shift) - 1;
   constexpr int kChunks = kBlockN * D / 8;  // 16-byte chunks per tile
-  constexpr int kStageBytes = 2 * kBlockN * DP * static_cast<int>(sizeof(T));
 
   const int kt0 = kv_lo / kBlockN * kBlockN;
   const int num_tiles = (kv_end - kt0 + kBlockN - 1) / kBlockN;
   // Gather the K and V tiles of keys kt0 + i * 64 .. + 63 from their pages (zero past kv_end).
   auto issue_tile = [&](int i) {
-    T* sk = reinterpret_cast<T*>(smem_raw + (i % kStages) * kStageBytes);
+    T* sk = reinterpret_cast<T*>(smem_raw + (i % STAGES) * kStageBytes);
     T* sv = sk + kBlockN * DP;
     const int kt = kt0 + i * kBlockN;
 #pragma unroll 4
-    for (int c = tid; c < kChunks; c += kWarps * 32) {
+    for (int c = tid; c < kChunks; c += kThreads) {
       const int key = c / (D / 8), col = (c % (D / 8)) * 8;
       const int kp = kt + key;
       const T* ksrc = kcache;
@@ -134,140 +164,182 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_attention_kernel(const Pr
     }
   };
 #pragma unroll
-  for (int i = 0; i < kStages - 1; ++i) {
+  for (int i = 0; i < STAGES - 1; ++i) {
     if (i < num_tiles) issue_tile(i);
     cp_async_commit();
   }
 
   for (int it = 0; it < num_tiles; ++it) {
     const int kt = kt0 + it * kBlockN;
-    if (it + kStages - 1 < num_tiles) issue_tile(it + kStages - 1);
+    if (it + STAGES - 1 < num_tiles) issue_tile(it + STAGES - 1);
     cp_async_commit();
-    cp_async_wait<kStages - 1>();
+    cp_async_wait<STAGES - 1>();
     __syncthreads();
-    const T (*sK)[DP] = reinterpret_cast<const T (*)[DP]>(smem_raw + (it % kStages) * kStageBytes);
+    const T (*sK)[DP] = reinterpret_cast<const T (*)[DP]>(smem_raw + (it % STAGES) * kStageBytes);
     const T (*sV)[DP] = sK + kBlockN;
 
-    // S = Q K^T for 16 rows x 64 keys.
-    float sc[NT][4];
+    // S = Q K^T for the warp's rows x 64 keys, k-steps outermost: each A fragment feeds all 8
+    // n-tiles, each K B-fragment all MT m tiles. One ldmatrix.x4 reads the B fragments of n-tiles
+    // nt and nt + 1 (lanes 0-15: keys nt*8 + (l & 7) at columns ks*16 + ((l >> 3) & 1) * 8;
+    // lanes 16-31 the same for nt + 1).
+    float sc[MT][NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-      // K B-fragments of two k-steps per ldmatrix.x4: lane l addresses key nt*8 + (l & 7) at
-      // column ks*16 + (l >> 3) * 8.
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int ks = 0; ks + 1 < KS; ks += 2) {
+      for (int nt = 0; nt < NT; ++nt) sc[mt][nt][0] = sc[mt][nt][1] = sc[mt][nt][2] = sc[mt][nt][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) load_a(a[mt], mt, ks);
+#pragma unroll
+      for (int nt = 0; nt < NT; nt += 2) {
         uint32_t b[4];
-        ldmatrix_x4(b, &sK[nt * 8 + (lane & 7)][ks * 16 + (lane >> 3) * 8]);
-        mma16816<T>(sc[nt], qa[ks], b[0], b[1]);
-        mma16816<T>(sc[nt], qa[ks + 1], b[2], b[3]);
-      }
-      if constexpr (KS % 2 == 1) {
-        const T* kr = &sK[nt * 8 + gid][(KS - 1) * 16 + tig * 2];
-        mma16816<T>(sc[nt], qa[KS - 1], *reinterpret_cast<const uint32_t*>(kr),
-                    *reinterpret_cast<const uint32_t*>(kr + 8));
-      }
-    }
-    // Mask (causal, window, padding rows) and scale into base-2 logits; tile max per row.
-    float tmA = -INFINITY, tmB = -INFINITY;
-    // Tiles wholly below both rows' diagonals (and no window) need no mask.
-    const bool unmasked = okA && okB && p.sliding_window <= 0 && kt + kBlockN - 1 <= posA;
+        ldmatrix_x4(b, &sK[(nt + (lane >> 4)) * 8 + (lane & 7)][ks * 16 + ((lane >> 3) & 1) * 8]);
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if (unmasked) {
-          sc[nt][i] *= p.scale_log2;
-          continue;
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(sc[mt][nt], a[mt], b[0], b[1]);
+          mma16816<T>(sc[mt][nt + 1], a[mt], b[2], b[3]);
         }
-        const int key = kt + nt * 8 + tig * 2 + (i & 1);
-        const int pos = i < 2 ? posA : posB;
-        const bool ok = (i < 2 ? okA : okB) && key <= pos &&
-                        (p.sliding_window <= 0 || key > pos - p.sliding_window);
-        sc[nt][i] = ok ? sc[nt][i] * p.scale_log2 : -INFINITY;
       }
-      tmA = fmaxf(tmA, fmaxf(sc[nt][0], sc[nt][1]));
-      tmB = fmaxf(tmB, fmaxf(sc[nt][2], sc[nt][3]));
     }
 #pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, off));
-      tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, off));
-    }
-    const float nA = fmaxf(mA, tmA), nB = fmaxf(mB, tmB);
-    const float baseA = nA == -INFINITY ? 0.0f : nA, baseB = nB == -INFINITY ? 0.0f : nB;
-    const float alA = exp2f(mA - baseA), alB = exp2f(mB - baseB);
-    mA = nA;
-    mB = nB;
-    lA *= alA;
-    lB *= alB;
+    for (int mt = 0; mt < MT; ++mt) {
+      // Mask (causal, window, padding rows) and scale into base-2 logits; tile max per row.
+      float tmA = -INFINITY, tmB = -INFINITY;
+      // Tiles wholly below both rows' diagonals (and no window) need no mask.
+      const bool unmasked = okA[mt] && okB[mt] && p.sliding_window <= 0 && kt + kBlockN - 1 <= posA[mt];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      sc[nt][0] = exp2f(sc[nt][0] - baseA);
-      sc[nt][1] = exp2f(sc[nt][1] - baseA);
-      sc[nt][2] = exp2f(sc[nt][2] - baseB);
-      sc[nt][3] = exp2f(sc[nt][3] - baseB);
-      lA += sc[nt][0] + sc[nt][1];
-      lB += sc[nt][2] + sc[nt][3];
-    }
+      for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-    for (int dt = 0; dt < DT; ++dt) {
-      o[dt][0] *= alA;
-      o[dt][1] *= alA;
-      o[dt][2] *= alB;
-      o[dt][3] *= alB;
+        for (int i = 0; i < 4; ++i) {
+          if (unmasked) {
+            sc[mt][nt][i] *= p.scale_log2;
+            continue;
+          }
+          const int key = kt + nt * 8 + tig * 2 + (i & 1);
+          const int pos = i < 2 ? posA[mt] : posB[mt];
+          const bool ok = (i < 2 ? okA[mt] : okB[mt]) && key <= pos &&
+                          (p.sliding_window <= 0 || key > pos - p.sliding_window);
+          sc[mt][nt][i] = ok ? sc[mt][nt][i] * p.scale_log2 : -INFINITY;
+        }
+        tmA = fmaxf(tmA, fmaxf(sc[mt][nt][0], sc[mt][nt][1]));
+        tmB = fmaxf(tmB, fmaxf(sc[mt][nt][2], sc[mt][nt][3]));
+      }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        tmA = fmaxf(tmA, __shfl_xor_sync(0xffffffffu, tmA, off));
+        tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, off));
+      }
+      const float nA = fmaxf(mA[mt], tmA), nB = fmaxf(mB[mt], tmB);
+      const float baseA = nA == -INFINITY ? 0.0f : nA, baseB = nB == -INFINITY ? 0.0f : nB;
+      const float alA = exp2f(mA[mt] - baseA), alB = exp2f(mB[mt] - baseB);
+      mA[mt] = nA;
+      mB[mt] = nB;
+      lA[mt] *= alA;
+      lB[mt] *= alB;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        sc[mt][nt][0] = exp2f(sc[mt][nt][0] - baseA);
+        sc[mt][nt][1] = exp2f(sc[mt][nt][1] - baseA);
+        sc[mt][nt][2] = exp2f(sc[mt][nt][2] - baseB);
+        sc[mt][nt][3] = exp2f(sc[mt][nt][3] - baseB);
+        lA[mt] += sc[mt][nt][0] + sc[mt][nt][1];
+        lB[mt] += sc[mt][nt][2] + sc[mt][nt][3];
+      }
+#pragma unroll
+      for (int dt = 0; dt < DT; ++dt) {
+        o[mt][dt][0] *= alA;
+        o[mt][dt][1] *= alA;
+        o[mt][dt][2] *= alB;
+        o[mt][dt][3] *= alB;
+      }
     }
     // O += P V: P's accumulator layout is the A-operand layout of the next mma.
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = pack2<T>(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+        pa[mt][1] = pack2<T>(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+        pa[mt][2] = pack2<T>(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack2<T>(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+      }
       // V B-fragments for two n-tiles per ldmatrix.x4.trans: lanes 0-15 address keys
       // kk*16 + 0..15 at column dt*8, lanes 16-31 the same keys at column dt*8 + 8.
 #pragma unroll
       for (int dt = 0; dt < DT; dt += 2) {
         uint32_t b[4];
         ldmatrix_x4_trans(b, &sV[kk * 16 + (lane & 15)][dt * 8 + (lane >> 4) * 8]);
-        mma16816<T>(o[dt], pa, b[0], b[1]);
-        mma16816<T>(o[dt + 1], pa, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(o[mt][dt], pa[mt], b[0], b[1]);
+          mma16816<T>(o[mt][dt + 1], pa[mt], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // the next issue overwrites this stage
   }
   cp_async_wait<0>();
 
-#pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    lA += __shfl_xor_sync(0xffffffffu, lA, off);
-    lB += __shfl_xor_sync(0xffffffffu, lB, off);
-  }
-  const float invA = lA > 0.0f ? 1.0f / lA : 0.0f, invB = lB > 0.0f ? 1.0f / lB : 0.0f;
   T* out = static_cast<T*>(p.out);
-  T* oA = out + (static_cast<int64_t>(q_begin + rA / G) * p.num_q_heads + kvh * G + rA % G) * D;
-  T* oB = out + (static_cast<int64_t>(q_begin + rB / G) * p.num_q_heads + kvh * G + rB % G) * D;
 #pragma unroll
-  for (int dt = 0; dt < DT; ++dt) {
-    const int c = dt * 8 + tig * 2;
-    if (okA) *reinterpret_cast<uint32_t*>(oA + c) = pack2<T>(o[dt][0] * invA, o[dt][1] * invA);
-    if (okB) *reinterpret_cast<uint32_t*>(oB + c) = pack2<T>(o[dt][2] * invB, o[dt][3] * invB);
+  for (int mt = 0; mt < MT; ++mt) {
+    float sumA = lA[mt], sumB = lB[mt];
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      sumA += __shfl_xor_sync(0xffffffffu, sumA, off);
+      sumB += __shfl_xor_sync(0xffffffffu, sumB, off);
+    }
+    const float invA = sumA > 0.0f ? 1.0f / sumA : 0.0f, invB = sumB > 0.0f ? 1.0f / sumB : 0.0f;
+    const int rA = row0 + warp * kRowsPerWarp + mt * 16 + gid, rB = rA + 8;
+    T* oA = out + (static_cast<int64_t>(q_begin + rA / G) * p.num_q_heads + kvh * G + rA % G) * D;
+    T* oB = out + (static_cast<int64_t>(q_begin + rB / G) * p.num_q_heads + kvh * G + rB % G) * D;
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+      const int c = dt * 8 + tig * 2;
+      if (okA[mt]) *reinterpret_cast<uint32_t*>(oA + c) = pack2<T>(o[mt][dt][0] * invA, o[mt][dt][1] * invA);
+      if (okB[mt]) *reinterpret_cast<uint32_t*>(oB + c) = pack2<T>(o[mt][dt][2] * invB, o[mt][dt][3] * invB);
+    }
   }
+}
+
+template <typename T, int D, int WARPS, int STAGES>
+void launch_prefill_kernel(const PrefillParams& p, const PagedAttentionArgs& a) {
+  constexpr int kBlockM = WARPS * 16 * kMTiles;
+  const int tiles = (a.max_query_len * p.group + kBlockM - 1) / kBlockM;
+  const dim3 grid(a.num_kv_heads, tiles, a.num_seqs);
+  constexpr int smem = (STAGES * 2 * kBlockN + kBlockM) * (D + 8) * static_cast<int>(sizeof(T));
+  const auto kernel = prefill_attention_kernel<T, D, WARPS, STAGES>;
+  static bool configured = false;  // opt in to > 48 KB of dynamic shared memory once
+  if (!configured) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    configured = true;
+  }
+  kernel<<<grid, WARPS * 32, smem, cuda::as_stream(a.stream)>>>(p);
+  cuda::check_launch("paged_attention (prefill kernel)");
+}
+
+// Kernel shape for measurement runs: PAGEDLLM_PREFILL_VARIANT = 0 (the default: 4 warps, 128-row
+// tiles), 1 (8 warps, 256-row tiles: 4-6% faster on 8k-token prompts, up to 20% slower on
+// short ones). Read once. (Also measured on an H200 and removed: 16 rows per warp with Q in
+// registers, 4 or 8 warps, in order or heaviest first, 2 or 3 stages: 0.5-0.87x SDPA where 32
+// rows per warp reach 0.80-1.11x. benchmarks/kernels/NOTES.md.)
+int prefill_variant() {
+  static const int v = [] {
+    const char* env = std::getenv("PAGEDLLM_PREFILL_VARIANT");
+    return env ? std::atoi(env) : 0;
+  }();
+  return v;
 }
 
 template <typename T, int D>
 void launch_prefill_typed(const PrefillParams& p, const PagedAttentionArgs& a) {
-  const int tiles = (a.max_query_len * p.group + kBlockM - 1) / kBlockM;
-  const dim3 grid(tiles, a.num_kv_heads, a.num_seqs);
-  constexpr int smem = kStages * 2 * kBlockN * (D + 8) * static_cast<int>(sizeof(T));
-  static bool configured = false;  // opt in to > 48 KB of dynamic shared memory once
-  if (!configured) {
-    cudaFuncSetAttribute(prefill_attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    configured = true;
+  switch (prefill_variant()) {
+    case 1: launch_prefill_kernel<T, D, 8, 2>(p, a); break;
+    default: launch_prefill_kernel<T, D, 4, 2>(p, a); break;
   }
-  prefill_attention_kernel<T, D><<<grid, kWarps * 32, smem, cuda::as_stream(a.stream)>>>(p);
-  cuda::check_launch("paged_attention (prefill kernel)");
 }
 
 bool mma_head_dim(int d) { return d == 64 || d == 80 || d == 96 || d == 128; }

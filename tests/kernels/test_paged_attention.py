@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import pagedllm.ops as ops
 from pagedllm import _C
 from pagedllm.ops import reference as ref
+from pagedllm.worker.input_buffers import longest_first_token_order
 
 HAS_CUDA = torch.cuda.is_available() and bool(_C.with_cuda)
 
@@ -82,6 +84,22 @@ def check_attention(chunks, num_kv_heads, group, head_dim, block_size, dtype, de
                         sliding_window=sliding_window,
                         token_order=order.to(dtype=torch.int32, device=device))
     assert torch.equal(reordered, out), "token_order changed the result"
+    # Told where the short chunks are, the token kernel skips the long chunks' tokens: same bits.
+    short_first = np.empty(query.shape[0], np.int32)
+    n_short = longest_first_token_order(qsl.cpu().numpy(), lens.cpu().numpy(), short_first)
+    hinted = torch.full_like(query, float("nan"))
+    ops.paged_attention(query, kv, table, qsl, lens, scale, max_q, max_ctx, out=hinted,
+                        sliding_window=sliding_window,
+                        token_order=torch.from_numpy(short_first).to(device),
+                        short_chunk_tokens=n_short)
+    assert torch.equal(hinted, out), "short_chunk_tokens changed the result"
+    is_short = [q < ops.PREFILL_KERNEL_MIN_QUERY_LEN for q, _ in chunks]
+    if is_short == sorted(is_short, reverse=True):  # short chunks lead the batch itself
+        lead = sum(q for q, _ in chunks if q < ops.PREFILL_KERNEL_MIN_QUERY_LEN)
+        hinted.fill_(float("nan"))
+        ops.paged_attention(query, kv, table, qsl, lens, scale, max_q, max_ctx, out=hinted,
+                            sliding_window=sliding_window, short_chunk_tokens=lead)
+        assert torch.equal(hinted, out), "short_chunk_tokens without token_order changed the result"
 
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -148,6 +166,16 @@ def test_prefill_mixed_gpu(dtype, head_dim, block_size, group):
     chunks = [(1, 1), (15, 15), (16, 16), (17, 17), (1, 1000), (100, 1000), (64, 4097),
               (40, 40), (1, 17), (300, 300)]
     check_attention(chunks, 2, group, head_dim, block_size, dtype, "cuda", seed=5)
+
+
+@pytest.mark.parametrize("dtype,head_dim,group", [(torch.bfloat16, 128, 4), (torch.float16, 64, 2),
+                                                   (torch.float32, 128, 4), (torch.bfloat16, 256, 2)])
+@requires_gpu
+def test_prefill_long_chunks_only_gpu(dtype, head_dim, group):
+    # No short chunk: short_chunk_tokens = 0 launches no token kernel (fp32 and head_dim 256,
+    # which have no tensor-core kernel, must ignore it and still compute every row).
+    chunks = [(16, 16), (300, 300), (17, 1000), (64, 4097), (129, 129)]
+    check_attention(chunks, 2, group, head_dim, 16, dtype, "cuda", seed=21)
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
@@ -318,6 +346,16 @@ def test_attention_binding_rejects_bad_inputs():
                         ("short", "num_tokens"), ("int64", "int32")):
         with pytest.raises(ValueError, match=match):
             call(token_order=desc(orders[name]))
+    # Both chunks are short: all 4 tokens must rank below short_chunk_tokens.
+    call(short_chunk_tokens=4)
+    call(short_chunk_tokens=4, token_order=desc(orders["valid"]))
+    with pytest.raises(ValueError, match="token 3 of a 3-token chunk has rank 3"):
+        call(short_chunk_tokens=3)
+    with pytest.raises(ValueError, match="token 0 of a 1-token chunk has rank 1"):
+        call(short_chunk_tokens=1, token_order=desc(orders["valid"]))
+    for bad in (-2, 5):
+        with pytest.raises(ValueError, match="short_chunk_tokens: must be -1"):
+            call(short_chunk_tokens=bad)
 
 
 def test_cache_binding_rejects_bad_inputs():

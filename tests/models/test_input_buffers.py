@@ -63,6 +63,7 @@ def test_buffers_eager_step_views_hold_the_plan_with_a_compact_table():
     assert meta.query_start_loc.tolist() == [0, 1, 2, 3]
     assert meta.seq_lens.tolist() == [40, 100, 3]
     assert meta.token_order.tolist() == [1, 0, 2]                 # longest context first
+    assert meta.short_chunk_tokens == 3                           # every decode row
     assert meta.block_table.shape == (3, 7)                       # ceil(100 / 16) columns
     assert torch.equal(meta.block_table, torch.from_numpy(plan.block_table[:, :7]))
     assert (meta.num_seqs, meta.num_tokens) == (3, 3)
@@ -79,6 +80,7 @@ def test_buffers_graph_step_pads_rows_and_scatters_into_the_full_width_table():
     assert meta.slot_mapping.tolist() == [0, 1, 2, -1]            # padding: no cache write
     assert meta.query_start_loc.tolist() == [0, 1, 2, 3, 4]
     assert meta.seq_lens.tolist() == [17, 5, 30, 1]               # padding: one key
+    assert meta.short_chunk_tokens == 4                           # padding rows included
     assert meta.block_table.shape == (4, 64)                      # the width graphs captured
     for i, n in enumerate([17, 5, 30]):                           # every block a row reads
         blocks = -(-n // 16)

@@ -20,7 +20,9 @@ def paged_attention(out: TensorDesc, query: TensorDesc, kv_cache: TensorDesc,
                     block_table: TensorDesc, query_start_loc: TensorDesc, seq_lens: TensorDesc,
                     scale: float, max_query_len: int, max_seq_len: int,
                     sliding_window: int = -1, workspace: int = 0, workspace_bytes: int = 0,
-                    stream: int = 0, token_order: Optional[TensorDesc] = None) -> None: ...
+                    stream: int = 0, token_order: Optional[TensorDesc] = None,
+                    short_chunk_tokens: int = -1) -> None: ...
+PREFILL_KERNEL_MIN_QUERY_LEN: int
 def rms_norm(out: TensorDesc, x: TensorDesc, weight: TensorDesc, eps: float,
              stream: int = 0) -> None: ...
 def fused_add_rms_norm(x: TensorDesc, residual: TensorDesc, weight: TensorDesc, eps: float,

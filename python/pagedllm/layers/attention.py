@@ -33,5 +33,6 @@ class Attention(nn.Module):
         out = ops.paged_attention(q, kv_cache, meta.block_table, meta.query_start_loc,
                                   meta.seq_lens, self.scale, meta.max_query_len, meta.max_seq_len,
                                   sliding_window=self.sliding_window,
-                                  token_order=meta.token_order)
+                                  token_order=meta.token_order,
+                                  short_chunk_tokens=meta.short_chunk_tokens)
         return out.view(num_tokens, self.num_heads * self.head_dim)

@@ -24,6 +24,10 @@ except ImportError:  # pure-Python checkout without the extension: the reference
     _ops = None
     _WITH_CUDA = False
 
+# Query chunks at least this long take the tensor-core attention kernel on CUDA (fp16 / bf16);
+# shorter ones (decode rows, short extends) the token kernel. See short_chunk_tokens.
+PREFILL_KERNEL_MIN_QUERY_LEN: int = getattr(_ops, "PREFILL_KERNEL_MIN_QUERY_LEN", 16)
+
 __all__ = [
     "fused_add_rms_norm",
     "paged_attention",
@@ -117,13 +121,17 @@ def paged_attention(
     out: Optional[torch.Tensor] = None,  # [T, Hq, D]
     sliding_window: int = -1,       # > 0: a query at position p sees keys in (p - window, p]
     token_order: Optional[torch.Tensor] = None,  # [T] int32 permutation of the tokens
+    short_chunk_tokens: int = -1,   # see below; -1: unknown
 ) -> torch.Tensor:
     """Causal attention of each sequence's query chunk over its whole cached context.
 
     On CUDA the grids are sized from max_query_len and max_seq_len: pass fixed upper bounds
     when capturing a CUDA graph. token_order (a permutation of 0..T-1, e.g. from
     longest_first_token_order) is the order the CUDA token kernel starts the tokens in; it never
-    changes the result.
+    changes the result. short_chunk_tokens = n >= 0 promises that every token of a chunk shorter
+    than PREFILL_KERNEL_MIN_QUERY_LEN has a rank below n in token_order (in the batch without
+    it): the token kernel then covers only those ranks instead of giving every token of the long
+    chunks an empty CTA (~140 us for 8,192 prompt tokens on an H200). Checked on the CPU path.
     """
     usable = (_use_kernel("paged_attention", kv_cache) and kv_cache.dtype in _FLOAT_DTYPES
               and query.dtype == kv_cache.dtype and query.dim() == 3
@@ -159,7 +167,8 @@ def paged_attention(
             workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=kv_cache.device)
     _ops.paged_attention(*args, workspace=workspace.data_ptr() if workspace is not None else 0,
                          workspace_bytes=ws_bytes, stream=_stream(kv_cache),
-                         token_order=_desc(token_order) if token_order is not None else None)
+                         token_order=_desc(token_order) if token_order is not None else None,
+                         short_chunk_tokens=int(short_chunk_tokens))
     if out is not None and target is not out:
         out.copy_(target)
         return out

@@ -28,3 +28,6 @@ class AttentionMetadata:
     # [T] int32 permutation of the tokens, longest context first: the order the CUDA decode
     # kernel starts them in (balances its last wave). A scheduling hint, never the result.
     token_order: Optional[torch.Tensor] = None
+    # Tokens of chunks shorter than ops.PREFILL_KERNEL_MIN_QUERY_LEN: ranks [0, n) of token_order
+    # hold all of them (the CUDA token kernel covers only those). -1: unknown (it covers all).
+    short_chunk_tokens: int = -1

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from pagedllm.ops import PREFILL_KERNEL_MIN_QUERY_LEN
 from pagedllm.worker.attention_metadata import AttentionMetadata
 
 
@@ -45,24 +46,30 @@ class StepInputs:
 
 def longest_first_token_order(query_start_loc: np.ndarray,  # [S + 1] int32
                               seq_lens: np.ndarray,         # [S] int32
-                              out: np.ndarray) -> None:     # [>= T] int32, T = qsl[S]
-    """out[:T] = the tokens sequence by sequence, longest context first (ties keep plan order).
+                              out: np.ndarray) -> int:      # [>= T] int32, T = qsl[S]
+    """out[:T] = the tokens sequence by sequence: the chunks shorter than
+    PREFILL_KERNEL_MIN_QUERY_LEN first, each group longest context first (ties keep plan order).
+    Returns the number of tokens in those short chunks (paged_attention's short_chunk_tokens).
 
-    The attention kernel's CTAs of a decode batch differ in cost by the context length; started
+    The token kernel's CTAs of a decode batch differ in cost by the context length; started
     longest first, the last wave is made of short ones instead of whichever came last (a
-    ragged 256 x 100-1100 batch lost ~20% to that on the H100).
+    ragged 256 x 100-1100 batch lost ~20% to that on the H100). Short chunks first lets it
+    skip the long chunks' tokens, which the tensor-core kernel computes.
     """
-    seq_order = np.argsort(-seq_lens, kind="stable")
-    starts = query_start_loc[:-1][seq_order]
-    q_lens = (query_start_loc[1:] - query_start_loc[:-1])[seq_order]
+    q_lens = query_start_loc[1:] - query_start_loc[:-1]
     num_tokens = int(query_start_loc[-1])
-    if num_tokens == len(seq_lens):        # decode: one token per sequence
-        out[:num_tokens] = starts
-        return
+    if num_tokens == len(seq_lens) and (q_lens == 1).all():  # decode: one token per sequence
+        out[:num_tokens] = query_start_loc[:-1][np.argsort(-seq_lens, kind="stable")]
+        return num_tokens
+    is_long = q_lens >= PREFILL_KERNEL_MIN_QUERY_LEN
+    seq_order = np.lexsort((-seq_lens.astype(np.int64), is_long))  # by is_long, then longest
+    starts = query_start_loc[:-1][seq_order]
+    q_lens = q_lens[seq_order]
     # Token p of the new order belongs to the k-th sequence of seq_order when
     # first[k] <= p < first[k] + q_lens[k]; it is token starts[k] + (p - first[k]).
     first = np.cumsum(q_lens) - q_lens
     out[:num_tokens] = np.repeat(starts - first, q_lens) + np.arange(num_tokens, dtype=np.int64)
+    return int(q_lens[~is_long[seq_order]].sum())
 
 
 def _as_int32(array: np.ndarray) -> torch.Tensor:
@@ -161,7 +168,7 @@ class CudaInputBuffers:
         qsl[num_seqs + 1:] = np.arange(num_tokens + 1, tokens + 1)
         lens[:num_seqs] = plan.seq_lens
         lens[num_seqs:] = 1  # padding rows: one key on the null block
-        longest_first_token_order(qsl, lens, h[3 * tokens: 4 * tokens])
+        short_tokens = longest_first_token_order(qsl, lens, h[3 * tokens: 4 * tokens])
         table = h[o_table: end].reshape(rows, width)
         table[:num_seqs] = plan.block_table[:, :width]
         table[num_seqs:] = 0
@@ -181,6 +188,7 @@ class CudaInputBuffers:
             num_seqs=rows, num_tokens=tokens,
             max_query_len=int(plan.max_query_len), max_seq_len=int(plan.max_seq_len),
             token_order=d[3 * tokens: 4 * tokens],
+            short_chunk_tokens=short_tokens,
         )
         inputs = StepInputs(d[:tokens], d[tokens: 2 * tokens], meta)
         if self._on_cuda:
