@@ -754,7 +754,7 @@ void launch_token_attention(const PagedAttentionArgs& a, bool skip_long, int64_t
   }
   p.kv_plane = a.num_blocks * a.block_size * static_cast<int64_t>(a.num_kv_heads) * a.head_dim;
   p.num_tokens = static_cast<int>(a.num_tokens);
-  p.token_ranks = static_cast<int>(std::min(token_ranks, a.num_tokens));
+  p.token_ranks = static_cast<int>(token_ranks);  // <= num_tokens (paged_attention_cuda clamps)
   p.num_seqs = a.num_seqs;
   p.max_blocks = a.max_blocks_per_seq;
   p.num_q_heads = a.num_q_heads;

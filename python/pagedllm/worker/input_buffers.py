@@ -62,6 +62,7 @@ def longest_first_token_order(query_start_loc: np.ndarray,  # [S + 1] int32
         out[:num_tokens] = query_start_loc[:-1][np.argsort(-seq_lens, kind="stable")]
         return num_tokens
     is_long = q_lens >= PREFILL_KERNEL_MIN_QUERY_LEN
+    short_tokens = int(q_lens[~is_long].sum())
     seq_order = np.lexsort((-seq_lens.astype(np.int64), is_long))  # by is_long, then longest
     starts = query_start_loc[:-1][seq_order]
     q_lens = q_lens[seq_order]
@@ -69,7 +70,7 @@ def longest_first_token_order(query_start_loc: np.ndarray,  # [S + 1] int32
     # first[k] <= p < first[k] + q_lens[k]; it is token starts[k] + (p - first[k]).
     first = np.cumsum(q_lens) - q_lens
     out[:num_tokens] = np.repeat(starts - first, q_lens) + np.arange(num_tokens, dtype=np.int64)
-    return int(q_lens[~is_long[seq_order]].sum())
+    return short_tokens
 
 
 def _as_int32(array: np.ndarray) -> torch.Tensor:
