@@ -26,10 +26,14 @@ void init_ops_bindings(py::module_& m) {
         "Causal attention of each sequence's query chunk over its paged context, into out.");
   // Query chunks this long or longer go to the tensor-core kernel on CUDA (fp16/bf16).
   m.attr("PREFILL_KERNEL_MIN_QUERY_LEN") = pagedllm::kernels::kPrefillMmaMinQueryLen;
+  m.attr("MAX_NORM_ROTARY_HEAD_SIZE") = pagedllm::kernels::kMaxNormRotaryHeadSize;
   m.def("rms_norm", &b::rms_norm, py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("eps"),
         py::arg("stream") = 0, "out = x / sqrt(mean(x^2) + eps) * weight.");
   m.def("fused_add_rms_norm", &b::fused_add_rms_norm, py::arg("x"), py::arg("residual"), py::arg("weight"),
-        py::arg("eps"), py::arg("stream") = 0, "In place: residual += x; x = rms_norm(residual) * weight.");
+        py::arg("eps"), py::arg("stream") = 0, py::arg("partials") = py::none(),
+        "In place: residual += x; x = rms_norm(residual) * weight. With partials (float32 [S, rows, "
+        "hidden], a split-K GEMM's partial products) the added value is their sum rounded to x's "
+        "dtype, and x is only written.");
   m.def("rotary_embedding", &b::rotary_embedding, py::arg("positions"), py::arg("query"), py::arg("key"),
         py::arg("head_size"), py::arg("cos_sin_cache"), py::arg("is_neox"), py::arg("stream") = 0,
         py::arg("q_norm_weight") = py::none(), py::arg("k_norm_weight") = py::none(),

@@ -421,7 +421,8 @@ inline void rms_norm(const TensorTuple& out_t, const TensorTuple& x_t, const Ten
 }
 
 inline void fused_add_rms_norm(const TensorTuple& x_t, const TensorTuple& res_t, const TensorTuple& w_t,
-                               double eps, uintptr_t stream) {
+                               double eps, uintptr_t stream,
+                               const std::optional<TensorTuple>& partials_t) {
   const TensorRef x = to_ref("x", x_t), res = to_ref("residual", res_t), w = to_ref("weight", w_t);
   const int dev = common_device({&x, &res, &w});
   check_rank(x, 2);
@@ -444,6 +445,18 @@ inline void fused_add_rms_norm(const TensorTuple& x_t, const TensorTuple& res_t,
   a.eps = static_cast<float>(eps);
   a.dtype = x.dtype;
   a.stream = as_stream(stream);
+  if (partials_t) {  // [S, num_rows, hidden] float32: x becomes an output only
+    const TensorRef p = to_ref("partials", *partials_t);
+    if (p.device != dev) fail("partials: all tensors must be on the same device");
+    check_rank(p, 3);
+    if (p.dtype != DType::kFloat32) fail("partials: expected float32");
+    check_contiguous(p);
+    if (p.dim(0) < 1) fail("partials: need at least one partial product");
+    check_dim(p, 1, x.dim(0), "num_rows");
+    check_dim(p, 2, x.dim(1), "hidden");
+    a.partials = static_cast<const float*>(as_ptr(p));
+    a.num_partials = static_cast<int>(p.dim(0));
+  }
   if (dev < 0) return kernels::fused_add_rms_norm_cpu(a);
 #ifdef PAGEDLLM_WITH_CUDA
   kernels::fused_add_rms_norm_cuda(a);
@@ -514,6 +527,10 @@ inline void rotary_embedding(const TensorTuple& pos_t, const TensorTuple& q_t, c
       check_dim(w, 0, head_size, "head_size");
     }
     if (!(norm_eps >= 0.0)) fail("norm_eps: must be >= 0");
+    if (head_size > kernels::kMaxNormRotaryHeadSize) {
+      fail("head_size: with q_norm_weight / k_norm_weight at most " +
+           std::to_string(kernels::kMaxNormRotaryHeadSize) + ", got " + std::to_string(head_size));
+    }
     a.q_norm_weight = reinterpret_cast<const void*>(std::get<0>(*q_norm_t));
     a.k_norm_weight = reinterpret_cast<const void*>(std::get<0>(*k_norm_t));
     a.norm_eps = static_cast<float>(norm_eps);

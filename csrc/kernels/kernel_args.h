@@ -109,6 +109,8 @@ struct RmsNormArgs {
 };
 
 // In place: residual <- x + residual; x <- rms_norm(residual) * weight.
+// With partials (a split-K GEMM's float32 partial products, summed here instead of in a kernel of
+// their own): the added value is round(sum over s of partials[s]) and x is written only.
 struct FusedAddRmsNormArgs {
   void* x;                 // [num_rows, hidden], row stride x_stride
   void* residual;          // [num_rows, hidden], row stride residual_stride
@@ -120,6 +122,8 @@ struct FusedAddRmsNormArgs {
   float eps;
   DType dtype;
   void* stream;
+  const float* partials = nullptr;  // [num_partials, num_rows, hidden] contiguous, or null
+  int num_partials = 0;
 };
 
 // In place rotation of the first rot_dim dims of every head of query and key, optionally after a

@@ -1,4 +1,5 @@
-// CPU twins of rms_norm and fused_add_rms_norm: two passes per row over a float copy.
+// CPU twins of rms_norm and fused_add_rms_norm (with or without split-K partials): two passes
+// per row over a float copy.
 #include "kernels/rms_norm.h"
 
 #include <cmath>
@@ -22,6 +23,15 @@ void normalize_row(const float* xf /* [hidden] */, const T* w /* [hidden] */, T*
   for (int j = 0; j < 8; ++j) sumsq += acc[j];
   const float inv = 1.0f / std::sqrt(sumsq / static_cast<float>(hidden) + eps);
   for (int k = 0; k < hidden; ++k) out[k] = cpu::from_float<T>((xf[k] * inv) * cpu::to_float(w[k]));
+}
+
+// The split-K GEMM's output element (r, k): its partials summed in order, rounded to T.
+template <typename T>
+float summed_partials(const FusedAddRmsNormArgs& a, int64_t r, int k) {
+  const int64_t plane = a.num_rows * a.hidden;
+  float sum = 0.0f;
+  for (int s = 0; s < a.num_partials; ++s) sum += a.partials[s * plane + r * a.hidden + k];
+  return cpu::to_float(cpu::from_float<T>(sum));
 }
 
 }  // namespace
@@ -52,7 +62,8 @@ void fused_add_rms_norm_cpu(const FusedAddRmsNormArgs& a) {
       T* xr = x + r * a.x_stride;
       T* rr = res + r * a.residual_stride;
       for (int k = 0; k < a.hidden; ++k) {
-        const T s = cpu::from_float<T>(cpu::to_float(xr[k]) + cpu::to_float(rr[k]));
+        const float added = a.partials == nullptr ? cpu::to_float(xr[k]) : summed_partials<T>(a, r, k);
+        const T s = cpu::from_float<T>(added + cpu::to_float(rr[k]));
         rr[k] = s;
         sf[k] = cpu::to_float(s);
       }

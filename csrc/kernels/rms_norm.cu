@@ -1,4 +1,5 @@
-// RMSNorm kernels: one CTA per row. Pass 1 sums squares (16-byte loads when aligned), a block
+// RMSNorm kernels: one CTA per row (fused_add_rms_norm may sum a split-K GEMM's float32
+// partials in place of reading x). Pass 1 sums squares (16-byte loads when aligned), a block
 // reduction gives 1/rms, pass 2 rereads the row (L1/L2 hit) and writes the scaled output.
 #include <algorithm>
 #include <type_traits>
@@ -40,18 +41,49 @@ __global__ void rms_norm_kernel(T* __restrict__ out,          // [rows, hidden] 
   }
 }
 
+// V float32 values of each of the S partial planes at the same offset, summed in plane order and
+// rounded to T: what the unsplit GEMM would have written.
 template <typename T, int V>
+__device__ __forceinline__ void load_summed_partials(const float* p, int64_t plane, int num_partials,
+                                                     float (&out)[V]) {
+#pragma unroll
+  for (int j = 0; j < V; ++j) out[j] = 0.0f;
+  constexpr int kWord = V < 4 ? V : 4;  // floats per load: 16 bytes at most
+  for (int s = 0; s < num_partials; ++s) {
+#pragma unroll
+    for (int c = 0; c < V; c += kWord) {
+      float v[kWord];
+      load_vec<float, kWord>(p + s * plane + c, v);
+#pragma unroll
+      for (int j = 0; j < kWord; ++j) out[c + j] += v[j];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) out[j] = to_float(from_float<T>(out[j]));
+}
+
+// kPartials: the added value comes from partials [S, rows, hidden] (float32) instead of x, and x
+// is only written.
+template <typename T, int V, bool kPartials>
 __global__ void fused_add_rms_norm_kernel(T* __restrict__ x,         // [rows, hidden]
                                           T* __restrict__ residual,  // [rows, hidden]
                                           const T* __restrict__ w,   // [hidden]
+                                          const float* __restrict__ partials,  // [S, rows, hidden]
+                                          int num_partials,
                                           int64_t x_stride, int64_t r_stride, int hidden, float eps) {
   __shared__ float scratch[32];
   T* xr = x + blockIdx.x * x_stride;
   T* rr = residual + blockIdx.x * r_stride;
+  const int64_t plane = static_cast<int64_t>(gridDim.x) * hidden;
   float sumsq = 0.0f;
   for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
     float a[V], b[V];
-    load_vec<T, V>(xr + i, a);
+    if constexpr (kPartials) {
+      load_summed_partials<T, V>(partials + blockIdx.x * static_cast<int64_t>(hidden) + i, plane,
+                                 num_partials, a);
+    } else {
+      load_vec<T, V>(xr + i, a);
+    }
     load_vec<T, V>(rr + i, b);
 #pragma unroll
     for (int j = 0; j < V; ++j) a[j] = to_float(from_float<T>(a[j] + b[j]));  // round as the ref
@@ -108,18 +140,24 @@ void fused_add_rms_norm_cuda(const FusedAddRmsNormArgs& a) {
     using T = std::remove_pointer_t<decltype(tag)>;
     constexpr int V = 16 / sizeof(T);
     const bool vec = a.hidden % V == 0 && a.x_stride % V == 0 && a.residual_stride % V == 0 &&
-                     aligned16(a.x) && aligned16(a.residual) && aligned16(a.weight);
+                     aligned16(a.x) && aligned16(a.residual) && aligned16(a.weight) &&
+                     (a.partials == nullptr || aligned16(a.partials));
     cudaStream_t s = cuda::as_stream(a.stream);
     const dim3 grid(static_cast<unsigned>(a.num_rows));
-    if (vec) {
-      fused_add_rms_norm_kernel<T, V><<<grid, threads_for(a.hidden, V), 0, s>>>(
+    auto run = [&](auto vec_tag, auto partials_tag) {
+      constexpr int kV = decltype(vec_tag)::value;
+      constexpr bool kPartials = decltype(partials_tag)::value;
+      fused_add_rms_norm_kernel<T, kV, kPartials><<<grid, threads_for(a.hidden, kV), 0, s>>>(
           static_cast<T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
-          a.x_stride, a.residual_stride, a.hidden, a.eps);
-    } else {
-      fused_add_rms_norm_kernel<T, 1><<<grid, threads_for(a.hidden, 1), 0, s>>>(
-          static_cast<T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
-          a.x_stride, a.residual_stride, a.hidden, a.eps);
-    }
+          a.partials, a.num_partials, a.x_stride, a.residual_stride, a.hidden, a.eps);
+    };
+    using Vec = std::integral_constant<int, V>;
+    using Scalar = std::integral_constant<int, 1>;
+    const bool with_partials = a.partials != nullptr;
+    if (vec && with_partials) run(Vec{}, std::true_type{});
+    else if (vec) run(Vec{}, std::false_type{});
+    else if (with_partials) run(Scalar{}, std::true_type{});
+    else run(Scalar{}, std::false_type{});
   });
   cuda::check_launch("fused_add_rms_norm");
 }

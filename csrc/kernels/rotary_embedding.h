@@ -7,6 +7,10 @@
 
 namespace pagedllm::kernels {
 
+// With per-head norm weights the CUDA kernel stages a warp's head in shared memory (4 bytes per
+// dim, 48 KB per CTA): head sizes above this are rejected by the binding on every device.
+constexpr int kMaxNormRotaryHeadSize = 8192;
+
 void rotary_embedding_cpu(const RotaryEmbeddingArgs& args);
 #ifdef PAGEDLLM_WITH_CUDA
 void rotary_embedding_cuda(const RotaryEmbeddingArgs& args);

@@ -80,6 +80,46 @@ def test_fused_add_rms_norm(device, dtype, rows, hidden):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slices", (1, 2, 4))
+@pytest.mark.parametrize("rows,hidden", [(1, 64), (5, 80), (256, 1024), (3, 4100)])
+def test_fused_add_rms_norm_sums_split_k_partials(device, dtype, slices, rows, hidden):
+    # A split-K GEMM's float32 partial products stand in for x: the kernel adds their sum,
+    # rounded to the dtype, and writes x without reading it.
+    partials = rand(slices, rows, hidden, dtype=torch.float32, device=device, seed=slices) * 2
+    res = rand(rows, hidden, dtype=dtype, device=device, seed=4)
+    w = rand(hidden, dtype=dtype, device=device, seed=5)
+    x_ref, res_ref = torch.empty_like(res), res.clone()
+    ref.fused_add_rms_norm(x_ref, res_ref, w, 1e-6, partials=partials)
+    # The reference is the plain fused op on the summed, rounded GEMM output.
+    x_plain, res_plain = partials.sum(0).to(dtype), res.clone()
+    ref.fused_add_rms_norm(x_plain, res_plain, w, 1e-6)
+    assert torch.equal(res_ref, res_plain) and torch.equal(x_ref, x_plain)
+    x = torch.full_like(res, float("nan"))
+    ops.fused_add_rms_norm(x, res, w, 1e-6, partials=partials)
+    assert rel_err(res, res_ref) < TOL[dtype] / 4
+    assert rel_err(x, x_ref) < TOL[dtype]
+
+
+def test_fused_add_rms_norm_rejects_bad_partials():
+    d = ops._desc
+    x, res, w = torch.empty(4, 64), torch.randn(4, 64), torch.ones(64)
+    with pytest.raises(ValueError, match="float32"):
+        _C.ops.fused_add_rms_norm(d(x), d(res), d(w), 1e-6, partials=d(torch.randn(2, 4, 64).half()))
+    with pytest.raises(ValueError, match="num_rows"):
+        _C.ops.fused_add_rms_norm(d(x), d(res), d(w), 1e-6, partials=d(torch.randn(2, 3, 64)))
+    with pytest.raises(ValueError, match="hidden"):
+        _C.ops.fused_add_rms_norm(d(x), d(res), d(w), 1e-6, partials=d(torch.randn(2, 4, 32)))
+    with pytest.raises(ValueError, match="contiguous"):
+        _C.ops.fused_add_rms_norm(d(x), d(res), d(w), 1e-6,
+                                  partials=d(torch.randn(4, 2, 64).transpose(0, 1)))
+    with pytest.raises(ValueError, match="at least one"):
+        _C.ops.fused_add_rms_norm(d(x), d(res), d(w), 1e-6, partials=d(torch.randn(0, 4, 64)))
+    with pytest.raises(ValueError, match="rank|dim"):
+        _C.ops.fused_add_rms_norm(d(x), d(res), d(w), 1e-6, partials=d(torch.randn(4, 64)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("is_neox", (True, False))
 @pytest.mark.parametrize("head_size,rot_dim", [(64, 64), (128, 128), (80, 40)])
 def test_rotary_embedding(device, dtype, is_neox, head_size, rot_dim):
@@ -199,6 +239,12 @@ def test_layer_bindings_reject_bad_inputs():
     with pytest.raises(ValueError, match="dtype"):
         _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, q_norm_weight=d(w_half),
                                 k_norm_weight=d(w64))
+    # The CUDA kernel stages a head in shared memory: huge heads are refused on every device.
+    big = _C.ops.MAX_NORM_ROTARY_HEAD_SIZE * 2
+    qb, kb, wb = torch.randn(2, big), torch.randn(2, big), torch.ones(big)
+    with pytest.raises(ValueError, match="at most"):
+        _C.ops.rotary_embedding(d(pos), d(qb), d(kb), big, d(cache), True, q_norm_weight=d(wb),
+                                k_norm_weight=d(wb))
 
 
 

@@ -115,3 +115,55 @@ def test_padded_decode_batch_sizes():
     assert [padded_batch_size(n) for n in (1, 2, 3, 5, 8, 9, 17, 512)] == [1, 2, 4, 8, 8, 16,
                                                                            24, 512]
     assert padded_batch_size(600) == 600
+
+
+def test_split_k_slices_rule():
+    from pagedllm.layers.linear import SPLIT_K_MAX_ROWS, split_k_slices
+
+    assert split_k_slices(64, 1024, 2048) == 4           # Qwen3-0.6B o_proj
+    assert split_k_slices(128, 1024, 3072) == 4          # Qwen3-0.6B down_proj
+    assert split_k_slices(16, 4096, 12288) == 2          # Qwen3-8B down_proj
+    assert split_k_slices(64, 4096, 4096) == 1           # square: no measured gain
+    assert split_k_slices(SPLIT_K_MAX_ROWS + 1, 1024, 2048) == 1  # prefill-sized
+    assert split_k_slices(0, 1024, 2048) == 1
+    assert split_k_slices(16, 1024, 1000) == 1           # K/S not a multiple of 64
+
+
+def test_row_parallel_linear_splits_only_on_cuda_half_precision():
+    # On the CPU (and in float32 anywhere) the layer returns the plain product even when asked.
+    layer = RowParallelLinear(2048, 1024, bias=False)
+    layer.weight.data.normal_()
+    x = torch.randn(8, 2048)
+    out = layer(x, into_fused_norm=True)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out, x @ layer.weight.T)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,k,n", [(1, 2048, 1024), (128, 3072, 1024), (100, 12288, 4096),
+                                      (129, 2048, 1024), (64, 4096, 4096)])
+def test_split_k_partials_through_rms_norm_match_the_plain_layer(dtype, rows, k, n):
+    from pagedllm.layers.layernorm import RMSNorm
+    from pagedllm.layers.linear import SplitKPartials, split_k_slices
+
+    torch.manual_seed(rows)
+    layer = RowParallelLinear(k, n, bias=False, params_dtype=dtype).cuda()
+    layer.weight.data.normal_(std=k ** -0.5)
+    norm = RMSNorm(n, 1e-6, params_dtype=dtype).cuda()
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(rows, k, device="cuda", dtype=dtype)
+    residual = torch.randn(rows, n, device="cuda", dtype=dtype)
+    got = layer(x, into_fused_norm=True)
+    slices = split_k_slices(rows, n, k)
+    assert isinstance(got, SplitKPartials) == (slices > 1)
+    plain = layer(x)
+    if slices > 1:
+        assert got.partials.shape == (slices, rows, n) and got.partials.dtype == torch.float32
+        # The partials add up to the product (float32 sums of bf16 products: within rounding).
+        torch.testing.assert_close(got.sum(), plain, rtol=2e-2, atol=2e-2)
+    out, res = norm(got, residual.clone())
+    out_ref, res_ref = norm(plain.clone(), residual.clone())
+    torch.testing.assert_close(res, res_ref, rtol=2e-2, atol=3e-2)
+    torch.testing.assert_close(out, out_ref, rtol=2e-2, atol=3e-2)

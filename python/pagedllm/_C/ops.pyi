@@ -23,10 +23,12 @@ def paged_attention(out: TensorDesc, query: TensorDesc, kv_cache: TensorDesc,
                     stream: int = 0, token_order: Optional[TensorDesc] = None,
                     short_chunk_tokens: int = -1) -> None: ...
 PREFILL_KERNEL_MIN_QUERY_LEN: int
+# rotary_embedding with q_norm_weight / k_norm_weight: the largest head_size accepted.
+MAX_NORM_ROTARY_HEAD_SIZE: int
 def rms_norm(out: TensorDesc, x: TensorDesc, weight: TensorDesc, eps: float,
              stream: int = 0) -> None: ...
 def fused_add_rms_norm(x: TensorDesc, residual: TensorDesc, weight: TensorDesc, eps: float,
-                       stream: int = 0) -> None: ...
+                       stream: int = 0, partials: Optional[TensorDesc] = None) -> None: ...
 def rotary_embedding(positions: TensorDesc, query: TensorDesc, key: TensorDesc, head_size: int,
                      cos_sin_cache: TensorDesc, is_neox: bool, stream: int = 0,
                      q_norm_weight: Optional[TensorDesc] = None,

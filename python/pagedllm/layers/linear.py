@@ -134,6 +134,50 @@ class QKVParallelLinear(ColumnParallelLinear):
         _copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, src * n, n))
 
 
+# Split-K for the skinny GEMMs of a decode step whose output feeds a residual-add + RMSNorm.
+# A decode batch's M is small, and for a narrow output (N = 1024 in Qwen3-0.6B's o_proj and
+# down_proj) cuBLAS launches a few dozen CTAs that each walk all of K: 5.2 / 6.8 us at M = 64
+# for 4 / 6 MB of weights on an H200 (~22% of the read bandwidth). Cut K into S slices as one
+# strided batched GEMM (no weight copy) with float32 partial products; the fused residual-add +
+# RMSNorm sums them in place of reading the GEMM output, so the split adds no kernel. Measured
+# with benchmarks/kernels/linear_shapes.py (RESULTS.md): 3.7 / 4.1 us at S = 4 for those two.
+# The norm pays for it in reads (S float32 planes instead of one bf16 plane): at 144-256 rows
+# the two cancel out end to end (W-nano on the H200, RESULTS.md), hence the row limit.
+SPLIT_K_MAX_ROWS = 128
+_BMM_HAS_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")  # torch.bmm(..., out_dtype=)
+
+
+def split_k_slices(rows: int, out_features: int, in_features: int) -> int:
+    """Slices of K for a [rows, in_features] x [in_features, out_features] GEMM; 1 = no split.
+    N <= 2048: 4 slices (N = 1024 shapes: 1.4-1.8x faster at M <= 128). Wider outputs only when
+    K >= 2N, in 2 slices (Qwen3-8B's down_proj: 33.0 -> 30.6 us at M = 64); a square
+    4096 x 4096 gained nothing at M = 64 (H200 figures, RESULTS.md)."""
+    if rows > SPLIT_K_MAX_ROWS or rows == 0:
+        return 1
+    if out_features <= 2048:
+        slices = 4
+    elif in_features >= 2 * out_features:
+        slices = 2
+    else:
+        return 1
+    if in_features % slices or (in_features // slices) % 64:
+        return 1
+    return slices
+
+
+class SplitKPartials:
+    """A linear's output left as float32 partial products [S, T, N] (their sum over S is
+    x W^T), for RMSNorm's fused residual add to sum; `dtype` is the output's (the model's)."""
+
+    def __init__(self, partials: torch.Tensor, dtype: torch.dtype):
+        self.partials = partials   # [S, T, N] float32, contiguous
+        self.dtype = dtype
+
+    def sum(self) -> torch.Tensor:
+        """The plain output [T, N]: what the unsplit linear returns."""
+        return self.partials.sum(0).to(self.dtype)
+
+
 class RowParallelLinear(LinearBase):
     """y = x W^T + b with W's columns (input features) split across ranks; the partial products
     are summed across ranks and the bias is added once, after the sum."""
@@ -152,7 +196,13 @@ class RowParallelLinear(LinearBase):
         n = param.shape[1]
         _copy_checked(param.data, loaded.narrow(1, self.tp_rank * n, n))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, into_fused_norm: bool = False):
+        """x [T, K] -> [T, N]. into_fused_norm: the caller hands the result straight to
+        RMSNorm(x, residual), which also takes SplitKPartials: returned when the split pays."""
+        if into_fused_norm:
+            partials = self._split_k(x)
+            if partials is not None:
+                return partials
         if self.tp_size == 1:
             return F.linear(x, self.weight, self.bias)
         out = F.linear(x, self.weight)
@@ -161,6 +211,20 @@ class RowParallelLinear(LinearBase):
         if self.bias is not None:
             out = out + self.bias
         return out
+
+    def _split_k(self, x: torch.Tensor) -> Optional[SplitKPartials]:
+        if not (_BMM_HAS_OUT_DTYPE and self.tp_size == 1 and self.bias is None and x.is_cuda
+                and x.dtype in (torch.float16, torch.bfloat16) and x.dim() == 2
+                and x.is_contiguous()):
+            return None
+        m, k = x.shape
+        n = self.weight.shape[0]
+        slices = split_k_slices(m, n, k)
+        if slices == 1:
+            return None
+        xs = x.view(m, slices, k // slices).transpose(0, 1)                 # [S, M, K/S]
+        ws = self.weight.view(n, slices, k // slices).permute(1, 2, 0)      # [S, K/S, N]
+        return SplitKPartials(torch.bmm(xs, ws, out_dtype=torch.float32), x.dtype)
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:

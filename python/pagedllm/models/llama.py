@@ -76,7 +76,8 @@ class LlamaAttention(nn.Module):
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm)  # in place in qkv
         out = self.attn(q, k, v, kv_cache, meta)               # [T, Hq * D]
-        return self.o_proj(out)
+        # Into post_attention_layernorm's residual add: may come back as split-K partials.
+        return self.o_proj(out, into_fused_norm=True)
 
 
 class LlamaMLP(nn.Module):
@@ -93,7 +94,8 @@ class LlamaMLP(nn.Module):
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        # Into the next layer's input_layernorm (or the final norm), with the residual.
+        return self.down_proj(self.act(self.gate_up_proj(x)), into_fused_norm=True)
 
 
 class LlamaDecoderLayer(nn.Module):

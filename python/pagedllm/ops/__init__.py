@@ -203,14 +203,19 @@ def fused_add_rms_norm(
     residual: torch.Tensor,  # [T, H], becomes x + residual
     weight: torch.Tensor,    # [H]
     eps: float,
+    partials: Optional[torch.Tensor] = None,  # [S, T, H] float32: a split-K GEMM's products
 ) -> None:
-    """In place: residual <- x + residual; x <- rms_norm(residual) * weight."""
+    """In place: residual <- x + residual; x <- rms_norm(residual) * weight. With partials the
+    added value is partials.sum(0) rounded to x's dtype (the unsplit GEMM's output) and x is
+    only written."""
     if (not _use_kernel("fused_add_rms_norm", x) or x.dtype not in _FLOAT_DTYPES
             or residual.dtype != x.dtype or weight.dtype != x.dtype or x.dim() != 2
-            or residual.dim() != 2 or x.stride(-1) != 1 or residual.stride(-1) != 1):
-        return _ref.fused_add_rms_norm(x, residual, weight, eps)
+            or residual.dim() != 2 or x.stride(-1) != 1 or residual.stride(-1) != 1
+            or (partials is not None and not partials.is_contiguous())):
+        return _ref.fused_add_rms_norm(x, residual, weight, eps, partials)
     _ops.fused_add_rms_norm(_desc(x), _desc(residual), _desc(weight), float(eps),
-                            stream=_stream(x))
+                            stream=_stream(x),
+                            partials=None if partials is None else _desc(partials))
 
 
 def _rows_view(t: torch.Tensor) -> Optional[torch.Tensor]:

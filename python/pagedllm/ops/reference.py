@@ -103,8 +103,13 @@ def fused_add_rms_norm(
     residual: torch.Tensor,  # [T, H], becomes x + residual
     weight: torch.Tensor,    # [H]
     eps: float,
+    partials: Optional[torch.Tensor] = None,  # [S, T, H] float32: added in place of x
 ) -> None:
-    """In place: residual <- x + residual; x <- rms_norm(residual) * weight."""
+    """In place: residual <- x + residual; x <- rms_norm(residual) * weight. With partials (a
+    split-K GEMM's float32 products) x's value is replaced by partials.sum(0) rounded to x's
+    dtype."""
+    if partials is not None:
+        x = x.copy_(partials.sum(0).to(x.dtype))
     summed = (x.float() + residual.float()).to(residual.dtype)
     residual.copy_(summed)
     x.copy_(rms_norm(summed, weight, eps))

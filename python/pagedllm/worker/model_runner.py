@@ -223,6 +223,13 @@ class ModelRunner:
         if int(plan.num_tokens) == 0:
             return torch.empty((len(rows), self.vocab_size), dtype=torch.float32,
                                device=self.device)
+        # The logits rows go to the device before the forward is queued: CUDA may make a copy
+        # from pageable host memory wait for the work queued ahead of it, and after the launch
+        # that is the whole forward. Rows 0..T-1 in order (every decode step) need no gather.
+        all_rows = len(rows) == int(plan.num_tokens) and np.array_equal(rows, np.arange(len(rows)))
+        index = None
+        if len(rows) and not all_rows:
+            index = torch.from_numpy(rows).to(self.device, non_blocking=True)  # [N]
         graph_size = self._decode_graphs.padded_size(plan) if self._decode_graphs else None
         if graph_size is not None:
             hidden = self._decode_graphs.run(plan, graph_size)         # [T, H]
@@ -232,8 +239,9 @@ class ModelRunner:
                                 inputs.meta)                            # [T, H]
         if len(rows) == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
-        index = torch.from_numpy(rows).to(self.device, non_blocking=True)
-        logits = self.model.compute_logits(hidden.index_select(0, index))  # [N, V] model dtype
+        if index is not None:
+            hidden = hidden.index_select(0, index)                      # [N, H]
+        logits = self.model.compute_logits(hidden)                      # [N, V] model dtype
         return logits.float() if float32_logits else logits
 
 
