@@ -117,7 +117,7 @@ def _stop_profiler(prof, num_steps: int) -> None:
     print(table, file=sys.stderr)
 
 
-def _read_bandwidth_gbs() -> float:
+def read_bandwidth_gbs() -> float:
     """Device read bandwidth: median time of summing a 4 GiB bf16 tensor (bytes read / time)."""
     import torch
 
@@ -145,7 +145,7 @@ def _memory_roofline(core, steps: int, context_tokens: int, elapsed: float, num_
     weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
     spec = runner.kv_spec
     kv_bytes_per_token = spec.bytes_per_block // spec.block_size
-    read_gbs = _read_bandwidth_gbs()
+    read_gbs = read_bandwidth_gbs()
     total_bytes = steps * weight_bytes + context_tokens * kv_bytes_per_token
     roofline_s = total_bytes / (read_gbs * 1e9)
     return {

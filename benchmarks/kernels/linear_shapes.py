@@ -16,10 +16,10 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from model_shapes import SHAPES  # noqa: E402
+from throughput import read_bandwidth_gbs  # noqa: E402  (the floor throughput.py uses)
 
 
 def linear_shapes(cfg: dict) -> list[tuple[str, int, int]]:
@@ -28,22 +28,6 @@ def linear_shapes(cfg: dict) -> list[tuple[str, int, int]]:
     hq, hkv, inter = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]
     return [("qkv", (hq + 2 * hkv) * d, h), ("o", h, hq * d), ("gate_up", 2 * inter, h),
             ("down", h, inter), ("lm_head", cfg["vocab_size"], h)]
-
-
-def read_bandwidth_gbs() -> float:
-    x = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)
-    x.sum()
-    times = []
-    for _ in range(10):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        x.sum()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    n = x.numel() * x.element_size()
-    del x
-    return n / sorted(times)[5] / 1e9
 
 
 def time_graph(fn, calls: int = 20, reps: int = 7) -> float:
@@ -100,8 +84,8 @@ def main() -> None:
                 for splits in args.split_k:
                     if k % splits:
                         continue
-                    # Split-K as a strided batched GEMM: batch s multiplies columns [s*K/s, (s+1)*K/s)
-                    # of x and w into fp32 partials [s, M, N]; no copies of the weight.
+                    # Split-K as a strided batched GEMM: batch entry i multiplies columns
+                    # [i K/s, (i+1) K/s) of x and w into fp32 partials [s, M, N]; no weight copy.
                     xs = x.view(m, splits, k // splits).transpose(0, 1)        # [s, M, K/s]
                     ws = w.view(n, splits, k // splits).permute(1, 2, 0)       # [s, K/s, N]
                     try:
@@ -114,7 +98,6 @@ def main() -> None:
                                      us=round(us, 2), us_with_sum=round(us_sum, 2), floor_us=round(floor_us, 2)))
                     line += f" sk{splits} {us:5.1f} (+sum {us_sum:5.1f}) {floor_us / us:5.1%} |"
                 print(line, flush=True)
-            del w
     torch.backends.cuda.preferred_blas_library("cublas")
     if args.out:
         with open(args.out, "w") as f:
