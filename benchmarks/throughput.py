@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "forward + sampling, all on the current stream); adds gpu_idle_* to the result",
     )
     parser.add_argument(
+        "--no-plan-ahead",
+        action="store_true",
+        help="with async scheduling, plan each step after the previous step's tokens are read "
+        "instead of one step ahead (EngineCore.plans_ahead), to measure what planning ahead buys",
+    )
+    parser.add_argument(
         "--step-log",
         type=str,
         default=None,
@@ -246,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     engine_args = EngineArgs.from_cli_args(args)
     engine = LLMEngine.from_engine_args(engine_args)
+    if args.no_plan_ahead:
+        engine.engine_core.plans_ahead = False
     vocab = engine.engine_core.vocab_size
     if args.workload:
         num_prompts, in_lo, in_hi, out_lo, out_hi = WORKLOADS[args.workload]
@@ -326,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model_shape": args.model_shape,
         "workload": args.workload,
         "device": str(core.device),
+        "async_scheduling": core.async_scheduling,
+        "plans_ahead": core.plans_ahead,
         "num_requests": len(requests),
         "num_prompt_tokens": num_prompt,
         "num_output_tokens": num_output,

@@ -73,6 +73,20 @@ PyBatchPlan schedule(PyScheduler& self) {
   return out;
 }
 
+// None when the scheduler cannot plan ahead (it would have to preempt).
+py::object schedule_ahead(PyScheduler& self) {
+  std::shared_ptr<const core::BatchPlan> plan;
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(self.mu);
+    plan = self.scheduler.schedule_ahead();
+  }
+  if (!plan) return py::none();
+  PyBatchPlan out;
+  out.plan = std::move(plan);
+  return py::cast(std::move(out));
+}
+
 PyStepOutputs update(PyScheduler& self, const PyBatchPlan& plan, const py::handle& sampled_obj) {
   py::array_t<int32_t> sampled = as_int32_vector(sampled_obj, "sampled_token_ids");
   auto outputs = std::make_shared<core::StepOutputs>();
@@ -208,6 +222,10 @@ void init_core_bindings(py::module_& m) {
       .def_property_readonly("handles", [](PyBatchPlan& p) { return p.view(PyBatchPlan::kHandles); })
       .def_property_readonly("preempted_handles",
                              [](PyBatchPlan& p) { return p.view(PyBatchPlan::kPreemptedHandles); })
+      .def_property_readonly("num_deferred", [](const PyBatchPlan& p) { return p.plan->num_deferred; })
+      .def_property_readonly("deferred_rows", [](PyBatchPlan& p) { return p.view(PyBatchPlan::kDeferredRows); })
+      .def_property_readonly("deferred_sources",
+                             [](PyBatchPlan& p) { return p.view(PyBatchPlan::kDeferredSources); })
       .def("__repr__", [](const PyBatchPlan& p) {
         return "BatchPlan(num_seqs=" + std::to_string(p.plan->num_seqs) + ", num_tokens=" +
                std::to_string(p.plan->num_tokens) + ", num_sampled=" + std::to_string(p.plan->num_sampled) + ")";
@@ -258,6 +276,7 @@ void init_core_bindings(py::module_& m) {
       .def("abort_request", [](PyScheduler& s, int64_t h) { LOCKED(s); return s.scheduler.abort_request(h); },
            py::arg("handle"))
       .def("schedule", &schedule)
+      .def("schedule_ahead", &schedule_ahead)
       .def("update", &update, py::arg("plan"), py::arg("sampled_token_ids"))
       .def("has_unfinished_requests", [](PyScheduler& s) { LOCKED(s); return s.scheduler.has_unfinished_requests(); })
       .def("num_unfinished_requests", [](PyScheduler& s) { LOCKED(s); return s.scheduler.num_unfinished_requests(); })

@@ -42,7 +42,8 @@ py::object owner_capsule(const std::shared_ptr<T>& p) {
 
 struct PyBatchPlan {
   enum Field { kInputIds, kPositions, kSlotMapping, kQueryStartLoc, kSeqLens, kNumComputed, kBlockTable,
-               kLogitsIndices, kSampledSeqIndices, kHandles, kPreemptedHandles, kNumFields };
+               kLogitsIndices, kSampledSeqIndices, kHandles, kPreemptedHandles, kDeferredRows,
+               kDeferredSources, kNumFields };
 
   std::shared_ptr<const core::BatchPlan> plan;
   py::object owner;                 // capsule, made on first view
@@ -68,6 +69,12 @@ struct PyBatchPlan {
       case kHandles: views[f] = readonly_view(p.handles.data(), {S}, owner); break;
       case kPreemptedHandles:
         views[f] = readonly_view(p.preempted_handles.data(), {static_cast<py::ssize_t>(p.num_preempted)}, owner);
+        break;
+      case kDeferredRows:
+        views[f] = readonly_view(p.deferred_rows.data(), {static_cast<py::ssize_t>(p.num_deferred)}, owner);
+        break;
+      case kDeferredSources:
+        views[f] = readonly_view(p.deferred_sources.data(), {static_cast<py::ssize_t>(p.num_deferred)}, owner);
         break;
       default: break;
     }

@@ -21,6 +21,8 @@ BatchPlan::BatchPlan(int32_t max_num_seqs, int32_t max_num_tokens, int32_t max_b
       sampled_seq_indices(static_cast<size_t>(max_num_seqs)),
       handles(static_cast<size_t>(max_num_seqs)),
       preempted_handles(static_cast<size_t>(max_num_seqs)),
+      deferred_rows(static_cast<size_t>(max_num_seqs)),
+      deferred_sources(static_cast<size_t>(max_num_seqs)),
       row_slot(static_cast<size_t>(max_num_seqs)),
       row_serial(static_cast<size_t>(max_num_seqs)),
       table_owner_(static_cast<size_t>(max_num_seqs), 0),
@@ -28,7 +30,7 @@ BatchPlan::BatchPlan(int32_t max_num_seqs, int32_t max_num_tokens, int32_t max_b
       table_extent_(static_cast<size_t>(max_num_seqs), 0) {}
 
 void BatchPlan::clear() {
-  num_seqs = num_tokens = num_sampled = max_query_len = max_seq_len = num_preempted = 0;
+  num_seqs = num_tokens = num_sampled = max_query_len = max_seq_len = num_preempted = num_deferred = 0;
   query_start_loc[0] = 0;
 }
 
@@ -36,7 +38,16 @@ void BatchPlan::add_sequence(const Request& r, int32_t num_computed_before, int3
   const int32_t row = num_seqs++;
   const int32_t seq_len = num_computed_before + num_new;
   const size_t t0 = static_cast<size_t>(num_tokens);
-  std::memcpy(&input_ids[t0], r.token_ids.data() + num_computed_before, sizeof(int32_t) * static_cast<size_t>(num_new));
+  // Ids known now; the scheduler plans at most the one in-flight token past them, last.
+  const int32_t known = std::min(num_new, r.num_tokens() - num_computed_before);
+  std::memcpy(&input_ids[t0], r.token_ids.data() + num_computed_before, sizeof(int32_t) * static_cast<size_t>(known));
+  if (known < num_new) {
+    const size_t t = t0 + static_cast<size_t>(known);
+    input_ids[t] = -1;
+    deferred_rows[static_cast<size_t>(num_deferred)] = static_cast<int32_t>(t);
+    deferred_sources[static_cast<size_t>(num_deferred)] = r.inflight_sample_index;
+    ++num_deferred;
+  }
   for (int32_t i = 0; i < num_new; ++i) {
     const int32_t pos = num_computed_before + i;
     positions[t0 + static_cast<size_t>(i)] = pos;
@@ -50,8 +61,8 @@ void BatchPlan::add_sequence(const Request& r, int32_t num_computed_before, int3
   handles[static_cast<size_t>(row)] = r.handle;
   row_slot[static_cast<size_t>(row)] = r.slot;
   row_serial[static_cast<size_t>(row)] = r.serial;
-  // A sequence is sampled iff this step reaches its last known token.
-  if (seq_len == r.num_tokens()) {
+  // A sequence is sampled iff this step reaches its last known (or in-flight) token.
+  if (seq_len == r.num_planned_tokens()) {
     logits_indices[static_cast<size_t>(num_sampled)] = num_tokens - 1;
     sampled_seq_indices[static_cast<size_t>(num_sampled)] = row;
     ++num_sampled;

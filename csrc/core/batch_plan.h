@@ -40,6 +40,12 @@ struct BatchPlan {
   std::vector<int64_t> handles;             // [S]
   std::vector<int64_t> preempted_handles;   // [P] (capacity max_num_seqs)
   int32_t num_preempted = 0;                // P
+  // Plans made by schedule_ahead(): token rows whose id is the token the previous plan samples
+  // (not known when this plan was made; input_ids holds -1 there). The runner copies
+  // previous_sampled[deferred_sources[i]] into input_ids[deferred_rows[i]] on the device.
+  std::vector<int32_t> deferred_rows;       // [D] token rows of this plan (capacity max_num_seqs)
+  std::vector<int32_t> deferred_sources;    // [D] indices into the previous plan's sampled tokens
+  int32_t num_deferred = 0;                 // D
 
   // Internal: identity of each row's request, for update() and the incremental block table.
   std::vector<int32_t> row_slot;            // [S] request table slot
@@ -47,7 +53,8 @@ struct BatchPlan {
 
   void clear();
   // Appends one sequence row: `num_new` tokens of `r` starting at `num_computed_before`.
-  // r.block_ids must already cover the new tokens.
+  // r.block_ids must already cover the new tokens. A row reaching r's in-flight token
+  // (r.num_inflight) ends with a deferred token.
   void add_sequence(const Request& r, int32_t num_computed_before, int32_t num_new);
   void add_preempted(int64_t handle) { preempted_handles[static_cast<size_t>(num_preempted++)] = handle; }
 

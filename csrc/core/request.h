@@ -62,15 +62,24 @@ struct Request {
   int32_t num_hashed_blocks = 0;    // block_ids[0, this) are registered in the prefix cache
   std::vector<BlockHash> block_hashes;  // keys of the full blocks of token_ids, filled lazily
 
+  // Scheduling one step ahead (Scheduler::schedule_ahead): the token sampled for it by the plan
+  // still awaiting update() is counted before its id is known. 0 or 1; not in token_ids yet.
+  int32_t num_inflight = 0;
+  int32_t inflight_sample_index = -1;  // that token's index in that plan's sampled tokens
+
   int32_t stop_token_id = -1;       // the token that finished it (STOP), else -1
   int32_t scheduled_tokens = 0;     // tokens given in the plan being built (scratch)
   bool in_plan = false;             // listed in the plan being built (scratch)
   uint64_t pending_step_id = 0;     // last plan that scheduled it
   uint64_t admitted_step_id = 0;    // plan that last moved it from waiting to running
-  int32_t computed_before_step = 0; // num_computed_tokens before that plan
+  // num_computed_tokens before the oldest plan awaiting update() that scheduled it (the point a
+  // roll-back returns to; cache entries past it may hold K/V that is not written yet).
+  int32_t computed_before_step = 0;
 
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
+  // Tokens counting the one in flight: what schedule_ahead() plans up to.
+  int32_t num_planned_tokens() const { return num_tokens() + num_inflight; }
 
   // Strict order in which requests are served: FCFS by (arrival_time, serial), PRIORITY by
   // (priority, arrival_time, serial). Waiting requests are admitted in this order and the

@@ -21,6 +21,7 @@ Scheduler::Scheduler(const SchedulerConfig& config)
       waiting_(ServedOrder{config.policy}) {
   running_.reserve(static_cast<size_t>(config.max_num_seqs));
   scheduled_.reserve(static_cast<size_t>(config.max_num_seqs));
+  unapplied_.reserve(2);
 }
 
 Scheduler::~Scheduler() = default;
@@ -79,9 +80,22 @@ const Request* Scheduler::find_request(int64_t handle) const {
   return it == handle_to_slot_.end() ? nullptr : slots_[static_cast<size_t>(it->second)].get();
 }
 
+bool Scheduler::awaits_update(uint64_t step_id) const {
+  for (const auto& p : unapplied_) {
+    if (p->step_id == step_id) return true;
+  }
+  return false;
+}
+
+Request* Scheduler::live_row_request(const BatchPlan& plan, int32_t row) const {
+  Request* r = slots_[static_cast<size_t>(plan.row_slot[static_cast<size_t>(row)])].get();
+  // Aborted (and maybe replaced in its slot) since the plan was made.
+  return r != nullptr && r->serial == plan.row_serial[static_cast<size_t>(row)] ? r : nullptr;
+}
+
 void Scheduler::forget_uncomputed_cache_entries(Request& r) {
-  // Blocks registered by the pending step whose K/V may never have been written.
-  if (pending_step_id_ == 0 || r.pending_step_id != pending_step_id_) return;
+  // Blocks registered by steps awaiting update(), whose K/V may never be written.
+  if (r.pending_step_id == 0 || !awaits_update(r.pending_step_id)) return;
   kv_.forget_cache_entries(r, r.computed_before_step / config_.block_size);
 }
 
@@ -146,29 +160,36 @@ void Scheduler::preempt(Request* r, BatchPlan& plan, int32_t& budget) {
   plan.add_preempted(r->handle);
 }
 
-void Scheduler::roll_back(const BatchPlan& plan) {
+void Scheduler::roll_back_unapplied() {
+  // Every request in a plan awaiting update() returns to where it was before the oldest such
+  // plan (computed_before_step), newer plans included; in-flight tokens are dropped.
+  const uint64_t oldest = unapplied_.front()->step_id;
   bool any_readmitted = false;
-  for (int32_t row = 0; row < plan.num_seqs; ++row) {
-    Request* r = slots_[static_cast<size_t>(plan.row_slot[static_cast<size_t>(row)])].get();
-    if (r == nullptr || r->serial != plan.row_serial[static_cast<size_t>(row)] ||
-        r->status != RequestStatus::kRunning || r->pending_step_id != plan.step_id) {
-      continue;
-    }
-    r->pending_step_id = 0;
-    if (r->admitted_step_id == plan.step_id) {
-      // Admitted by that step: its prefix hits may be blocks that same step was to compute,
-      // so it goes back to waiting and looks the cache up again (those entries are gone).
-      kv_.forget_cache_entries(*r, r->computed_before_step / config_.block_size);
-      kv_.free(*r);
-      r->num_computed_tokens = 0;
-      r->status = RequestStatus::kWaiting;
-      waiting_.insert(r);
-      any_readmitted = true;
-    } else {
-      kv_.truncate(*r, r->computed_before_step);
-      r->num_computed_tokens = r->computed_before_step;
+  for (const auto& plan : unapplied_) {
+    for (int32_t row = 0; row < plan->num_seqs; ++row) {
+      Request* r = live_row_request(*plan, row);
+      // pending_step_id < oldest: already rolled back (0) or last planned by an applied step.
+      if (r == nullptr || r->status != RequestStatus::kRunning || r->pending_step_id < oldest) continue;
+      r->pending_step_id = 0;
+      r->num_inflight = 0;
+      r->inflight_sample_index = -1;
+      if (r->admitted_step_id >= oldest) {
+        // Admitted by one of those steps: its prefix hits may be blocks such a step was to
+        // compute, so it goes back to waiting and looks the cache up again (those entries go).
+        kv_.forget_cache_entries(*r, r->computed_before_step / config_.block_size);
+        kv_.free(*r);
+        r->num_computed_tokens = 0;
+        r->status = RequestStatus::kWaiting;
+        waiting_.insert(r);
+        any_readmitted = true;
+      } else {
+        kv_.truncate(*r, r->computed_before_step);
+        r->num_computed_tokens = r->computed_before_step;
+      }
     }
   }
+  // Requests only marked in flight are rows of the oldest plan, so none is left marked.
+  unapplied_.clear();
   if (any_readmitted) {
     running_.erase(std::remove_if(running_.begin(), running_.end(),
                                   [](const Request* q) { return q->status != RequestStatus::kRunning; }),
@@ -176,20 +197,44 @@ void Scheduler::roll_back(const BatchPlan& plan) {
   }
 }
 
+void Scheduler::mark_inflight(const BatchPlan& plan) {
+  for (int32_t k = 0; k < plan.num_sampled; ++k) {
+    Request* r = live_row_request(plan, plan.sampled_seq_indices[static_cast<size_t>(k)]);
+    // max_tokens == 0: that step finishes it and appends nothing.
+    if (r == nullptr || r->status != RequestStatus::kRunning || r->params.max_tokens == 0) continue;
+    r->num_inflight = 1;
+    r->inflight_sample_index = k;
+  }
+}
+
+bool Scheduler::inflight_token_ends(const Request& r) const {
+  // The rules of append_and_check_stop that do not depend on the token's id.
+  return r.num_output_tokens() + 1 >= r.params.max_tokens ||
+         r.num_tokens() + 1 >= config_.max_model_len;
+}
+
 std::shared_ptr<const BatchPlan> Scheduler::schedule() {
+  if (!unapplied_.empty()) roll_back_unapplied();  // those steps did not happen
+  return plan_step(false);
+}
+
+std::shared_ptr<const BatchPlan> Scheduler::schedule_ahead() {
+  if (unapplied_.empty()) return plan_step(false);
+  if (unapplied_.size() > 1) throw CoreError("schedule_ahead(): a plan is already scheduled ahead; update() first");
+  mark_inflight(*unapplied_.front());
+  return plan_step(true);
+}
+
+std::shared_ptr<const BatchPlan> Scheduler::plan_step(bool ahead) {
   // Invariants on entry (check_invariants): a running request holds exactly
   // ceil(num_computed_tokens / block_size) blocks; a waiting one holds none; every usable
   // block is either in the free queue (ref 0) or referenced by running requests' tables.
-  if (pending_plan_) {
-    roll_back(*pending_plan_);  // the last plan never reached update(): its step did not happen
-    pending_plan_.reset();
-  }
+  // `ahead`: unapplied_ holds one plan, whose sampled requests are marked in flight.
   std::shared_ptr<BatchPlan> plan_ptr = acquire_plan();
   BatchPlan& plan = *plan_ptr;
   plan.clear();
   plan.scheduler_id = id_;
   plan.step_id = next_step_id_++;
-  pending_step_id_ = plan.step_id;
   scheduled_.clear();
 
   int32_t budget = config_.max_num_batched_tokens;
@@ -199,7 +244,9 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Request* r = running_[i];
     if (r->status != RequestStatus::kRunning) continue;  // preempted earlier in this loop
-    int32_t num_new = r->num_tokens() - r->num_computed_tokens;
+    if (r->num_inflight > 0 && inflight_token_ends(*r)) continue;  // update() will finish it
+    int32_t num_new = r->num_planned_tokens() - r->num_computed_tokens;
+    if (num_new == 0) continue;  // ahead of a prompt-only request's last step (max_tokens 0)
     if (num_new > budget) {
       if (!config_.enable_chunked_prefill) continue;
       num_new = budget;
@@ -209,6 +256,17 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
       if (kv_.allocate_slots(*r, num_new)) {
         scheduled = true;
         break;
+      }
+      if (ahead) {
+        // Never preempt ahead (a victim's in-flight token would have nowhere to go): give back
+        // what this plan allocated so far; the caller applies the last step and plans again.
+        for (Request* q : scheduled_) {
+          kv_.truncate(*q, q->num_computed_tokens);
+          q->in_plan = false;
+          q->scheduled_tokens = 0;
+        }
+        scheduled_.clear();
+        return nullptr;
       }
       Request* victim = pick_victim();
       preempt(victim, plan, budget);
@@ -260,20 +318,20 @@ std::shared_ptr<const BatchPlan> Scheduler::schedule() {
   for (Request* r : scheduled_) {
     const int32_t before = r->num_computed_tokens;
     plan.add_sequence(*r, before, r->scheduled_tokens);
-    r->computed_before_step = before;
+    if (!awaits_update(r->pending_step_id)) r->computed_before_step = before;
     r->pending_step_id = plan.step_id;
     r->num_computed_tokens = before + r->scheduled_tokens;
     r->scheduled_tokens = 0;
     r->in_plan = false;
   }
-  pending_plan_ = plan_ptr;
+  unapplied_.push_back(plan_ptr);
   return plan_ptr;
 }
 
 void Scheduler::update(const BatchPlan& plan, const int32_t* sampled, size_t num_sampled, StepOutputs& out) {
   if (plan.scheduler_id != id_) throw std::invalid_argument("plan: was made by another Scheduler");
-  if (plan.step_id != pending_step_id_) {
-    throw CoreError("update(): the plan is not the latest schedule() result, or was already applied");
+  if (unapplied_.empty() || plan.step_id != unapplied_.front()->step_id) {
+    throw CoreError("update(): the plan is not the oldest one awaiting update(), or was already applied");
   }
   if (num_sampled != static_cast<size_t>(plan.num_sampled)) {
     throw std::invalid_argument("sampled_token_ids: expected " + std::to_string(plan.num_sampled) +
@@ -282,15 +340,26 @@ void Scheduler::update(const BatchPlan& plan, const int32_t* sampled, size_t num
   for (size_t k = 0; k < num_sampled; ++k) {
     if (sampled[k] < 0) throw std::invalid_argument("sampled_token_ids: token ids must be >= 0");
   }
-  pending_step_id_ = 0;
-  pending_plan_.reset();
+  const std::shared_ptr<BatchPlan> held = unapplied_.front();  // `plan` itself, kept alive
+  unapplied_.erase(unapplied_.begin());
   out.clear();
+  if (!unapplied_.empty()) {
+    // Rows planned again by the next plan: the oldest plan awaiting update() that holds them is
+    // now that one, which started where this plan ends.
+    for (int32_t row = 0; row < plan.num_seqs; ++row) {
+      Request* r = live_row_request(plan, row);
+      if (r != nullptr && r->pending_step_id != plan.step_id) {
+        r->computed_before_step = plan.seq_lens[static_cast<size_t>(row)];
+      }
+    }
+  }
   bool any_finished = false;
   for (size_t k = 0; k < num_sampled; ++k) {
-    const size_t row = static_cast<size_t>(plan.sampled_seq_indices[k]);
-    Request* r = slots_[static_cast<size_t>(plan.row_slot[row])].get();
     // Skips requests aborted (and maybe replaced in their slot) since schedule().
-    if (r == nullptr || r->serial != plan.row_serial[row] || r->status != RequestStatus::kRunning) continue;
+    Request* r = live_row_request(plan, plan.sampled_seq_indices[k]);
+    if (r == nullptr || r->status != RequestStatus::kRunning) continue;
+    r->num_inflight = 0;  // its token is known now
+    r->inflight_sample_index = -1;
     int32_t token = -1;
     RequestStatus status;
     if (r->params.max_tokens == 0) {
@@ -336,6 +405,7 @@ void Scheduler::check_invariants() const {
   const BlockPool& pool = kv_.pool();
   std::vector<int32_t> refs(static_cast<size_t>(pool.num_blocks()), 0);
   if (static_cast<int32_t>(running_.size()) > config_.max_num_seqs) throw CoreError("more running than max_num_seqs");
+  if (unapplied_.size() > 2) throw CoreError("more than two plans await update()");
   if (running_.size() + waiting_.size() != handle_to_slot_.size()) {
     throw CoreError("running + waiting != live requests");
   }
@@ -343,8 +413,11 @@ void Scheduler::check_invariants() const {
     const std::string who = "request " + std::to_string(r->handle) + ": ";
     if (r->status != RequestStatus::kRunning) throw CoreError(who + "in running with another status");
     if (find_request(r->handle) != r) throw CoreError(who + "running but not in the request table");
-    if (r->num_computed_tokens > r->num_tokens() || r->num_tokens() > config_.max_model_len) {
+    if (r->num_computed_tokens > r->num_planned_tokens() || r->num_planned_tokens() > config_.max_model_len) {
       throw CoreError(who + "token counts out of range");
+    }
+    if (r->num_inflight < 0 || r->num_inflight > 1 || (r->num_inflight == 1 && unapplied_.empty())) {
+      throw CoreError(who + "in-flight token without a plan awaiting update()");
     }
     if (static_cast<int32_t>(r->block_ids.size()) != kv_.blocks_for(r->num_computed_tokens)) {
       throw CoreError(who + "holds " + std::to_string(r->block_ids.size()) + " blocks for " +

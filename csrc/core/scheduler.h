@@ -13,9 +13,20 @@
 // for the whole plan before that layer's attention reads the cache (the usual order).
 // If a step fails, either abort its requests (an abort before update() also forgets the cache
 // entries that step created, so no one reuses blocks whose K/V were never written) or just call
-// schedule() again: a plan never applied by update() is rolled back first (its requests return
-// to their num_computed_tokens before it, its cache entries and new blocks are dropped), so its
-// tokens are planned again.
+// schedule() again: plans never applied by update() are rolled back first (their requests return
+// to their num_computed_tokens before them, their cache entries and new blocks are dropped), so
+// their tokens are planned again.
+//
+// One step ahead: schedule_ahead() plans step n+1 while plan n still awaits update(), so the
+// device never waits for the host between steps. Every request plan n samples counts one more
+// token whose id is not known yet (Request::num_inflight); plan n+1 feeds it as a deferred row
+// (BatchPlan::deferred_rows) that the runner fills from step n's sampled tokens on the device.
+// A request whose in-flight token must end it (max_tokens, max_model_len) is not planned again;
+// one that stops on a sampled stop token was planned for nothing, and update(n+1) skips it.
+// Updates stay in order (n, then n+1). schedule_ahead() never preempts: when blocks run out it
+// plans nothing (nullptr) and the caller goes the plain way, update(n) then schedule().
+// Block hashes need token ids, so a block completed by an in-flight token enters the prefix
+// cache at that request's next allocation, once the id is known.
 //
 // n > 1 (parallel sampling) is not handled here: the engine adds n requests with the same
 // prompt, and the prefix cache shares their full prompt blocks once computed.
@@ -65,9 +76,15 @@ class Scheduler {
   // Plans the next step. The plan stays unchanged while the caller holds it.
   std::shared_ptr<const BatchPlan> schedule();
 
+  // Plans the step after the one plan awaiting update() (see the header comment); schedule()
+  // when none awaits. nullptr when it would have to preempt. Throws CoreError when two plans
+  // already await update().
+  std::shared_ptr<const BatchPlan> schedule_ahead();
+
   // Applies the tokens sampled for `plan` ([plan.num_sampled], aligned with logits_indices).
-  // Throws CoreError if `plan` is not the latest schedule() result or was already applied,
-  // std::invalid_argument for another Scheduler's plan, a wrong count or a negative token id.
+  // Throws CoreError if `plan` is not the oldest plan awaiting update() (plans are applied in
+  // the order they were made, each once), std::invalid_argument for another Scheduler's plan,
+  // a wrong count or a negative token id.
   void update(const BatchPlan& plan, const int32_t* sampled_token_ids, size_t num_sampled, StepOutputs& out);
 
   bool has_unfinished_requests() const { return !handle_to_slot_.empty(); }
@@ -90,11 +107,16 @@ class Scheduler {
   };
 
   std::shared_ptr<BatchPlan> acquire_plan();
+  std::shared_ptr<const BatchPlan> plan_step(bool ahead);
   Request* pick_victim() const;
   void preempt(Request* r, BatchPlan& plan, int32_t& budget);
   void release(Request* r);  // frees blocks and the request itself
   void forget_uncomputed_cache_entries(Request& r);
-  void roll_back(const BatchPlan& plan);
+  bool awaits_update(uint64_t step_id) const;
+  Request* live_row_request(const BatchPlan& plan, int32_t row) const;  // nullptr: gone since
+  void mark_inflight(const BatchPlan& plan);
+  bool inflight_token_ends(const Request& r) const;
+  void roll_back_unapplied();
 
   const uint64_t id_;  // distinguishes this Scheduler's plans from any other's
   SchedulerConfig config_;
@@ -111,8 +133,8 @@ class Scheduler {
 
   std::vector<std::shared_ptr<BatchPlan>> plans_;  // reusable plan buffers
   uint64_t next_step_id_ = 1;
-  uint64_t pending_step_id_ = 0;                // plan awaiting update(), 0 = none
-  std::shared_ptr<BatchPlan> pending_plan_;     // that plan (held, so its buffer is not reused)
+  // Plans awaiting update(), oldest first, at most two (held, so their buffers are not reused).
+  std::vector<std::shared_ptr<BatchPlan>> unapplied_;
   int64_t num_preemptions_ = 0;
 };
 

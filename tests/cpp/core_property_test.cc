@@ -26,6 +26,9 @@ TEST(SchedulerProperty, RandomSequencesKeepInvariantsAndFinishEveryRequest) {
   EXPECT_GT(total.rejected, 10);
   EXPECT_GT(total.prefix_hits, 0);
   EXPECT_GT(total.failed_steps, 100);
+  EXPECT_GT(total.ahead_steps, 5000);     // planned one step ahead (schedule_ahead)
+  EXPECT_GT(total.deferred_tokens, 5000);
+  EXPECT_GT(total.ahead_refused, 10);      // ahead planning that would have had to preempt
   std::printf("steps=%lld added=%lld finished=%lld aborted=%lld rejected=%lld preemptions=%lld hits=%lld/%lld\n",
               static_cast<long long>(total.steps), static_cast<long long>(total.added),
               static_cast<long long>(total.finished), static_cast<long long>(total.aborted),

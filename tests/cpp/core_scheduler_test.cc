@@ -543,5 +543,90 @@ TEST(Scheduler, PrefixCacheCountersAndCachedTokens) {
   EXPECT_TRUE(d.s.reset_prefix_cache());
 }
 
+// ---- one step ahead (schedule_ahead) ------------------------------------------------------
+
+TEST(Scheduler, ScheduleAheadDefersTheInFlightTokenAndAppliesPlansInOrder) {
+  Scheduler s(config(16, 4, 64));
+  s.add_request(1, iota(5, 1), params(3));
+  auto p1 = s.schedule();
+  ASSERT_EQ(p1->num_sampled, 1);
+  EXPECT_EQ(p1->num_deferred, 0);
+  auto p2 = s.schedule_ahead();
+  ASSERT_TRUE(p2);
+  const std::vector<Row> rows = rows_of(*p2);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].num_computed, 5);
+  EXPECT_EQ(rows[0].input_ids, Ids({-1}));  // the token p1 samples, not known yet
+  EXPECT_EQ(rows[0].positions, Ids({5}));
+  EXPECT_TRUE(rows[0].sampled);
+  ASSERT_EQ(p2->num_deferred, 1);
+  EXPECT_EQ(p2->deferred_rows[0], 0);
+  EXPECT_EQ(p2->deferred_sources[0], 0);
+  s.check_invariants();
+  EXPECT_THROW(s.schedule_ahead(), CoreError);  // one step ahead at most
+  StepOutputs out;
+  const int32_t t7 = 7, t8 = 8, t9 = 9;
+  EXPECT_THROW(s.update(*p2, &t7, 1, out), CoreError);  // p1 first
+  s.update(*p1, &t7, 1, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out.new_token_ids[0], 7);
+  auto p3 = s.schedule_ahead();
+  ASSERT_TRUE(p3);
+  EXPECT_EQ(rows_of(*p3)[0].positions, Ids({6}));
+  s.update(*p2, &t8, 1, out);
+  EXPECT_EQ(out.finish_reasons[0], 0);
+  // p3's token is the third and last output: nothing is planned past it.
+  auto p4 = s.schedule_ahead();
+  ASSERT_TRUE(p4);
+  EXPECT_EQ(p4->num_seqs, 0);
+  s.update(*p3, &t9, 1, out);
+  EXPECT_EQ(out.finish_reasons[0], static_cast<int32_t>(FinishReason::kLength));
+  EXPECT_FALSE(s.has_unfinished_requests());
+  s.check_invariants();
+}
+
+TEST(Scheduler, ScheduleRollsBackBothPlansAwaitingUpdate) {
+  Scheduler s(config(16, 4, 64));
+  s.add_request(1, iota(6, 1), params(8));
+  s.add_request(2, iota(3, 1), params(8));
+  const std::vector<Row> first = rows_of(*s.schedule());
+  ASSERT_TRUE(s.schedule_ahead());
+  s.check_invariants();
+  // Neither step happened: both plans are dropped and the prompts are planned again.
+  auto again = s.schedule();
+  const std::vector<Row> rows = rows_of(*again);
+  ASSERT_EQ(rows.size(), first.size());
+  for (size_t i = 0; i < rows.size(); ++i) {  // block ids may differ: they were freed and retaken
+    EXPECT_EQ(rows[i].handle, first[i].handle);
+    EXPECT_EQ(rows[i].num_computed, 0);
+    EXPECT_EQ(rows[i].input_ids, first[i].input_ids);
+    EXPECT_EQ(rows[i].positions, first[i].positions);
+  }
+  EXPECT_EQ(again->num_deferred, 0);
+  s.check_invariants();
+}
+
+TEST(Scheduler, ScheduleAheadNeverPreempts) {
+  // 3 usable blocks of 2 tokens: two requests of 2 + 1 tokens fill them after one step; the
+  // next tokens need a fourth block, which only a preemption could free.
+  Scheduler s(config(4, 2, 64));
+  s.add_request(1, iota(2, 1), params(4));
+  s.add_request(2, iota(2, 1), params(4, 1.0));
+  auto p1 = s.schedule();
+  ASSERT_EQ(p1->num_seqs, 2);
+  const auto before = s.stats();
+  EXPECT_EQ(s.schedule_ahead(), nullptr);
+  EXPECT_EQ(s.stats().num_blocks_used, before.num_blocks_used);  // what it took is given back
+  EXPECT_EQ(s.stats().num_preemptions, 0);
+  s.check_invariants();
+  StepOutputs out;
+  const int32_t tokens[2] = {5, 6};
+  s.update(*p1, tokens, 2, out);  // the plain way on: update, then schedule (which preempts)
+  EXPECT_EQ(out.size(), 2u);
+  auto p2 = s.schedule();
+  EXPECT_EQ(p2->num_preempted, 1);
+  s.check_invariants();
+}
+
 }  // namespace
 }  // namespace pagedllm::core

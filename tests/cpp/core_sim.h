@@ -6,11 +6,16 @@
 // slot a plan writes receives a digest of the request's tokens up to that position, and then
 // every position every scheduled row can attend to must hold its own request's digest. That
 // catches a prefix-cache hit on wrong content and blocks shared or clobbered by mistake.
+//
+// Half of the simulations plan one step ahead as the engine's async scheduling does:
+// schedule_ahead() while the last plan awaits update(), its deferred rows checked against the
+// token that plan samples for the same request.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -32,7 +37,9 @@ inline int32_t fake_next_token(int64_t handle, int32_t position) {
 struct SimStats {
   int64_t ops = 0, steps = 0, added = 0, rejected = 0, finished = 0, aborted = 0, preemptions = 0;
   int64_t tokens_scheduled = 0, prefix_hits = 0, prefix_queries = 0, failed_steps = 0;
+  int64_t ahead_steps = 0, ahead_refused = 0, deferred_tokens = 0;
   void operator+=(const SimStats& o) {
+    ahead_steps += o.ahead_steps; ahead_refused += o.ahead_refused; deferred_tokens += o.deferred_tokens;
     ops += o.ops; steps += o.steps; added += o.added; rejected += o.rejected; finished += o.finished;
     aborted += o.aborted; preemptions += o.preemptions; tokens_scheduled += o.tokens_scheduled;
     prefix_hits += o.prefix_hits; prefix_queries += o.prefix_queries; failed_steps += o.failed_steps;
@@ -54,6 +61,7 @@ class SchedulerSim {
     cfg_.enable_prefix_caching = uniform(0, 3) != 0;
     cfg_.policy = uniform(0, 1) ? SchedulingPolicy::kPriority : SchedulingPolicy::kFcfs;
     cfg_.admission_reserve_blocks_per_running = uniform(0, 3) == 0 ? uniform(1, 2) : 0;
+    ahead_ = uniform(0, 1) == 1;
     sched_ = std::make_unique<Scheduler>(cfg_);
     kv_.assign(static_cast<size_t>(cfg_.num_blocks) * cfg_.block_size, 0);
     for (auto& prefix : prefixes_) {
@@ -75,7 +83,7 @@ class SchedulerSim {
       check_invariants();
     }
     int guard = 0;
-    while (sched_->has_unfinished_requests()) {
+    while (sched_->has_unfinished_requests() || pending_) {
       step();
       check_invariants();
       if (++guard > 200000) fail("requests never finish (livelock)");
@@ -97,6 +105,22 @@ class SchedulerSim {
     int32_t num_prompt = 0;
     int32_t computed = 0;            // our model of num_computed_tokens; -1: after a failed step
     int32_t before_failed_step = 0;  // num_computed_tokens before that failed step
+    std::vector<int32_t> inflight;   // sampled by launched plans, not applied by update() yet
+
+    int32_t num_known() const { return static_cast<int32_t>(tokens.size() + inflight.size()); }
+    uint64_t digest_at(int32_t pos) const {
+      if (pos < static_cast<int32_t>(tokens.size())) return digests[static_cast<size_t>(pos)];
+      uint64_t d = digests.back();
+      for (size_t i = 0; i <= static_cast<size_t>(pos) - tokens.size(); ++i) d = extend_digest(d, inflight[i]);
+      return d;
+    }
+  };
+
+  // A plan the simulated model has run: its sampled tokens, not yet given to update().
+  struct Launched {
+    std::shared_ptr<const BatchPlan> plan;
+    std::vector<int32_t> tokens;  // [num_sampled]
+    bool failed = false;          // the runner wrote garbage; never applied
   };
 
   void check_invariants() {
@@ -187,7 +211,36 @@ class SchedulerSim {
   }
 
   void step() {
-    auto plan_ptr = sched_->schedule();
+    if (!ahead_) {
+      Launched l = launch(sched_->schedule(), nullptr);
+      // A failed step: update() is never called, the next schedule() rolls the plan back.
+      if (!l.failed) apply(l);
+      return;
+    }
+    if (!pending_) {
+      Launched l = launch(sched_->schedule(), nullptr);
+      if (!l.failed && l.plan->num_seqs > 0) pending_ = std::move(l);
+      return;
+    }
+    // One step ahead: plan and run n+1 before n's tokens are applied.
+    std::optional<Launched> next;
+    if (auto plan = sched_->schedule_ahead()) {
+      ++stats_.ahead_steps;
+      next = launch(std::move(plan), &*pending_);
+    } else {
+      ++stats_.ahead_refused;
+    }
+    apply(*pending_);
+    pending_.reset();
+    // A failed or empty plan is left awaiting update(): the next schedule() rolls it back.
+    if (next && !next->failed && next->plan->num_seqs > 0) pending_ = std::move(next);
+  }
+
+  // Checks a fresh plan against the model and runs it: writes its K/V digests, reads back every
+  // attended position, samples with the fake model. `prev`: the plan it was scheduled ahead of.
+  Launched launch(std::shared_ptr<const BatchPlan> plan_ptr, const Launched* prev) {
+    Launched launched;
+    launched.plan = plan_ptr;
     const BatchPlan& p = *plan_ptr;
     ++stats_.steps;
     const int32_t bs = cfg_.block_size;
@@ -208,9 +261,11 @@ class SchedulerSim {
     }
     int32_t sampled = 0;
     std::vector<const Tracked*> rows(static_cast<size_t>(p.num_seqs));
-    // A failed step: the runner wrote garbage, update() is never called, the next schedule()
-    // rolls the plan back. Nobody may ever read that garbage through the prefix cache.
+    // A failed step: the runner wrote garbage. Nobody may ever read it through the prefix cache.
     const bool failed_step = uniform(0, 32) == 0;
+    launched.failed = failed_step;
+    if (!prev && p.num_deferred != 0) fail("deferred rows in a plan not scheduled ahead");
+    int32_t deferred_seen = 0;
     // 1. Check each row and "run" it: write its tokens' digests into the simulated KV cache.
     for (int32_t s = 0; s < p.num_seqs; ++s) {
       const size_t si = static_cast<size_t>(s);
@@ -221,7 +276,7 @@ class SchedulerSim {
       const int32_t q0 = p.query_start_loc[si], q1 = p.query_start_loc[si + 1];
       const int32_t nc = p.num_computed[si], len = p.seq_lens[si];
       if (q1 <= q0 || len != nc + (q1 - q0)) fail("row lengths inconsistent");
-      if (len > static_cast<int32_t>(t.tokens.size())) fail("scheduled past the known tokens");
+      if (len > t.num_known()) fail("scheduled past the known tokens");
       if (t.computed < 0) {
         // Rolled back: resumes where it was, or (if that step admitted it) from its prefix hits.
         if (nc != t.before_failed_step && (nc % bs != 0 || nc >= static_cast<int32_t>(t.tokens.size()))) {
@@ -250,12 +305,34 @@ class SchedulerSim {
       for (int32_t q = q0; q < q1; ++q) {
         const int32_t pos = nc + (q - q0);
         const size_t qi = static_cast<size_t>(q);
-        if (p.positions[qi] != pos || p.input_ids[qi] != t.tokens[static_cast<size_t>(pos)]) fail("token row wrong");
+        if (p.positions[qi] != pos) fail("token row wrong");
+        if (pos < static_cast<int32_t>(t.tokens.size())) {
+          if (p.input_ids[qi] != t.tokens[static_cast<size_t>(pos)]) fail("token row wrong");
+        } else {
+          // The in-flight token: a deferred row naming the previous plan's sample for this request.
+          const size_t d = static_cast<size_t>(deferred_seen++);
+          if (p.input_ids[qi] != -1 || d >= static_cast<size_t>(p.num_deferred) || p.deferred_rows[d] != q) {
+            fail("in-flight token not deferred");
+          }
+          const int32_t k = p.deferred_sources[d];
+          if (k < 0 || k >= prev->plan->num_sampled ||
+              prev->plan->handles[static_cast<size_t>(prev->plan->sampled_seq_indices[static_cast<size_t>(k)])] !=
+                  p.handles[si] ||
+              t.inflight.size() != 1 || prev->tokens[static_cast<size_t>(k)] != t.inflight.front()) {
+            fail("deferred row takes another request's token");
+          }
+          // Nothing is planned past a finish the count alone decides (max_tokens, max_model_len).
+          const int32_t with_token = static_cast<int32_t>(t.tokens.size()) + 1;
+          if (with_token - t.num_prompt >= t.params.max_tokens || with_token >= cfg_.max_model_len) {
+            fail("planned ahead past a length finish");
+          }
+          ++stats_.deferred_tokens;
+        }
         const int32_t slot = table[pos / bs] * bs + pos % bs;
         if (p.slot_mapping[qi] != slot) fail("slot_mapping disagrees with the block table");
-        kv_[static_cast<size_t>(slot)] = failed_step ? 0xBADULL + rng_() : t.digests[static_cast<size_t>(pos)];
+        kv_[static_cast<size_t>(slot)] = failed_step ? 0xBADULL + rng_() : t.digest_at(pos);
       }
-      const bool should_sample = len == static_cast<int32_t>(t.tokens.size());
+      const bool should_sample = len == t.num_known();
       if (should_sample) {
         if (sampled >= p.num_sampled || p.sampled_seq_indices[static_cast<size_t>(sampled)] != s ||
             p.logits_indices[static_cast<size_t>(sampled)] != q1 - 1) {
@@ -266,26 +343,37 @@ class SchedulerSim {
       stats_.tokens_scheduled += q1 - q0;
     }
     if (sampled != p.num_sampled) fail("sampled a partial prefill");
+    if (deferred_seen != p.num_deferred) fail("deferred rows that are not in-flight tokens");
     if (failed_step) {
       ++stats_.failed_steps;
-      return;
+      return launched;
     }
     // 2. Attention reads: every position of every row must hold its own request's content.
     for (int32_t s = 0; s < p.num_seqs; ++s) {
       const size_t si = static_cast<size_t>(s);
       const int32_t* table = &p.block_table[si * static_cast<size_t>(p.max_blocks_per_seq)];
       for (int32_t pos = 0; pos < p.seq_lens[si]; ++pos) {
-        if (kv_[static_cast<size_t>(table[pos / bs] * bs + pos % bs)] != rows[si]->digests[static_cast<size_t>(pos)]) {
+        if (kv_[static_cast<size_t>(table[pos / bs] * bs + pos % bs)] != rows[si]->digest_at(pos)) {
           fail("KV content of request " + std::to_string(p.handles[si]) + " wrong at position " + std::to_string(pos));
         }
       }
     }
-    // 3. Sample with the fake model, sometimes abort between schedule and update.
-    std::vector<int32_t> tokens(static_cast<size_t>(p.num_sampled));
+    // 3. Sample with the fake model; the token is in flight until update() applies it.
+    std::vector<int32_t>& tokens = launched.tokens;
+    tokens.resize(static_cast<size_t>(p.num_sampled));
     for (int32_t k = 0; k < p.num_sampled; ++k) {
       const size_t row = static_cast<size_t>(p.sampled_seq_indices[static_cast<size_t>(k)]);
       tokens[static_cast<size_t>(k)] = fake_next_token(p.handles[row], p.seq_lens[row]);
+      Tracked& t = live_.find(p.handles[row])->second;  // rows were checked live above
+      if (t.params.max_tokens > 0) t.inflight.push_back(tokens[static_cast<size_t>(k)]);
     }
+    return launched;
+  }
+
+  // update() with a launched plan's tokens (sometimes after an abort), outputs checked.
+  void apply(const Launched& launched) {
+    const BatchPlan& p = *launched.plan;
+    const std::vector<int32_t>& tokens = launched.tokens;
     if (!handles_.empty() && uniform(0, 19) == 0) abort_random();
     StepOutputs out;
     sched_->update(p, tokens.data(), tokens.size(), out);
@@ -313,6 +401,8 @@ class SchedulerSim {
       want = FinishReason::kLength;
     } else {
       want_token = token;
+      if (t.inflight.empty() || t.inflight.front() != token) fail("applied a token the model did not sample");
+      t.inflight.erase(t.inflight.begin());
       const int32_t outputs_before = static_cast<int32_t>(t.tokens.size()) - t.num_prompt;
       t.tokens.push_back(token);
       t.digests.push_back(extend_digest(t.digests.back(), token));
@@ -340,6 +430,8 @@ class SchedulerSim {
   uint64_t seed_;
   SchedulerConfig cfg_;
   std::unique_ptr<Scheduler> sched_;
+  bool ahead_ = false;               // plan one step ahead (schedule_ahead)
+  std::optional<Launched> pending_;  // ahead mode: the launched plan awaiting update()
   std::vector<uint64_t> kv_;  // [num_blocks * block_size] digest held by each slot
   std::vector<int32_t> prefixes_[4];
   std::unordered_map<int64_t, Tracked> live_;

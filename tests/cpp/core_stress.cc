@@ -38,12 +38,14 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"seconds\": %.1f, \"runs\": %lld, \"ops\": %lld, \"steps\": %lld, \"added\": %lld, \"rejected\": %lld, "
       "\"finished\": %lld, \"aborted\": %lld, \"preemptions\": %lld, \"tokens_scheduled\": %lld, "
-      "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, \"failed_steps\": %lld, \"violations\": 0}\n",
+      "\"prefix_hit_tokens\": %lld, \"prefix_query_tokens\": %lld, \"failed_steps\": %lld, \"ahead_steps\": %lld, "
+      "\"ahead_refused\": %lld, \"deferred_tokens\": %lld, \"violations\": 0}\n",
       elapsed, static_cast<long long>(runs), static_cast<long long>(total.ops), static_cast<long long>(total.steps),
       static_cast<long long>(total.added), static_cast<long long>(total.rejected),
       static_cast<long long>(total.finished), static_cast<long long>(total.aborted),
       static_cast<long long>(total.preemptions), static_cast<long long>(total.tokens_scheduled),
       static_cast<long long>(total.prefix_hits), static_cast<long long>(total.prefix_queries),
-      static_cast<long long>(total.failed_steps));
+      static_cast<long long>(total.failed_steps), static_cast<long long>(total.ahead_steps),
+      static_cast<long long>(total.ahead_refused), static_cast<long long>(total.deferred_tokens));
   return 0;
 }

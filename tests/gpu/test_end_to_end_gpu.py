@@ -83,8 +83,9 @@ def test_cuda_graphs_on_and_off_give_identical_tokens(tiny_llama_d64, dtype):
 
 
 def test_async_scheduling_gives_the_synchronous_tokens_with_graphs(tiny_llama_d64):
-    """--async-scheduling on the GPU (pinned D2H copy behind an event, CUDA graphs): greedy and
-    seeded sampled tokens equal the synchronous engine's."""
+    """--async-scheduling on the GPU (steps planned ahead, their deferred input tokens filled on
+    the device; pinned D2H copy behind an event; CUDA graphs): greedy and seeded sampled tokens
+    equal the synchronous engine's."""
     from pagedllm import SamplingParams
 
     prompts = [{"prompt_token_ids": p} for p in _prompts(40, 512, seed=2)]
@@ -94,6 +95,8 @@ def test_async_scheduling_gives_the_synchronous_tokens_with_graphs(tiny_llama_d6
     for mode in (False, True):
         llm = _llm(tiny_llama_d64, dtype="bfloat16", async_scheduling=mode)
         assert llm.llm_engine.engine_core.runner._decode_graphs is not None
+        # Async plans one step ahead: step n's tokens reach step n+1 on the device.
+        assert llm.llm_engine.engine_core.plans_ahead == mode
         outs = llm.generate(prompts, params, use_tqdm=False)
         results.append([list(o.outputs[0].token_ids) for o in outs])
         _free(llm)

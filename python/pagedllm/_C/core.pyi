@@ -10,6 +10,11 @@ One engine step is always:
 add_request / abort_request are called between steps (never between schedule and update by the
 engine; if it happens anyway, update() skips the aborted request). Calls are serialized by a lock,
 so any thread may make them.
+
+Or one step ahead (the engine's async scheduling): plan n+1 before step n's tokens are read,
+    plan_next = scheduler.schedule_ahead()          # None: cannot (would preempt); go plain
+    ... run plan_next, its deferred rows taking step n's sampled tokens on the device ...
+    outputs = scheduler.update(plan, sampled)       # step n; then update(plan_next, ...)
 """
 from collections.abc import Sequence
 from enum import IntEnum
@@ -106,6 +111,9 @@ class BatchPlan:
     sampled_seq_indices: npt.NDArray[np.int32]  # [N] sequence row of each sampled token
     handles: npt.NDArray[np.int64]          # [S] request handle of each sequence row
     preempted_handles: npt.NDArray[np.int64]  # [P] requests preempted while planning this step
+    num_deferred: int                       # D, 0 unless made by schedule_ahead()
+    deferred_rows: npt.NDArray[np.int32]    # [D] token rows whose input id is -1 here: the token
+    deferred_sources: npt.NDArray[np.int32]  # [D] the previous plan samples at this index
     # Sequence rows are ordered: requests that were running (in running order), then the ones
     # newly scheduled from the waiting queue. A sequence is sampled iff this step brings it to
     # its last known token (num_computed + scheduled == prompt + output tokens): a partial
@@ -172,6 +180,14 @@ class Scheduler:
         also forgets the cache entries that step created) or simply schedule() again: a plan
         never applied by update() is rolled back first (its tokens are planned again; requests it
         admitted go back to waiting), so no failed step leaves unwritten K/V reachable."""
+    def schedule_ahead(self) -> BatchPlan | None:
+        """Plan the step after the plan still awaiting update() (schedule() when none awaits):
+        each request that plan samples counts one more token, not known yet; this plan's row for
+        it is deferred (input id -1, listed in deferred_rows / deferred_sources). Requests that
+        token must finish (max_tokens, max_model_len) are left out. Never preempts: None when
+        blocks run out (then update() the awaiting plan and schedule()). CoreError when a plan
+        was already scheduled ahead. Plans are applied by update() in the order they were made;
+        schedule() rolls back every plan awaiting update()."""
     def update(self, plan: BatchPlan, sampled_token_ids: npt.ArrayLike) -> StepOutputs:
         """Append the sampled tokens ([plan.num_sampled] integers, aligned with logits_indices),
         run the stop checks and free finished requests. Returns one StepOutput per sampled
@@ -180,7 +196,7 @@ class Scheduler:
         counts only when at least min_tokens outputs precede it -> STOP; then
         max_tokens outputs or max_model_len tokens -> LENGTH. max_tokens == 0 finishes LENGTH
         right after the prompt, appending nothing.
-        CoreError if `plan` is not the latest schedule() result or was already applied;
+        CoreError if `plan` is not the oldest plan awaiting update() or was already applied;
         ValueError for a wrong count or a negative id; TypeError for non-integer data."""
     def has_unfinished_requests(self) -> bool: ...
     def num_unfinished_requests(self) -> int: ...

@@ -5,12 +5,16 @@ step() is: plan = scheduler.schedule() -> logits = runner.execute_model(plan, ro
 Requests are known here only by int handles and token ids; text lives in the OutputProcessor.
 Thread model: every method is called from one thread at a time (the engine loop's worker).
 
-With scheduler_config.async_scheduling, step() overlaps: it reads step n's tokens, applies them
-(update), schedules and launches step n+1, and only then builds step n's outputs, so that the
-caller's output processing runs while the device computes. The scheduler's order (update n before
-schedule n+1) is unchanged; what moves is when Python sees the tokens. Batches whose sampling
-reads the Python copy of a sequence's history (penalties, min_tokens bans) or that need logprobs
-run the plain synchronous step.
+With scheduler_config.async_scheduling, step() overlaps: step n+1 is planned one step ahead
+(Scheduler.schedule_ahead) and queued on the device before step n's tokens are read, so the device
+never waits for the host between steps; then step n's tokens are read and applied (update) and
+its outputs built while the device computes step n+1. Step n's sampled tokens reach step n+1's
+inputs on the device (the plan's deferred rows, filled by the runner). Where the scheduler cannot
+plan ahead (it would have to preempt) or the runner cannot take device tokens (tensor parallel),
+step n's tokens are applied first and step n+1 planned after, as in a plain step; the caller's
+output processing still overlaps the device. Batches whose sampling reads the Python copy of a
+sequence's history (penalties, min_tokens bans) or that need logprobs run the plain synchronous
+step.
 """
 
 from __future__ import annotations
@@ -175,6 +179,9 @@ class EngineCore:
         self.scheduler = _core.Scheduler(self.scheduler_config)
         self.sampler = Sampler()
         self.async_scheduling = sc.async_scheduling
+        # Plan step n+1 before step n's tokens are read (benchmarks switch it off to compare).
+        self.plans_ahead = self.async_scheduling and bool(
+            getattr(runner, "accepts_previous_tokens", False))
         self._in_flight: Optional[_LaunchedStep] = None  # async scheduling: launched, unread
         self._carried: list[CoreOutput] = []  # outputs held back by a failed step, given next
         self.requests: dict[int, CoreRequest] = {}
@@ -320,13 +327,21 @@ class EngineCore:
         try:
             if self._in_flight is not None:
                 launched, self._in_flight = self._in_flight, None
-                finished = self._finish(launched)
-            if self._needs_sync_step():
-                if finished is not None:
-                    outputs += self._collect_finished(finished)
-                    finished = None
-                return outputs + self._step_sync()
-            self._in_flight = self._launch()
+                if self.plans_ahead and not self._needs_sync_step():
+                    finished, ahead_error = self._finish_after_launching_next(launched)
+                    if ahead_error is not None:
+                        raise ahead_error
+                else:
+                    finished = self._finish(launched)
+            # Nothing planned ahead (the plain way, none left, or it would have to preempt):
+            # plan now, after the update.
+            if self._in_flight is None:
+                if self._needs_sync_step():
+                    if finished is not None:
+                        outputs += self._collect_finished(finished)
+                        finished = None
+                    return outputs + self._step_sync()
+                self._in_flight = self._launch()
         except BaseException:
             # Outputs already read must still reach the caller: hand them over next time.
             if finished is not None:
@@ -337,11 +352,37 @@ class EngineCore:
             outputs += self._collect_finished(finished)
         return outputs
 
-    def _schedule(self) -> Optional[tuple]:
-        """schedule() and the bookkeeping both step modes share. None when nothing is scheduled,
-        else (plan, plan handles [S] int64, sampled handles [N] int64, first-scheduled times)."""
-        plan = self.scheduler.schedule()
-        if plan.num_seqs == 0:
+    def _finish_after_launching_next(
+        self, launched: _LaunchedStep
+    ) -> tuple[_FinishedStep, Optional[StepFailedError]]:
+        """Launch the step after `launched` (planned ahead, into self._in_flight), then read and
+        apply `launched`'s tokens. A failure of the step ahead fails only its requests and is
+        returned for the caller to raise once `launched`'s outputs are safe; a failure of
+        `launched` fails the step ahead too (it ran on `launched`'s tokens) and is raised."""
+        ahead_error: Optional[StepFailedError] = None
+        try:
+            self._in_flight = self._launch(ahead_of=launched)
+        except StepFailedError as e:
+            ahead_error = e
+        try:
+            finished = self._finish(launched)
+        except StepFailedError as e:
+            if self._in_flight is None:
+                raise
+            ahead, self._in_flight = self._in_flight, None
+            ahead_handles = ahead.plan.handles.tolist()
+            self._fail_step(ahead_handles)
+            failed = set(e.handles)
+            raise StepFailedError(e.handles + [h for h in ahead_handles if h not in failed],
+                                  e.cause) from e.cause
+        return finished, ahead_error
+
+    def _schedule(self, ahead: bool = False) -> Optional[tuple]:
+        """schedule() (or schedule_ahead()) and the bookkeeping both step modes share. None when
+        nothing is scheduled, else (plan, plan handles [S] int64, sampled handles [N] int64,
+        first-scheduled times)."""
+        plan = self.scheduler.schedule_ahead() if ahead else self.scheduler.schedule()
+        if plan is None or plan.num_seqs == 0:
             return None
         self.last_num_tokens, self.last_num_seqs = int(plan.num_tokens), int(plan.num_seqs)
         self.num_context_tokens += int(plan.seq_lens.sum())
@@ -355,10 +396,11 @@ class EngineCore:
         self._fail_step(handles)
         return StepFailedError(handles, cause)
 
-    def _launch(self) -> Optional[_LaunchedStep]:
-        """schedule() and queue the forward and the draw; None when nothing is scheduled."""
+    def _launch(self, ahead_of: Optional[_LaunchedStep] = None) -> Optional[_LaunchedStep]:
+        """schedule() and queue the forward and the draw; None when nothing is scheduled.
+        ahead_of: the launched step whose tokens are not read yet; plan one step ahead of it."""
         t0 = time.perf_counter()
-        scheduled = self._schedule()
+        scheduled = self._schedule(ahead=ahead_of is not None)
         if scheduled is None:
             return None
         plan, plan_handles, sample_handles, first_sched = scheduled
@@ -367,8 +409,13 @@ class EngineCore:
         try:
             if self.fault_injector is not None:
                 self.fault_injector()
-            logits = self.runner.execute_model(plan, plan.logits_indices,
-                                               float32_logits=False)  # [N, V] model dtype
+            if ahead_of is None:
+                logits = self.runner.execute_model(plan, plan.logits_indices,
+                                                   float32_logits=False)  # [N, V] model dtype
+            else:
+                logits = self.runner.execute_model(
+                    plan, plan.logits_indices, float32_logits=False,
+                    previous_tokens=ahead_of.pending.device_token_ids)
             pending = self.sampler.sample_async(logits, batch)
         except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
             raise self._failed(plan_handles, e) from e

@@ -99,10 +99,12 @@ class DecodeGraphs:
             return None
         return padded_batch_size(num_seqs, self.sizes)
 
-    def run(self, plan: Any, size: int) -> torch.Tensor:
-        """Fill the captured input buffers, replay; hidden states [num_seqs, H]."""
+    def run(self, plan: Any, size: int,
+            previous_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Fill the captured input buffers, replay; hidden states [num_seqs, H].
+        previous_tokens: for a plan's deferred rows (CudaInputBuffers.build)."""
         t0 = time.perf_counter()
-        self.buffers.build(plan, padded_num_seqs=size)
+        self.buffers.build(plan, padded_num_seqs=size, previous_tokens=previous_tokens)
         t1 = time.perf_counter()
         self.graphs[size].replay()
         self.launch_seconds += time.perf_counter() - t1

@@ -5,6 +5,10 @@ core, so they are copied, never aliased).
 CUDA: one persistent pinned host buffer and one device buffer sized for the largest step, filled
 with one non_blocking copy per step (layout in CudaInputBuffers), plus the longest-first token
 order the decode attention kernel starts its CTAs in.
+Plans made one step ahead (Scheduler.schedule_ahead) carry deferred rows: input ids that are
+the previous step's sampled tokens, still on the device. They are filled there, after the copy
+and before the forward, from `previous_tokens` (that step's PendingSample.device_token_ids);
+the stream orders the fill after the sampling that produces them.
 Fixed device addresses are what CUDA-graph replay of decode batches needs: a decode batch of S
 sequences is padded to a captured size S' >= S with slot -1 (no cache write), seq_len 1 and
 null-block rows (they attend to the never-written, zero null block, so stay finite), whose
@@ -77,6 +81,29 @@ def _as_int32(array: np.ndarray) -> torch.Tensor:
     return torch.tensor(np.asarray(array, dtype=np.int32))
 
 
+def deferred_rows_of(plan: Any, previous_tokens: Optional[torch.Tensor]
+                     ) -> tuple[int, np.ndarray, np.ndarray, bool]:
+    """(D, deferred_rows [D], deferred_sources [D], identity) of a plan, checked against the
+    previous step's tokens [N_prev] int32. identity: row i takes token i for every i (a decode
+    batch whose sequences did not change), which needs no index tensors."""
+    n = int(getattr(plan, "num_deferred", 0))
+    if n == 0:
+        return 0, np.zeros(0, np.int32), np.zeros(0, np.int32), True
+    if previous_tokens is None:
+        raise ValueError("plan has deferred input tokens (made by schedule_ahead) but no "
+                         "previous_tokens were given")
+    if previous_tokens.dtype != torch.int32 or previous_tokens.dim() != 1:
+        raise ValueError(f"previous_tokens: expected a 1-D int32 tensor, got "
+                         f"{previous_tokens.dtype} of shape {tuple(previous_tokens.shape)}")
+    rows, sources = plan.deferred_rows, plan.deferred_sources
+    if int(sources.max()) >= previous_tokens.numel() or int(sources.min()) < 0:
+        raise ValueError(f"plan's deferred_sources reach past the {previous_tokens.numel()} "
+                         f"previous tokens")
+    identity = (int(rows[-1]) == n - 1 and int(sources[-1]) == n - 1
+                and bool((rows == sources).all()) and bool((rows == np.arange(n)).all()))
+    return n, rows, sources, identity
+
+
 def used_block_columns(plan: Any, block_size: int) -> int:
     """Block-table columns this plan's attention can read: ceil(max_seq_len / block_size).
 
@@ -87,8 +114,14 @@ def used_block_columns(plan: Any, block_size: int) -> int:
     return max(1, min(width, -(-int(plan.max_seq_len) // block_size)))
 
 
-def build_cpu_inputs(plan: Any, block_size: int) -> StepInputs:
+def build_cpu_inputs(plan: Any, block_size: int,
+                     previous_tokens: Optional[torch.Tensor] = None) -> StepInputs:
     # No token_order: the CPU kernel would ignore it.
+    num_deferred, rows, sources, _ = deferred_rows_of(plan, previous_tokens)
+    input_ids = _as_int32(plan.input_ids)
+    if num_deferred:
+        input_ids[torch.from_numpy(rows.astype(np.int64))] = previous_tokens.cpu()[
+            torch.from_numpy(sources.astype(np.int64))]
     width = used_block_columns(plan, block_size)
     meta = AttentionMetadata(
         slot_mapping=_as_int32(plan.slot_mapping),
@@ -98,7 +131,7 @@ def build_cpu_inputs(plan: Any, block_size: int) -> StepInputs:
         num_seqs=int(plan.num_seqs), num_tokens=int(plan.num_tokens),
         max_query_len=int(plan.max_query_len), max_seq_len=int(plan.max_seq_len),
     )
-    return StepInputs(_as_int32(plan.input_ids), _as_int32(plan.positions), meta)
+    return StepInputs(input_ids, _as_int32(plan.positions), meta)
 
 
 class CudaInputBuffers:
@@ -109,6 +142,7 @@ class CudaInputBuffers:
 
         input_ids [T] | positions [T] | slot_mapping [T] | token_order [T]
         | query_start_loc [S + 1] | seq_lens [S] | block_table [S, W]
+        | deferred_rows [D] | deferred_sources [D]    (only when not the identity, see build)
 
     The host fills the pinned buffer, one non_blocking copy moves the prefix it wrote, and the
     step's tensors are views of the device buffer. A decode graph of size N was captured with the
@@ -131,7 +165,7 @@ class CudaInputBuffers:
         self.block_size = block_size
         self.max_blocks_per_seq = max_blocks_per_seq
         self._on_cuda = self.device.type == "cuda"
-        size = 4 * max_num_tokens + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq
+        size = 4 * max_num_tokens + 4 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq
         # Normal (not inference-mode) tensors even when first built inside
         # torch.inference_mode(): in-place refills then work in and out of inference mode.
         with torch.inference_mode(False):
@@ -143,9 +177,12 @@ class CudaInputBuffers:
         # Set after the copy of a step; the next step waits on it before touching the host buffer.
         self._copied: Optional[torch.cuda.Event] = None
 
-    def build(self, plan: Any, padded_num_seqs: Optional[int] = None) -> StepInputs:
+    def build(self, plan: Any, padded_num_seqs: Optional[int] = None,
+              previous_tokens: Optional[torch.Tensor] = None) -> StepInputs:
         """Copy the plan in. padded_num_seqs (a decode graph's size, >= plan.num_seqs): pad the
-        rows to it and hand out the graph's full-width block table."""
+        rows to it and hand out the graph's full-width block table. previous_tokens: the
+        previous step's sampled tokens [N_prev] int32 on this device, for deferred rows."""
+        num_deferred, d_rows, d_sources, identity = deferred_rows_of(plan, previous_tokens)
         if self._copied is not None:
             self._copied.synchronize()
         num_tokens, num_seqs = int(plan.num_tokens), int(plan.num_seqs)
@@ -156,6 +193,9 @@ class CudaInputBuffers:
         o_lens = o_qsl + rows + 1
         o_table = o_lens + rows
         end = o_table + rows * width
+        o_deferred = end
+        if num_deferred and not identity:
+            end += 2 * num_deferred
         if end > self._host_np.size:
             raise ValueError(f"step of {tokens} tokens / {rows} rows x {width} blocks does not fit "
                              f"the input buffers ({self._host_np.size} int32)")
@@ -170,17 +210,28 @@ class CudaInputBuffers:
         lens[:num_seqs] = plan.seq_lens
         lens[num_seqs:] = 1  # padding rows: one key on the null block
         short_tokens = longest_first_token_order(qsl, lens, h[3 * tokens: 4 * tokens])
-        table = h[o_table: end].reshape(rows, width)
+        table = h[o_table: o_deferred].reshape(rows, width)
         table[:num_seqs] = plan.block_table[:, :width]
         table[num_seqs:] = 0
+        if o_deferred < end:
+            h[o_deferred: o_deferred + num_deferred] = d_rows
+            h[o_deferred + num_deferred: end] = d_sources
         self.dev[:end].copy_(self.host[:end], non_blocking=True)
 
         d = self.dev
+        if num_deferred:
+            # The previous step's tokens, still on the device, into the rows left -1.
+            if identity:
+                d[:num_deferred].copy_(previous_tokens[:num_deferred])
+            else:
+                rows_dev = d[o_deferred: o_deferred + num_deferred]
+                src_dev = d[o_deferred + num_deferred: end]
+                d[:tokens].index_put_((rows_dev,), previous_tokens.index_select(0, src_dev))
         if padded_num_seqs is not None:
             block_table = self.graph_block_table[:rows]                   # [S, max_blocks]
-            block_table[:, :width].copy_(d[o_table: end].view(rows, width))
+            block_table[:, :width].copy_(d[o_table: o_deferred].view(rows, width))
         else:
-            block_table = d[o_table: end].view(rows, width)               # [S, W]
+            block_table = d[o_table: o_deferred].view(rows, width)               # [S, W]
         meta = AttentionMetadata(
             slot_mapping=d[2 * tokens: 3 * tokens],
             block_table=block_table,

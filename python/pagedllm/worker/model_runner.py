@@ -196,10 +196,10 @@ class ModelRunner:
         if self.model is None:
             raise RuntimeError("ModelRunner.load_model() must run before executing the model")
 
-    def _prepare(self, plan: Any) -> StepInputs:
+    def _prepare(self, plan: Any, previous_tokens: Optional[torch.Tensor] = None) -> StepInputs:
         if self.device.type == "cpu":
-            return build_cpu_inputs(plan, self.block_size)
-        return self._input_buffers().build(plan)
+            return build_cpu_inputs(plan, self.block_size, previous_tokens)
+        return self._input_buffers().build(plan, previous_tokens=previous_tokens)
 
     def _input_buffers(self) -> CudaInputBuffers:
         if self._cuda_buffers is None:
@@ -208,13 +208,19 @@ class ModelRunner:
                 self.max_blocks_per_seq, self.block_size, self.device)
         return self._cuda_buffers
 
+    # The engine may plan one step ahead (Scheduler.schedule_ahead): this runner fills a plan's
+    # deferred input tokens from the previous step's sampled tokens on the device.
+    accepts_previous_tokens = True
+
     @torch.inference_mode()
     def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None,
-                      float32_logits: bool = True) -> torch.Tensor:
+                      float32_logits: bool = True,
+                      previous_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run the plan's tokens; logits [len(rows), vocab] for token rows `logits_rows`
         (default plan.logits_indices), on this runner's device: float32, or the model's dtype
         with float32_logits=False (the engine's sampler upcasts only where it must: one
-        [N, V] copy less per step)."""
+        [N, V] copy less per step). previous_tokens [N_prev] int32 on this device: the last
+        step's sampled tokens, which a plan made ahead (plan.num_deferred > 0) takes as inputs."""
         self._require_model()
         if not self.kv_caches:
             raise RuntimeError("ModelRunner.allocate_kv_cache() must run before executing")
@@ -232,9 +238,9 @@ class ModelRunner:
             index = torch.from_numpy(rows).to(self.device, non_blocking=True)  # [N]
         graph_size = self._decode_graphs.padded_size(plan) if self._decode_graphs else None
         if graph_size is not None:
-            hidden = self._decode_graphs.run(plan, graph_size)         # [T, H]
+            hidden = self._decode_graphs.run(plan, graph_size, previous_tokens)  # [T, H]
         else:
-            inputs = self._prepare(plan)
+            inputs = self._prepare(plan, previous_tokens)
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches,
                                 inputs.meta)                            # [T, H]
         if len(rows) == 0:

@@ -177,11 +177,15 @@ def _check_rows(logits: torch.Tensor, batch: SamplingBatch) -> None:
 
 
 class PendingSample:
-    """Token ids on their way to the host: wait() blocks until the copy has landed."""
+    """Token ids on their way to the host: wait() blocks until the copy has landed.
+    device_token_ids stays readable by later work on the same stream (the next step's deferred
+    input tokens) without waiting."""
 
-    def __init__(self, host_token_ids: torch.Tensor, event: Optional["torch.cuda.Event"]):
+    def __init__(self, host_token_ids: torch.Tensor, event: Optional["torch.cuda.Event"],
+                 device_token_ids: torch.Tensor):
         self._host = host_token_ids  # [N] int32, CPU (pinned when it came from a GPU)
         self._event = event
+        self.device_token_ids = device_token_ids  # [N] int32 on the logits' device
 
     def wait(self) -> SamplerOutput:
         if self._event is not None:
@@ -240,11 +244,11 @@ class Sampler:
             raise ValueError("sample_async: logprobs need the synchronous sample()")
         token_ids = self._draw(logits, batch).to(torch.int32)  # [N]
         if not token_ids.is_cuda:
-            return PendingSample(token_ids, None)
+            return PendingSample(token_ids, None, token_ids)
         host = token_ids.to("cpu", non_blocking=True)  # pinned destination
         event = torch.cuda.Event()
         event.record()
-        return PendingSample(host, event)
+        return PendingSample(host, event, token_ids)
 
     def _draw(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """One token per row [N] (int64, on the logits' device): masks, penalties, then the draw.
