@@ -111,6 +111,9 @@ def test_llm_with_tensor_parallel_size_2_matches_tp1(tiny_qwen3):
                 LLM(**kwargs).generate(prompts, params, use_tqdm=False)]
     llm = LLM(tensor_parallel_size=2, **kwargs)
     try:
+        core = llm.llm_engine.engine_core
+        # Async scheduling without planning ahead: the ranks cannot see device-side tokens.
+        assert core.async_scheduling and not core.plans_ahead
         got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     finally:
         llm.llm_engine.shutdown()

@@ -137,9 +137,14 @@ def test_logits_rows_in_any_order_match_the_all_rows_step(tiny_llama):
     all_rows = runner.execute_model(decode)                      # rows 0, 1, 2: no gather
     assert all_rows.shape == (3, 512)
     # Re-running the same plan rewrites the same K/V slots with the same values.
+    gathered = runner.execute_model(decode, np.asarray([0, 1, 2], np.int32))  # same rows, gathered
+    assert torch.equal(gathered, all_rows)
     picked = runner.execute_model(decode, np.asarray([2, 0], np.int32))
-    torch.testing.assert_close(picked, all_rows[[2, 0]], rtol=0, atol=0)
-    assert not torch.equal(all_rows[0], all_rows[2])  # the rows differ: the order is checked
+    # The lm_head matmul of 2 rows may round differently from that of 3 on some CPUs' BLAS
+    # kernels (2.4e-6 seen on a 2026-12 CI machine), so the subset is compared to fp32 rounding;
+    # the rows themselves differ by far more, so the order is still checked.
+    torch.testing.assert_close(picked, all_rows[[2, 0]], rtol=1e-5, atol=1e-5)
+    assert (all_rows[0] - all_rows[2]).abs().max() > 1e-2
 
 
 def test_null_slots_are_not_written(tiny_llama):

@@ -92,6 +92,11 @@ class TPExecutor:
             raise AttributeError(name)
         return getattr(self.runner, name)
 
+    # The ranks take their inputs from the broadcast plan on the CPU; a plan's deferred tokens
+    # (made one step ahead) exist only on this rank's GPU, so the engine does not plan ahead.
+    # Set here: __getattr__ would otherwise answer with the local runner's True.
+    accepts_previous_tokens = False
+
     def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None,
                       float32_logits: bool = True) -> torch.Tensor:
         if self._closed:
