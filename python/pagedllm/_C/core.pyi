@@ -116,8 +116,8 @@ class BatchPlan:
     deferred_sources: npt.NDArray[np.int32]  # [D] the previous plan samples at this index
     # Sequence rows are ordered: requests that were running (in running order), then the ones
     # newly scheduled from the waiting queue. A sequence is sampled iff this step brings it to
-    # its last known token (num_computed + scheduled == prompt + output tokens): a partial
-    # prefill chunk samples nothing.
+    # its last known token (num_computed + scheduled == prompt + output tokens; in a plan made by
+    # schedule_ahead(), its in-flight token): a partial prefill chunk samples nothing.
 
 class StepOutput:
     """One entry of StepOutputs (made on access)."""
