@@ -54,7 +54,7 @@ struct BatchPlan {
   void clear();
   // Appends one sequence row: `num_new` tokens of `r` starting at `num_computed_before`.
   // r.block_ids must already cover the new tokens. A row reaching r's in-flight token
-  // (r.num_inflight) ends with a deferred token.
+  // (r.inflight_sample_index) ends with a deferred token.
   void add_sequence(const Request& r, int32_t num_computed_before, int32_t num_new);
   void add_preempted(int64_t handle) { preempted_handles[static_cast<size_t>(num_preempted++)] = handle; }
 

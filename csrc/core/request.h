@@ -63,9 +63,9 @@ struct Request {
   std::vector<BlockHash> block_hashes;  // keys of the full blocks of token_ids, filled lazily
 
   // Scheduling one step ahead (Scheduler::schedule_ahead): the token sampled for it by the plan
-  // still awaiting update() is counted before its id is known. 0 or 1; not in token_ids yet.
-  int32_t num_inflight = 0;
-  int32_t inflight_sample_index = -1;  // that token's index in that plan's sampled tokens
+  // still awaiting update() is counted before its id is known (not in token_ids yet). This is
+  // that token's index in the plan's sampled tokens; -1: no token in flight.
+  int32_t inflight_sample_index = -1;
 
   int32_t stop_token_id = -1;       // the token that finished it (STOP), else -1
   int32_t scheduled_tokens = 0;     // tokens given in the plan being built (scratch)
@@ -78,8 +78,9 @@ struct Request {
 
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
+  bool has_inflight_token() const { return inflight_sample_index >= 0; }
   // Tokens counting the one in flight: what schedule_ahead() plans up to.
-  int32_t num_planned_tokens() const { return num_tokens() + num_inflight; }
+  int32_t num_planned_tokens() const { return num_tokens() + (has_inflight_token() ? 1 : 0); }
 
   // Strict order in which requests are served: FCFS by (arrival_time, serial), PRIORITY by
   // (priority, arrival_time, serial). Waiting requests are admitted in this order and the

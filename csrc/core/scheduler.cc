@@ -171,7 +171,6 @@ void Scheduler::roll_back_unapplied() {
       // pending_step_id < oldest: already rolled back (0) or last planned by an applied step.
       if (r == nullptr || r->status != RequestStatus::kRunning || r->pending_step_id < oldest) continue;
       r->pending_step_id = 0;
-      r->num_inflight = 0;
       r->inflight_sample_index = -1;
       if (r->admitted_step_id >= oldest) {
         // Admitted by one of those steps: its prefix hits may be blocks such a step was to
@@ -202,7 +201,6 @@ void Scheduler::mark_inflight(const BatchPlan& plan) {
     Request* r = live_row_request(plan, plan.sampled_seq_indices[static_cast<size_t>(k)]);
     // max_tokens == 0: that step finishes it and appends nothing.
     if (r == nullptr || r->status != RequestStatus::kRunning || r->params.max_tokens == 0) continue;
-    r->num_inflight = 1;
     r->inflight_sample_index = k;
   }
 }
@@ -244,7 +242,7 @@ std::shared_ptr<const BatchPlan> Scheduler::plan_step(bool ahead) {
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Request* r = running_[i];
     if (r->status != RequestStatus::kRunning) continue;  // preempted earlier in this loop
-    if (r->num_inflight > 0 && inflight_token_ends(*r)) continue;  // update() will finish it
+    if (r->has_inflight_token() && inflight_token_ends(*r)) continue;  // update() will finish it
     int32_t num_new = r->num_planned_tokens() - r->num_computed_tokens;
     if (num_new == 0) continue;  // ahead of a prompt-only request's last step (max_tokens 0)
     if (num_new > budget) {
@@ -358,8 +356,7 @@ void Scheduler::update(const BatchPlan& plan, const int32_t* sampled, size_t num
     // Skips requests aborted (and maybe replaced in their slot) since schedule().
     Request* r = live_row_request(plan, plan.sampled_seq_indices[k]);
     if (r == nullptr || r->status != RequestStatus::kRunning) continue;
-    r->num_inflight = 0;  // its token is known now
-    r->inflight_sample_index = -1;
+    r->inflight_sample_index = -1;  // its token is known now
     int32_t token = -1;
     RequestStatus status;
     if (r->params.max_tokens == 0) {
@@ -416,7 +413,7 @@ void Scheduler::check_invariants() const {
     if (r->num_computed_tokens > r->num_planned_tokens() || r->num_planned_tokens() > config_.max_model_len) {
       throw CoreError(who + "token counts out of range");
     }
-    if (r->num_inflight < 0 || r->num_inflight > 1 || (r->num_inflight == 1 && unapplied_.empty())) {
+    if (r->has_inflight_token() && (unapplied_.empty() || r->inflight_sample_index >= unapplied_.front()->num_sampled)) {
       throw CoreError(who + "in-flight token without a plan awaiting update()");
     }
     if (static_cast<int32_t>(r->block_ids.size()) != kv_.blocks_for(r->num_computed_tokens)) {

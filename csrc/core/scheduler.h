@@ -19,7 +19,7 @@
 //
 // One step ahead: schedule_ahead() plans step n+1 while plan n still awaits update(), so the
 // device never waits for the host between steps. Every request plan n samples counts one more
-// token whose id is not known yet (Request::num_inflight); plan n+1 feeds it as a deferred row
+// token whose id is not known yet (Request::inflight_sample_index); plan n+1 feeds it as a deferred row
 // (BatchPlan::deferred_rows) that the runner fills from step n's sampled tokens on the device.
 // A request whose in-flight token must end it (max_tokens, max_model_len) is not planned again;
 // one that stops on a sampled stop token was planned for nothing, and update(n+1) skips it.

@@ -409,13 +409,11 @@ class EngineCore:
         try:
             if self.fault_injector is not None:
                 self.fault_injector()
-            if ahead_of is None:
-                logits = self.runner.execute_model(plan, plan.logits_indices,
-                                                   float32_logits=False)  # [N, V] model dtype
-            else:
-                logits = self.runner.execute_model(
-                    plan, plan.logits_indices, float32_logits=False,
-                    previous_tokens=ahead_of.pending.device_token_ids)
+            # Only runners that accept previous_tokens are asked to run plans made ahead.
+            ahead = {} if ahead_of is None else {
+                "previous_tokens": ahead_of.pending.device_token_ids}
+            logits = self.runner.execute_model(plan, plan.logits_indices, float32_logits=False,
+                                               **ahead)  # [N, V] model dtype
             pending = self.sampler.sample_async(logits, batch)
         except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
             raise self._failed(plan_handles, e) from e

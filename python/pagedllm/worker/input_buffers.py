@@ -99,8 +99,7 @@ def deferred_rows_of(plan: Any, previous_tokens: Optional[torch.Tensor]
     if int(sources.max()) >= previous_tokens.numel() or int(sources.min()) < 0:
         raise ValueError(f"plan's deferred_sources reach past the {previous_tokens.numel()} "
                          f"previous tokens")
-    identity = (int(rows[-1]) == n - 1 and int(sources[-1]) == n - 1
-                and bool((rows == sources).all()) and bool((rows == np.arange(n)).all()))
+    identity = bool((rows == np.arange(n)).all() and (sources == rows).all())
     return n, rows, sources, identity
 
 
