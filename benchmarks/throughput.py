@@ -121,6 +121,37 @@ def _stop_profiler(prof, num_steps: int) -> None:
     table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
     print(f"== profile of {num_steps} steps (times are totals over them)", file=sys.stderr)
     print(table, file=sys.stderr)
+    print("== kernel timeline " + json.dumps(_kernel_timeline(prof, num_steps)), file=sys.stderr)
+
+
+def _kernel_timeline(prof, num_steps: int) -> dict:
+    """How much of the profiled GPU span ran no kernel, split by gap length: gaps under
+    20 us are the GPU waiting between kernels of a step (launch latency, the drain of one
+    kernel before the next starts), longer ones the waits between steps. (CUPTI adds a
+    little per kernel, so the short gaps are an upper bound.)"""
+    from torch.autograd import DeviceType
+
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type == DeviceType.CUDA)
+    if not spans:
+        return {}
+    busy, short_gaps, long_gaps, num_short = 0.0, 0.0, 0.0, 0
+    end = spans[0][0]
+    for start, stop in spans:
+        gap = start - end
+        if gap > 0:
+            if gap < 20.0:
+                short_gaps, num_short = short_gaps + gap, num_short + 1
+            else:
+                long_gaps += gap
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return {"kernels_per_step": round(len(spans) / num_steps, 1),
+            "span_us_per_step": round((end - spans[0][0]) / num_steps, 1),
+            "kernel_busy_us_per_step": round(busy / num_steps, 1),
+            "short_gaps_us_per_step": round(short_gaps / num_steps, 1),
+            "mean_short_gap_us": round(short_gaps / max(num_short, 1), 2),
+            "long_gaps_us_per_step": round(long_gaps / num_steps, 1)}
 
 
 def read_bandwidth_gbs() -> float:

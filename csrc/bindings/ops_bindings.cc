@@ -37,9 +37,12 @@ void init_ops_bindings(py::module_& m) {
   m.def("rotary_embedding", &b::rotary_embedding, py::arg("positions"), py::arg("query"), py::arg("key"),
         py::arg("head_size"), py::arg("cos_sin_cache"), py::arg("is_neox"), py::arg("stream") = 0,
         py::arg("q_norm_weight") = py::none(), py::arg("k_norm_weight") = py::none(),
-        py::arg("norm_eps") = 1e-6,
+        py::arg("norm_eps") = 1e-6, py::arg("value") = py::none(), py::arg("kv_cache") = py::none(),
+        py::arg("slot_mapping") = py::none(),
         "Rotate query and key in place (NeoX or GPT-J pairing), each head RMS-normalized first "
-        "when norm weights are given (Qwen3's q_norm / k_norm).");
+        "when norm weights are given (Qwen3's q_norm / k_norm); with value, kv_cache and "
+        "slot_mapping the rotated key and the value are also written into the paged cache "
+        "(reshape_and_cache in the same pass).");
   m.def("exponential_race_sample", &b::exponential_race_sample, py::arg("out"), py::arg("logits"),
         py::arg("inv_temperature"), py::arg("greedy"), py::arg("seed"), py::arg("step"),
         py::arg("stream") = 0,

@@ -125,11 +125,11 @@ inline void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
 // ---------------------------------------------------------------------------------------------
 // Each op: validate, fill the argument struct, run the CPU twin or the CUDA launcher.
 
-inline void reshape_and_cache(const TensorTuple& key_t, const TensorTuple& value_t,
-                              const TensorTuple& cache_t, const TensorTuple& slots_t, uintptr_t stream) {
-  const TensorRef key = to_ref("key", key_t), value = to_ref("value", value_t);
-  const TensorRef cache = to_ref("kv_cache", cache_t), slots = to_ref("slot_mapping", slots_t);
-  const int dev = common_device({&key, &value, &cache, &slots});
+// key and value [T, Hkv, D] (rows dense), kv_cache [2, NB, BS, Hkv, D], slots [T] int32: checked
+// and described for reshape_and_cache (also the cache write fused into rotary_embedding).
+inline kernels::ReshapeAndCacheArgs cache_write_args(const TensorRef& key, const TensorRef& value,
+                                                     const TensorRef& cache, const TensorRef& slots,
+                                                     uintptr_t stream) {
   check_rank(key, 3);
   check_rank(value, 3);
   check_rank(cache, 5);
@@ -163,14 +163,28 @@ inline void reshape_and_cache(const TensorTuple& key_t, const TensorTuple& value
   a.head_dim = static_cast<int>(cache.dim(4));
   a.dtype = cache.dtype;
   a.stream = as_stream(stream);
-  if (dev < 0) {
-    const int64_t num_slots = a.num_blocks * a.block_size;
-    for (int64_t t = 0; t < a.num_tokens; ++t) {
-      if (a.slot_mapping[t] >= num_slots) {
-        fail("slot_mapping: slot " + std::to_string(a.slot_mapping[t]) + " of token " + std::to_string(t) +
-             " is outside the cache (" + std::to_string(num_slots) + " slots)");
-      }
+  return a;
+}
+
+// CPU only (reading a CUDA slot_mapping would cost a sync): every slot inside the cache.
+inline void check_slots_in_cache(const kernels::ReshapeAndCacheArgs& a) {
+  const int64_t num_slots = a.num_blocks * a.block_size;
+  for (int64_t t = 0; t < a.num_tokens; ++t) {
+    if (a.slot_mapping[t] >= num_slots) {
+      fail("slot_mapping: slot " + std::to_string(a.slot_mapping[t]) + " of token " + std::to_string(t) +
+           " is outside the cache (" + std::to_string(num_slots) + " slots)");
     }
+  }
+}
+
+inline void reshape_and_cache(const TensorTuple& key_t, const TensorTuple& value_t,
+                              const TensorTuple& cache_t, const TensorTuple& slots_t, uintptr_t stream) {
+  const TensorRef key = to_ref("key", key_t), value = to_ref("value", value_t);
+  const TensorRef cache = to_ref("kv_cache", cache_t), slots = to_ref("slot_mapping", slots_t);
+  const int dev = common_device({&key, &value, &cache, &slots});
+  const kernels::ReshapeAndCacheArgs a = cache_write_args(key, value, cache, slots, stream);
+  if (dev < 0) {
+    check_slots_in_cache(a);
     kernels::reshape_and_cache_cpu(a);
     return;
   }
@@ -465,10 +479,21 @@ inline void fused_add_rms_norm(const TensorTuple& x_t, const TensorTuple& res_t,
 #endif
 }
 
+// [T, H * head_size] rows (dense) seen as [T, H, head_size].
+inline TensorRef as_heads(const TensorRef& rows, int64_t head_size) {
+  TensorRef heads = rows;
+  heads.shape = {rows.dim(0), rows.dim(1) / head_size, head_size};
+  heads.strides = {rows.stride(0), head_size, 1};
+  return heads;
+}
+
 inline void rotary_embedding(const TensorTuple& pos_t, const TensorTuple& q_t, const TensorTuple& k_t,
                              int head_size, const TensorTuple& cache_t, bool is_neox, uintptr_t stream,
                              const std::optional<TensorTuple>& q_norm_t,
-                             const std::optional<TensorTuple>& k_norm_t, double norm_eps) {
+                             const std::optional<TensorTuple>& k_norm_t, double norm_eps,
+                             const std::optional<TensorTuple>& value_t,
+                             const std::optional<TensorTuple>& kv_cache_t,
+                             const std::optional<TensorTuple>& slots_t) {
   const TensorRef pos = to_ref("positions", pos_t), q = to_ref("query", q_t), k = to_ref("key", k_t);
   const TensorRef cache = to_ref("cos_sin_cache", cache_t);
   const int dev = common_device({&pos, &q, &k, &cache});
@@ -534,6 +559,19 @@ inline void rotary_embedding(const TensorTuple& pos_t, const TensorTuple& q_t, c
     a.q_norm_weight = reinterpret_cast<const void*>(std::get<0>(*q_norm_t));
     a.k_norm_weight = reinterpret_cast<const void*>(std::get<0>(*k_norm_t));
     a.norm_eps = static_cast<float>(norm_eps);
+  }
+  if (value_t.has_value() != kv_cache_t.has_value() || slots_t.has_value() != kv_cache_t.has_value()) {
+    fail("value, kv_cache and slot_mapping: give all three or none");
+  }
+  if (kv_cache_t) {
+    const TensorRef value = to_ref("value", *value_t), kv_cache = to_ref("kv_cache", *kv_cache_t);
+    const TensorRef slots = to_ref("slot_mapping", *slots_t);
+    common_device({&q, &value, &kv_cache, &slots});
+    check_rank(value, 2);
+    check_contiguous_from(value, 1);
+    check_dim(value, 1, k.dim(1), "num_kv_heads * head_size");
+    a.kv_write = cache_write_args(as_heads(k, head_size), as_heads(value, head_size), kv_cache, slots, stream);
+    if (dev < 0) check_slots_in_cache(a.kv_write);
   }
   if (dev < 0) {
     for (int64_t t = 0; t < a.num_tokens; ++t) {

@@ -148,6 +148,9 @@ struct RotaryEmbeddingArgs {
   const void* q_norm_weight;   // [head_size] of dtype, or null: no per-head norm
   const void* k_norm_weight;   // [head_size] of dtype; null exactly when q_norm_weight is
   float norm_eps;
+  // Non-null kv_write.kv_cache: the rotated key and kv_write.value also go into the paged cache
+  // (reshape_and_cache in the same pass; kv_write.key is the rotated key, i.e. `key`).
+  ReshapeAndCacheArgs kv_write;
   void* stream;
 };
 

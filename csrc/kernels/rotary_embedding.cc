@@ -1,5 +1,6 @@
 // CPU twin of rotary_embedding: per token, one float copy of the cos|sin row, then each head
-// (normalized first when norm weights are given).
+// (normalized first when norm weights are given); with a KV cache, reshape_and_cache's twin
+// then copies the rotated key and the value into it.
 #include "kernels/rotary_embedding.h"
 
 #include <cmath>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "kernels/cpu_dtype.h"
+#include "kernels/reshape_and_cache.h"
 
 namespace pagedllm::kernels {
 namespace {
@@ -65,6 +67,7 @@ void rotary_embedding_cpu(const RotaryEmbeddingArgs& a) {
                    a.norm_eps);
     }
   });
+  if (a.kv_write.kv_cache != nullptr) reshape_and_cache_cpu(a.kv_write);
 }
 
 }  // namespace pagedllm::kernels

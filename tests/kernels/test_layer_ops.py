@@ -181,6 +181,89 @@ def test_rotary_with_per_head_norm(device, dtype, is_neox, head_size, rot_dim, h
         assert not torch.allclose(swapped[:, : hq * head_size], q)
 
 
+def _rope_table(rot_dim: int, max_pos: int, device) -> torch.Tensor:
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rot_dim, 2).float() / rot_dim))
+    freqs = torch.outer(torch.arange(max_pos).float(), inv_freq)
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device)  # [max_pos, rot_dim]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", (True, False))
+@pytest.mark.parametrize("norm", (False, True))
+@pytest.mark.parametrize("tokens,head_size,rot_dim,hq,hkv", [
+    (37, 128, 128, 16, 8), (5, 64, 64, 4, 4), (23, 80, 40, 40, 8), (300, 128, 128, 32, 8)])
+def test_rotary_writes_the_kv_cache(device, dtype, is_neox, norm, tokens, head_size, rot_dim,
+                                    hq, hkv):
+    # The layer's path: q, k, v as column slices of one qkv output; the rotated key and the value
+    # go into the paged cache in the same kernel. Expected: exactly what the rotation without a
+    # cache leaves in q and k, and what reshape_and_cache then writes.
+    max_pos, block_size, num_blocks = 2048, 16, 40
+    table = _rope_table(rot_dim, max_pos, device)
+    g = torch.Generator().manual_seed(tokens + head_size)
+    positions = torch.randint(0, max_pos, (tokens,), generator=g).to(device)
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:tokens].to(torch.int32)
+    slots[::7] = -1  # padding rows: nothing written
+    slots = slots.to(device)
+    qkv = rand(tokens, (hq + 2 * hkv) * head_size, dtype=dtype, device=device, seed=tokens) * 3
+    q_w = rand(head_size, dtype=dtype, device=device, seed=1) + 1 if norm else None
+    k_w = rand(head_size, dtype=dtype, device=device, seed=2) + 1 if norm else None
+
+    def split(t):
+        return (t[:, : hq * head_size], t[:, hq * head_size: (hq + hkv) * head_size],
+                t[:, (hq + hkv) * head_size:])
+
+    expect_qkv = qkv.clone()
+    eq, ek, ev = split(expect_qkv)
+    ops.rotary_embedding(positions, eq, ek, head_size, table, is_neox, q_norm_weight=q_w,
+                         k_norm_weight=k_w)
+    expect_cache = torch.full((2, num_blocks, block_size, hkv, head_size), float("nan"),
+                              dtype=dtype, device=device)
+    ops.reshape_and_cache(ek.view(tokens, hkv, head_size), ev.view(tokens, hkv, head_size),
+                          expect_cache, slots)
+
+    kv_cache = torch.full_like(expect_cache, float("nan"))
+    q, k, v = split(qkv)
+    ops.rotary_embedding(positions, q, k, head_size, table, is_neox, q_norm_weight=q_w,
+                         k_norm_weight=k_w, value=v, kv_cache=kv_cache, slot_mapping=slots)
+    assert torch.equal(qkv, expect_qkv)  # q and k rotated as without the cache, v untouched
+    # Written slots equal, unwritten ones still poisoned (equal_nan compares those).
+    assert torch.allclose(kv_cache, expect_cache, rtol=0, atol=0, equal_nan=True)
+    assert int(torch.isnan(kv_cache[0]).all(-1).all(-1).sum()) == \
+        num_blocks * block_size - int((slots >= 0).sum())
+    # And the rotation itself against the torch reference.
+    src = rand(tokens, (hq + 2 * hkv) * head_size, dtype=dtype, device=device, seed=tokens) * 3
+    rq, rk, _ = split(src)
+    if norm:
+        rq = ref.rms_norm(rq.reshape(-1, head_size), q_w, 1e-6).view(tokens, -1)
+        rk = ref.rms_norm(rk.reshape(-1, head_size), k_w, 1e-6).view(tokens, -1)
+    else:
+        rq, rk = rq.clone(), rk.clone()
+    ref.rotary_embedding(positions, rq, rk, head_size, table, is_neox)
+    assert rel_err(q, rq) < TOL[dtype] and rel_err(k, rk) < TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_cache_write_in_another_dtype_falls_back(device):
+    # A float32 cache under a bfloat16 model is outside the fused kernel: the op still rotates
+    # with its kernel and writes the cache through reshape_and_cache's reference (converting).
+    dtype, head_size, tokens, hkv = torch.bfloat16, 64, 9, 2
+    table = _rope_table(head_size, 64, device)
+    positions = torch.arange(tokens, device=device)
+    q = rand(tokens, 4 * head_size, dtype=dtype, device=device, seed=3)
+    k = rand(tokens, hkv * head_size, dtype=dtype, device=device, seed=4)
+    v = rand(tokens, hkv * head_size, dtype=dtype, device=device, seed=5)
+    slots = torch.arange(tokens, dtype=torch.int32, device=device) * 2
+    kv_cache = torch.full((2, 2, 16, hkv, head_size), float("nan"), device=device)
+    q_ref, k_ref = q.clone(), k.clone()
+    ref.rotary_embedding(positions, q_ref, k_ref, head_size, table, True)
+    ops.rotary_embedding(positions, q, k, head_size, table, True, value=v, kv_cache=kv_cache,
+                         slot_mapping=slots)
+    written = kv_cache.view(2, -1, hkv * head_size)[:, slots.long()]
+    assert torch.equal(written[0], k.float()) and torch.equal(written[1], v.float())
+    assert rel_err(k, k_ref) < TOL[dtype]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_rotary_3d_views_and_model_dtype_cache(device):
     dtype, head_size = torch.bfloat16, 64
@@ -239,6 +322,28 @@ def test_layer_bindings_reject_bad_inputs():
     with pytest.raises(ValueError, match="dtype"):
         _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, q_norm_weight=d(w_half),
                                 k_norm_weight=d(w64))
+    # The fused cache write: all three of value, kv_cache, slot_mapping, each checked.
+    kv = torch.zeros(2, 4, 16, 1, 64)
+    v, slots = torch.randn(2, 64), torch.tensor([3, -1], dtype=torch.int32)
+    _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, value=d(v), kv_cache=d(kv),
+                            slot_mapping=d(slots))  # valid
+    assert torch.equal(kv[0].view(-1, 64)[3], k[0]) and torch.equal(kv[1].view(-1, 64)[3], v[0])
+    with pytest.raises(ValueError, match="all three or none"):
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, value=d(v), kv_cache=d(kv))
+    kv_half = kv.half()
+    with pytest.raises(ValueError, match="dtype"):
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, value=d(v),
+                                kv_cache=d(kv_half), slot_mapping=d(slots))
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        wide_v = torch.randn(2, 128)
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, value=d(wide_v),
+                                kv_cache=d(kv), slot_mapping=d(slots))
+    past_the_cache = torch.tensor([0, 64], dtype=torch.int32)  # 4 blocks of 16 slots
+    with pytest.raises(ValueError, match="outside the cache"):
+        _C.ops.rotary_embedding(d(pos), d(q), d(k), 64, d(cache), True, value=d(v), kv_cache=d(kv),
+                                slot_mapping=d(past_the_cache))
+    with pytest.raises(ValueError, match="all three or none"):
+        ops.rotary_embedding(pos, q, k, 64, cache, True, kv_cache=kv)
     # The CUDA kernel stages a head in shared memory: huge heads are refused on every device.
     big = _C.ops.MAX_NORM_ROTARY_HEAD_SIZE * 2
     qb, kb, wb = torch.randn(2, big), torch.randn(2, big), torch.ones(big)

@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from pagedllm.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear,
-                                    QKVParallelLinear, RowParallelLinear)
+                                    QKVParallelLinear, RowParallelLinear, SplitKPartials)
 from pagedllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters_from_config
 from pagedllm.worker.kv_cache import KVCacheSpec, allocate_kv_caches, cpu_num_blocks, kv_cache_spec
 
@@ -167,3 +167,46 @@ def test_split_k_partials_through_rms_norm_match_the_plain_layer(dtype, rows, k,
     out_ref, res_ref = norm(plain.clone(), residual.clone())
     torch.testing.assert_close(res, res_ref, rtol=2e-2, atol=3e-2)
     torch.testing.assert_close(out, out_ref, rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu,
+                         pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_attention_kv_write_fused_into_rotary_equals_the_separate_write(monkeypatch, device,
+                                                                        qk_norm):
+    """LlamaAttention with the cache write in the rotary kernel (default) and as its own
+    reshape_and_cache: the same cache and the same output, bit for bit."""
+    from pagedllm.models import llama
+    from pagedllm.worker.attention_metadata import AttentionMetadata
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    config = LlamaConfig(hidden_size=256, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=64, max_position_embeddings=256, rms_norm_eps=1e-6)
+    attn = llama.LlamaAttention(config, 0, llama.DecoderOptions(qk_norm=qk_norm), 0, 1, None,
+                                llama.make_rotary_embedding(config)).to(device=device, dtype=dtype)
+    for p in attn.parameters():
+        p.data.normal_(0.0, 0.5)
+    # Two sequences: a 5-token prefill and one decode row at position 40.
+    lens, block_size = [5, 41], 16
+    positions = torch.tensor([0, 1, 2, 3, 4, 40], device=device)
+    slots = torch.tensor([16, 17, 18, 19, 20, 2 * 16 + 8], dtype=torch.int32, device=device)
+    meta = AttentionMetadata(
+        slot_mapping=slots, block_table=torch.tensor([[1, 0, 0], [3, 4, 2]], dtype=torch.int32,
+                                                     device=device),
+        query_start_loc=torch.tensor([0, 5, 6], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(lens, dtype=torch.int32, device=device), num_seqs=2, num_tokens=6,
+        max_query_len=5, max_seq_len=41)
+    hidden = torch.randn(6, 256, device=device, dtype=dtype)
+    base = torch.randn(2, 5, block_size, 2, 64, device=device, dtype=dtype)  # older context
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(llama, "FUSED_KV_WRITE", fused)
+        cache = base.clone()
+        out = attn(positions, hidden, cache, meta)
+        if isinstance(out, SplitKPartials):  # o_proj's decode split-K (CUDA): compare the sum
+            out = out.sum()
+        results.append((out, cache))
+    (out_f, cache_f), (out_s, cache_s) = results
+    assert torch.equal(cache_f, cache_s) and not torch.equal(cache_f, base)
+    assert torch.equal(out_f, out_s)

@@ -22,14 +22,16 @@ class Attention(nn.Module):
         self.sliding_window = sliding_window if sliding_window else -1
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """q [T, Hq * D], k and v [T, Hkv * D]; kv_cache [2, NB, BS, Hkv, D].
-        Returns [T, Hq * D]."""
+                meta: AttentionMetadata, kv_written: bool = False) -> torch.Tensor:
+        """q [T, Hq * D], k and v [T, Hkv * D]; kv_cache [2, NB, BS, Hkv, D]. kv_written: this
+        step's k and v are already in the cache at meta.slot_mapping (written by the rotary
+        kernel). Returns [T, Hq * D]."""
         num_tokens = q.shape[0]
         q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        ops.reshape_and_cache(k, v, kv_cache, meta.slot_mapping)
+        if not kv_written:
+            k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+            v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+            ops.reshape_and_cache(k, v, kv_cache, meta.slot_mapping)
         out = ops.paged_attention(q, kv_cache, meta.block_table, meta.query_start_loc,
                                   meta.seq_lens, self.scale, meta.max_query_len, meta.max_seq_len,
                                   sliding_window=self.sliding_window,

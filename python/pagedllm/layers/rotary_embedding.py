@@ -79,13 +79,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_sin_cache", cache.to(dtype or torch.float32), persistent=False)
 
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
-                q_norm: Optional[nn.Module] = None, k_norm: Optional[nn.Module] = None):
+                q_norm: Optional[nn.Module] = None, k_norm: Optional[nn.Module] = None,
+                value: Optional[torch.Tensor] = None, kv_cache: Optional[torch.Tensor] = None,
+                slot_mapping: Optional[torch.Tensor] = None):
         """positions [T]; query [T, Hq * D], key [T, Hkv * D]; rotated in place and returned.
         q_norm / k_norm (RMSNorm over one head, Qwen3): applied to every head first, in the
-        same kernel (no copies of the strided q / k views, two launches fewer per layer)."""
+        same kernel (no copies of the strided q / k views, two launches fewer per layer).
+        value [T, Hkv * D], kv_cache [2, NB, BS, Hkv, D], slot_mapping [T]: the rotated key and
+        the value are also written into the paged cache, by the same kernel on CUDA."""
         ops.rotary_embedding(positions, query, key, self.head_size, self.cos_sin_cache,
                              self.is_neox_style,
                              q_norm_weight=q_norm.weight if q_norm is not None else None,
                              k_norm_weight=k_norm.weight if k_norm is not None else None,
-                             norm_eps=q_norm.eps if q_norm is not None else 1e-6)
+                             norm_eps=q_norm.eps if q_norm is not None else 1e-6,
+                             value=value, kv_cache=kv_cache, slot_mapping=slot_mapping)
         return query, key

@@ -21,6 +21,11 @@ from pagedllm.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbeddi
 from pagedllm.worker.attention_metadata import AttentionMetadata
 
 
+# The K/V cache write rides the rotary kernel; False: a separate reshape_and_cache launch (kept
+# for A/B runs: benchmarks/constant_ab.sh; both write the same cache).
+FUSED_KV_WRITE = True
+
+
 def head_dim_of(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
@@ -74,8 +79,13 @@ class LlamaAttention(nn.Module):
         # Views into qkv, no copies: the kernels take rows with any stride as long as each
         # row is dense (rotary rotates them in place inside qkv).
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm)  # in place in qkv
-        out = self.attn(q, k, v, kv_cache, meta)               # [T, Hq * D]
+        # In place in qkv. With FUSED_KV_WRITE the rotary kernel also writes the rotated k and
+        # v into the paged cache (one launch fewer per layer); else the attention layer does.
+        fused = FUSED_KV_WRITE
+        q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm,
+                               value=v if fused else None, kv_cache=kv_cache if fused else None,
+                               slot_mapping=meta.slot_mapping if fused else None)
+        out = self.attn(q, k, v, kv_cache, meta, kv_written=fused)  # [T, Hq * D]
         # Into post_attention_layernorm's residual add: may come back as split-K partials.
         return self.o_proj(out, into_fused_norm=True)
 

@@ -239,9 +239,16 @@ def rotary_embedding(
     q_norm_weight: Optional[torch.Tensor] = None,  # [D]: per-head RMSNorm of query first
     k_norm_weight: Optional[torch.Tensor] = None,  # [D]: per-head RMSNorm of key first
     norm_eps: float = 1e-6,
+    value: Optional[torch.Tensor] = None,         # [T, Hkv * D] (or [T, Hkv, D])
+    kv_cache: Optional[torch.Tensor] = None,      # [2, NB, BS, Hkv, D]
+    slot_mapping: Optional[torch.Tensor] = None,  # [T] int32; slot < 0: not written
 ) -> None:
     """Rotate the first rot_dim dims of every head (NeoX or GPT-J pairing), in place; with norm
-    weights each head is RMS-normalized first (Qwen3's q_norm / k_norm in the same pass)."""
+    weights each head is RMS-normalized first (Qwen3's q_norm / k_norm in the same pass). With
+    value, kv_cache and slot_mapping the rotated key and the value then go into the paged cache
+    at their slots, as reshape_and_cache would write them (same pass on CUDA)."""
+    if not (value is None) == (kv_cache is None) == (slot_mapping is None):
+        raise ValueError("value, kv_cache and slot_mapping: give all three or none")
     q2, k2 = _rows_view(query), _rows_view(key)
     norms = (q_norm_weight, k_norm_weight)
     if (not _use_kernel("rotary_embedding", query) or q2 is None or k2 is None
@@ -251,13 +258,30 @@ def rotary_embedding(
             or not cos_sin_cache.is_contiguous() or not positions.is_contiguous()
             or any(w is not None and (w.dtype != query.dtype or not w.is_contiguous())
                    for w in norms)):
-        return _ref.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox,
-                                     q_norm_weight, k_norm_weight, norm_eps)
+        _ref.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox,
+                              q_norm_weight, k_norm_weight, norm_eps)
+        return _write_rotated_kv(key, value, kv_cache, slot_mapping, head_size)
+    v2 = _rows_view(value) if value is not None else None
+    fused = (kv_cache is not None and v2 is not None and value.dtype == query.dtype
+             and kv_cache.dtype == query.dtype and slot_mapping.dtype == torch.int32
+             and kv_cache.is_contiguous() and slot_mapping.is_contiguous())
     descs = [_desc(w) if w is not None else None for w in norms]
+    cache_args = {}
+    if fused:
+        cache_args = dict(value=_desc(v2), kv_cache=_desc(kv_cache), slot_mapping=_desc(slot_mapping))
     _ops.rotary_embedding(_desc(positions), _desc(q2), _desc(k2), int(head_size),
                           _desc(cos_sin_cache), bool(is_neox), stream=_stream(query),
                           q_norm_weight=descs[0], k_norm_weight=descs[1],
-                          norm_eps=float(norm_eps))
+                          norm_eps=float(norm_eps), **cache_args)
+    if not fused:
+        _write_rotated_kv(key, value, kv_cache, slot_mapping, head_size)
+
+
+def _write_rotated_kv(key, value, kv_cache, slot_mapping, head_size: int) -> None:
+    """The cache write of rotary_embedding where it could not share the rotation's pass."""
+    if kv_cache is not None:
+        heads = (key.shape[0], -1, head_size)
+        reshape_and_cache(key.view(heads), value.view(heads), kv_cache, slot_mapping)
 
 
 def exponential_race_sample_supported(logits: torch.Tensor) -> bool:

@@ -125,12 +125,18 @@ def rotary_embedding(
     q_norm_weight: Optional[torch.Tensor] = None,  # [D]: per-head RMSNorm of query first
     k_norm_weight: Optional[torch.Tensor] = None,  # [D]: per-head RMSNorm of key first
     norm_eps: float = 1e-6,
+    value: Optional[torch.Tensor] = None,         # [T, Hkv * D] (or [T, Hkv, D])
+    kv_cache: Optional[torch.Tensor] = None,      # [2, NB, BS, Hkv, D]
+    slot_mapping: Optional[torch.Tensor] = None,  # [T] int32
 ) -> None:
     """Rotate the first rot_dim dims of every head. NeoX style pairs dim i with i + rot_dim/2;
     GPT-J style pairs dim 2i with 2i + 1. With norm weights each head is first replaced by
-    rms_norm(head) * weight (Qwen3's q_norm / k_norm)."""
+    rms_norm(head) * weight (Qwen3's q_norm / k_norm). With value, kv_cache and slot_mapping,
+    reshape_and_cache(rotated key, value, kv_cache, slot_mapping) follows (one pass on CUDA)."""
     if (q_norm_weight is None) != (k_norm_weight is None):
         raise ValueError("q_norm_weight and k_norm_weight: give both or neither")
+    if not (value is None) == (kv_cache is None) == (slot_mapping is None):
+        raise ValueError("value, kv_cache and slot_mapping: give all three or none")
     if q_norm_weight is not None:
         for t, w in ((query, q_norm_weight), (key, k_norm_weight)):
             heads = t.view(t.shape[0], -1, head_size)
@@ -149,6 +155,9 @@ def rotary_embedding(
             x1, x2 = rot[..., 0::2], rot[..., 1::2]
             rotated = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)
         x[..., :rot_dim] = rotated.to(t.dtype)
+    if kv_cache is not None:
+        heads = (key.shape[0], -1, head_size)
+        reshape_and_cache(key.view(heads), value.view(heads), kv_cache, slot_mapping)
 
 
 def silu_and_mul(
