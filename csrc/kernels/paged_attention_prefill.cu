@@ -21,14 +21,6 @@
 namespace pagedllm::kernels::attn {
 namespace {
 
-// 2^x by the SFU alone (exp2f adds range handling for denormal results; the probabilities here
-// are in [0, 1], where flushing those to 0 changes nothing visible in bf16 / fp16 outputs).
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 using cuda::cp_async16;
 using cuda::cp_async_commit;
 using cuda::cp_async_wait;
@@ -213,22 +205,23 @@ __global__ void __launch_bounds__(WARPS * 32) prefill_attention_kernel(const Pre
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      // Mask (causal, window, padding rows); tile max per row. Scores and maxima stay unscaled
-      // (scale > 0 keeps the order), so each probability below is one FFMA and one ex2.
+      // Mask (causal, window, padding rows) and scale into base-2 logits; tile max per row.
       float tmA = -INFINITY, tmB = -INFINITY;
       // Tiles wholly below both rows' diagonals (and no window) need no mask.
       const bool unmasked = okA[mt] && okB[mt] && p.sliding_window <= 0 && kt + kBlockN - 1 <= posA[mt];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        if (!unmasked) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int key = kt + nt * 8 + tig * 2 + (i & 1);
-            const int pos = i < 2 ? posA[mt] : posB[mt];
-            const bool ok = (i < 2 ? okA[mt] : okB[mt]) && key <= pos &&
-                            (p.sliding_window <= 0 || key > pos - p.sliding_window);
-            if (!ok) sc[mt][nt][i] = -INFINITY;
+        for (int i = 0; i < 4; ++i) {
+          if (unmasked) {
+            sc[mt][nt][i] *= p.scale_log2;
+            continue;
           }
+          const int key = kt + nt * 8 + tig * 2 + (i & 1);
+          const int pos = i < 2 ? posA[mt] : posB[mt];
+          const bool ok = (i < 2 ? okA[mt] : okB[mt]) && key <= pos &&
+                          (p.sliding_window <= 0 || key > pos - p.sliding_window);
+          sc[mt][nt][i] = ok ? sc[mt][nt][i] * p.scale_log2 : -INFINITY;
         }
         tmA = fmaxf(tmA, fmaxf(sc[mt][nt][0], sc[mt][nt][1]));
         tmB = fmaxf(tmB, fmaxf(sc[mt][nt][2], sc[mt][nt][3]));
@@ -239,21 +232,18 @@ __global__ void __launch_bounds__(WARPS * 32) prefill_attention_kernel(const Pre
         tmB = fmaxf(tmB, __shfl_xor_sync(0xffffffffu, tmB, off));
       }
       const float nA = fmaxf(mA[mt], tmA), nB = fmaxf(mB[mt], tmB);
-      // The row maxima in base-2 logits (0 while a row has seen only masked keys).
-      const float baseA = nA == -INFINITY ? 0.0f : nA * p.scale_log2;
-      const float baseB = nB == -INFINITY ? 0.0f : nB * p.scale_log2;
-      const float alA = fast_exp2(fmaf(mA[mt], p.scale_log2, -baseA));
-      const float alB = fast_exp2(fmaf(mB[mt], p.scale_log2, -baseB));
+      const float baseA = nA == -INFINITY ? 0.0f : nA, baseB = nB == -INFINITY ? 0.0f : nB;
+      const float alA = exp2f(mA[mt] - baseA), alB = exp2f(mB[mt] - baseB);
       mA[mt] = nA;
       mB[mt] = nB;
       lA[mt] *= alA;
       lB[mt] *= alB;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        sc[mt][nt][0] = fast_exp2(fmaf(sc[mt][nt][0], p.scale_log2, -baseA));
-        sc[mt][nt][1] = fast_exp2(fmaf(sc[mt][nt][1], p.scale_log2, -baseA));
-        sc[mt][nt][2] = fast_exp2(fmaf(sc[mt][nt][2], p.scale_log2, -baseB));
-        sc[mt][nt][3] = fast_exp2(fmaf(sc[mt][nt][3], p.scale_log2, -baseB));
+        sc[mt][nt][0] = exp2f(sc[mt][nt][0] - baseA);
+        sc[mt][nt][1] = exp2f(sc[mt][nt][1] - baseA);
+        sc[mt][nt][2] = exp2f(sc[mt][nt][2] - baseB);
+        sc[mt][nt][3] = exp2f(sc[mt][nt][3] - baseB);
         lA[mt] += sc[mt][nt][0] + sc[mt][nt][1];
         lB[mt] += sc[mt][nt][2] + sc[mt][nt][3];
       }
