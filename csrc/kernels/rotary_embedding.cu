@@ -1,8 +1,8 @@
 // rotary_embedding on CUDA: one warp per (token, head), up to eight heads per CTA. With per-head
 // norm weights the warp normalizes its head first; with a KV cache (kv_write) key heads are
 // also stored at the token's slot and value heads copied there, so the layer needs no separate
-// reshape_and_cache launch (one kernel and one inter-kernel gap fewer per layer: ~2.5 us of a
-// ~230 us Qwen3-0.6B decode layer on an H200).
+// reshape_and_cache launch (one kernel and one inter-kernel gap fewer per layer; measured on an
+// H200 at 244 Qwen3-0.6B tokens: 4.7 us for both jobs, 3.8 + 1.9 us as two kernels).
 // Positions must lie in [0, max_position): the CPU path checks; on CUDA it is the
 // caller's contract (checking device memory would cost a sync).
 #include <algorithm>
@@ -44,17 +44,17 @@ __global__ void rotary_heads_kernel(const RotaryEmbeddingArgs a, const int num_h
   if (h >= num_heads) return;
   const int head_size = a.head_size, rotated_heads = a.num_q_heads + a.num_kv_heads;
   int64_t slot = -1;
-  T* k_cache = nullptr;  // [num_blocks * block_size, num_kv_heads, head_size]
+  T* cache = nullptr;  // [2 (K, V), num_blocks * block_size, num_kv_heads, head_size]
   if constexpr (kWriteCache) {
     slot = a.kv_write.slot_mapping[t];
     const int64_t row = static_cast<int64_t>(a.num_kv_heads) * head_size;  // elements per slot
-    k_cache = static_cast<T*>(a.kv_write.kv_cache);
+    cache = static_cast<T*>(a.kv_write.kv_cache);
     if (h >= rotated_heads) {  // a value head: copied as is into the V plane
       if (slot < 0) return;
       const int kvh = h - rotated_heads;
       const T* src = static_cast<const T*>(a.kv_write.value) + t * a.kv_write.value_stride +
                      static_cast<int64_t>(kvh) * head_size;
-      T* dst = k_cache + a.kv_write.num_blocks * a.kv_write.block_size * row + slot * row +
+      T* dst = cache + a.kv_write.num_blocks * a.kv_write.block_size * row + slot * row +
                static_cast<int64_t>(kvh) * head_size;
       for (int j = lane; j < head_size; j += 32) dst[j] = src[j];
       return;
@@ -68,7 +68,7 @@ __global__ void rotary_heads_kernel(const RotaryEmbeddingArgs a, const int num_h
   T* cached = nullptr;
   if constexpr (kWriteCache) {
     if (!is_query && slot >= 0) {
-      cached = k_cache + slot * (static_cast<int64_t>(a.num_kv_heads) * head_size) +
+      cached = cache + slot * (static_cast<int64_t>(a.num_kv_heads) * head_size) +
                static_cast<int64_t>(h - a.num_q_heads) * head_size;
     }
   }
