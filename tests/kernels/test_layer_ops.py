@@ -262,6 +262,14 @@ def test_rotary_cache_write_in_another_dtype_falls_back(device):
     written = kv_cache.view(2, -1, hkv * head_size)[:, slots.long()]
     assert torch.equal(written[0], k.float()) and torch.equal(written[1], v.float())
     assert rel_err(k, k_ref) < TOL[dtype]
+    # A value whose rows are not dense (column-major here) cannot ride the kernel either.
+    v_cols = v.t().contiguous().t()
+    same_dtype_cache = torch.full((2, 2, 16, hkv, head_size), float("nan"), dtype=dtype,
+                                  device=device)
+    ops.rotary_embedding(positions, q, k, head_size, table, True, value=v_cols,
+                         kv_cache=same_dtype_cache, slot_mapping=slots)
+    written = same_dtype_cache.view(2, -1, hkv * head_size)[:, slots.long()]
+    assert torch.equal(written[1], v)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -280,8 +280,15 @@ def rotary_embedding(
 def _write_rotated_kv(key, value, kv_cache, slot_mapping, head_size: int) -> None:
     """The cache write of rotary_embedding where it could not share the rotation's pass."""
     if kv_cache is not None:
-        heads = (key.shape[0], -1, head_size)
-        reshape_and_cache(key.view(heads), value.view(heads), kv_cache, slot_mapping)
+        reshape_and_cache(_dense_heads(key, head_size), _dense_heads(value, head_size), kv_cache,
+                          slot_mapping)
+
+
+def _dense_heads(t: torch.Tensor, head_size: int) -> torch.Tensor:
+    """t as [T, H, head_size] with each token's heads dense (a copy only when they are not)."""
+    heads = t.reshape(t.shape[0], -1, head_size)
+    dense = heads.stride(-1) == 1 and heads.stride(-2) == head_size
+    return heads if dense else heads.contiguous()
 
 
 def exponential_race_sample_supported(logits: torch.Tensor) -> bool:

@@ -157,7 +157,7 @@ def rotary_embedding(
         x[..., :rot_dim] = rotated.to(t.dtype)
     if kv_cache is not None:
         heads = (key.shape[0], -1, head_size)
-        reshape_and_cache(key.view(heads), value.view(heads), kv_cache, slot_mapping)
+        reshape_and_cache(key.reshape(heads), value.reshape(heads), kv_cache, slot_mapping)
 
 
 def silu_and_mul(
