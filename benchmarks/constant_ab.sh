@@ -5,14 +5,23 @@
 #   bash benchmarks/constant_ab.sh "$OUT" pagedllm.models.llama FUSED_KV_WRITE False
 # With "env" as the module, an environment variable instead: unset ("on") or set to the value.
 #   bash benchmarks/constant_ab.sh "$OUT" env PAGEDLLM_PREFILL_VARIANT 1
+# With "flag", a throughput.py flag: absent ("on") or given ("off").
+#   bash benchmarks/constant_ab.sh "$OUT" flag --no-plan-ahead
 #   env: ROUNDS (default 2), NANO=0 (batch 16 only), B16=0 (W-nano only)
+# $OUT gets the W-nano result JSONs (nano_on1.json ...); batch 16 is summarized in the log.
 set -uo pipefail
-OUT=${1:?output dir}; MODULE=${2:?module}; NAME=${3:?constant}; OFF=${4:?value for "off"}
+OUT=${1:?output dir}; MODULE=${2:?module, env or flag}; NAME=${3:?constant, variable or flag}
+OFF=${4:-}; [ "$MODULE" = flag ] || [ -n "$OFF" ] || { echo "value for \"off\" missing"; exit 1; }
 cd "$(dirname "$0")/.."
 L=/tmp/constant_ab; mkdir -p $L
 t0=$(date +%s); since() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 [ "${SKIP_BUILD:-0}" = 1 ] || bash benchmarks/gpu_session.sh $L build > /dev/null || { tail -30 $L/build.log; exit 1; }
-if [ "$MODULE" = env ]; then
+FLAG=""  # the throughput.py flag of the current side (flag mode)
+if [ "$MODULE" = flag ]; then
+  ON="(absent)"
+  set_to() { if [ "$1" = "(absent)" ]; then FLAG=""; else FLAG="$NAME"; fi; }
+  shown() { echo "${FLAG:-(absent)}"; }
+elif [ "$MODULE" = env ]; then
   ON="(unset)"
   set_to() { if [ "$1" = "(unset)" ]; then unset "$NAME"; else export "$NAME=$1"; fi; }
   shown() { echo "${!NAME-(unset)}"; }
@@ -24,18 +33,20 @@ else
   shown() { grep -E "^$NAME = " "$F" | sed -E "s/^$NAME = //"; }
 fi
 SMALL="--model-shape qwen3-0.6b --dtype bfloat16 --max-model-len 2048 --num-prompts 16 --input-len 256 --output-len 1024"
-pick='"(output_tokens_per_second|mean_step_model_ms|gpu_idle_fraction|roofline_fraction)"'
+pick='"(output_tokens_per_second|mean_step_model_ms|gpu_idle_fraction|gpu_idle_mean_gap_ms|roofline_fraction|plans_ahead)"'
 for r in $(seq 1 "${ROUNDS:-2}"); do
   for v in on off; do
-    set_to "$([ $v = on ] && echo "$ON" || echo "$OFF")"
+    set_to "$([ $v = on ] && echo "$ON" || echo "${OFF:-set}")"
     if [ "${B16:-1}" = 1 ]; then
-      timeout 90 python3 benchmarks/throughput.py $SMALL --output-json $OUT/b16_$v$r.json > $L/b16.log 2>&1
-      since "batch16 $v$r ($NAME = $(shown)): $(grep -E "$pick" $OUT/b16_$v$r.json 2>/dev/null | tr -d ' \n')"
+      timeout 90 python3 benchmarks/throughput.py $SMALL --gpu-idle $FLAG --output-json $L/b16.json > $L/b16.log 2>&1
+      since "batch16 $v$r ($NAME = $(shown)): $(grep -E "$pick" $L/b16.json 2>/dev/null | tr -d ' \n')"
+      rm -f $L/b16.json
     fi
     if [ "${NANO:-1}" = 1 ]; then
-      NANO_ARGS=--gpu-idle bash benchmarks/gpu_session.sh $L nano > /dev/null 2>&1
+      NANO_ARGS="--gpu-idle $FLAG" bash benchmarks/gpu_session.sh $L nano > /dev/null 2>&1
       cp $L/nano_graphs.json $OUT/nano_$v$r.json 2>/dev/null
-      since "nano $v$r: $(grep -E "$pick" $L/nano_graphs.json 2>/dev/null | tr -d ' \n')"
+      rm -f $L/nano_graphs.json
+      since "nano $v$r: $(grep -E "$pick" $OUT/nano_$v$r.json 2>/dev/null | tr -d ' \n')"
     fi
   done
 done

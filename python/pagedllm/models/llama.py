@@ -82,9 +82,8 @@ class LlamaAttention(nn.Module):
         # In place in qkv. With FUSED_KV_WRITE the rotary kernel also writes the rotated k and
         # v into the paged cache (one launch fewer per layer); else the attention layer does.
         fused = FUSED_KV_WRITE
-        q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm,
-                               value=v if fused else None, kv_cache=kv_cache if fused else None,
-                               slot_mapping=meta.slot_mapping if fused else None)
+        cache = dict(value=v, kv_cache=kv_cache, slot_mapping=meta.slot_mapping) if fused else {}
+        q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm, **cache)
         out = self.attn(q, k, v, kv_cache, meta, kv_written=fused)  # [T, Hq * D]
         # Into post_attention_layernorm's residual add: may come back as split-K partials.
         return self.o_proj(out, into_fused_norm=True)
