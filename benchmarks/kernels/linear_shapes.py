@@ -4,7 +4,9 @@ A decode step's linears are skinny (M = sequences in the batch, 16-256) and read
 weight once, so their floor is weight bytes / read bandwidth. This script times each of a model's
 linears (QKV, O, gate/up, down, lm_head) at a few batch sizes, as a CUDA graph of back-to-back
 calls (the engine replays decode steps as graphs, so launch latency is not part of the figure),
-under torch's BLAS back-ends and as split-K batched GEMMs (fp32 partials), and prints µs, GB/s and the share of the read-bandwidth floor.
+under torch's BLAS back-ends, as pagedllm's decode_linear kernel ("decode", <= 128 rows, sm_90)
+and as split-K batched GEMMs (fp32 partials), and prints µs, GB/s and the share of the
+read-bandwidth floor.
 
     python benchmarks/kernels/linear_shapes.py --shape qwen3-0.6b --batch 64 144 256
 """
@@ -16,6 +18,8 @@ import os
 import sys
 
 import torch
+
+from pagedllm import ops
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from model_shapes import SHAPES  # noqa: E402
@@ -58,9 +62,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", nargs="+", default=["qwen3-0.6b", "qwen3-8b"], choices=sorted(SHAPES))
     p.add_argument("--batch", type=int, nargs="+", default=[16, 64, 144, 256])
-    p.add_argument("--backends", nargs="+", default=["cublas", "cublaslt"])
+    p.add_argument("--backends", nargs="+", default=["cublas", "cublaslt", "decode"],
+                   help="cublas / cublaslt: torch.matmul under that BLAS; decode: ops.decode_linear")
     p.add_argument("--split-k", type=int, nargs="*", default=[2, 4, 8],
                    help="also time split-K as a batched GEMM with fp32 partials, s splits")
+    p.add_argument("--cycle-mb", type=int, default=160,
+                   help="cycle through copies of each weight totalling at least this many MiB "
+                        "(more than the L2), so the timing reads weights from HBM")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args()
 
@@ -69,15 +77,31 @@ def main() -> None:
     rows = []
     for shape in args.shape:
         for name, n, k in linear_shapes(SHAPES[shape]):
-            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+            # Copies of the weight, cycled through call by call, so that the calls of one timing
+            # read more than the L2 holds (a decode step reads each layer's weights from HBM).
+            copies = max(1, -(-args.cycle_mb * 2 ** 20 // (n * k * 2)))
+            weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+                       for _ in range(copies)]
+            cycle = {"i": 0}
+
+            def next_copy() -> int:
+                cycle["i"] = (cycle["i"] + 1) % copies
+                return cycle["i"]
+            calls = max(20, copies)  # one timed graph reads every copy
             for m in args.batch:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 floor_us = (n * k * 2 + m * (k + n) * 2) / bw / 1e3
                 line = f"{shape:11s} {name:8s} M={m:4d} N={n:6d} K={k:5d} floor {floor_us:7.1f} µs |"
                 for backend in args.backends:
-                    torch.backends.cuda.preferred_blas_library(backend)
-                    us = time_graph(lambda: torch.matmul(x, w.t(), out=out))
+                    if backend == "decode":
+                        if not ops.decode_linear_supported(x, weights[0]):
+                            line += " decode    n/a |"
+                            continue
+                        us = time_graph(lambda: ops.decode_linear(x, weights[next_copy()]), calls)
+                    else:
+                        torch.backends.cuda.preferred_blas_library(backend)
+                        us = time_graph(lambda: torch.matmul(x, weights[next_copy()].t(), out=out), calls)
                     rows.append(dict(shape=shape, linear=name, m=m, n=n, k=k, backend=backend,
                                      us=round(us, 2), floor_us=round(floor_us, 2)))
                     line += f" {backend} {us:7.1f} µs {floor_us / us:5.1%} |"
@@ -87,10 +111,12 @@ def main() -> None:
                     # Split-K as a strided batched GEMM: batch entry i multiplies columns
                     # [i K/s, (i+1) K/s) of x and w into fp32 partials [s, M, N]; no weight copy.
                     xs = x.view(m, splits, k // splits).transpose(0, 1)        # [s, M, K/s]
-                    ws = w.view(n, splits, k // splits).permute(1, 2, 0)       # [s, K/s, N]
+                    ws = [c.view(n, splits, k // splits).permute(1, 2, 0)      # [s, K/s, N]
+                          for c in weights]
                     try:
-                        us = time_graph(lambda: torch.bmm(xs, ws, out_dtype=torch.float32))
-                        us_sum = time_graph(lambda: torch.bmm(xs, ws, out_dtype=torch.float32).sum(0).to(torch.bfloat16))
+                        us = time_graph(lambda: torch.bmm(xs, ws[next_copy()], out_dtype=torch.float32), calls)
+                        us_sum = time_graph(lambda: torch.bmm(xs, ws[next_copy()], out_dtype=torch.float32)
+                                            .sum(0).to(torch.bfloat16), calls)
                     except (RuntimeError, TypeError, NotImplementedError) as e:
                         line += f" splitk{splits} failed: {str(e)[:60]} |"
                         continue
