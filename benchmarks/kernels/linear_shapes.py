@@ -4,9 +4,9 @@ A decode step's linears are skinny (M = sequences in the batch, 16-256) and read
 weight once, so their floor is weight bytes / read bandwidth. This script times each of a model's
 linears (QKV, O, gate/up, down, lm_head) at a few batch sizes, as a CUDA graph of back-to-back
 calls (the engine replays decode steps as graphs, so launch latency is not part of the figure),
-under torch's BLAS back-ends, as pagedllm's decode_linear kernel ("decode", <= 128 rows, sm_90)
-and as split-K batched GEMMs (fp32 partials), and prints µs, GB/s and the share of the
-read-bandwidth floor.
+under torch's BLAS back-ends and as split-K batched GEMMs (fp32 partials), and prints µs, GB/s
+and the share of the read-bandwidth floor. Each timing cycles through copies of the weight that
+together exceed the L2 (--cycle-mb), so weights come from HBM as in a decode step.
 
     python benchmarks/kernels/linear_shapes.py --shape qwen3-0.6b --batch 64 144 256
 """
@@ -18,8 +18,6 @@ import os
 import sys
 
 import torch
-
-from pagedllm import ops
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from model_shapes import SHAPES  # noqa: E402
@@ -62,8 +60,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", nargs="+", default=["qwen3-0.6b", "qwen3-8b"], choices=sorted(SHAPES))
     p.add_argument("--batch", type=int, nargs="+", default=[16, 64, 144, 256])
-    p.add_argument("--backends", nargs="+", default=["cublas", "cublaslt", "decode"],
-                   help="cublas / cublaslt: torch.matmul under that BLAS; decode: ops.decode_linear")
+    p.add_argument("--backends", nargs="+", default=["cublas", "cublaslt"])
     p.add_argument("--split-k", type=int, nargs="*", default=[2, 4, 8],
                    help="also time split-K as a batched GEMM with fp32 partials, s splits")
     p.add_argument("--cycle-mb", type=int, default=160,
@@ -94,14 +91,8 @@ def main() -> None:
                 floor_us = (n * k * 2 + m * (k + n) * 2) / bw / 1e3
                 line = f"{shape:11s} {name:8s} M={m:4d} N={n:6d} K={k:5d} floor {floor_us:7.1f} µs |"
                 for backend in args.backends:
-                    if backend == "decode":
-                        if not ops.decode_linear_supported(x, weights[0]):
-                            line += " decode    n/a |"
-                            continue
-                        us = time_graph(lambda: ops.decode_linear(x, weights[next_copy()]), calls)
-                    else:
-                        torch.backends.cuda.preferred_blas_library(backend)
-                        us = time_graph(lambda: torch.matmul(x, weights[next_copy()].t(), out=out), calls)
+                    torch.backends.cuda.preferred_blas_library(backend)
+                    us = time_graph(lambda: torch.matmul(x, weights[next_copy()].t(), out=out), calls)
                     rows.append(dict(shape=shape, linear=name, m=m, n=n, k=k, backend=backend,
                                      us=round(us, 2), floor_us=round(floor_us, 2)))
                     line += f" {backend} {us:7.1f} µs {floor_us / us:5.1%} |"

@@ -50,28 +50,4 @@ void init_ops_bindings(py::module_& m) {
         "by Philox from (seed, step, row, token).");
   m.def("silu_and_mul", &b::silu_and_mul, py::arg("out"), py::arg("x"), py::arg("stream") = 0,
         "out = silu(x[:, :d]) * x[:, d:].");
-  m.def("decode_linear", &b::decode_linear, py::arg("out"), py::arg("x"), py::arg("weight"),
-        py::arg("bias") = py::none(), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
-        "out = x weight^T (+ bias) on CUDA for at most DECODE_LINEAR_MAX_ROWS rows of x (a decode "
-        "step's linears; float16 / bfloat16, sm_90+). A row's result does not depend on the other rows.");
-  m.def(
-      "decode_linear_plan",
-      [](int64_t num_rows, int64_t out_features, int64_t in_features, int num_sms) {
-        const pagedllm::kernels::DecodeLinearPlan p =
-            pagedllm::kernels::decode_linear_plan(num_rows, out_features, in_features, num_sms);
-        py::dict d;
-        d["supported"] = p.supported;
-        d["why_not"] = p.why_not;
-        d["slices"] = p.slices;
-        d["row_tiles"] = p.row_tiles;
-        d["groups"] = p.groups;
-        d["token_tiles"] = p.token_tiles;
-        d["smem_bytes"] = p.smem_bytes;
-        return d;
-      },
-      py::arg("num_rows"), py::arg("out_features"), py::arg("in_features"), py::arg("num_sms"),
-      "How decode_linear cuts a call: supported, why_not, slices, row_tiles, groups, token_tiles, smem_bytes.");
-  m.def("decode_linear_available", &b::decode_linear_available, py::arg("device"),
-        "Whether CUDA device `device` can run decode_linear (sm_90+ and a build holding sm_90 code).");
-  m.attr("DECODE_LINEAR_MAX_ROWS") = pagedllm::kernels::kDecodeLinearMaxRows;
 }

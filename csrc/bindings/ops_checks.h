@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "kernels/activation.h"
-#include "kernels/decode_linear.h"
 #include "kernels/kernel_args.h"
 #include "kernels/paged_attention.h"
 #include "kernels/reshape_and_cache.h"
@@ -657,71 +656,6 @@ inline void silu_and_mul(const TensorTuple& out_t, const TensorTuple& x_t, uintp
   kernels::silu_and_mul_cuda(a);
 #else
   no_cuda("silu_and_mul");
-#endif
-}
-
-// decode_linear runs on CUDA only (CPU tensors take torch's linear in ops/__init__.py).
-inline void decode_linear(const TensorTuple& out_t, const TensorTuple& x_t, const TensorTuple& w_t,
-                          const std::optional<TensorTuple>& bias_t, uintptr_t stream) {
-  const TensorRef out = to_ref("out", out_t), x = to_ref("x", x_t), w = to_ref("weight", w_t);
-  const int dev = common_device({&out, &x, &w});
-  check_rank(x, 2);
-  check_rank(w, 2);
-  check_rank(out, 2);
-  if (x.dtype != DType::kFloat16 && x.dtype != DType::kBFloat16) {
-    fail("x: expected float16 or bfloat16, got " + std::string(kernels::dtype_name(x.dtype)));
-  }
-  check_dtype(w, x.dtype);
-  check_dtype(out, x.dtype);
-  check_contiguous(w);
-  check_contiguous_from(x, 1);
-  check_contiguous_from(out, 1);
-  check_dim(x, 1, w.dim(1), "in_features");
-  check_dim(out, 0, x.dim(0), "num_rows");
-  check_dim(out, 1, w.dim(0), "out_features");
-  // The kernel moves x in 16-byte words and out in 8-byte words; weight rows start 16-byte aligned
-  // because in_features is a multiple of kDecodeLinearGroupK (checked by the plan).
-  if (x.ptr % 16 || (x.dim(0) > 1 && x.stride(0) % 8)) fail("x: rows must start on 16-byte boundaries");
-  if (w.ptr % 16) fail("weight: must start on a 16-byte boundary");
-  if (out.ptr % 8 || (out.dim(0) > 1 && out.stride(0) % 4)) fail("out: rows must start on 8-byte boundaries");
-  kernels::DecodeLinearArgs a{};
-  if (bias_t) {
-    const TensorRef bias = to_ref("bias", *bias_t);
-    if (bias.device != dev) fail("bias: must be on the device of x");
-    check_rank(bias, 1);
-    check_dtype(bias, x.dtype);
-    check_contiguous(bias);
-    check_dim(bias, 0, w.dim(0), "out_features");
-    a.bias = as_ptr(bias);
-  }
-  a.out = as_ptr(out);
-  a.x = as_ptr(x);
-  a.weight = as_ptr(w);
-  a.num_rows = x.dim(0);
-  a.x_stride = x.stride(0);
-  a.out_stride = out.stride(0);
-  a.out_features = w.dim(0);
-  a.in_features = w.dim(1);
-  a.dtype = x.dtype;
-  a.device = dev;
-  a.stream = as_stream(stream);
-  if (dev < 0) fail("decode_linear: CUDA tensors only");
-#ifdef PAGEDLLM_WITH_CUDA
-  if (!kernels::decode_linear_available(dev)) {
-    throw std::runtime_error("decode_linear: needs an sm_90+ device and a build with sm_90 code");
-  }
-  kernels::decode_linear_cuda(a);  // an unsupported shape raises std::invalid_argument (ValueError)
-#else
-  no_cuda("decode_linear");
-#endif
-}
-
-inline bool decode_linear_available(int device) {
-#ifdef PAGEDLLM_WITH_CUDA
-  return device >= 0 && kernels::decode_linear_available(device);
-#else
-  (void)device;
-  return false;
 #endif
 }
 

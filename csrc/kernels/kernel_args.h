@@ -178,20 +178,4 @@ struct SiluAndMulArgs {
   void* stream;
 };
 
-// decode_linear.h: out = x W^T (+ bias) for the few rows of a decode step, on tensor cores.
-struct DecodeLinearArgs {
-  void* out;               // [num_rows, out_features], row stride out_stride
-  const void* x;           // [num_rows, in_features], row stride x_stride
-  const void* weight;      // [out_features, in_features], contiguous
-  const void* bias;        // [out_features], or null
-  int64_t num_rows;        // 1..kDecodeLinearMaxRows
-  int64_t x_stride;        // elements between rows of x (a multiple of 8)
-  int64_t out_stride;      // elements between rows of out (a multiple of 4)
-  int64_t out_features;    // N, a multiple of kDecodeLinearRowsPerCta
-  int64_t in_features;     // K, a multiple of kDecodeLinearGroupK
-  DType dtype;             // of out, x, weight and bias: float16 or bfloat16
-  int device;              // CUDA device index (the plan depends on its SM count)
-  void* stream;
-};
-
 }  // namespace pagedllm::kernels

@@ -1,7 +1,6 @@
 # CPU twins (always built) and CUDA kernels (built when PAGEDLLM_WITH_CUDA).
 set(PAGEDLLM_KERNEL_CPU_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/activation.cc
-  ${CMAKE_CURRENT_LIST_DIR}/decode_linear_plan.cc
   ${CMAKE_CURRENT_LIST_DIR}/paged_attention.cc
   ${CMAKE_CURRENT_LIST_DIR}/reshape_and_cache.cc
   ${CMAKE_CURRENT_LIST_DIR}/rms_norm.cc
@@ -10,7 +9,6 @@ set(PAGEDLLM_KERNEL_CPU_SOURCES
 )
 set(PAGEDLLM_KERNEL_CUDA_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/activation.cu
-  ${CMAKE_CURRENT_LIST_DIR}/decode_linear.cu
   ${CMAKE_CURRENT_LIST_DIR}/paged_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/paged_attention_decode.cu
   ${CMAKE_CURRENT_LIST_DIR}/paged_attention_prefill.cu

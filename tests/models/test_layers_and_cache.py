@@ -144,14 +144,9 @@ def test_row_parallel_linear_splits_only_on_cuda_half_precision():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows,k,n", [(1, 2048, 1024), (128, 3072, 1024), (100, 12288, 4096),
                                       (129, 2048, 1024), (64, 4096, 4096)])
-def test_split_k_partials_through_rms_norm_match_the_plain_layer(monkeypatch, dtype, rows, k, n):
-    from pagedllm.layers import linear
+def test_split_k_partials_through_rms_norm_match_the_plain_layer(dtype, rows, k, n):
     from pagedllm.layers.layernorm import RMSNorm
     from pagedllm.layers.linear import SplitKPartials, split_k_slices
-
-    # Split-K serves decode rows where decode_linear does not (its own routing test:
-    # tests/kernels/test_decode_linear.py); here it is off so split-K is tested on every GPU.
-    monkeypatch.setattr(linear, "DECODE_GEMM_MAX_ROWS", 0)
 
     torch.manual_seed(rows)
     layer = RowParallelLinear(k, n, bias=False, params_dtype=dtype).cuda()

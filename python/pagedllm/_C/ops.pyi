@@ -6,7 +6,7 @@
 # `stream` is a cudaStream_t as an integer (torch.cuda.current_stream().cuda_stream); 0 on CPU.
 # Invalid input raises ValueError before anything runs; CUDA tensors on a build without CUDA
 # raise RuntimeError.
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 TensorDesc = Tuple[int, Sequence[int], Sequence[int], int, int]
 
@@ -39,9 +39,3 @@ def rotary_embedding(positions: TensorDesc, query: TensorDesc, key: TensorDesc, 
 def exponential_race_sample(out: TensorDesc, logits: TensorDesc, inv_temperature: TensorDesc,
                             greedy: TensorDesc, seed: int, step: int, stream: int = 0) -> None: ...
 def silu_and_mul(out: TensorDesc, x: TensorDesc, stream: int = 0) -> None: ...
-def decode_linear(out: TensorDesc, x: TensorDesc, weight: TensorDesc,
-                  bias: Optional[TensorDesc] = None, stream: int = 0) -> None: ...
-def decode_linear_plan(num_rows: int, out_features: int, in_features: int,
-                       num_sms: int) -> Dict[str, Any]: ...
-def decode_linear_available(device: int) -> bool: ...
-DECODE_LINEAR_MAX_ROWS: int

@@ -13,35 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm import ops
-
 
 def _check_divisible(total: int, tp_size: int, what: str) -> int:
     if total % tp_size != 0:
         raise ValueError(f"tensor_parallel_size: {what}={total} is not divisible by {tp_size}")
     return total // tp_size
-
-
-# Decode GEMMs on pagedllm's decode_linear kernel instead of cuBLAS: at most this many rows (a
-# decode step's tokens), float16 / bfloat16 on sm_90+, shapes its plan takes (ops.decode_linear
-# falls back to torch's linear otherwise). cuBLAS tiles the token dimension a decode step barely
-# has and reaches 25-45% of the weight-read rate there; decode_linear streams each weight element
-# once into the tensor cores (kernels/decode_linear.h; figures: benchmarks/RESULTS.md). 0 turns
-# it off (A/B runs: benchmarks/constant_ab.sh).
-DECODE_GEMM_MAX_ROWS = 128
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor,
-           bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x weight^T (+ bias): decode_linear for a decode step's few rows, else torch's linear."""
-    if x.is_cuda and x.dim() == 2 and x.shape[0] <= DECODE_GEMM_MAX_ROWS:
-        return ops.decode_linear(x, weight, bias)
-    return F.linear(x, weight, bias)
-
-
-def _takes_decode_gemm(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.dim() == 2 and x.shape[0] <= DECODE_GEMM_MAX_ROWS
-            and ops.decode_linear_supported(x, weight))
 
 
 def _all_reduce(x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +63,7 @@ class ReplicatedLinear(LinearBase):
         _copy_checked(param.data, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -103,7 +79,7 @@ class ColumnParallelLinear(LinearBase):
         _copy_checked(param.data, loaded.narrow(0, self.tp_rank * n, n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -228,8 +204,8 @@ class RowParallelLinear(LinearBase):
             if partials is not None:
                 return partials
         if self.tp_size == 1:
-            return linear(x, self.weight, self.bias)
-        out = linear(x, self.weight)
+            return F.linear(x, self.weight, self.bias)
+        out = F.linear(x, self.weight)
         if self.reduce_results:
             out = _all_reduce(out)
         if self.bias is not None:
@@ -239,7 +215,7 @@ class RowParallelLinear(LinearBase):
     def _split_k(self, x: torch.Tensor) -> Optional[SplitKPartials]:
         if not (_BMM_HAS_OUT_DTYPE and self.tp_size == 1 and self.bias is None and x.is_cuda
                 and x.dtype in (torch.float16, torch.bfloat16) and x.dim() == 2
-                and x.is_contiguous()) or _takes_decode_gemm(x, self.weight):
+                and x.is_contiguous()):
             return None
         m, k = x.shape
         n = self.weight.shape[0]

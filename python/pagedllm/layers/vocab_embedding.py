@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.layers.linear import linear
-
 
 class VocabParallelEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, tp_rank: int = 0, tp_size: int = 1,
@@ -65,7 +63,7 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, H] -> [N, V] in the weights' dtype (padding rows of the vocabulary dropped)."""
-        logits = linear(hidden, self.weight, self.bias)  # [N, V / tp]
+        logits = F.linear(hidden, self.weight, self.bias)  # [N, V / tp]
         if self.tp_size > 1:
             # UNTESTED until the tensor-parallel issue.
             parts = [torch.empty_like(logits) for _ in range(self.tp_size)]

@@ -27,11 +27,8 @@ except ImportError:  # pure-Python checkout without the extension: the reference
 # Query chunks at least this long take the tensor-core attention kernel on CUDA (fp16 / bf16);
 # shorter ones (decode rows, short extends) the token kernel. See short_chunk_tokens.
 PREFILL_KERNEL_MIN_QUERY_LEN: int = getattr(_ops, "PREFILL_KERNEL_MIN_QUERY_LEN", 16)
-# Rows (tokens) decode_linear takes per call.
-DECODE_LINEAR_MAX_ROWS: int = getattr(_ops, "DECODE_LINEAR_MAX_ROWS", 128)
 
 __all__ = [
-    "decode_linear",
     "fused_add_rms_norm",
     "paged_attention",
     "reshape_and_cache",
@@ -344,45 +341,3 @@ def silu_and_mul(
         out.copy_(target)
         return out
     return target
-
-
-# (out_features, in_features, device index) -> whether decode_linear's plan takes the shape; the
-# plan does not depend on the row count (1..DECODE_LINEAR_MAX_ROWS), only on N, K and the SMs.
-_decode_linear_shapes: dict = {}
-
-
-def decode_linear_supported(x: torch.Tensor, weight: torch.Tensor,
-                            bias: Optional[torch.Tensor] = None) -> bool:
-    """Whether decode_linear(x, weight, bias) runs the CUDA kernel (else it is torch's linear)."""
-    if not (_WITH_CUDA and _ops is not None and x.is_cuda and x.dim() == 2 and weight.dim() == 2
-            and 0 < x.shape[0] <= DECODE_LINEAR_MAX_ROWS
-            and x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == x.dtype
-            and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous()))
-            and weight.is_contiguous() and weight.data_ptr() % 16 == 0):
-        return False
-    key = (weight.shape[0], weight.shape[1], x.device.index)
-    ok = _decode_linear_shapes.get(key)
-    if ok is None:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        ok = (_ops.decode_linear_available(x.device.index)
-              and _ops.decode_linear_plan(1, key[0], key[1], sms)["supported"])
-        _decode_linear_shapes[key] = ok
-    return ok
-
-
-def decode_linear(
-    x: torch.Tensor,                       # [T, K], T <= DECODE_LINEAR_MAX_ROWS
-    weight: torch.Tensor,                  # [N, K]
-    bias: Optional[torch.Tensor] = None,   # [N]
-) -> torch.Tensor:
-    """x weight^T (+ bias) -> [T, N], for the few rows of a decode step (kernels/decode_linear.h):
-    float32 accumulation, one rounding; a row's result does not depend on the other rows. Where
-    the kernel does not apply (decode_linear_supported) it is torch's linear."""
-    if not decode_linear_supported(x, weight, bias):
-        return torch.nn.functional.linear(x, weight, bias)
-    if x.stride(1) != 1 or x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) % 8):
-        x = x.clone(memory_format=torch.contiguous_format)  # rows on 16-byte boundaries
-    out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-    _ops.decode_linear(_desc(out), _desc(x), _desc(weight),
-                       bias=None if bias is None else _desc(bias), stream=_stream(x))
-    return out

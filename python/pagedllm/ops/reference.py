@@ -172,15 +172,3 @@ def silu_and_mul(
         return y
     out.copy_(y)
     return out
-
-
-def decode_linear(
-    x: torch.Tensor,                       # [T, K]
-    weight: torch.Tensor,                  # [N, K]
-    bias: Optional[torch.Tensor] = None,   # [N]
-) -> torch.Tensor:
-    """x weight^T (+ bias), accumulated in float32 and rounded once to x's dtype."""
-    y = x.float() @ weight.float().t()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
