@@ -141,6 +141,8 @@ class QKVParallelLinear(ColumnParallelLinear):
 # strided batched GEMM (no weight copy) with float32 partial products; the fused residual-add +
 # RMSNorm sums them in place of reading the GEMM output, so the split adds no kernel. Measured
 # with benchmarks/kernels/linear_shapes.py (RESULTS.md): 3.7 / 4.1 us at S = 4 for those two.
+# (Those figures had the weights warm in L2; read from HBM, as in a step: cuBLAS 5.9 / 8.0 us,
+# split-K 4.4 / 5.1 us, eleventh session.)
 # The norm pays for it in reads (S float32 planes instead of one bf16 plane): at 144-256 rows
 # the two cancel out end to end (W-nano on the H200, RESULTS.md), hence the row limit.
 SPLIT_K_MAX_ROWS = 128
