@@ -7,8 +7,11 @@
 #   bash benchmarks/constant_ab.sh "$OUT" env PAGEDLLM_PREFILL_VARIANT 1
 # With "flag", a throughput.py flag: absent ("on") or given ("off").
 #   bash benchmarks/constant_ab.sh "$OUT" flag --no-plan-ahead
-#   env: ROUNDS (default 2), NANO=0 (batch 16 only), B16=0 (W-nano only)
-# $OUT gets the W-nano result JSONs (nano_on1.json ...); batch 16 is summarized in the log.
+#   env: ROUNDS (default 2), NANO=0 (batch 16 only), B16=0 (W-nano only), W8B=1 (also W-8B,
+#   ~300 s a run: with SIDES=on or SIDES=off, one side per device call), SIDES (default "on off")
+#   SIDES=off W8B=1 NANO=0 B16=0 ROUNDS=1 bash benchmarks/constant_ab.sh "$OUT" pagedllm.models.llama FUSED_KV_WRITE False
+# $OUT gets the W-nano / W-8B result JSONs (nano_on1.json, w8b_off1.json ...); batch 16 is
+# summarized in the log.
 set -uo pipefail
 OUT=${1:?output dir}; MODULE=${2:?module, env or flag}; NAME=${3:?constant, variable or flag}
 OFF=${4:-}; [ "$MODULE" = flag ] || [ -n "$OFF" ] || { echo "value for \"off\" missing"; exit 1; }
@@ -35,7 +38,7 @@ fi
 SMALL="--model-shape qwen3-0.6b --dtype bfloat16 --max-model-len 2048 --num-prompts 16 --input-len 256 --output-len 1024"
 pick='"(output_tokens_per_second|mean_step_model_ms|gpu_idle_fraction|gpu_idle_mean_gap_ms|roofline_fraction|plans_ahead)"'
 for r in $(seq 1 "${ROUNDS:-2}"); do
-  for v in on off; do
+  for v in ${SIDES:-on off}; do
     set_to "$([ $v = on ] && echo "$ON" || echo "${OFF:-set}")"
     if [ "${B16:-1}" = 1 ]; then
       timeout 90 python3 benchmarks/throughput.py $SMALL --gpu-idle $FLAG --output-json $L/b16.json > $L/b16.log 2>&1
@@ -47,6 +50,12 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
       cp $L/nano_graphs.json $OUT/nano_$v$r.json 2>/dev/null
       rm -f $L/nano_graphs.json
       since "nano $v$r: $(grep -E "$pick" $OUT/nano_$v$r.json 2>/dev/null | tr -d ' \n')"
+    fi
+    if [ "${W8B:-0}" = 1 ]; then
+      W8B_ARGS="--gpu-idle $FLAG" bash benchmarks/gpu_session.sh $L 8b > /dev/null 2>&1
+      cp $L/w8b.json $OUT/w8b_$v$r.json 2>/dev/null
+      rm -f $L/w8b.json
+      since "w8b $v$r: $(grep -E "$pick" $OUT/w8b_$v$r.json 2>/dev/null | tr -d ' \n')"
     fi
   done
 done
