@@ -37,6 +37,13 @@ else
 fi
 SMALL="--model-shape qwen3-0.6b --dtype bfloat16 --max-model-len 2048 --num-prompts 16 --input-len 256 --output-len 1024"
 pick='"(output_tokens_per_second|mean_step_model_ms|gpu_idle_fraction|gpu_idle_mean_gap_ms|roofline_fraction|plans_ahead)"'
+# Runs gpu_session.sh stage $1 (results JSON $2 in $L) and keeps the JSON as $OUT/$3_<side><round>.json.
+keep_stage_result() {
+  bash benchmarks/gpu_session.sh $L "$1" > /dev/null 2>&1
+  cp "$L/$2" "$OUT/$3_$v$r.json" 2>/dev/null
+  rm -f "$L/$2"
+  since "$3 $v$r: $(grep -E "$pick" "$OUT/$3_$v$r.json" 2>/dev/null | tr -d ' \n')"
+}
 for r in $(seq 1 "${ROUNDS:-2}"); do
   for v in ${SIDES:-on off}; do
     set_to "$([ $v = on ] && echo "$ON" || echo "${OFF:-set}")"
@@ -45,18 +52,9 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
       since "batch16 $v$r ($NAME = $(shown)): $(grep -E "$pick" $L/b16.json 2>/dev/null | tr -d ' \n')"
       rm -f $L/b16.json
     fi
-    if [ "${NANO:-1}" = 1 ]; then
-      NANO_ARGS="--gpu-idle $FLAG" bash benchmarks/gpu_session.sh $L nano > /dev/null 2>&1
-      cp $L/nano_graphs.json $OUT/nano_$v$r.json 2>/dev/null
-      rm -f $L/nano_graphs.json
-      since "nano $v$r: $(grep -E "$pick" $OUT/nano_$v$r.json 2>/dev/null | tr -d ' \n')"
-    fi
-    if [ "${W8B:-0}" = 1 ]; then
-      W8B_ARGS="--gpu-idle $FLAG" bash benchmarks/gpu_session.sh $L 8b > /dev/null 2>&1
-      cp $L/w8b.json $OUT/w8b_$v$r.json 2>/dev/null
-      rm -f $L/w8b.json
-      since "w8b $v$r: $(grep -E "$pick" $OUT/w8b_$v$r.json 2>/dev/null | tr -d ' \n')"
-    fi
+    # gpu_session.sh's stage takes the current side's flag through NANO_ARGS / W8B_ARGS.
+    [ "${NANO:-1}" = 1 ] && NANO_ARGS="--gpu-idle $FLAG" keep_stage_result nano nano_graphs.json nano
+    [ "${W8B:-0}" = 1 ] && W8B_ARGS="--gpu-idle $FLAG" keep_stage_result 8b w8b.json w8b
   done
 done
 set_to "$ON"

@@ -13,6 +13,7 @@ together exceed the L2 (--cycle-mb), so weights come from HBM as in a decode ste
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -79,11 +80,7 @@ def main() -> None:
             copies = max(1, -(-args.cycle_mb * 2 ** 20 // (n * k * 2)))
             weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
                        for _ in range(copies)]
-            cycle = {"i": 0}
-
-            def next_copy() -> int:
-                cycle["i"] = (cycle["i"] + 1) % copies
-                return cycle["i"]
+            order = itertools.cycle(range(copies))
             calls = max(20, copies)  # one timed graph reads every copy
             for m in args.batch:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -92,7 +89,7 @@ def main() -> None:
                 line = f"{shape:11s} {name:8s} M={m:4d} N={n:6d} K={k:5d} floor {floor_us:7.1f} µs |"
                 for backend in args.backends:
                     torch.backends.cuda.preferred_blas_library(backend)
-                    us = time_graph(lambda: torch.matmul(x, weights[next_copy()].t(), out=out), calls)
+                    us = time_graph(lambda: torch.matmul(x, weights[next(order)].t(), out=out), calls)
                     rows.append(dict(shape=shape, linear=name, m=m, n=n, k=k, backend=backend,
                                      us=round(us, 2), floor_us=round(floor_us, 2)))
                     line += f" {backend} {us:7.1f} µs {floor_us / us:5.1%} |"
@@ -105,8 +102,8 @@ def main() -> None:
                     ws = [c.view(n, splits, k // splits).permute(1, 2, 0)      # [s, K/s, N]
                           for c in weights]
                     try:
-                        us = time_graph(lambda: torch.bmm(xs, ws[next_copy()], out_dtype=torch.float32), calls)
-                        us_sum = time_graph(lambda: torch.bmm(xs, ws[next_copy()], out_dtype=torch.float32)
+                        us = time_graph(lambda: torch.bmm(xs, ws[next(order)], out_dtype=torch.float32), calls)
+                        us_sum = time_graph(lambda: torch.bmm(xs, ws[next(order)], out_dtype=torch.float32)
                                             .sum(0).to(torch.bfloat16), calls)
                     except (RuntimeError, TypeError, NotImplementedError) as e:
                         line += f" splitk{splits} failed: {str(e)[:60]} |"
