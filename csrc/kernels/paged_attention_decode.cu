@@ -599,6 +599,17 @@ int slices_per_kv_head(int group) {
   return (group + ng - 1) / ng;
 }
 
+// Waves of resident CTAs a split plan fills (PAGEDLLM_DECODE_WAVES, default 1; read once, so the
+// workspace size and every plan of the process agree). A measurement knob: on a ragged batch
+// too small to fill the GPU, one wave ends when its longest split does.
+int decode_waves() {
+  static const int w = [] {
+    const char* env = std::getenv("PAGEDLLM_DECODE_WAVES");
+    return env ? std::max(1, std::atoi(env)) : 1;
+  }();
+  return w;
+}
+
 // At most this many decode CTAs are resident per SM (the token kernel: 128 threads, >= 48 KB of
 // stages; the tensor-core kernel fits fewer): the workspace is sized with it, so it bounds every plan.
 constexpr int kMaxResidentPerSm = 8;
@@ -615,7 +626,8 @@ int plan_splits(const PagedAttentionArgs& a, int resident_per_sm) {
   const int slices = slices_per_kv_head(a.num_q_heads / a.num_kv_heads);
   const int parts = std::max(1, (a.max_seq_len + kSplitGranularity - 1) / kSplitGranularity);
   const int64_t ctas = std::max<int64_t>(1, a.num_tokens) * a.num_kv_heads * slices;
-  const int64_t slots = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm);
+  const int64_t slots = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm) *
+                        decode_waves();
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, slots / ctas)));
 }
 

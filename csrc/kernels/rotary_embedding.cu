@@ -6,6 +6,8 @@
 // Positions must lie in [0, max_position): the CPU path checks; on CUDA it is the
 // caller's contract (checking device memory would cost a sync).
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda_common.cuh"
@@ -118,10 +120,146 @@ __global__ void rotary_heads_kernel(const RotaryEmbeddingArgs a, const int num_h
   }
 }
 
+// Register path for the common shape, the whole head rotated (rot_dim == head_size = 32 * E):
+// lane l holds dims [l * E, (l + 1) * E) as one vector word, and every load the warp needs (its
+// dims, their norm weights, their cos and sin) is issued before any arithmetic, so a warp waits
+// for memory once instead of once per phase. NeoX pairs dim i with i + head_size / 2, i.e. lane l
+// with lane l ^ 16 (a shuffle); GPT-J pairs 2i with 2i + 1, both in one lane. Nothing is staged
+// in shared memory. The float math is the general kernel's, so outputs agree to rounding (the
+// sum of squares is added in another order).
+template <typename T, typename C, int E, bool kNorm, bool kWriteCache>
+__global__ void rotary_heads_vec_kernel(const RotaryEmbeddingArgs a, const int num_heads) {
+  constexpr int kHead = 32 * E, kHalf = kHead / 2;
+  constexpr int kPairs = E / 2;  // GPT-J: the lane's pairs, hence its cos / sin entries
+  const int64_t t = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int h = blockIdx.y * (blockDim.x >> 5) + warp;
+  if (h >= num_heads) return;
+  const int d0 = lane * E;  // first dim of this lane
+  const int rotated_heads = a.num_q_heads + a.num_kv_heads;
+  const int64_t row = static_cast<int64_t>(a.num_kv_heads) * kHead;  // cache elements per slot
+  int64_t slot = -1;
+  T* cache = nullptr;  // [2 (K, V), num_blocks * block_size, num_kv_heads, head_size]
+  if constexpr (kWriteCache) {
+    slot = a.kv_write.slot_mapping[t];
+    cache = static_cast<T*>(a.kv_write.kv_cache);
+    if (h >= rotated_heads) {  // a value head: copied as is into the V plane
+      if (slot < 0) return;
+      const int kvh = h - rotated_heads;
+      const T* src = static_cast<const T*>(a.kv_write.value) + t * a.kv_write.value_stride +
+                     static_cast<int64_t>(kvh) * kHead + d0;
+      T* dst = cache + a.kv_write.num_blocks * a.kv_write.block_size * row + slot * row +
+               static_cast<int64_t>(kvh) * kHead + d0;
+      using W = typename cuda::Word<E * sizeof(T)>::type;
+      *reinterpret_cast<W*>(dst) = *reinterpret_cast<const W*>(src);
+      return;
+    }
+  }
+  const bool is_query = h < a.num_q_heads;
+  T* xh = is_query ? static_cast<T*>(a.query) + t * a.query_stride + static_cast<int64_t>(h) * kHead
+                   : static_cast<T*>(a.key) + t * a.key_stride +
+                         static_cast<int64_t>(h - a.num_q_heads) * kHead;
+  const C* cs = cos_sin_row(a.positions, a.positions_dtype == DType::kInt64,
+                            static_cast<const C*>(a.cos_sin_cache), t, kHead);
+  float x[E], w[E];
+  cuda::load_vec<T, E>(xh + d0, x);
+  if constexpr (kNorm) {
+    cuda::load_vec<T, E>(static_cast<const T*>(is_query ? a.q_norm_weight : a.k_norm_weight) + d0, w);
+  }
+  constexpr int kTrig = E;  // NeoX: one cos / sin per dim; GPT-J uses the first kPairs
+  float c[kTrig], s[kTrig];
+  if (a.is_neox) {
+    cuda::load_vec<C, E>(cs + d0 % kHalf, c);
+    cuda::load_vec<C, E>(cs + kHalf + d0 % kHalf, s);
+  } else {
+    float cp[kPairs], sp[kPairs];
+    cuda::load_vec<C, kPairs>(cs + d0 / 2, cp);
+    cuda::load_vec<C, kPairs>(cs + kHalf + d0 / 2, sp);
+#pragma unroll
+    for (int m = 0; m < kPairs; ++m) c[m] = cp[m], s[m] = sp[m];
+  }
+  if constexpr (kNorm) {
+    float sumsq = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) sumsq += x[e] * x[e];
+    const float inv = rsqrtf(cuda::warp_sum(sumsq) / kHead + a.norm_eps);
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = to_float(from_float<T>(x[e] * inv * w[e]));  // as rms_norm rounds
+  }
+  float out[E];
+  if (a.is_neox) {
+    const bool first_half = lane < 16;  // dims [0, half): x1 here, x2 in lane ^ 16
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float other = __shfl_xor_sync(0xffffffffu, x[e], 16);
+      out[e] = first_half ? x[e] * c[e] - other * s[e] : x[e] * c[e] + other * s[e];
+    }
+  } else {
+#pragma unroll
+    for (int m = 0; m < kPairs; ++m) {
+      const float x1 = x[2 * m], x2 = x[2 * m + 1];
+      out[2 * m] = x1 * c[m] - x2 * s[m];
+      out[2 * m + 1] = x2 * c[m] + x1 * s[m];
+    }
+  }
+  cuda::store_vec<T, E>(xh + d0, out);
+  if constexpr (kWriteCache) {
+    if (!is_query && slot >= 0) {
+      cuda::store_vec<T, E>(cache + slot * row + static_cast<int64_t>(h - a.num_q_heads) * kHead + d0, out);
+    }
+  }
+}
+
+// Whether the register path applies: full rotation, 32 * E dims with E in {2, 4, 8}, one vector
+// word of T and of C per lane (<= 16 bytes), and every pointer and row stride aligned to it.
+// PAGEDLLM_ROTARY_VEC=0 turns it off (read once; for A/B measurements).
+template <typename T, typename C>
+int vec_elements(const RotaryEmbeddingArgs& a, bool write_cache) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("PAGEDLLM_ROTARY_VEC");
+    return env == nullptr || std::atoi(env) != 0;
+  }();
+  const int e = a.head_size / 32;
+  if (!enabled || a.rot_dim != a.head_size || a.head_size % 32 != 0 || (e != 2 && e != 4 && e != 8) ||
+      e * sizeof(T) > 16 || e * sizeof(C) > 16) {
+    return 0;
+  }
+  const auto aligned = [](const void* p, size_t bytes) {
+    return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
+  };
+  const size_t word = e * sizeof(T);
+  bool ok = aligned(a.query, word) && aligned(a.key, word) && a.query_stride % e == 0 &&
+            a.key_stride % e == 0 && aligned(a.q_norm_weight, word) && aligned(a.k_norm_weight, word) &&
+            aligned(a.cos_sin_cache, (a.is_neox ? e : e / 2) * sizeof(C));
+  if (write_cache) {
+    ok = ok && aligned(a.kv_write.value, word) && a.kv_write.value_stride % e == 0 &&
+         aligned(a.kv_write.kv_cache, word);
+  }
+  return ok ? e : 0;
+}
+
+template <typename T, typename C, int E, bool kNorm>
+void launch_vec(const RotaryEmbeddingArgs& a, int heads, bool write_cache, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>(a.num_tokens), (heads + kMaxWarpsPerCta - 1) / kMaxWarpsPerCta);
+  if (write_cache) {
+    rotary_heads_vec_kernel<T, C, E, kNorm, true><<<grid, kMaxWarpsPerCta * 32, 0, s>>>(a, heads);
+  } else {
+    rotary_heads_vec_kernel<T, C, E, kNorm, false><<<grid, kMaxWarpsPerCta * 32, 0, s>>>(a, heads);
+  }
+}
+
 template <typename T, typename C, bool kNorm>
 void launch(const RotaryEmbeddingArgs& a, cudaStream_t s) {
   const bool write_cache = a.kv_write.kv_cache != nullptr;
   const int heads = a.num_q_heads + a.num_kv_heads * (write_cache ? 2 : 1);
+  switch (vec_elements<T, C>(a, write_cache)) {
+    case 2: return launch_vec<T, C, 2, kNorm>(a, heads, write_cache, s);
+    case 4: return launch_vec<T, C, 4, kNorm>(a, heads, write_cache, s);
+    case 8:  // only 2-byte T and C get here (one 16-byte word); the guard keeps float unbuilt
+      if constexpr (sizeof(T) == 2 && sizeof(C) == 2) return launch_vec<T, C, 8, kNorm>(a, heads, write_cache, s);
+      break;
+    default: break;
+  }
   // kNorm stages each warp's head as float: 8 warps per CTA, fewer where 8 staged heads would
   // pass the default 48 KB of shared memory (head_size > 1536); the binding caps head_size at
   // kMaxNormRotaryHeadSize.

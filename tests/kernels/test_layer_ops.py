@@ -244,6 +244,39 @@ def test_rotary_writes_the_kv_cache(device, dtype, is_neox, norm, tokens, head_s
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", (True, False))
+@pytest.mark.parametrize("offset", (0, 1))
+def test_rotary_on_views_off_the_vector_word(device, dtype, is_neox, offset):
+    # The CUDA op rotates whole heads of 32 * E dims with one vector word per lane when every
+    # pointer and row stride is aligned to that word; here q, k and v start `offset` elements into
+    # a buffer whose rows are one element wider than the heads (odd stride: never aligned), so
+    # it takes its general kernel. Both ways: the reference's answer, and the same cache rows.
+    tokens, head_size, hq, hkv, max_pos, block_size = 19, 128, 4, 2, 512, 16
+    table = _rope_table(head_size, max_pos, device)
+    positions = torch.randint(0, max_pos, (tokens,), generator=torch.Generator().manual_seed(3))
+    positions = positions.to(device)
+    slots = torch.arange(tokens, dtype=torch.int32, device=device) * 3
+    width = (hq + 2 * hkv) * head_size
+    buf = rand(tokens, width + 1, dtype=dtype, device=device, seed=11) * 3
+    qkv = buf[:, offset: offset + width]
+    q, k = qkv[:, : hq * head_size], qkv[:, hq * head_size: (hq + hkv) * head_size]
+    v = qkv[:, (hq + hkv) * head_size:]
+    q_w = rand(head_size, dtype=dtype, device=device, seed=1) + 1
+    k_w = rand(head_size, dtype=dtype, device=device, seed=2) + 1
+    rq = ref.rms_norm(q.reshape(-1, head_size), q_w, 1e-6).view(tokens, -1)
+    rk = ref.rms_norm(k.reshape(-1, head_size), k_w, 1e-6).view(tokens, -1)
+    ref.rotary_embedding(positions, rq, rk, head_size, table, is_neox)
+    kv_cache = torch.full((2, 4 * tokens // block_size + 1, block_size, hkv, head_size),
+                          float("nan"), dtype=dtype, device=device)
+    ops.rotary_embedding(positions, q, k, head_size, table, is_neox, q_norm_weight=q_w,
+                         k_norm_weight=k_w, value=v, kv_cache=kv_cache, slot_mapping=slots)
+    assert rel_err(q, rq) < TOL[dtype] and rel_err(k, rk) < TOL[dtype]
+    written = kv_cache.view(2, -1, hkv * head_size)[:, slots.long()]
+    assert torch.equal(written[0], k) and torch.equal(written[1], v)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_rotary_cache_write_in_another_dtype_falls_back(device):
     # A float32 cache under a bfloat16 model is outside the fused kernel: the op still rotates
     # with its kernel and writes the cache through reshape_and_cache's reference (converting).
