@@ -599,17 +599,6 @@ int slices_per_kv_head(int group) {
   return (group + ng - 1) / ng;
 }
 
-// Waves of resident CTAs a split plan fills (PAGEDLLM_DECODE_WAVES, default 1; read once, so the
-// workspace size and every plan of the process agree). A measurement knob: on a ragged batch
-// too small to fill the GPU, one wave ends when its longest split does.
-int decode_waves() {
-  static const int w = [] {
-    const char* env = std::getenv("PAGEDLLM_DECODE_WAVES");
-    return env ? std::max(1, std::atoi(env)) : 1;
-  }();
-  return w;
-}
-
 // At most this many decode CTAs are resident per SM (the token kernel: 128 threads, >= 48 KB of
 // stages; the tensor-core kernel fits fewer): the workspace is sized with it, so it bounds every plan.
 constexpr int kMaxResidentPerSm = 8;
@@ -620,14 +609,15 @@ constexpr int kMaxResidentPerSm = 8;
 // many parts (split_size). (The first plan aimed at 8 CTAs per SM, rounded
 // up, i.e. several waves and more merging: on the H100 the one-wave plan was faster or equal in 9
 // of 10 cases, e.g. B=1 L=16384 51.1 -> 41.4 us, B=64 L=512 76.8 -> 63.4 us; 2% slower at B=64
-// L=16384.) Depends only on the launch's shape hints, so a captured CUDA graph keeps a valid
-// plan; never more splits than the plan for kMaxResidentPerSm.
+// L=16384. On an H200, 12th session: two or four waves on ragged batches of 16-256 W-nano-like
+// sequences were equal or up to 10% slower; one wave already reads 2.8-4.1 TB/s there.)
+// Depends only on the launch's shape hints, so a captured CUDA graph keeps a valid plan; never
+// more splits than the plan for kMaxResidentPerSm.
 int plan_splits(const PagedAttentionArgs& a, int resident_per_sm) {
   const int slices = slices_per_kv_head(a.num_q_heads / a.num_kv_heads);
   const int parts = std::max(1, (a.max_seq_len + kSplitGranularity - 1) / kSplitGranularity);
   const int64_t ctas = std::max<int64_t>(1, a.num_tokens) * a.num_kv_heads * slices;
-  const int64_t slots = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm) *
-                        decode_waves();
+  const int64_t slots = static_cast<int64_t>(sm_count()) * std::min(resident_per_sm, kMaxResidentPerSm);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, slots / ctas)));
 }
 
