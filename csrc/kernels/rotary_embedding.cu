@@ -2,7 +2,10 @@
 // norm weights the warp normalizes its head first; with a KV cache (kv_write) key heads are
 // also stored at the token's slot and value heads copied there, so the layer needs no separate
 // reshape_and_cache launch (one kernel and one inter-kernel gap fewer per layer; measured on an
-// H200 at 244 Qwen3-0.6B tokens: 4.7 us for both jobs, 3.8 + 1.9 us as two kernels).
+// H200 at 244 Qwen3-0.6B tokens: 4.7 us for both jobs, 3.8 + 1.9 us as two kernels). Whole-head
+// rotations of 64-256 dims take a register path (rotary_heads_vec_kernel): H200, 12th session,
+// Qwen3-0.6B with norm and cache write, 4.77 -> 3.16 us at 244 tokens, 98.8 -> 57.6 us at 8,192
+// (benchmarks/kernels/rotary_shapes.py); 4.70 -> 3.17 us per layer inside W-nano's decode step.
 // Positions must lie in [0, max_position): the CPU path checks; on CUDA it is the
 // caller's contract (checking device memory would cost a sync).
 #include <algorithm>
