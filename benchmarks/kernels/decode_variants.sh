@@ -2,9 +2,9 @@
 # Decode-attention kernel variants side by side on one GPU (after gpu_session.sh's build stage):
 # the kernel tests under each variant, then the same decode cases per variant, all in two logs.
 #   bash benchmarks/kernels/decode_variants.sh OUT_DIR "0 1 5"
-# Variants: values of VAR (default PAGEDLLM_DECODE_VARIANT, decode_variant() in
-# csrc/kernels/paged_attention_decode.cu; or PAGEDLLM_DECODE_WAVES, decode_waves()).
-#   VAR=PAGEDLLM_DECODE_WAVES bash benchmarks/kernels/decode_variants.sh OUT_DIR "1 2 3"
+# Variants: values of the environment variable VAR, by default PAGEDLLM_DECODE_VARIANT
+# (decode_variant() in csrc/kernels/paged_attention_decode.cu); a knob added for a measurement
+# goes through VAR too (the 12th session's PAGEDLLM_DECODE_WAVES, since removed).
 # Env: CASES (uniform BxL list), RAGGED, RAGGED_G2 (ragged cases at group 2, Qwen3-0.6B's),
 # HINT_CASES (cases re-run with a 40,960-token max_seq_len hint, as in a CUDA graph),
 # VARIANT_TESTS=0 (skip the per-variant kernel tests), ROUNDS (the variants' benchmarks run this

@@ -33,7 +33,45 @@ __device__ __forceinline__ const C* cos_sin_row(const void* positions, bool posi
   return cos_sin + pos * rot_dim;
 }
 
-// Heads are numbered query heads first, then key heads, then (with a cache) value heads.
+// Where head h of token t is read and written. Heads are numbered query heads first, then key
+// heads, then (with a cache) value heads. xh: the q / k head rotated in place (null for a value
+// head); cached: the row of the token's slot it also goes to (a key head's K row, a value
+// head's V row; null without a cache or for a token without a slot); value: a value head's
+// source row.
+template <typename T>
+struct HeadRows {
+  T* xh = nullptr;
+  T* cached = nullptr;
+  const T* value = nullptr;
+};
+
+template <typename T, bool kWriteCache>
+__device__ __forceinline__ HeadRows<T> head_rows(const RotaryEmbeddingArgs& a, int64_t t, int h,
+                                                 int head_size) {
+  HeadRows<T> r;
+  if (h < a.num_q_heads) {
+    r.xh = static_cast<T*>(a.query) + t * a.query_stride + static_cast<int64_t>(h) * head_size;
+    return r;
+  }
+  const int rotated_heads = a.num_q_heads + a.num_kv_heads;
+  const bool is_key = h < rotated_heads;
+  const int kvh = is_key ? h - a.num_q_heads : h - rotated_heads;
+  if (is_key) r.xh = static_cast<T*>(a.key) + t * a.key_stride + static_cast<int64_t>(kvh) * head_size;
+  if constexpr (kWriteCache) {
+    // cache: [2 (K, V), num_blocks * block_size, num_kv_heads, head_size]
+    const int64_t slot = a.kv_write.slot_mapping[t];
+    const int64_t row = static_cast<int64_t>(a.num_kv_heads) * head_size;  // elements per slot
+    T* plane = static_cast<T*>(a.kv_write.kv_cache) +
+               (is_key ? 0 : a.kv_write.num_blocks * a.kv_write.block_size * row);
+    if (slot >= 0) r.cached = plane + slot * row + static_cast<int64_t>(kvh) * head_size;
+    if (!is_key) {
+      r.value = static_cast<const T*>(a.kv_write.value) + t * a.kv_write.value_stride +
+                static_cast<int64_t>(kvh) * head_size;
+    }
+  }
+  return r;
+}
+
 // kNorm: Qwen3's per-head RMSNorm first. The warp then needs every dim of its head before any
 // rotation (the sum of squares), so it reads the head once (lane l: dims l, l + 32, ...; the
 // loads are independent and in flight together) into shared memory, where the rotation finds
@@ -47,36 +85,17 @@ __global__ void rotary_heads_kernel(const RotaryEmbeddingArgs a, const int num_h
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int h = blockIdx.y * (blockDim.x >> 5) + warp;
   if (h >= num_heads) return;
-  const int head_size = a.head_size, rotated_heads = a.num_q_heads + a.num_kv_heads;
-  int64_t slot = -1;
-  T* cache = nullptr;  // [2 (K, V), num_blocks * block_size, num_kv_heads, head_size]
-  if constexpr (kWriteCache) {
-    slot = a.kv_write.slot_mapping[t];
-    const int64_t row = static_cast<int64_t>(a.num_kv_heads) * head_size;  // elements per slot
-    cache = static_cast<T*>(a.kv_write.kv_cache);
-    if (h >= rotated_heads) {  // a value head: copied as is into the V plane
-      if (slot < 0) return;
-      const int kvh = h - rotated_heads;
-      const T* src = static_cast<const T*>(a.kv_write.value) + t * a.kv_write.value_stride +
-                     static_cast<int64_t>(kvh) * head_size;
-      T* dst = cache + a.kv_write.num_blocks * a.kv_write.block_size * row + slot * row +
-               static_cast<int64_t>(kvh) * head_size;
-      for (int j = lane; j < head_size; j += 32) dst[j] = src[j];
-      return;
+  const int head_size = a.head_size;
+  const HeadRows<T> rows = head_rows<T, kWriteCache>(a, t, h, head_size);
+  if (rows.xh == nullptr) {  // a value head: copied as is into the V plane
+    if (rows.cached != nullptr) {
+      for (int j = lane; j < head_size; j += 32) rows.cached[j] = rows.value[j];
     }
+    return;
   }
   const bool is_query = h < a.num_q_heads;
-  T* xh = is_query ? static_cast<T*>(a.query) + t * a.query_stride + static_cast<int64_t>(h) * head_size
-                   : static_cast<T*>(a.key) + t * a.key_stride +
-                         static_cast<int64_t>(h - a.num_q_heads) * head_size;
-  // Key heads of a token with a slot: where the rotated head goes too.
-  T* cached = nullptr;
-  if constexpr (kWriteCache) {
-    if (!is_query && slot >= 0) {
-      cached = cache + slot * (static_cast<int64_t>(a.num_kv_heads) * head_size) +
-               static_cast<int64_t>(h - a.num_q_heads) * head_size;
-    }
-  }
+  T* const xh = rows.xh;
+  T* const cached = rows.cached;  // key heads of a token with a slot: the rotated head goes here too
   const auto store = [&](int j, float v) {
     const T out = from_float<T>(v);
     xh[j] = out;
@@ -139,29 +158,16 @@ __global__ void rotary_heads_vec_kernel(const RotaryEmbeddingArgs a, const int n
   const int h = blockIdx.y * (blockDim.x >> 5) + warp;
   if (h >= num_heads) return;
   const int d0 = lane * E;  // first dim of this lane
-  const int rotated_heads = a.num_q_heads + a.num_kv_heads;
-  const int64_t row = static_cast<int64_t>(a.num_kv_heads) * kHead;  // cache elements per slot
-  int64_t slot = -1;
-  T* cache = nullptr;  // [2 (K, V), num_blocks * block_size, num_kv_heads, head_size]
-  if constexpr (kWriteCache) {
-    slot = a.kv_write.slot_mapping[t];
-    cache = static_cast<T*>(a.kv_write.kv_cache);
-    if (h >= rotated_heads) {  // a value head: copied as is into the V plane
-      if (slot < 0) return;
-      const int kvh = h - rotated_heads;
-      const T* src = static_cast<const T*>(a.kv_write.value) + t * a.kv_write.value_stride +
-                     static_cast<int64_t>(kvh) * kHead + d0;
-      T* dst = cache + a.kv_write.num_blocks * a.kv_write.block_size * row + slot * row +
-               static_cast<int64_t>(kvh) * kHead + d0;
+  const HeadRows<T> rows = head_rows<T, kWriteCache>(a, t, h, kHead);
+  if (rows.xh == nullptr) {  // a value head: copied as is into the V plane, one word per lane
+    if (rows.cached != nullptr) {
       using W = typename cuda::Word<E * sizeof(T)>::type;
-      *reinterpret_cast<W*>(dst) = *reinterpret_cast<const W*>(src);
-      return;
+      *reinterpret_cast<W*>(rows.cached + d0) = *reinterpret_cast<const W*>(rows.value + d0);
     }
+    return;
   }
   const bool is_query = h < a.num_q_heads;
-  T* xh = is_query ? static_cast<T*>(a.query) + t * a.query_stride + static_cast<int64_t>(h) * kHead
-                   : static_cast<T*>(a.key) + t * a.key_stride +
-                         static_cast<int64_t>(h - a.num_q_heads) * kHead;
+  T* const xh = rows.xh;
   const C* cs = cos_sin_row(a.positions, a.positions_dtype == DType::kInt64,
                             static_cast<const C*>(a.cos_sin_cache), t, kHead);
   float x[E], w[E];
@@ -169,8 +175,7 @@ __global__ void rotary_heads_vec_kernel(const RotaryEmbeddingArgs a, const int n
   if constexpr (kNorm) {
     cuda::load_vec<T, E>(static_cast<const T*>(is_query ? a.q_norm_weight : a.k_norm_weight) + d0, w);
   }
-  constexpr int kTrig = E;  // NeoX: one cos / sin per dim; GPT-J uses the first kPairs
-  float c[kTrig], s[kTrig];
+  float c[E], s[E];  // NeoX: one cos / sin per dim; GPT-J: one per pair, the first kPairs
   if (a.is_neox) {
     cuda::load_vec<C, E>(cs + d0 % kHalf, c);
     cuda::load_vec<C, E>(cs + kHalf + d0 % kHalf, s);
@@ -206,11 +211,7 @@ __global__ void rotary_heads_vec_kernel(const RotaryEmbeddingArgs a, const int n
     }
   }
   cuda::store_vec<T, E>(xh + d0, out);
-  if constexpr (kWriteCache) {
-    if (!is_query && slot >= 0) {
-      cuda::store_vec<T, E>(cache + slot * row + static_cast<int64_t>(h - a.num_q_heads) * kHead + d0, out);
-    }
-  }
+  if (kWriteCache && rows.cached != nullptr) cuda::store_vec<T, E>(rows.cached + d0, out);
 }
 
 // Whether the register path applies: full rotation, 32 * E dims with E in {2, 4, 8}, one vector
