@@ -36,9 +36,13 @@ PAGEDLLM_HD Philox4 philox4x32_10(Philox4 c, uint32_t k0, uint32_t k1) {
   return c;
 }
 
-// 24 random bits -> u in [2^-25, 1 - 2^-25]: never 0 or 1, so -log(-log(u)) is finite.
+// 23 random bits -> u = (k + 1/2) / 2^23 in [2^-24, 1 - 2^-24], exact in float: never 0 or 1, so
+// -log(-log(u)) is finite (at most 24 ln 2 = 16.64). 23 bits, not 24: k + 1/2 then needs 24
+// significant bits, which a float has; with 24-bit k it rounded to even for k >= 2^23, and k =
+// 2^24 - 1 gave u = 1.0, i.e. +inf noise once per 2^24 draws (~0.9% of rows of a 151,936-token
+// vocabulary sampled a token of any probability; tests/kernels/test_sampling_kernel.py).
 PAGEDLLM_HD float unit_open(uint32_t bits) {
-  return (static_cast<float>(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
+  return (static_cast<float>(bits >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 }  // namespace pagedllm::kernels

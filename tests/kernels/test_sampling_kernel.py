@@ -59,6 +59,23 @@ def test_twin_greedy_rows_are_argmax_with_first_index_ties():
     assert tokens[3] == 100 and tokens[4] == 0
 
 
+def dominant_token_rows(rows, vocab=151936, token=7):
+    """Rows where `token` has probability 1 - 1e-8 and every other token ~1e-13 (logit -30)."""
+    logits = torch.full((rows, vocab), -30.0)
+    logits[:, token] = 0.0
+    return logits
+
+
+def test_twin_noise_is_finite_in_a_large_vocab():
+    # Every draw's Gumbel noise must be finite. Until 2026-12-04 a 24-bit draw of 0xFFFFFF made
+    # u = (b + 0.5) / 2^24 round to exactly 1.0 in float, hence noise +inf: once per 2^24 tokens,
+    # i.e. in ~0.9% of rows of a 151,936-token vocabulary, a token of any probability won. Here
+    # 1,024 rows x 151,936 tokens held ~9 such draws; a correct sampler picks a token other than
+    # the dominant one with probability ~1e-5.
+    tokens = race(dominant_token_rows(1024), 1.0, 0, seed=5, step=11)
+    assert (tokens == 7).all(), (tokens != 7).nonzero().flatten().tolist()
+
+
 def test_binding_rejects_bad_inputs():
     d = ops._desc
     logits = torch.randn(3, 10)
@@ -91,6 +108,17 @@ def test_cuda_kernel_returns_the_twins_tokens(dtype, rows, vocab):
     got = race(logits, temperature, greedy, seed=2**40 + 5, step=2**33 + 9, device="cuda")
     assert torch.equal(got, want)
     assert ops.exponential_race_sample_supported(logits.cuda())
+
+
+@requires_gpu
+def test_cuda_kernel_noise_is_finite_in_a_large_vocab():
+    # As test_twin_noise_is_finite_in_a_large_vocab, over 8,192 rows (~74 draws that would have
+    # rounded to u = 1 before the fix) and in bfloat16, the logits' dtype in the engine.
+    logits = dominant_token_rows(8192).to(device="cuda", dtype=torch.bfloat16)
+    inv_t = torch.ones(8192, device="cuda")
+    flags = torch.zeros(8192, dtype=torch.int32, device="cuda")
+    tokens = ops.exponential_race_sample(logits, inv_t, flags, seed=5, step=11)
+    assert (tokens == 7).all(), (tokens != 7).nonzero().flatten().tolist()
 
 
 @requires_gpu
