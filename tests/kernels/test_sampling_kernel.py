@@ -111,6 +111,30 @@ def test_cuda_kernel_returns_the_twins_tokens(dtype, rows, vocab):
 
 
 @requires_gpu
+@pytest.mark.parametrize("kind", ["equal", "ties", "peaked", "spread"])
+def test_cuda_kernel_skips_only_losers(kind):
+    """The kernel skips the exact noise of elements whose score cannot reach their warp's best
+    (sampling.cu: noise_log_floor). The token must still be the twin's where the noise alone
+    decides (equal logits), where logits tie in large groups, where one token leads by far, and
+    for the engine's usual spread."""
+    rows, vocab = 64, 151936
+    g = torch.Generator().manual_seed(3)
+    if kind == "equal":
+        logits = torch.zeros(rows, vocab)
+    elif kind == "ties":
+        logits = torch.randint(0, 4, (rows, vocab), generator=g).float() * 0.5
+    elif kind == "peaked":
+        logits = torch.randn(rows, vocab, generator=g) * 8
+    else:
+        logits = torch.randn(rows, vocab, generator=g)
+    logits = logits.to(torch.bfloat16)
+    temperature = torch.rand(rows, generator=g) + 0.3
+    want = race(logits, temperature, 0, seed=11, step=5)
+    got = race(logits, temperature, 0, seed=11, step=5, device="cuda")
+    assert torch.equal(got, want)
+
+
+@requires_gpu
 def test_cuda_kernel_noise_is_finite_in_a_large_vocab():
     # As test_twin_noise_is_finite_in_a_large_vocab, over 8,192 rows (~74 draws that would have
     # rounded to u = 1 before the fix) and in bfloat16, the logits' dtype in the engine.
