@@ -52,6 +52,21 @@ def test_cuda_seeded_sampling_is_batch_independent(tiny_llama):
     assert batch[1].outputs[0].token_ids == alone
 
 
+def test_cuda_engine_seed_repeats_unseeded_sampling(tiny_llama):
+    # The fused race kernel (plain temperature) and the torch path (top_k) both draw their noise
+    # from the engine's seed: a second engine with the same seed repeats the tokens.
+    params = [SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0.8, top_k=20, max_tokens=12, ignore_eos=True)]
+
+    def run(seed):
+        llm = LLM(model=str(tiny_llama), **_kwargs(seed=seed))
+        return [o.outputs[0].token_ids for o in
+                llm.generate([PROMPTS[1], PROMPTS[2]], params, use_tqdm=False)]
+
+    first = run(7)
+    assert run(7) == first and run(8) != first
+
+
 def test_cuda_async_stream(tiny_llama):
     engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=str(tiny_llama), **_kwargs()))
 

@@ -4,6 +4,7 @@ penalties against hand-computed references on the tiny Llama."""
 from __future__ import annotations
 
 import pytest
+import torch
 from pagedllm import LLM, SamplingParams
 
 from .conftest import PROMPTS, engine_kwargs, reference_decode
@@ -36,6 +37,28 @@ def test_seeded_sampling_reproducible_across_runs_and_batches(llm, tiny_llama):
         temperature=1.0, top_p=0.9, seed=4321, max_tokens=16, ignore_eos=True
     )
     assert _ids(llm.generate([PROMPTS[0]], other_seed, use_tqdm=False)[0]) != alone
+
+
+def test_engine_seed_repeats_unseeded_sampling(tiny_llama):
+    # vLLM's `seed` (0 by default) makes a run's unseeded sampling repeat in the next run with
+    # the same requests; another seed gives other tokens. Each engine here is a fresh one, as a
+    # new process would build, and none touches torch's global generator state in between.
+    params = [SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0.8, top_k=20, max_tokens=12, ignore_eos=True)]
+
+    def run(**kwargs):
+        kw = engine_kwargs(**kwargs)
+        if "seed" not in kwargs:
+            del kw["seed"]  # EngineArgs' default
+        engine = LLM(model=str(tiny_llama), **kw)
+        outs = engine.generate([PROMPTS[1], PROMPTS[2]], params, use_tqdm=False)
+        return [_ids(o) for o in outs]
+
+    first = run(seed=7)
+    torch.manual_seed(12345)  # user code moving the global state changes nothing
+    assert run(seed=7) == first
+    assert run(seed=8) != first
+    assert run() == run(seed=0)  # the default seed
 
 
 def test_stop_strings(llm, tokenizer_of, tiny_llama):

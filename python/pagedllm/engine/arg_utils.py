@@ -76,7 +76,9 @@ class EngineArgs:
         )
         g.add_argument("--trust-remote-code", action="store_true", default=d.trust_remote_code)
         g.add_argument("--revision", type=str, default=d.revision)
-        g.add_argument("--seed", type=int, default=d.seed)
+        g.add_argument("--seed", type=int, default=d.seed,
+                       help="seed of the sampling noise of requests without their own seed (and of "
+                            "dummy weights): the same seed and requests repeat a run's tokens")
         g.add_argument(
             "--dtype",
             type=str,

@@ -177,7 +177,7 @@ class EngineCore:
             admission_reserve_blocks_per_running=sc.admission_reserve_blocks_per_running,
         )
         self.scheduler = _core.Scheduler(self.scheduler_config)
-        self.sampler = Sampler()
+        self.sampler = Sampler(seed=config.model_config.seed)
         self.async_scheduling = sc.async_scheduling
         # Plan step n+1 before step n's tokens are read (benchmarks switch it off to compare).
         self.plans_ahead = self.async_scheduling and bool(

@@ -214,8 +214,12 @@ def token_logprobs(
 
 
 class Sampler:
-    def __init__(self) -> None:
-        # Noise for unseeded rows; seeded rows use their own generators.
+    def __init__(self, seed: Optional[int] = None) -> None:
+        # Noise for unseeded rows; seeded rows use their own generators. With a seed (the
+        # engine's: EngineArgs.seed, 0 by default) that noise starts from it on every device, so
+        # an engine run repeats its sampled tokens, as vLLM's seed promises; None: torch's global
+        # CPU generator, and on CUDA a generator seeded afresh by torch.
+        self._seed = seed
         self._default_generator: Optional[torch.Generator] = None
         # The fused kernel's Philox counter advances by one step per draw.
         self._race_step = 0
@@ -381,9 +385,12 @@ class Sampler:
         return generator.initial_seed() if generator is not None else torch.initial_seed()
 
     def _generator_for(self, device: torch.device) -> Optional[torch.Generator]:
-        if device.type == "cpu":
-            return None  # torch's default CPU generator (seeded by the engine's seed)
+        if self._seed is None and device.type == "cpu":
+            return None  # torch's global CPU generator
         if self._default_generator is None or self._default_generator.device != device:
             self._default_generator = torch.Generator(device=device)
-            self._default_generator.seed()
+            if self._seed is None:
+                self._default_generator.seed()
+            else:
+                self._default_generator.manual_seed(self._seed)
         return self._default_generator
