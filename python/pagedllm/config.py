@@ -24,7 +24,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     revision: Optional[str] = None
     dtype: str = "auto"
-    seed: int = 0
+    seed: Optional[int] = 0           # sampling noise of unseeded requests; None: fresh each run
     max_model_len: Optional[int] = None   # None: from the model's config
     load_format: str = "auto"         # "auto" | "safetensors" | "pt" | "dummy" | "gguf"
     gguf_file: Optional[str] = None   # a file inside `model` when `model` is a directory
@@ -46,6 +46,10 @@ class ModelConfig:
                  f"unknown load format {self.load_format!r}")
         _require(self.max_model_len is None or self.max_model_len > 0, "max_model_len",
                  "must be > 0")
+        # torch generators take seeds in [-2^63, 2^64).
+        _require(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                                       and -2**63 <= self.seed < 2**64),
+                 "seed", f"must be an integer in [-2**63, 2**64) or None, got {self.seed!r}")
         if self.tokenizer is None:
             self.tokenizer = self.model
 

@@ -59,6 +59,7 @@ def test_engine_seed_repeats_unseeded_sampling(tiny_llama):
     assert run(seed=7) == first
     assert run(seed=8) != first
     assert run() == run(seed=0)  # the default seed
+    assert [len(t) for t in run(seed=None)] == [12, 12]  # None: fresh noise, still runs
 
 
 def test_stop_strings(llm, tokenizer_of, tiny_llama):

@@ -126,6 +126,9 @@ def test_engine_args_cli_round_trip() -> None:
         (dict(device="tpu"), "device"),
         (dict(scheduling_policy="lifo"), "scheduling_policy"),
         (dict(max_model_len=0), "max_model_len"),
+        (dict(seed="3"), "seed"),
+        (dict(seed=2**64), "seed"),
+        (dict(seed=1.5), "seed"),
     ],
 )
 def test_engine_args_validation(kwargs: dict, field: str) -> None:

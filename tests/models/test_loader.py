@@ -67,6 +67,10 @@ def test_dummy_weights_need_only_config(tiny_qwen3, tmp_path):
     assert first.shape == (len(TOKENS), 512) and torch.isfinite(first).all()
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     assert not torch.equal(first, other)
+    # seed=None (fresh sampling noise each run) still gives the dummy weights of seed 0.
+    unseeded = all_position_logits(runner_for(config_only, load_format="dummy", seed=None))
+    zero = all_position_logits(runner_for(config_only, load_format="dummy", seed=0))
+    torch.testing.assert_close(unseeded, zero, rtol=0, atol=0)
     with pytest.raises(ValueError, match="no safetensors or .bin weights"):
         runner_for(config_only)
 

@@ -29,7 +29,7 @@ class EngineArgs:
     skip_tokenizer_init: bool = False
     trust_remote_code: bool = False
     revision: Optional[str] = None
-    seed: int = 0
+    seed: Optional[int] = 0
     dtype: str = "auto"
     max_model_len: Optional[int] = None
     load_format: str = "auto"

@@ -110,7 +110,7 @@ def build_model(model_config: ModelConfig, device: torch.device, tp_rank: int = 
     with _default_dtype(model_config.torch_dtype), torch.device(device):
         model = model_class(hf_config, tp_rank=tp_rank, tp_size=tp_size)
     if model_config.load_format == "dummy":
-        initialize_dummy_weights(model, model_config.seed)
+        initialize_dummy_weights(model, 0 if model_config.seed is None else model_config.seed)
     elif gguf_path is not None:
         model.load_weights(gguf_loader.iterate_gguf_weights(gguf_path, hf_config))
     else:
