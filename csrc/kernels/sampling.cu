@@ -48,10 +48,10 @@ __device__ __forceinline__ unsigned long long pack(float s, int64_t i) {
 // lead. With k = bits >> 9, v = (1 - u) * 2^23 = 2^23 - k - 1/2 exactly in float, and
 // log(-log u) >= log(1 - u) = ln2 * (log2 v - 23) >= ln2 * (e + f - 23) for v = 2^e * (1 + f),
 // 0 <= f < 1 (log2(1 + f) >= f on [0, 1]). e + f is v's bit pattern read as an integer, times
-// 2^-23, minus 127: the int -> float
-// conversion rounds it by at most 2^-17 and the two FMAs by ~2^-19 each, and the logf path the
-// kernel computes for real is within ~1e-5 of the exact noise (1 ulp per logf); the 1e-4 subtracted
-// covers all of these, so floor <= the kernel's own logf(-logf(u)) for every draw.
+// 2^-23, minus 127. The int -> float conversion rounds it by at most 2^-17, the two FMAs by ~2^-19
+// each, and the logf path the kernel computes for real is within ~1e-5 of the exact noise (1 ulp
+// per logf); the 1e-4 subtracted covers all of these, so floor <= the kernel's own
+// logf(-logf(u)) for every draw.
 __device__ __forceinline__ float noise_log_floor(uint32_t bits) {
   const float v = static_cast<float>(8388608u - (bits >> 9)) - 0.5f;  // (1 - u) * 2^23, exact
   const float log2_v = __fmaf_rn(static_cast<float>(__float_as_int(v)), 1.0f / 8388608.0f, -127.0f - 23.0f);
