@@ -14,6 +14,8 @@
 // already computed is skipped: it cannot be the row's winner, so the token is still exactly the
 // twin's. H200, 244 x 151,936 bf16 logits: 138 -> 95 us (benchmarks/kernels/sampler_shapes.py);
 // issuing all of a thread's loads first (48 registers instead of 32) was slower: 104-119 us.
+// 32-bit indices and one 8-byte load per group of four bf16 logits (aligned rows): 86-87 us
+// (89 us element by element on the same machine; unrolling the loop twice gained nothing).
 #include <cstdint>
 #include <type_traits>
 
@@ -25,11 +27,11 @@ namespace pagedllm::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kChunk = 8192;  // elements per CTA: a multiple of 4 (one Philox draw per 4)
+constexpr int kChunk = 8192;  // elements per CTA: a multiple of 4 (one Philox draw per 4)
 static_assert(kMaxRaceVocab / kChunk <= 65535, "chunks ride the grid's y axis");
 
 // (score, index) with ties to the smaller index; a NaN score never wins.
-__device__ __forceinline__ bool better(float s, int64_t i, float best, int64_t best_i) {
+__device__ __forceinline__ bool better(float s, int i, float best, int best_i) {
   return s > best || (s == best && i < best_i);
 }
 
@@ -37,7 +39,7 @@ __device__ __forceinline__ bool better(float s, int64_t i, float best, int64_t b
 // monotonic in the high word (-0 folded into +0, which compare equal), the index's complement in
 // the low word (a smaller index wins a tie). 0 = no candidate (every score NaN); any real score,
 // -inf included, packs above 0. Indices fit 32 bits (the binding's vocab is far smaller).
-__device__ __forceinline__ unsigned long long pack(float s, int64_t i) {
+__device__ __forceinline__ unsigned long long pack(float s, int i) {
   const uint32_t u = __float_as_uint(s + 0.0f);  // -0 + +0 = +0
   const uint32_t key = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
   return (static_cast<unsigned long long>(key) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
@@ -58,30 +60,46 @@ __device__ __forceinline__ float noise_log_floor(uint32_t bits) {
   return __fmaf_rn(log2_v, 0.6931471805599453f, -1e-4f);
 }
 
-// grid (rows, chunks). slots[r] must be 0 on entry (a memset before the launch).
-template <typename T>
+// The four logits of one Philox draw, as floats; NaN past the row's end (a NaN never wins).
+// kWordLoads: the row start and the chunk are aligned to 4 elements (the launcher checks the
+// pointer and the stride), so a whole group is one 8- or 16-byte load.
+template <typename T, bool kWordLoads>
+__device__ __forceinline__ void load_group(const T* x, int i0, int end, float (&l)[4]) {
+  if (kWordLoads && i0 + 3 < end) {
+    cuda::load_vec<T, 4>(x + i0, l);
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) l[e] = i0 + e < end ? cuda::to_float(x[i0 + e]) : __int_as_float(0x7fc00000);
+}
+
+// grid (rows, chunks). slots[r] must be 0 on entry (a memset before the launch). Indices are
+// 32-bit: the vocabulary is at most kMaxRaceVocab < 2^31.
+template <typename T, bool kWordLoads>
 __global__ void __launch_bounds__(kThreads)
 exponential_race_kernel(unsigned long long* __restrict__ slots,  // [R] packed winners
                         const T* __restrict__ logits,             // [R, V], row stride
                         const float* __restrict__ inv_temperature,  // [R]
                         const int32_t* __restrict__ greedy,       // [R]
-                        int64_t stride, int64_t vocab, uint64_t seed, uint64_t step) {
+                        int64_t stride, int vocab, uint64_t seed, uint64_t step) {
   __shared__ unsigned long long warp_best[kThreads / 32];
-  const int64_t r = blockIdx.x;
-  const int64_t begin = static_cast<int64_t>(blockIdx.y) * kChunk;
-  const int64_t end = begin + kChunk < vocab ? begin + kChunk : vocab;
-  const T* x = logits + r * stride;
+  const int r = blockIdx.x;
+  const int begin = static_cast<int>(blockIdx.y) * kChunk;
+  const int end = vocab - begin > kChunk ? begin + kChunk : vocab;
+  const T* x = logits + static_cast<int64_t>(r) * stride;
   const bool is_greedy = greedy[r] != 0;
   const float inv_t = inv_temperature[r];
   const auto k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   float best = -INFINITY;
-  int64_t best_i = INT64_MAX;
+  int best_i = INT32_MAX;
   // Warp-uniform: the best score any lane of this warp has computed (-inf: none yet). Every
   // lane runs the same number of iterations (the loop bound is the CTA's), so the shuffles that
   // refresh it see the whole warp.
   float warp_lead = -INFINITY;
-  for (int64_t base = begin; base < end; base += kThreads * 4) {
-    const int64_t i0 = base + static_cast<int64_t>(threadIdx.x) * 4;
+  for (int base = begin; base < end; base += kThreads * 4) {
+    const int i0 = base + static_cast<int>(threadIdx.x) * 4;
+    float l[4];
+    load_group<T, kWordLoads>(x, i0, end, l);
     Philox4 bits{};
     if (!is_greedy) {
       bits = philox4x32_10(Philox4{{static_cast<uint32_t>(i0 / 4), static_cast<uint32_t>(r),
@@ -90,25 +108,22 @@ exponential_race_kernel(unsigned long long* __restrict__ slots,  // [R] packed w
     }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      if (i0 + e < end) {
-        const float l = cuda::to_float(x[i0 + e]);
-        float s = l;
-        if (!is_greedy) {
-          const float scaled = __fmul_rn(l, inv_t);
-          // scaled - floor >= the score (rounding is monotone), so below the lead it cannot win
-          // (a NaN score fails the test and is skipped: it never wins either).
-          if (!(__fsub_rn(scaled, noise_log_floor(bits.v[e])) >= warp_lead)) continue;
-          s = __fsub_rn(scaled, logf(-logf(unit_open(bits.v[e]))));
-        }
-        if (better(s, i0 + e, best, best_i)) {
-          best = s;
-          best_i = i0 + e;
-        }
+      float s = l[e];
+      if (!is_greedy) {
+        const float scaled = __fmul_rn(l[e], inv_t);
+        // scaled - floor >= the score (rounding is monotone), so below the lead it cannot win
+        // (a NaN score fails the test and is skipped: it never wins either).
+        if (!(__fsub_rn(scaled, noise_log_floor(bits.v[e])) >= warp_lead)) continue;
+        s = __fsub_rn(scaled, logf(-logf(unit_open(bits.v[e]))));
+      }
+      if (better(s, i0 + e, best, best_i)) {
+        best = s;
+        best_i = i0 + e;
       }
     }
     if (!is_greedy) warp_lead = cuda::warp_max(best);
   }
-  unsigned long long packed = best_i == INT64_MAX ? 0ull : pack(best, best_i);
+  unsigned long long packed = best_i == INT32_MAX ? 0ull : pack(best, best_i);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const unsigned long long other = __shfl_xor_sync(0xffffffffu, packed, o);
@@ -143,11 +158,15 @@ void exponential_race_sample_cuda(const ExponentialRaceArgs& a) {
   cuda::check_launch("exponential_race_sample (clear)");
   const auto chunks = static_cast<unsigned>((a.vocab + kChunk - 1) / kChunk);  // <= 65535 (y)
   const dim3 grid(static_cast<unsigned>(a.num_rows), chunks);
+  // Word loads need every row start aligned to 4 elements: the base pointer and the stride.
+  const auto elem = static_cast<uintptr_t>(dtype_size(a.dtype));
+  const bool word_loads = reinterpret_cast<uintptr_t>(a.logits) % (4 * elem) == 0 &&
+                          static_cast<uint64_t>(a.logits_stride) % 4 == 0;
   cuda::dispatch_float_type(a.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    exponential_race_kernel<T><<<grid, kThreads, 0, stream>>>(slots, static_cast<const T*>(a.logits),
-                                                              a.inv_temperature, a.greedy, a.logits_stride,
-                                                              a.vocab, a.seed, a.step);
+    auto* kernel = word_loads ? exponential_race_kernel<T, true> : exponential_race_kernel<T, false>;
+    kernel<<<grid, kThreads, 0, stream>>>(slots, static_cast<const T*>(a.logits), a.inv_temperature, a.greedy,
+                                          a.logits_stride, static_cast<int>(a.vocab), a.seed, a.step);
   });
   cuda::check_launch("exponential_race_sample");
   const int threads = 128;

@@ -98,10 +98,14 @@ def test_binding_rejects_bad_inputs():
 @requires_gpu
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("rows,vocab", [(1, 7), (3, 1000), (256, 151936), (17, 4097)])
-def test_cuda_kernel_returns_the_twins_tokens(dtype, rows, vocab):
+@pytest.mark.parametrize("offset,pad", [(0, 5), (0, 0), (0, 3), (1, 3)])
+def test_cuda_kernel_returns_the_twins_tokens(dtype, rows, vocab, offset, pad):
+    """Rows at any offset and stride: the kernel reads a group of four logits as one word only
+    when every row start is aligned to four elements (offset 0 and vocab + pad a multiple of 4),
+    and element by element otherwise; both must give the twin's tokens, partial last group too."""
     g = torch.Generator().manual_seed(vocab)
-    wide = (torch.randn(rows, vocab + 5, generator=g) * 4).to(dtype)
-    logits = wide[:, :vocab]                       # rows with a stride > vocab
+    wide = (torch.randn(rows, offset + vocab + pad, generator=g) * 4).to(dtype)
+    logits = wide[:, offset:offset + vocab]        # rows with a stride >= vocab
     temperature = torch.rand(rows, generator=g) + 0.3
     greedy = (torch.rand(rows, generator=g) < 0.3).to(torch.int32)
     want = race(logits, temperature, greedy, seed=2**40 + 5, step=2**33 + 9)
