@@ -1,6 +1,7 @@
 // RMSNorm kernels: one CTA per row (fused_add_rms_norm may sum a split-K GEMM's float32
 // partials in place of reading x). Pass 1 sums squares (16-byte loads when aligned), a block
-// reduction gives 1/rms, pass 2 rereads the row (L1/L2 hit) and writes the scaled output.
+// reduction gives 1/rms, pass 2 rereads the row (L1/L2 hit) and writes the scaled output; the
+// fused kernel keeps the row in registers instead when it fits one word per thread.
 #include <algorithm>
 #include <type_traits>
 
@@ -63,8 +64,11 @@ __device__ __forceinline__ void load_summed_partials(const float* p, int64_t pla
 }
 
 // kPartials: the added value comes from partials [S, rows, hidden] (float32) instead of x, and x
-// is only written.
-template <typename T, int V, bool kPartials>
+// is only written. kOneWord: every thread holds at most one word of V elements (hidden <= V x
+// threads), so the sum, its residual and the weight stay in registers across the reduction: one
+// dependent memory round trip per row instead of two (the decode-size kernel is latency-bound:
+// H200, hidden 1024, 16-244 rows: 1.96-2.33 -> 1.71-2.04 us, 2.19 -> 2.01 us in W-nano's step).
+template <typename T, int V, bool kPartials, bool kOneWord>
 __global__ void fused_add_rms_norm_kernel(T* __restrict__ x,         // [rows, hidden]
                                           T* __restrict__ residual,  // [rows, hidden]
                                           const T* __restrict__ w,   // [hidden]
@@ -75,9 +79,10 @@ __global__ void fused_add_rms_norm_kernel(T* __restrict__ x,         // [rows, h
   T* xr = x + blockIdx.x * x_stride;
   T* rr = residual + blockIdx.x * r_stride;
   const int64_t plane = static_cast<int64_t>(gridDim.x) * hidden;
-  float sumsq = 0.0f;
-  for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
-    float a[V], b[V];
+  // a = residual + (x or the summed partials), rounded to T as the reference; stored as the new
+  // residual. Returns its sum of squares.
+  const auto add_word = [&](int i, float (&a)[V]) {
+    float b[V];
     if constexpr (kPartials) {
       load_summed_partials<T, V>(partials + blockIdx.x * static_cast<int64_t>(hidden) + i, plane,
                                  num_partials, a);
@@ -85,11 +90,36 @@ __global__ void fused_add_rms_norm_kernel(T* __restrict__ x,         // [rows, h
       load_vec<T, V>(xr + i, a);
     }
     load_vec<T, V>(rr + i, b);
+    float sumsq = 0.0f;
 #pragma unroll
-    for (int j = 0; j < V; ++j) a[j] = to_float(from_float<T>(a[j] + b[j]));  // round as the ref
+    for (int j = 0; j < V; ++j) {
+      a[j] = to_float(from_float<T>(a[j] + b[j]));
+      sumsq += a[j] * a[j];
+    }
     store_vec<T, V>(rr + i, a);
+    return sumsq;
+  };
+  if constexpr (kOneWord) {
+    const int i = threadIdx.x * V;
+    const bool active = i < hidden;
+    float a[V], wv[V];
+    float sumsq = 0.0f;
+    if (active) {
+      load_vec<T, V>(w + i, wv);  // issued with the row's loads, used after the reduction
+      sumsq = add_word(i, a);
+    }
+    const float inv = rsqrtf(cuda::block_sum(sumsq, scratch) / hidden + eps);
+    if (active) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) sumsq += a[j] * a[j];
+      for (int j = 0; j < V; ++j) a[j] = (a[j] * inv) * wv[j];
+      store_vec<T, V>(xr + i, a);
+    }
+    return;
+  }
+  float sumsq = 0.0f;
+  for (int i = threadIdx.x * V; i < hidden; i += blockDim.x * V) {
+    float a[V];
+    sumsq += add_word(i, a);
   }
   const float inv = rsqrtf(cuda::block_sum(sumsq, scratch) / hidden + eps);
   // Each thread rereads only the residual words it wrote itself: no barrier needed.
@@ -147,7 +177,10 @@ void fused_add_rms_norm_cuda(const FusedAddRmsNormArgs& a) {
     auto run = [&](auto vec_tag, auto partials_tag) {
       constexpr int kV = decltype(vec_tag)::value;
       constexpr bool kPartials = decltype(partials_tag)::value;
-      fused_add_rms_norm_kernel<T, kV, kPartials><<<grid, threads_for(a.hidden, kV), 0, s>>>(
+      const int threads = threads_for(a.hidden, kV);
+      auto* kernel = threads * kV >= a.hidden ? fused_add_rms_norm_kernel<T, kV, kPartials, true>
+                                              : fused_add_rms_norm_kernel<T, kV, kPartials, false>;
+      kernel<<<grid, threads, 0, s>>>(
           static_cast<T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
           a.partials, a.num_partials, a.x_stride, a.residual_stride, a.hidden, a.eps);
     };

@@ -66,7 +66,7 @@ def test_rms_norm_3d_and_strided_rows(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,hidden", [(1, 64), (5, 80), (256, 2048)])
+@pytest.mark.parametrize("rows,hidden", [(1, 64), (5, 80), (256, 2048), (3, 16384)])
 def test_fused_add_rms_norm(device, dtype, rows, hidden):
     x = rand(rows, hidden, dtype=dtype, device=device, seed=3)
     res = rand(rows, hidden, dtype=dtype, device=device, seed=4)
@@ -81,7 +81,7 @@ def test_fused_add_rms_norm(device, dtype, rows, hidden):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("slices", (1, 2, 4))
-@pytest.mark.parametrize("rows,hidden", [(1, 64), (5, 80), (256, 1024), (3, 4100)])
+@pytest.mark.parametrize("rows,hidden", [(1, 64), (5, 80), (256, 1024), (3, 4100), (2, 16384)])
 def test_fused_add_rms_norm_sums_split_k_partials(device, dtype, slices, rows, hidden):
     # A split-K GEMM's float32 partial products stand in for x: the kernel adds their sum,
     # rounded to the dtype, and writes x without reading it.
