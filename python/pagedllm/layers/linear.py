@@ -144,7 +144,10 @@ class QKVParallelLinear(ColumnParallelLinear):
 # (Those figures had the weights warm in L2; read from HBM, as in a step: cuBLAS 5.9 / 8.0 us,
 # split-K 4.4 / 5.1 us, eleventh session.)
 # The norm pays for it in reads (S float32 planes instead of one bf16 plane): at 144-256 rows
-# the two cancel out end to end (W-nano on the H200, RESULTS.md), hence the row limit.
+# the two cancel out end to end (W-nano on the H200, RESULTS.md), hence the row limit. Measured
+# again in the fourteenth session (faster norm; split-K predicted 1.3 us per layer ahead at 244
+# rows by linear_shapes.py + norm_shapes.py): 256 vs 128 rows, W-nano 25,240 / 25,459 against
+# 25,472 / 25,360 tok/s, equal mean step; the limit stays.
 SPLIT_K_MAX_ROWS = 128
 _BMM_HAS_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")  # torch.bmm(..., out_dtype=)
 
