@@ -3,13 +3,15 @@
 // torch's matmul takes cuBLAS's default; linear_shapes.py times that. A standalone program, so
 // that a question about cuBLASLt is answered before any of it enters the engine.
 //
+// Also times cublasGemmEx (torch's call) and cuBLASLt's first pick with a 1 MiB workspace.
 // Build and run on the GPU machine (headers and library from the nvidia-cublas wheel torch uses):
 //   nvcc -O2 -std=c++17 -arch=sm_90 -I$CUBLAS/include benchmarks/kernels/lt_algos.cu \
-//        -L$CUBLAS/lib -l:libcublasLt.so.13 -Xlinker -rpath=$CUBLAS/lib -o /tmp/lt_algos
+//        -L$CUBLAS/lib -l:libcublasLt.so.13 -l:libcublas.so.13 -Xlinker -rpath=$CUBLAS/lib -o /tmp/lt_algos
 //   /tmp/lt_algos 32 144 244
 // Layout: torch's x [M, K] @ w[N, K]^T = out [M, N], row-major, i.e. column-major
 // out^T [N, M] = op_T(w as [K, N]) x (x^T as [K, M]). bf16 data, fp32 accumulation.
 #include <cublasLt.h>
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <vector>
 
 #define CHECK_CUDA(x)                                                          \
@@ -53,6 +56,7 @@ __global__ void fill(__nv_bfloat16* p, size_t n, uint32_t seed) {
 }
 
 struct Problem {
+  cublasHandle_t blas;  // cublasGemmEx, the call torch's matmul makes for bf16
   cublasLtHandle_t lt;
   cublasLtMatmulDesc_t op;
   cublasLtMatrixLayout_t a, b, c;
@@ -68,13 +72,21 @@ bool run(const Problem& p, const cublasLtMatmulAlgo_t& algo, int copy) {
                         p.workspace, kWorkspace, p.stream) == CUBLAS_STATUS_SUCCESS;
 }
 
+// torch's path: cublasGemmEx, fp32 compute, default tensor-op algorithm, 32 MiB workspace.
+bool run_gemm_ex(const Problem& p, int copy, int m, int n, int k) {
+  const float one = 1.0f, zero = 0.0f;
+  return cublasGemmEx(p.blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, p.weights[copy], CUDA_R_16BF, k, p.x,
+                      CUDA_R_16BF, k, &zero, p.out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                      CUBLAS_GEMM_DEFAULT_TENSOR_OP) == CUBLAS_STATUS_SUCCESS;
+}
+
 // Median µs per call of a CUDA graph of `calls` back-to-back matmuls cycling the weight copies.
-float time_algo(const Problem& p, const cublasLtMatmulAlgo_t& algo) {
+float time_calls(const Problem& p, const std::function<bool(int)>& call) {
   const int copies = int(p.weights.size()), calls = std::max(20, copies);
   cudaGraph_t graph;
   CHECK_CUDA(cudaStreamBeginCapture(p.stream, cudaStreamCaptureModeThreadLocal));
   bool ok = true;
-  for (int i = 0; i < calls; ++i) ok = run(p, algo, i % copies) && ok;
+  for (int i = 0; i < calls; ++i) ok = call(i % copies) && ok;
   CHECK_CUDA(cudaStreamEndCapture(p.stream, &graph));
   if (!ok) { cudaGraphDestroy(graph); return -1; }
   cudaGraphExec_t exec;
@@ -95,6 +107,10 @@ float time_algo(const Problem& p, const cublasLtMatmulAlgo_t& algo) {
   cudaGraphExecDestroy(exec); cudaGraphDestroy(graph);
   std::sort(times.begin(), times.end());
   return times[3];
+}
+
+float time_algo(const Problem& p, const cublasLtMatmulAlgo_t& algo) {
+  return time_calls(p, [&](int copy) { return run(p, algo, copy); });
 }
 
 int attr(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t which) {
@@ -130,6 +146,11 @@ int main(int argc, char** argv) {
   CHECK_LT(cublasLtCreate(&p.lt));
   CHECK_CUDA(cudaStreamCreateWithFlags(&p.stream, cudaStreamNonBlocking));
   CHECK_CUDA(cudaMalloc(&p.workspace, kWorkspace));
+  void* blas_workspace;
+  CHECK_CUDA(cudaMalloc(&blas_workspace, kWorkspace));
+  CHECK_LT(cublasCreate(&p.blas));
+  CHECK_LT(cublasSetStream(p.blas, p.stream));
+  CHECK_LT(cublasSetWorkspace(p.blas, blas_workspace, kWorkspace));
   for (const Shape& s : kShapes) {
     const size_t wbytes = size_t(s.n) * s.k * 2;
     const int copies = int(std::max<size_t>(1, (kCycleBytes + wbytes - 1) / wbytes));
@@ -193,12 +214,23 @@ int main(int argc, char** argv) {
         }
       }
       // Weight and activation bytes at ~4.1 TB/s, the H200's measured read rate.
+      const float gemm_ex_us = time_calls(p, [&](int copy) { return run_gemm_ex(p, copy, m, s.n, s.k); });
+      // The heuristic's first pick when the workspace is small (torch's cuBLASLt calls pass ~1 MiB).
+      const size_t small_ws = 1u << 20;
+      CHECK_LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &small_ws,
+                                                    sizeof(small_ws)));
+      cublasLtMatmulHeuristicResult_t small_pick;
+      int small_count = 0;
+      CHECK_LT(cublasLtMatmulAlgoGetHeuristic(p.lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &small_pick, &small_count));
+      const float small_ws_us = small_count ? time_algo(p, small_pick.algo) : -1.0f;
       const float floor_us = float(wbytes + size_t(m) * (s.k + s.n) * 2) / 4.1e6f;
       const Row first = rows.empty() ? Row{} : rows[0];
       std::sort(rows.begin(), rows.end(), [](const Row& l, const Row& r) { return l.us < r.us; });
       std::printf("%-8s M=%4d N=%5d K=%5d floor %5.1f us | heuristic #0 %6.2f us | best %6.2f us (%.2fx) of %zu "
                   "(%d from the heuristic)\n",
                   s.name, m, s.n, s.k, floor_us, first.us, rows[0].us, first.us / rows[0].us, rows.size(), count);
+      std::printf("    cublasGemmEx (torch's call) %6.2f us | cuBLASLt first pick with a 1 MiB workspace %6.2f us\n",
+                  gemm_ex_us, small_ws_us);
       for (size_t i = 0; i < rows.size() && i < 5; ++i) {
         const Row& r = rows[i];
         std::printf("    %6.2f us  heur #%-2d algo %3d tile %3d stages %3d splitK %2d red %d cluster %2d  max|diff| %.3g\n",
