@@ -8,6 +8,7 @@ so that the sampler can treat the row as a plain argmax.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, Optional, Union
@@ -30,6 +31,24 @@ class SamplingType(IntEnum):
 def _check(cond: bool, field_name: str, message: str) -> None:
     if not cond:
         raise ValueError(f"{field_name} {message}")
+
+
+def _is_token_id(t: Any) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and t >= 0
+
+
+def _token_key(t: Any) -> Any:
+    """A logit_bias key: "42" -> 42; anything else unchanged (and judged by _verify)."""
+    if isinstance(t, str):
+        try:
+            return int(t)
+        except ValueError:
+            return t
+    return t
+
+
+def _is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -60,6 +79,10 @@ class SamplingParams:
     cache_salt: Optional[str] = None
     logits_processors: Optional[list[Any]] = None  # accepted for compatibility; must be empty
     extra_args: Optional[dict[str, Any]] = field(default=None)
+    # Added to the logits of these token ids before penalties and sampling (greedy too).
+    logit_bias: Optional[dict[int, float]] = None
+    # Only these token ids may be sampled (the rest are masked before everything else).
+    allowed_token_ids: Optional[list[int]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -69,6 +92,11 @@ class SamplingParams:
         else:
             self.stop = list(self.stop)
         self.stop_token_ids = [] if self.stop_token_ids is None else list(self.stop_token_ids)
+        if isinstance(self.logit_bias, dict):
+            # {} is no bias; keys may come as strings of ints, as OpenAI's JSON sends them.
+            self.logit_bias = {_token_key(t): b for t, b in self.logit_bias.items()} or None
+        if self.allowed_token_ids is not None and not isinstance(self.allowed_token_ids, str):
+            self.allowed_token_ids = list(self.allowed_token_ids)
         if self.top_k == -1:
             self.top_k = 0
         if self.best_of is None:
@@ -161,6 +189,26 @@ class SamplingParams:
             f"must be a RequestOutputKind, got {self.output_kind!r}",
         )
         _check(not self.logits_processors, "logits_processors", "are not supported")
+        _check(
+            self.logit_bias is None
+            or (
+                isinstance(self.logit_bias, dict)
+                and all(_is_token_id(t) for t in self.logit_bias)
+                and all(_is_finite_number(b) for b in self.logit_bias.values())
+            ),
+            "logit_bias",
+            "must map token ids (ints >= 0) to finite numbers",
+        )
+        _check(
+            self.allowed_token_ids is None
+            or (
+                isinstance(self.allowed_token_ids, list)
+                and len(self.allowed_token_ids) > 0
+                and all(_is_token_id(t) for t in self.allowed_token_ids)
+            ),
+            "allowed_token_ids",
+            "must be a non-empty list of token ids (ints >= 0)",
+        )
         _check(
             self.cache_salt is None or isinstance(self.cache_salt, str),
             "cache_salt",

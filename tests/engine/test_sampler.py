@@ -194,3 +194,39 @@ def test_logprobs_are_from_raw_logits_not_penalised() -> None:
     out = Sampler().sample(logits, SamplingBatch([row]))
     assert out.token_ids.tolist() == [1]
     assert math.isclose(out.logprobs[0], torch.log_softmax(logits, -1)[0, 1].item(), abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_logit_bias_moves_the_greedy_choice_and_leaves_batch_mates_alone(device: str) -> None:
+    logits = torch.tensor([[0.0, 10.0, 9.0, 1.0], [0.0, 10.0, 9.0, 1.0]], device=device)
+    rows = [SamplingRow(bias_token_ids=[1, 3], bias_values=[-2.0, 0.5]), SamplingRow()]
+    got = logits.clone()
+    Sampler._apply_allowed_and_bias(got, SamplingBatch(rows, device))
+    assert got[0].tolist() == [0.0, 8.0, 9.0, 1.5] and torch.equal(got[1], logits[1])
+    out = Sampler().sample(logits, SamplingBatch(rows, device))
+    assert out.token_ids.tolist() == [2, 1]
+    # As tensors (how the engine passes them: pinned host memory on a GPU engine).
+    tensor_rows = [SamplingRow(bias_token_ids=torch.tensor([2]), bias_values=torch.tensor([5.0])),
+                   SamplingRow()]
+    assert Sampler().sample(logits, SamplingBatch(tensor_rows, device)).token_ids.tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_allowed_token_ids_restrict_the_draw(device: str, temperature: float) -> None:
+    """Only allowed tokens can come out, greedy or sampled, and among them the draw follows
+    softmax of their logits (the mask comes before the bias: a bias on a token outside the
+    allowed set cannot bring it back)."""
+    torch.manual_seed(2)
+    logits = torch.tensor([[3.0, 1.0, 0.0, 2.0, 5.0]])
+    n = 4000
+    rows = [SamplingRow(temperature=temperature, allowed_token_ids=[1, 3],
+                        bias_token_ids=[4], bias_values=[50.0]) for _ in range(n)]
+    out = Sampler().sample(logits.expand(n, 5).contiguous().to(device), SamplingBatch(rows, device))
+    freq = np.bincount(out.token_ids, minlength=5) / n
+    assert freq[0] == freq[2] == freq[4] == 0.0
+    if temperature == 0.0:
+        assert freq[3] == 1.0
+    else:
+        expected = torch.softmax(torch.tensor([1.0, 2.0]), -1).numpy()
+        assert np.allclose(freq[[1, 3]], expected, atol=0.025), freq

@@ -191,3 +191,29 @@ def test_invalid_requests_raise_value_error(llm):
         llm.generate(PROMPTS[:2], [SamplingParams()], use_tqdm=False)
     # Nothing was left behind by the failed calls.
     assert not llm.llm_engine.has_unfinished_requests()
+
+
+def test_logit_bias_and_allowed_token_ids(llm):
+    """vLLM's logit_bias and allowed_token_ids through the engine (async scheduling, the
+    default): a -100 bias bans the greedy choice, +100 forces a token even when sampling, an
+    allowed set bounds every sampled token, and batch mates are untouched."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    alone = [_ids(o) for o in llm.generate([PROMPTS[0], PROMPTS[1]], greedy, use_tqdm=False)]
+    first = alone[0][0]
+    biased = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True,
+                            logit_bias={first: -100.0})
+    outs = llm.generate([PROMPTS[0], PROMPTS[1]], [biased, greedy], use_tqdm=False)
+    assert first not in _ids(outs[0])
+    assert _ids(outs[1]) == alone[1]
+    forced = SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True, logit_bias={17: 100.0})
+    assert _ids(llm.generate([PROMPTS[2]], forced, use_tqdm=False)[0]) == [17] * 8
+    allowed = SamplingParams(temperature=1.0, max_tokens=24, ignore_eos=True,
+                             allowed_token_ids=[5, 9, 23])
+    tokens = _ids(llm.generate([PROMPTS[3]], allowed, use_tqdm=False)[0])
+    assert len(tokens) == 24 and set(tokens) <= {5, 9, 23}
+    vocab = llm.llm_engine.engine_core.vocab_size
+    with pytest.raises(ValueError, match=f"logit_bias: token id {vocab} is outside"):
+        llm.generate([PROMPTS[0]], SamplingParams(logit_bias={vocab: 1.0}), use_tqdm=False)
+    with pytest.raises(ValueError, match="allowed_token_ids: token id"):
+        llm.generate([PROMPTS[0]], SamplingParams(allowed_token_ids=[1, vocab + 3]),
+                     use_tqdm=False)

@@ -134,3 +134,16 @@ def test_engine_args_cli_round_trip() -> None:
 def test_engine_args_validation(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         EngineArgs(model="m", **kwargs).create_engine_config()
+
+
+def test_logit_bias_and_allowed_token_ids():
+    p = SamplingParams(logit_bias={"5": -100, 7: 2.5}, allowed_token_ids=(3, 1))
+    assert p.logit_bias == {5: -100, 7: 2.5}      # OpenAI-style string keys become ints
+    assert p.allowed_token_ids == [3, 1]
+    assert SamplingParams(logit_bias={}).logit_bias is None
+    for bad in ({-1: 1.0}, {"x": 1.0}, {5: float("nan")}, {5: float("inf")}, {True: 1.0}, [5]):
+        with pytest.raises(ValueError, match="logit_bias"):
+            SamplingParams(logit_bias=bad)
+    for bad in ([], [-2], [1.5], [True]):
+        with pytest.raises(ValueError, match="allowed_token_ids"):
+            SamplingParams(allowed_token_ids=bad)

@@ -56,6 +56,12 @@ def assert_error(resp: httpx.Response, status: int, param: str | None = None) ->
         ({"seed": 2**70}, "seed"),
         ({"frequency_penalty": 5}, "frequency_penalty"),
         ({"stream_options": {"include_usage": True}}, None),  # without stream=true
+        ({"logit_bias": {"x": 1}}, "logit_bias"),
+        ({"logit_bias": {"-3": 1}}, "logit_bias"),
+        ({"logit_bias": {"1000000": 1}}, "logit_bias"),  # outside the vocabulary
+        ({"logit_bias": {str(i): 1 for i in range(2000)}}, "logit_bias"),
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"allowed_token_ids": [1, 10**9]}, "allowed_token_ids"),
     ],
 )
 def test_completion_bad_parameters_400(http, overrides, param):

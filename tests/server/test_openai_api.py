@@ -251,3 +251,30 @@ async def test_async_client_concurrent(aclient):
     assert texts[8] == await one_stream(0)
     assert all(texts)
     await aclient.close()
+
+
+
+def test_logit_bias_and_allowed_token_ids(client, tiny_llama):
+    """OpenAI's logit_bias (string token ids, clamped to [-100, 100]) and vLLM's
+    allowed_token_ids reach the sampler as LLM.generate's SamplingParams do (the engine tests
+    check what they do to the tokens)."""
+    from pagedllm import LLM, SamplingParams
+
+    llm = LLM(model=str(tiny_llama), max_model_len=256, dtype="float32", device="cpu")
+    base = dict(temperature=0.0, max_tokens=12, ignore_eos=True)
+    plain = llm.generate([PROMPT], SamplingParams(**base), use_tqdm=False)[0].outputs[0]
+    first = plain.token_ids[0]
+    cases = [  # (server fields, engine fields)
+        ({"logit_bias": {str(first): -1000}}, {"logit_bias": {first: -100.0}}),
+        ({"logit_bias": {"17": 5}}, {"logit_bias": {17: 5.0}}),
+        ({"extra_body": {"allowed_token_ids": [5, 9, 23]}}, {"allowed_token_ids": [5, 9, 23]}),
+    ]
+    for server_kw, engine_kw in cases:
+        extra = server_kw.pop("extra_body", {})
+        got = greedy(client, max_tokens=12, extra_body={"ignore_eos": True, **extra}, **server_kw)
+        want = llm.generate([PROMPT], SamplingParams(**base, **engine_kw), use_tqdm=False)[0]
+        assert got.choices[0].text == want.outputs[0].text, (server_kw, engine_kw)
+        assert want.outputs[0].token_ids != plain.token_ids
+    allowed = llm.generate([PROMPT], SamplingParams(**base, allowed_token_ids=[5, 9, 23]),
+                           use_tqdm=False)[0].outputs[0].token_ids
+    assert set(allowed) <= {5, 9, 23}

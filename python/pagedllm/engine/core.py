@@ -280,11 +280,23 @@ class EngineCore:
             output_token_ids=req.output_token_ids if has_pen else (),
             banned_token_ids=banned,
         )
+        if p.allowed_token_ids:
+            req.row.allowed_token_ids = self._host_tensor(sorted(set(p.allowed_token_ids)),
+                                                          torch.long)
+        if p.logit_bias:
+            req.row.bias_token_ids = self._host_tensor(list(p.logit_bias), torch.long)
+            req.row.bias_values = self._host_tensor(list(p.logit_bias.values()), torch.float32)
         req.columns = row_columns(req.row)
         if banned:
             self._min_tokens_handles.add(req.handle)
         if has_pen:
             self._penalty_handles.add(req.handle)
+
+    def _host_tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """Per-request sampling data kept on the host, pinned when the model runs on a GPU, so
+        the sampler's copy each step does not wait for the step in flight."""
+        t = torch.tensor(values, dtype=dtype)
+        return t.pin_memory() if self.device.type == "cuda" else t
 
     def _forget(self, handle: int) -> None:
         """Drop everything remembered about a handle (finished, aborted or failed)."""

@@ -1,7 +1,8 @@
 """The sampler: one step's logits [N, V] -> one token per row, plus logprobs when asked.
 
-Order of operations per row (vLLM's): logprobs are taken from the raw model logits; then
-min_tokens masking, penalties, temperature, min_p, top_k and top_p; then the draw.
+Order of operations per row (vLLM's): logprobs are taken from the raw model logits; then the
+allowed-token mask, logit bias, min_tokens masking, penalties, temperature, min_p, top_k and top_p;
+then the draw.
 Drawing uses the exponential race (argmax of p / E, E ~ Exp(1)), which samples exactly from p and
 lets a seeded request draw its own noise from its own torch.Generator: its tokens then depend
 only on its seed and its own history, never on which requests share the batch.
@@ -40,10 +41,20 @@ class SamplingRow:
     prompt_token_ids: Sequence[int] = ()  # for the repetition penalty
     output_token_ids: Sequence[int] = ()  # for all three penalties
     banned_token_ids: Sequence[int] = ()  # masked to -inf (stop/EOS tokens before min_tokens)
+    # SamplingParams.allowed_token_ids / logit_bias: sequences or (pinned) CPU tensors of ids
+    # [A] int64, ids [B] int64 and biases [B] float32.
+    allowed_token_ids: Sequence[int] = ()
+    bias_token_ids: Sequence[int] = ()
+    bias_values: Sequence[float] = ()
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature < 1e-5
+
+    @property
+    def has_bias(self) -> bool:
+        """An allowed-token mask or a logit bias: history-free edits of the logits."""
+        return len(self.allowed_token_ids) > 0 or len(self.bias_token_ids) > 0
 
     @property
     def has_penalties(self) -> bool:
@@ -56,7 +67,7 @@ class SamplingRow:
 
 # Per-row numbers SamplingBatch needs, in this column order (row_columns builds one tuple).
 _COLUMNS = ("temperature", "top_p", "top_k", "min_p", "penalties", "seeded", "num_logprobs",
-            "banned")
+            "banned", "biased")
 _NUM_COLUMNS = len(_COLUMNS)
 
 
@@ -72,13 +83,14 @@ def row_columns(row: SamplingRow) -> tuple:
         row.generator is not None,
         -1 if row.num_logprobs is None else row.num_logprobs,
         len(row.banned_token_ids) > 0,
+        row.has_bias,
     )
 
 
 class SamplingBatch:
     """One step's rows, packed once. Flags are computed with numpy over all rows; only the device
     tensors the sampler will read are built (at construction), so an all-greedy batch costs no
-    host-to-device copies; the others are built on first access. `columns` ([N, 8] rows of
+    host-to-device copies; the others are built on first access. `columns` ([N, 9] rows of
     row_columns, in row order) may be passed by a caller that caches them per request."""
 
     def __init__(
@@ -91,7 +103,7 @@ class SamplingBatch:
         self.device = torch.device(device)
         if columns is None:
             columns = [row_columns(r) for r in rows]
-        table = np.array(columns, dtype=np.float64).reshape(len(rows), _NUM_COLUMNS)  # [N, 8]
+        table = np.array(columns, dtype=np.float64).reshape(len(rows), _NUM_COLUMNS)  # [N, 9]
         temperature = table[:, 0]  # [N]
         greedy = temperature < 1e-5  # [N] bool
         self._greedy = greedy
@@ -105,6 +117,7 @@ class SamplingBatch:
         self.all_temperature_one = bool((self._temperature == 1.0).all())
         self.any_penalties = bool(table[:, 4].any())
         self.any_banned = bool(table[:, 7].any())
+        self.any_biased = bool(table[:, 8].any())
         self.any_seeded = bool((table[:, 5].astype(bool) & ~greedy).any())
         num_logprobs = table[:, 6]  # [N]
         self.max_num_logprobs: Optional[int] = (
@@ -169,6 +182,14 @@ class SamplerOutput:
     ranks: Optional[np.ndarray] = None  # [N] int64, 1-based rank of the sampled token
     topk_token_ids: Optional[np.ndarray] = None  # [N, K] int64, K = max num_logprobs in the batch
     topk_logprobs: Optional[np.ndarray] = None  # [N, K] float32
+
+
+def _on_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A row's ids or biases on the logits' device. Tensors (pinned on the host by the engine)
+    travel without blocking; plain sequences (tests, CPU) are converted."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device=device, dtype=dtype, non_blocking=True)
+    return torch.tensor(list(values), dtype=dtype, device=device)
 
 
 def _check_rows(logits: torch.Tensor, batch: SamplingBatch) -> None:
@@ -257,9 +278,11 @@ class Sampler:
     def _draw(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """One token per row [N] (int64, on the logits' device): masks, penalties, then the draw.
         Logits stay in their own dtype unless a step below needs float32."""
-        if batch.any_banned or batch.any_penalties:
+        if batch.any_banned or batch.any_penalties or batch.any_biased:
             # Edited in place below; the caller's tensor stays intact.
             logits = logits.to(torch.float32, copy=True)
+        if batch.any_biased:
+            self._apply_allowed_and_bias(logits, batch)
         if batch.any_banned:
             self._ban_tokens(logits, batch)
         if batch.any_penalties:
@@ -282,6 +305,19 @@ class Sampler:
                     list(row.banned_token_ids), dtype=torch.long, device=logits.device
                 )
                 logits[i, ids] = _NEG_INF
+
+    @staticmethod
+    def _apply_allowed_and_bias(logits: torch.Tensor, batch: SamplingBatch) -> None:
+        """vLLM's order: the allowed-token mask first, then the bias (both before penalties)."""
+        for i, row in enumerate(batch.rows):
+            if len(row.allowed_token_ids):
+                ids = _on_device(row.allowed_token_ids, torch.long, logits.device)
+                kept = logits[i, ids]
+                logits[i].fill_(_NEG_INF)
+                logits[i, ids] = kept
+            if len(row.bias_token_ids):
+                ids = _on_device(row.bias_token_ids, torch.long, logits.device)
+                logits[i].index_add_(0, ids, _on_device(row.bias_values, logits.dtype, logits.device))
 
     @staticmethod
     def _apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:

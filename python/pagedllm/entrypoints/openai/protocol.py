@@ -9,6 +9,7 @@ serving classes, which know the tokenizer.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
@@ -33,6 +34,7 @@ MAX_PROMPTS_PER_REQUEST = 1024  # a list of prompts in one /v1/completions call
 MAX_TOKENS_CAP = 1 << 20  # absolute ceiling; the real one is max_model_len - prompt
 MAX_MESSAGES = 4096
 MAX_SEED = (1 << 63) - 1
+MAX_LOGIT_BIAS_TOKENS = 1024
 
 
 def random_id(prefix: str) -> str:
@@ -129,6 +131,34 @@ class SamplingFields(RequestModel):
     min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_CAP)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # OpenAI's: token id (as a string) -> bias added to its logit, clamped to [-100, 100].
+    logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LOGIT_BIAS_TOKENS)
+    allowed_token_ids: Optional[list[int]] = None  # vLLM's extra: sample only among these
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, v: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+        if v is None:
+            return None
+        out = {}
+        for key, bias in v.items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+            if token < 0:
+                raise ValueError(f"logit_bias keys must be token ids >= 0, got {key!r}")
+            if not math.isfinite(bias):
+                raise ValueError("logit_bias values must be finite")
+            out[str(token)] = min(100.0, max(-100.0, bias))
+        return out
+
+    @field_validator("allowed_token_ids")
+    @classmethod
+    def _check_allowed(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and (not v or any(t < 0 for t in v)):
+            raise ValueError("allowed_token_ids must be a non-empty list of token ids >= 0")
+        return v
 
     @field_validator("stop")
     @classmethod

@@ -241,11 +241,21 @@ class OpenAIServing:
             "stop_token_ids": req.stop_token_ids,
             "logprobs": logprobs,
             "prompt_logprobs": prompt_logprobs,
+            "logit_bias": req.logit_bias,
+            "allowed_token_ids": req.allowed_token_ids,
         }
         if req.top_k is not None:
             # 0 and -1 both mean "off"; a k beyond the vocabulary is the whole vocabulary.
             optional["top_k"] = -1 if req.top_k <= 0 else min(req.top_k, self.ctx.vocab_size)
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        vocab = self.ctx.vocab_size
+        for name, tokens in (("logit_bias", [int(t) for t in req.logit_bias or ()]),
+                             ("allowed_token_ids", req.allowed_token_ids or ())):
+            bad = [t for t in tokens if t >= vocab]
+            if bad:
+                raise BadRequestError(
+                    f"{name}: token id {bad[0]} is outside the vocabulary [0, {vocab})", param=name
+                )
         if req.ignore_eos:
             kwargs["ignore_eos"] = True
         if req.min_tokens:
