@@ -234,5 +234,12 @@ class SamplingParams:
 
     @classmethod
     def from_optional(cls, **kwargs: Any) -> "SamplingParams":
-        """Build from keyword arguments where None means "use the default" (OpenAI requests)."""
+        """Build from keyword arguments where None means "use the default" (OpenAI requests).
+        As vLLM's factory, logit_bias values are clamped to OpenAI's [-100, 100]."""
+        bias = kwargs.get("logit_bias")
+        if isinstance(bias, dict):
+            kwargs["logit_bias"] = {
+                t: min(100.0, max(-100.0, b)) if _is_finite_number(b) else b
+                for t, b in bias.items()
+            }
         return cls(**{k: v for k, v in kwargs.items() if v is not None})

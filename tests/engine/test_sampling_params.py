@@ -147,3 +147,9 @@ def test_logit_bias_and_allowed_token_ids():
     for bad in ([], [-2], [1.5], [True]):
         with pytest.raises(ValueError, match="allowed_token_ids"):
             SamplingParams(allowed_token_ids=bad)
+
+
+def test_from_optional_clamps_logit_bias_as_vllm():
+    p = SamplingParams.from_optional(logit_bias={"3": 500, 4: -250.5, 5: 1.5}, seed=None)
+    assert p.logit_bias == {3: 100.0, 4: -100.0, 5: 1.5} and p.seed is None
+    assert SamplingParams(logit_bias={3: 500}).logit_bias == {3: 500}  # the constructor keeps it
