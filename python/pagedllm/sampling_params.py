@@ -83,6 +83,9 @@ class SamplingParams:
     logit_bias: Optional[dict[int, float]] = None
     # Only these token ids may be sampled (the rest are masked before everything else).
     allowed_token_ids: Optional[list[int]] = None
+    # Words never generated: the engine tokenizes each (as is and after a space) and bans the
+    # token that would complete one.
+    bad_words: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -97,6 +100,10 @@ class SamplingParams:
             self.logit_bias = {_token_key(t): b for t, b in self.logit_bias.items()} or None
         if self.allowed_token_ids is not None and not isinstance(self.allowed_token_ids, str):
             self.allowed_token_ids = list(self.allowed_token_ids)
+        if isinstance(self.bad_words, str):
+            self.bad_words = [self.bad_words]
+        elif self.bad_words is not None:
+            self.bad_words = list(self.bad_words) or None
         if self.top_k == -1:
             self.top_k = 0
         if self.best_of is None:
@@ -198,6 +205,12 @@ class SamplingParams:
             ),
             "logit_bias",
             "must map token ids (ints >= 0) to finite numbers",
+        )
+        _check(
+            self.bad_words is None
+            or all(isinstance(w, str) and w.strip() for w in self.bad_words),
+            "bad_words",
+            "must be a list of non-blank strings",
         )
         _check(
             self.allowed_token_ids is None

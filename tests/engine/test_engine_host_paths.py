@@ -112,3 +112,25 @@ def test_detokenizer_same_text_with_and_without_backend_decode(tokenizer_of, tin
     for token in rng.integers(0, len(tok), size=300).tolist():
         assert fast.update([token], False) == slow.update([token], False)
         assert fast.text == slow.text
+
+
+def test_bans_follow_min_tokens_and_bad_words():
+    """engine.core._bans_now: stop / EOS ids while fewer than min_tokens outputs; a one-token
+    bad word always; a longer one's last token only when the output ends with its other tokens."""
+    from types import SimpleNamespace
+
+    from pagedllm.engine.core import _bans_now
+
+    def bans(out, min_tokens=0):
+        req = SimpleNamespace(output_token_ids=out, banned_ids=[0, 2],
+                              params=SimpleNamespace(min_tokens=min_tokens),
+                              bad_words_ids=[[5], [7, 8], [1, 2, 3]])
+        return _bans_now(req)
+
+    assert bans([]) == [5]
+    assert bans([9, 7]) == [5, 8]
+    assert bans([7, 9]) == [5]
+    assert bans([4, 1, 2]) == [5, 3]
+    assert bans([2]) == [5]                      # [1, 2, 3] needs both of its first tokens
+    assert bans([7], min_tokens=2) == [0, 2, 5, 8]
+    assert bans([7, 4], min_tokens=2) == [5]     # min_tokens reached: stop ids allowed again

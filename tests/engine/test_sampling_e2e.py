@@ -217,3 +217,34 @@ def test_logit_bias_and_allowed_token_ids(llm):
     with pytest.raises(ValueError, match="allowed_token_ids: token id"):
         llm.generate([PROMPTS[0]], SamplingParams(allowed_token_ids=[1, vocab + 3]),
                      use_tqdm=False)
+
+
+def test_bad_words(llm):
+    """vLLM's bad_words: a word's tokens never appear in a row. A one-token word is never
+    generated; for a longer word only its completion is banned (its first tokens may appear).
+    Bans are matched on generated tokens, so they follow the history step by step."""
+    tok = llm.get_tokenizer()
+    greedy = dict(temperature=0.0, max_tokens=16, ignore_eos=True)
+    plain = _ids(llm.generate([PROMPTS[0]], SamplingParams(**greedy), use_tqdm=False)[0])
+    # A two-token word of the plain run (one whose text tokenizes back to those two tokens):
+    # the ban must break that pair.
+    spelled = [(tok.decode(plain[i:i + 2]), plain[i:i + 2]) for i in range(len(plain) - 1)]
+    word, seqs = next((w, llm.llm_engine._bad_words_token_ids([w])) for w, pair in spelled
+                      if pair in llm.llm_engine._bad_words_token_ids([w]))
+    out = _ids(llm.generate([PROMPTS[0]], SamplingParams(**greedy, bad_words=[word]),
+                            use_tqdm=False)[0])
+    assert out != plain
+    for seq in seqs:
+        assert not any(out[i:i + len(seq)] == seq for i in range(len(out))), (seq, out)
+    # Sampled, and next to a batch mate that has no bad words.
+    single = tok.decode([plain[0]])
+    sampled = SamplingParams(temperature=1.0, max_tokens=32, ignore_eos=True, seed=3,
+                             bad_words=[single])
+    outs = llm.generate([PROMPTS[1], PROMPTS[2]], [sampled, SamplingParams(**greedy)],
+                        use_tqdm=False)
+    banned_singles = [s[0] for s in llm.llm_engine._bad_words_token_ids([single]) if len(s) == 1]
+    assert banned_singles and not set(banned_singles) & set(_ids(outs[0]))
+    assert _ids(outs[1]) == _ids(llm.generate([PROMPTS[2]], SamplingParams(**greedy),
+                                              use_tqdm=False)[0])
+    with pytest.raises(ValueError, match="bad_words"):
+        SamplingParams(bad_words=["  "])

@@ -62,6 +62,8 @@ def assert_error(resp: httpx.Response, status: int, param: str | None = None) ->
         ({"logit_bias": {str(i): 1 for i in range(2000)}}, "logit_bias"),
         ({"allowed_token_ids": []}, "allowed_token_ids"),
         ({"allowed_token_ids": [1, 10**9]}, "allowed_token_ids"),
+        ({"bad_words": [" "]}, "bad_words"),
+        ({"bad_words": ["x"] * 1000}, "bad_words"),
     ],
 )
 def test_completion_bad_parameters_400(http, overrides, param):

@@ -254,17 +254,21 @@ async def test_async_client_concurrent(aclient):
 
 
 
-def test_logit_bias_and_allowed_token_ids(client, tiny_llama):
+def test_logit_bias_allowed_token_ids_and_bad_words(client, tiny_llama):
     """OpenAI's logit_bias (string token ids, clamped to [-100, 100]) and vLLM's
-    allowed_token_ids reach the sampler as LLM.generate's SamplingParams do (the engine tests
-    check what they do to the tokens)."""
+    allowed_token_ids and bad_words reach the sampler as LLM.generate's SamplingParams do (the
+    engine tests check what they do to the tokens)."""
     from pagedllm import LLM, SamplingParams
 
     llm = LLM(model=str(tiny_llama), max_model_len=256, dtype="float32", device="cpu")
     base = dict(temperature=0.0, max_tokens=12, ignore_eos=True)
     plain = llm.generate([PROMPT], SamplingParams(**base), use_tqdm=False)[0].outputs[0]
     first = plain.token_ids[0]
+    tok = llm.get_tokenizer()
+    word = next(w for w in (tok.decode([t]) for t in plain.token_ids) if w.strip()
+                and len(tok.encode(w, add_special_tokens=False)) == 1)
     cases = [  # (server fields, engine fields)
+        ({"extra_body": {"bad_words": [word]}}, {"bad_words": [word]}),
         ({"logit_bias": {str(first): -1000}}, {"logit_bias": {first: -100.0}}),
         ({"logit_bias": {"17": 5}}, {"logit_bias": {17: 5.0}}),
         ({"extra_body": {"allowed_token_ids": [5, 9, 23]}}, {"allowed_token_ids": [5, 9, 23]}),

@@ -13,15 +13,15 @@ inputs on the device (the plan's deferred rows, filled by the runner). Where the
 plan ahead (it would have to preempt) or the runner cannot take device tokens (tensor parallel),
 step n's tokens are applied first and step n+1 planned after, as in a plain step; the caller's
 output processing still overlaps the device. Batches whose sampling reads the Python copy of a
-sequence's history (penalties, min_tokens bans) or that need logprobs run the plain synchronous
-step.
+sequence's history (penalties, min_tokens and bad_words bans) or that need logprobs run the
+plain synchronous step.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -62,11 +62,15 @@ class CoreRequest:
     output_token_ids: list[int] = field(default_factory=list)
     next_prompt_logprob_pos: int = 1  # next prompt position whose logprob is still to compute
     first_scheduled_time: Optional[float] = None
-    # Built once at add time and reused every step. Only the min_tokens ban changes over the
-    # request's life: `banned_ids` is applied while len(output_token_ids) < params.min_tokens.
+    # Built once at add time and reused every step. Only the bans change over the request's
+    # life (_bans_now): `banned_ids` applies while len(output_token_ids) < params.min_tokens,
+    # and bad words ban whatever would complete one.
     row: Optional[SamplingRow] = None
     columns: tuple = ()  # row_columns(row), kept in step with row.banned_token_ids
     banned_ids: list[int] = field(default_factory=list)
+    # SamplingParams.bad_words as token sequences: the last token of one is banned whenever the
+    # output ends with the rest of it (so the ban changes every step, from the history).
+    bad_words_ids: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -113,6 +117,19 @@ def _logprob_dict(
         if tid not in d:
             d[tid] = Logprob(float(top_lps[j]), j + 1)
     return d
+
+
+def _bans_now(req: CoreRequest) -> list[int]:
+    """Token ids the request may not sample next: its stop / EOS ids while it has fewer than
+    min_tokens outputs, and the last token of every bad word whose other tokens end the output
+    (vLLM's rule: bad words are matched against generated tokens only)."""
+    out = req.output_token_ids
+    bans = list(req.banned_ids) if len(out) < req.params.min_tokens else []
+    for word in req.bad_words_ids:
+        head = len(word) - 1
+        if head <= len(out) and (head == 0 or out[-head:] == word[:-1]) and word[-1] not in bans:
+            bans.append(word[-1])
+    return bans
 
 
 class EngineCore:
@@ -190,6 +207,7 @@ class EngineCore:
         self._prompt_lp_handles: set[int] = set()  # asked for prompt logprobs
         self._logprob_handles: set[int] = set()  # asked for sample logprobs
         self._min_tokens_handles: set[int] = set()  # banned tokens may still apply (min_tokens)
+        self._bad_words_handles: set[int] = set()  # bans follow the history (bad_words)
         self._penalty_handles: set[int] = set()  # presence / frequency / repetition penalties
         # The last step's sampled handles ([N] int64) and batch, reused while they stay the same.
         self._last_batch_handles: Optional[np.ndarray] = None
@@ -220,8 +238,10 @@ class EngineCore:
         params: SamplingParams,
         arrival_time: float,
         max_tokens: int,
+        bad_words_token_ids: Sequence[Sequence[int]] = (),
     ) -> None:
-        """Queue one sequence. `max_tokens` is already resolved (never None)."""
+        """Queue one sequence. `max_tokens` is already resolved (never None); bad_words_token_ids
+        are params.bad_words tokenized (LLMEngine does it: the core has no tokenizer)."""
         generator = None
         if params.seed is not None and params.temperature >= 1e-5:
             generator = torch.Generator(device=self.device)
@@ -244,6 +264,7 @@ class EngineCore:
             handle, np.asarray(prompt_token_ids, dtype=np.int32), core_params
         )
         req = CoreRequest(handle, list(prompt_token_ids), params, self.eos_token_id, generator)
+        req.bad_words_ids = [list(w) for w in bad_words_token_ids]
         self._init_sampling_row(req)
         self.requests[handle] = req
         self._never_scheduled.add(handle)
@@ -278,7 +299,7 @@ class EngineCore:
             num_logprobs=p.logprobs,
             prompt_token_ids=req.prompt_token_ids if has_pen else (),
             output_token_ids=req.output_token_ids if has_pen else (),
-            banned_token_ids=banned,
+            banned_token_ids=_bans_now(req),
         )
         if p.allowed_token_ids:
             req.row.allowed_token_ids = self._host_tensor(sorted(set(p.allowed_token_ids)),
@@ -289,6 +310,8 @@ class EngineCore:
         req.columns = row_columns(req.row)
         if banned:
             self._min_tokens_handles.add(req.handle)
+        if req.bad_words_ids:
+            self._bad_words_handles.add(req.handle)
         if has_pen:
             self._penalty_handles.add(req.handle)
 
@@ -305,6 +328,7 @@ class EngineCore:
         self._prompt_lp_handles.discard(handle)
         self._logprob_handles.discard(handle)
         self._min_tokens_handles.discard(handle)
+        self._bad_words_handles.discard(handle)
         self._penalty_handles.discard(handle)
 
     def abort_request(self, handle: int) -> bool:
@@ -329,6 +353,7 @@ class EngineCore:
         return bool(
             self._penalty_handles
             or self._min_tokens_handles
+            or self._bad_words_handles
             or self._logprob_handles
             or self._prompt_lp_handles
         )
@@ -533,6 +558,7 @@ class EngineCore:
             last is not None
             and self._last_batch is not None
             and not self._min_tokens_handles
+            and not self._bad_words_handles
             and np.array_equal(last, sample_handles)
         ):
             return self._last_batch
@@ -545,20 +571,20 @@ class EngineCore:
         return batch
 
     def _refresh_banned(self) -> None:
-        """Lift the min_tokens ban of requests that now have min_tokens outputs."""
-        done = []
-        for h in self._min_tokens_handles:
+        """Bring each banning row up to date with its history: lift the min_tokens ban of
+        requests that now have min_tokens outputs, move bad-word bans to the tokens that would
+        complete a bad word now."""
+        for h in list(self._min_tokens_handles | self._bad_words_handles):
             req = self.requests.get(h)
             if req is None or len(req.output_token_ids) >= req.params.min_tokens:
-                done.append(h)
-        if done:
-            self._last_batch = None  # its rows' ban flags are stale now
-        for h in done:
-            self._min_tokens_handles.discard(h)
-            req = self.requests.get(h)
-            if req is not None and req.row is not None:
-                req.row.banned_token_ids = []
+                self._min_tokens_handles.discard(h)
+            if req is None or req.row is None:
+                continue
+            bans = _bans_now(req)
+            if bans != list(req.row.banned_token_ids):
+                req.row.banned_token_ids = bans
                 req.columns = row_columns(req.row)
+                self._last_batch = None  # its rows' bans are stale now
 
     def _prompt_logprob_rows(
         self, plan: Any, handles: list[int]

@@ -172,6 +172,7 @@ class LLMEngine:
         if priority:
             params = params.clone()
             params.priority = priority
+        bad_words_ids = self._bad_words_token_ids(params.bad_words) if params.bad_words else []
         max_tokens = params.max_tokens
         room = self.max_model_len - len(ids)
         max_tokens = room if max_tokens is None else min(max_tokens, room)
@@ -183,13 +184,25 @@ class LLMEngine:
                 if params.n > 1 and params.seed is not None:
                     child_params = params.clone()
                     child_params.seed = params.seed + index  # distinct but reproducible samples
-                self.engine_core.add_request(handle, ids, child_params, arrival_time, max_tokens)
+                self.engine_core.add_request(handle, ids, child_params, arrival_time, max_tokens,
+                                             bad_words_ids)
                 added.append(handle)
         except Exception:
             for h in added:
                 self.engine_core.abort_request(h)
             raise
         self.output_processor.add_request(request_id, text, ids, params, handles, arrival_time)
+
+    def _bad_words_token_ids(self, words: list[str]) -> list[list[int]]:
+        """The token sequences that spell each bad word, as it starts a text and after a space
+        (most tokenizers fold the space into the word's first token); duplicates dropped."""
+        sequences: list[list[int]] = []
+        for word in words:
+            for text in (word.lstrip(), " " + word.lstrip()):
+                ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+                if ids and ids not in sequences:
+                    sequences.append(ids)
+        return sequences
 
     def _validate(self, ids: list[int], params: SamplingParams) -> None:
         if not ids:
@@ -217,6 +230,8 @@ class LLMEngine:
                 raise ValueError(f"{name}: {value} exceeds max_logprobs {self.max_logprobs}")
         if self.tokenizer is None and params.stop:
             raise ValueError("stop: stop strings need a tokenizer (skip_tokenizer_init is set)")
+        if self.tokenizer is None and params.bad_words:
+            raise ValueError("bad_words: need a tokenizer (skip_tokenizer_init is set)")
         if params.prompt_logprobs is not None and params.n > 1:
             raise ValueError("prompt_logprobs: not supported together with n > 1")
 

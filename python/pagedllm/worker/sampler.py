@@ -317,7 +317,8 @@ class Sampler:
                 logits[i, ids] = kept
             if len(row.bias_token_ids):
                 ids = _on_device(row.bias_token_ids, torch.long, logits.device)
-                logits[i].index_add_(0, ids, _on_device(row.bias_values, logits.dtype, logits.device))
+                bias = _on_device(row.bias_values, logits.dtype, logits.device)
+                logits[i].index_add_(0, ids, bias)
 
     @staticmethod
     def _apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:

@@ -134,6 +134,18 @@ class SamplingFields(RequestModel):
     # OpenAI's: token id (as a string) -> bias added to its logit, clamped to [-100, 100].
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LOGIT_BIAS_TOKENS)
     allowed_token_ids: Optional[list[int]] = None  # vLLM's extra: sample only among these
+    bad_words: Optional[list[str]] = Field(None, max_length=MAX_STOP_STRINGS)  # vLLM's extra
+
+    @field_validator("bad_words")
+    @classmethod
+    def _check_bad_words(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        for word in v or ():
+            if not word.strip() or len(word) > MAX_STOP_STRING_CHARS:
+                raise ValueError(
+                    f"bad_words must be non-blank strings of at most {MAX_STOP_STRING_CHARS} "
+                    "characters"
+                )
+        return v
 
     @field_validator("logit_bias")
     @classmethod

@@ -243,6 +243,7 @@ class OpenAIServing:
             "prompt_logprobs": prompt_logprobs,
             "logit_bias": req.logit_bias,
             "allowed_token_ids": req.allowed_token_ids,
+            "bad_words": req.bad_words,
         }
         if req.top_k is not None:
             # 0 and -1 both mean "off"; a k beyond the vocabulary is the whole vocabulary.
