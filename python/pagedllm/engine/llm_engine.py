@@ -213,13 +213,10 @@ class LLMEngine:
             raise ValueError(
                 f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})"
             )
-        for name, tokens in (("logit_bias", params.logit_bias or ()),
-                             ("allowed_token_ids", params.allowed_token_ids or ())):
-            bad = [t for t in tokens if t >= vocab]
-            if bad:
-                raise ValueError(
-                    f"{name}: token id {bad[0]} is outside the vocabulary [0, {vocab})"
-                )
+        outside = params.token_id_outside(vocab)
+        if outside:
+            raise ValueError(f"{outside[0]}: token id {outside[1]} is outside the vocabulary "
+                             f"[0, {vocab})")
         if len(ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt: {len(ids)} tokens leaves no room under max_model_len {self.max_model_len}"

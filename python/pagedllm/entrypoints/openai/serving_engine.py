@@ -249,14 +249,6 @@ class OpenAIServing:
             # 0 and -1 both mean "off"; a k beyond the vocabulary is the whole vocabulary.
             optional["top_k"] = -1 if req.top_k <= 0 else min(req.top_k, self.ctx.vocab_size)
         kwargs.update({k: v for k, v in optional.items() if v is not None})
-        vocab = self.ctx.vocab_size
-        for name, tokens in (("logit_bias", [int(t) for t in req.logit_bias or ()]),
-                             ("allowed_token_ids", req.allowed_token_ids or ())):
-            bad = [t for t in tokens if t >= vocab]
-            if bad:
-                raise BadRequestError(
-                    f"{name}: token id {bad[0]} is outside the vocabulary [0, {vocab})", param=name
-                )
         if req.ignore_eos:
             kwargs["ignore_eos"] = True
         if req.min_tokens:
@@ -266,9 +258,17 @@ class OpenAIServing:
         if req.include_stop_str_in_output:
             kwargs["include_stop_str_in_output"] = True
         try:
-            return SamplingParams(**kwargs)
+            params = SamplingParams(**kwargs)
         except (ValueError, TypeError) as exc:
             raise BadRequestError(str(exc)) from exc
+        outside = params.token_id_outside(self.ctx.vocab_size)
+        if outside:
+            raise BadRequestError(
+                f"{outside[0]}: token id {outside[1]} is outside the vocabulary "
+                f"[0, {self.ctx.vocab_size})",
+                param=outside[0],
+            )
+        return params
 
     def start_calls(
         self, prompts: Sequence[PreparedPrompt], params: Any, request_id: str
