@@ -86,6 +86,9 @@ class SamplingParams:
     # Words never generated: the engine tokenizes each (as is and after a space) and bans the
     # token that would complete one.
     bad_words: Optional[list[str]] = None
+    # A JSON schema, regex, choice or grammar the output must follow (structured_outputs.py;
+    # a dict of StructuredOutputsParams' fields is accepted too).
+    structured_outputs: Optional[Any] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -100,6 +103,10 @@ class SamplingParams:
             self.logit_bias = {_token_key(t): b for t, b in self.logit_bias.items()} or None
         if self.allowed_token_ids is not None and not isinstance(self.allowed_token_ids, str):
             self.allowed_token_ids = list(self.allowed_token_ids)
+        if self.structured_outputs is not None:
+            from pagedllm.structured_outputs import StructuredOutputsParams
+
+            self.structured_outputs = StructuredOutputsParams.coerce(self.structured_outputs)
         if isinstance(self.bad_words, str):
             self.bad_words = [self.bad_words]
         elif self.bad_words is not None:

@@ -64,6 +64,12 @@ def assert_error(resp: httpx.Response, status: int, param: str | None = None) ->
         ({"allowed_token_ids": [1, 10**9]}, "allowed_token_ids"),
         ({"bad_words": [" "]}, "bad_words"),
         ({"bad_words": ["x"] * 1000}, "bad_words"),
+        ({"structured_outputs": {"regex": "[a-"}}, None),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, None),
+        ({"structured_outputs": {"choice": ["a"]}, "response_format": {"type": "json_object"}},
+         None),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
     ],
 )
 def test_completion_bad_parameters_400(http, overrides, param):

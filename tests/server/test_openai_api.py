@@ -282,3 +282,37 @@ def test_logit_bias_allowed_token_ids_and_bad_words(client, tiny_llama):
     allowed = llm.generate([PROMPT], SamplingParams(**base, allowed_token_ids=[5, 9, 23]),
                            use_tqdm=False)[0].outputs[0].token_ids
     assert set(allowed) <= {5, 9, 23}
+
+
+def test_structured_outputs_and_response_format(client, tiny_llama):
+    """vLLM's structured_outputs extra and OpenAI's response_format constrain completions and
+    chat; the server's text equals LLM.generate's under the same constraint."""
+    pytest.importorskip("xgrammar")
+    import json
+
+    from pagedllm import LLM, SamplingParams
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                               "n": {"type": "integer", "enum": [1, 2, 3]}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    compact = {"json": schema, "disable_any_whitespace": True}
+    out = greedy(client, max_tokens=64, extra_body={"structured_outputs": compact})
+    value = json.loads(out.choices[0].text)
+    assert set(value) == {"ok", "n"} and out.choices[0].finish_reason == "stop"
+
+    llm = LLM(model=str(tiny_llama), max_model_len=256, dtype="float32", device="cpu")
+    got = greedy(client, max_tokens=48, extra_body={"response_format": {"type": "json_object"}})
+    want = llm.generate([PROMPT], SamplingParams(temperature=0.0, max_tokens=48,
+                                                 structured_outputs={"json_object": True}),
+                        use_tqdm=False)[0].outputs[0].text
+    assert got.choices[0].text == want and want.lstrip().startswith("{")
+
+    messages = [{"role": "user", "content": "Give me JSON."}]
+    plain = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24,
+                                           temperature=0.0)
+    shaped = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=24, temperature=0.0,
+        response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
+    )
+    assert not plain.choices[0].message.content.lstrip().startswith("{")
+    assert shaped.choices[0].message.content.lstrip().startswith("{")

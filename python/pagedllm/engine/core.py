@@ -71,6 +71,7 @@ class CoreRequest:
     # SamplingParams.bad_words as token sequences: the last token of one is banned whenever the
     # output ends with the rest of it (so the ban changes every step, from the history).
     bad_words_ids: list[list[int]] = field(default_factory=list)
+    grammar: Any = None  # structured_outputs.GrammarState: the tokens the output may take next
 
 
 @dataclass(slots=True)
@@ -208,6 +209,7 @@ class EngineCore:
         self._logprob_handles: set[int] = set()  # asked for sample logprobs
         self._min_tokens_handles: set[int] = set()  # banned tokens may still apply (min_tokens)
         self._bad_words_handles: set[int] = set()  # bans follow the history (bad_words)
+        self._grammar_handles: set[int] = set()  # structured outputs: masks follow the history
         self._penalty_handles: set[int] = set()  # presence / frequency / repetition penalties
         # The last step's sampled handles ([N] int64) and batch, reused while they stay the same.
         self._last_batch_handles: Optional[np.ndarray] = None
@@ -239,9 +241,11 @@ class EngineCore:
         arrival_time: float,
         max_tokens: int,
         bad_words_token_ids: Sequence[Sequence[int]] = (),
+        compiled_grammar: Any = None,
     ) -> None:
         """Queue one sequence. `max_tokens` is already resolved (never None); bad_words_token_ids
-        are params.bad_words tokenized (LLMEngine does it: the core has no tokenizer)."""
+        are params.bad_words tokenized and compiled_grammar params.structured_outputs compiled
+        (LLMEngine does both: the core has no tokenizer)."""
         generator = None
         if params.seed is not None and params.temperature >= 1e-5:
             generator = torch.Generator(device=self.device)
@@ -265,6 +269,10 @@ class EngineCore:
         )
         req = CoreRequest(handle, list(prompt_token_ids), params, self.eos_token_id, generator)
         req.bad_words_ids = [list(w) for w in bad_words_token_ids]
+        if compiled_grammar is not None:
+            from pagedllm.structured_outputs import GrammarState
+
+            req.grammar = GrammarState(compiled_grammar, self.vocab_size)
         self._init_sampling_row(req)
         self.requests[handle] = req
         self._never_scheduled.add(handle)
@@ -307,11 +315,15 @@ class EngineCore:
         if p.logit_bias:
             req.row.bias_token_ids = self._host_tensor(list(p.logit_bias), torch.long)
             req.row.bias_values = self._host_tensor(list(p.logit_bias.values()), torch.float32)
+        if req.grammar is not None:
+            req.row.grammar_bitmask = req.grammar.bitmask
         req.columns = row_columns(req.row)
         if banned:
             self._min_tokens_handles.add(req.handle)
         if req.bad_words_ids:
             self._bad_words_handles.add(req.handle)
+        if req.grammar is not None:
+            self._grammar_handles.add(req.handle)
         if has_pen:
             self._penalty_handles.add(req.handle)
 
@@ -329,6 +341,7 @@ class EngineCore:
         self._logprob_handles.discard(handle)
         self._min_tokens_handles.discard(handle)
         self._bad_words_handles.discard(handle)
+        self._grammar_handles.discard(handle)
         self._penalty_handles.discard(handle)
 
     def abort_request(self, handle: int) -> bool:
@@ -354,6 +367,7 @@ class EngineCore:
             self._penalty_handles
             or self._min_tokens_handles
             or self._bad_words_handles
+            or self._grammar_handles
             or self._logprob_handles
             or self._prompt_lp_handles
         )
@@ -553,6 +567,8 @@ class EngineCore:
         """sample_handles: [N] int64. The previous step's batch is reused when the same handles
         are sampled in the same order and no row's min_tokens ban can have changed."""
         self._refresh_banned()
+        for h in self._grammar_handles:  # the tokens each structured sequence may take now
+            self.requests[h].grammar.fill()
         last = self._last_batch_handles
         if (
             last is not None
@@ -662,6 +678,14 @@ class EngineCore:
             tok = new_tokens[i]
             if tok >= 0:
                 req.output_token_ids.append(tok)
+                if req.grammar is not None and not req.grammar.accept(tok):
+                    # Only a token the mask let through can be drawn; if the grammar still
+                    # refuses it (e.g. EOS once it terminated, with ignore_eos), stop masking
+                    # rather than mask everything.
+                    self._grammar_handles.discard(h)
+                    req.row.grammar_bitmask = None
+                    req.columns = row_columns(req.row)
+                    self._last_batch = None
                 new_ids = [tok]
                 num_new += 1
             else:

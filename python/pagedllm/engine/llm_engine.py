@@ -108,6 +108,7 @@ class LLMEngine:
             tokenizer = load_tokenizer(config)
         self.tokenizer = tokenizer
         self.output_processor = OutputProcessor(tokenizer)
+        self._compiler: Any = None  # structured outputs' GrammarCompiler, on first use
         self._next_handle = 1
         self._time_output = 0.0
         self._last_log = (time.monotonic(), 0, 0)  # (when, prompt tokens, generation tokens)
@@ -173,6 +174,9 @@ class LLMEngine:
             params = params.clone()
             params.priority = priority
         bad_words_ids = self._bad_words_token_ids(params.bad_words) if params.bad_words else []
+        grammar = None
+        if params.structured_outputs is not None:
+            grammar = self._grammar_compiler().compile(params.structured_outputs)
         max_tokens = params.max_tokens
         room = self.max_model_len - len(ids)
         max_tokens = room if max_tokens is None else min(max_tokens, room)
@@ -185,13 +189,26 @@ class LLMEngine:
                     child_params = params.clone()
                     child_params.seed = params.seed + index  # distinct but reproducible samples
                 self.engine_core.add_request(handle, ids, child_params, arrival_time, max_tokens,
-                                             bad_words_ids)
+                                             bad_words_ids, grammar)
                 added.append(handle)
         except Exception:
             for h in added:
                 self.engine_core.abort_request(h)
             raise
         self.output_processor.add_request(request_id, text, ids, params, handles, arrival_time)
+
+    def _grammar_compiler(self) -> Any:
+        """Structured outputs' compiler for this tokenizer, built on first use."""
+        if self._compiler is None:
+            from pagedllm.structured_outputs import GrammarCompiler
+
+            if self.tokenizer is None:
+                raise ValueError("structured_outputs: needs a tokenizer (skip_tokenizer_init is set)")
+            core = self.engine_core
+            stops = [] if core.eos_token_id is None else [int(core.eos_token_id)]
+            stops += [t for t in core.extra_eos_ids if t not in stops]
+            self._compiler = GrammarCompiler(self.tokenizer, core.vocab_size, stops)
+        return self._compiler
 
     def _bad_words_token_ids(self, words: list[str]) -> list[list[int]]:
         """The token sequences that spell each bad word, as it starts a text and after a space

@@ -1,8 +1,8 @@
 """The sampler: one step's logits [N, V] -> one token per row, plus logprobs when asked.
 
 Order of operations per row (vLLM's): logprobs are taken from the raw model logits; then the
-allowed-token mask, logit bias, min_tokens masking, penalties, temperature, min_p, top_k and top_p;
-then the draw.
+structured-output and allowed-token masks, logit bias, min_tokens and bad-word masking,
+penalties, temperature, min_p, top_k and top_p; then the draw.
 Drawing uses the exponential race (argmax of p / E, E ~ Exp(1)), which samples exactly from p and
 lets a seeded request draw its own noise from its own torch.Generator: its tokens then depend
 only on its seed and its own history, never on which requests share the batch.
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pagedllm import ops
+from pagedllm.structured_outputs import allowed_mask
 
 _NEG_INF = float("-inf")
 
@@ -46,6 +47,9 @@ class SamplingRow:
     allowed_token_ids: Sequence[int] = ()
     bias_token_ids: Sequence[int] = ()
     bias_values: Sequence[float] = ()
+    # Structured outputs: [ceil(V / 32)] int32 host bitmask of the tokens allowed next (bit j of
+    # word w is token 32 w + j), refreshed in place by the engine before each draw.
+    grammar_bitmask: Optional[torch.Tensor] = None
 
     @property
     def is_greedy(self) -> bool:
@@ -54,7 +58,8 @@ class SamplingRow:
     @property
     def has_bias(self) -> bool:
         """An allowed-token mask or a logit bias: history-free edits of the logits."""
-        return len(self.allowed_token_ids) > 0 or len(self.bias_token_ids) > 0
+        return (len(self.allowed_token_ids) > 0 or len(self.bias_token_ids) > 0
+                or self.grammar_bitmask is not None)
 
     @property
     def has_penalties(self) -> bool:
@@ -308,8 +313,13 @@ class Sampler:
 
     @staticmethod
     def _apply_allowed_and_bias(logits: torch.Tensor, batch: SamplingBatch) -> None:
-        """vLLM's order: the allowed-token mask first, then the bias (both before penalties)."""
+        """vLLM's order: the grammar's and the allowed-token masks first, then the bias (all
+        before penalties)."""
+        vocab = logits.shape[1]
         for i, row in enumerate(batch.rows):
+            if row.grammar_bitmask is not None:
+                bitmask = row.grammar_bitmask.to(logits.device)
+                logits[i].masked_fill_(~allowed_mask(bitmask, vocab), _NEG_INF)
             if len(row.allowed_token_ids):
                 ids = _on_device(row.allowed_token_ids, torch.long, logits.device)
                 kept = logits[i, ids]

@@ -109,6 +109,27 @@ def _finite(**kw: Any) -> Any:
     return Field(allow_inf_nan=False, **kw)
 
 
+class JsonSchemaFormat(OpenAIBaseModel):
+    name: Optional[str] = None
+    description: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    """OpenAI's response_format: plain text, any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _check_schema(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None
+                                           or self.json_schema.schema_ is None):
+            raise ValueError('response_format of type "json_schema" needs json_schema.schema')
+        return self
+
+
 class SamplingFields(RequestModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -135,6 +156,28 @@ class SamplingFields(RequestModel):
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LOGIT_BIAS_TOKENS)
     allowed_token_ids: Optional[list[int]] = None  # vLLM's extra: sample only among these
     bad_words: Optional[list[str]] = Field(None, max_length=MAX_STOP_STRINGS)  # vLLM's extra
+    response_format: Optional[ResponseFormat] = None
+    # vLLM's extra: StructuredOutputsParams' fields (json, regex, choice, grammar, json_object)
+    structured_outputs: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _check_one_constraint(self) -> "SamplingFields":
+        if (self.structured_outputs is not None and self.response_format is not None
+                and self.response_format.type != "text"):
+            raise ValueError("give either response_format or structured_outputs, not both")
+        return self
+
+    @property
+    def structured_constraint(self) -> Optional[dict[str, Any]]:
+        """The structured-outputs fields this request asks for, or None."""
+        if self.structured_outputs is not None:
+            return self.structured_outputs
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return {"json_object": True}
+        return {"json": fmt.json_schema.schema_}
 
     @field_validator("bad_words")
     @classmethod

@@ -244,6 +244,7 @@ class OpenAIServing:
             "logit_bias": req.logit_bias,
             "allowed_token_ids": req.allowed_token_ids,
             "bad_words": req.bad_words,
+            "structured_outputs": req.structured_constraint,
         }
         if req.top_k is not None:
             # 0 and -1 both mean "off"; a k beyond the vocabulary is the whole vocabulary.
