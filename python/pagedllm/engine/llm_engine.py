@@ -203,7 +203,9 @@ class LLMEngine:
             from pagedllm.structured_outputs import GrammarCompiler
 
             if self.tokenizer is None:
-                raise ValueError("structured_outputs: needs a tokenizer (skip_tokenizer_init is set)")
+                raise ValueError(
+                    "structured_outputs: needs a tokenizer (skip_tokenizer_init is set)"
+                )
             core = self.engine_core
             stops = [] if core.eos_token_id is None else [int(core.eos_token_id)]
             stops += [t for t in core.extra_eos_ids if t not in stops]
