@@ -89,3 +89,24 @@ def test_cuda_async_stream(tiny_llama):
 
 async def _collect(engine, prompt, params, rid):
     return [o async for o in engine.generate(prompt, params, rid)]
+
+
+def test_cuda_logit_processing_matches_cpu(tiny_llama):
+    """logit_bias, allowed_token_ids, bad_words and structured outputs on a CUDA engine (pinned
+    host ids, the grammar's bitmask unpacked on the device): greedy tokens equal the CPU
+    engine's under each, float32 both."""
+    cases = [dict(logit_bias={17: 100.0}), dict(logit_bias={5: 3.0, 9: -2.0}),
+             dict(allowed_token_ids=[5, 9, 23, 40]), dict(bad_words=["the", "a"])]
+    try:
+        import xgrammar  # noqa: F401
+        cases.append(dict(structured_outputs={"regex": "[a-c]{3}-[0-9]{2}"}))
+        cases.append(dict(structured_outputs={"choice": ["yes", "no"]}))
+    except ImportError:
+        pass
+    gpu = LLM(model=str(tiny_llama), **_kwargs())
+    cpu = LLM(model=str(tiny_llama), device="cpu", dtype="float32", max_model_len=256)
+    for case in cases:
+        params = SamplingParams(temperature=0.0, max_tokens=12, **case)
+        want = cpu.generate(PROMPTS[:3], params, use_tqdm=False)
+        got = gpu.generate(PROMPTS[:3], params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in want], case
