@@ -110,3 +110,13 @@ def test_bad_constraints_raise_value_error(llm):
                       ({"grammar": "root ::= ("}, "grammar")):
         with pytest.raises(ValueError, match=f"structured_outputs.{field}"):
             llm.generate([PROMPTS[0]], SamplingParams(structured_outputs=so), use_tqdm=False)
+
+
+def test_missing_xgrammar_is_a_clear_error(monkeypatch):
+    import sys
+
+    from pagedllm.structured_outputs import GrammarCompiler
+
+    monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar -> ImportError
+    with pytest.raises(ValueError, match=r'pip install "pagedllm\[structured\]"'):
+        GrammarCompiler(tokenizer=None, vocab_size=10, stop_token_ids=[0])
