@@ -564,8 +564,9 @@ class EngineCore:
         self.scheduler.reset_prefix_cache()
 
     def _build_batch(self, sample_handles: np.ndarray) -> SamplingBatch:
-        """sample_handles: [N] int64. The previous step's batch is reused when the same handles
-        are sampled in the same order and no row's min_tokens ban can have changed."""
+        """sample_handles: [N] int64. Bans and grammar bitmasks are brought up to date first.
+        The previous step's batch is reused when the same handles are sampled in the same order
+        and no row's bans can have changed (grammar bitmasks are refreshed in place)."""
         self._refresh_banned()
         for h in self._grammar_handles:  # the tokens each structured sequence may take now
             self.requests[h].grammar.fill()

@@ -57,7 +57,8 @@ class SamplingRow:
 
     @property
     def has_bias(self) -> bool:
-        """An allowed-token mask or a logit bias: history-free edits of the logits."""
+        """A mask or bias the row carries (allowed set, logit bias, grammar bitmask): edits of
+        the logits the sampler makes before bans and penalties."""
         return (len(self.allowed_token_ids) > 0 or len(self.bias_token_ids) > 0
                 or self.grammar_bitmask is not None)
 
