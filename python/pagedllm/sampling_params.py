@@ -28,9 +28,18 @@ class SamplingType(IntEnum):
     RANDOM_SEED = 2
 
 
+class SamplingParamsError(ValueError):
+    """An invalid SamplingParams value; `field` names it (the server's 400 reports it as the
+    `param`)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name} {message}")
+        self.field = field_name
+
+
 def _check(cond: bool, field_name: str, message: str) -> None:
     if not cond:
-        raise ValueError(f"{field_name} {message}")
+        raise SamplingParamsError(field_name, message)
 
 
 def _is_token_id(t: Any) -> bool:

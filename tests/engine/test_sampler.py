@@ -201,7 +201,7 @@ def test_logit_bias_moves_the_greedy_choice_and_leaves_batch_mates_alone(device:
     logits = torch.tensor([[0.0, 10.0, 9.0, 1.0], [0.0, 10.0, 9.0, 1.0]], device=device)
     rows = [SamplingRow(bias_token_ids=[1, 3], bias_values=[-2.0, 0.5]), SamplingRow()]
     got = logits.clone()
-    Sampler._apply_allowed_and_bias(got, SamplingBatch(rows, device))
+    Sampler._apply_masks_and_bias(got, SamplingBatch(rows, device))
     assert got[0].tolist() == [0.0, 8.0, 9.0, 1.5] and torch.equal(got[1], logits[1])
     out = Sampler().sample(logits, SamplingBatch(rows, device))
     assert out.token_ids.tolist() == [2, 1]

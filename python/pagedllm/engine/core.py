@@ -568,8 +568,9 @@ class EngineCore:
         The previous step's batch is reused when the same handles are sampled in the same order
         and no row's bans can have changed (grammar bitmasks are refreshed in place)."""
         self._refresh_banned()
-        for h in self._grammar_handles:  # the tokens each structured sequence may take now
-            self.requests[h].grammar.fill()
+        if self._grammar_handles:  # the tokens each sampled structured sequence may take now
+            for h in self._grammar_handles.intersection(sample_handles.tolist()):
+                self.requests[h].grammar.fill()
         last = self._last_batch_handles
         if (
             last is not None

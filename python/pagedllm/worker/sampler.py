@@ -56,9 +56,9 @@ class SamplingRow:
         return self.temperature < 1e-5
 
     @property
-    def has_bias(self) -> bool:
-        """A mask or bias the row carries (allowed set, logit bias, grammar bitmask): edits of
-        the logits the sampler makes before bans and penalties."""
+    def has_logit_edits(self) -> bool:
+        """The row carries a grammar bitmask, an allowed set or a logit bias: edits of the
+        logits the sampler makes before bans and penalties."""
         return (len(self.allowed_token_ids) > 0 or len(self.bias_token_ids) > 0
                 or self.grammar_bitmask is not None)
 
@@ -73,7 +73,7 @@ class SamplingRow:
 
 # Per-row numbers SamplingBatch needs, in this column order (row_columns builds one tuple).
 _COLUMNS = ("temperature", "top_p", "top_k", "min_p", "penalties", "seeded", "num_logprobs",
-            "banned", "biased")
+            "banned", "logit_edits")
 _NUM_COLUMNS = len(_COLUMNS)
 
 
@@ -89,7 +89,7 @@ def row_columns(row: SamplingRow) -> tuple:
         row.generator is not None,
         -1 if row.num_logprobs is None else row.num_logprobs,
         len(row.banned_token_ids) > 0,
-        row.has_bias,
+        row.has_logit_edits,
     )
 
 
@@ -123,7 +123,7 @@ class SamplingBatch:
         self.all_temperature_one = bool((self._temperature == 1.0).all())
         self.any_penalties = bool(table[:, 4].any())
         self.any_banned = bool(table[:, 7].any())
-        self.any_biased = bool(table[:, 8].any())
+        self.any_logit_edits = bool(table[:, 8].any())
         self.any_seeded = bool((table[:, 5].astype(bool) & ~greedy).any())
         num_logprobs = table[:, 6]  # [N]
         self.max_num_logprobs: Optional[int] = (
@@ -284,11 +284,11 @@ class Sampler:
     def _draw(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """One token per row [N] (int64, on the logits' device): masks, penalties, then the draw.
         Logits stay in their own dtype unless a step below needs float32."""
-        if batch.any_banned or batch.any_penalties or batch.any_biased:
+        if batch.any_banned or batch.any_penalties or batch.any_logit_edits:
             # Edited in place below; the caller's tensor stays intact.
             logits = logits.to(torch.float32, copy=True)
-        if batch.any_biased:
-            self._apply_allowed_and_bias(logits, batch)
+        if batch.any_logit_edits:
+            self._apply_masks_and_bias(logits, batch)
         if batch.any_banned:
             self._ban_tokens(logits, batch)
         if batch.any_penalties:
@@ -313,7 +313,7 @@ class Sampler:
                 logits[i, ids] = _NEG_INF
 
     @staticmethod
-    def _apply_allowed_and_bias(logits: torch.Tensor, batch: SamplingBatch) -> None:
+    def _apply_masks_and_bias(logits: torch.Tensor, batch: SamplingBatch) -> None:
         """vLLM's order: the grammar's and the allowed-token masks first, then the bias (all
         before penalties)."""
         vocab = logits.shape[1]

@@ -9,10 +9,9 @@ serving classes, which know the tokenizer.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -152,10 +151,13 @@ class SamplingFields(RequestModel):
     min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_CAP)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    # OpenAI's: token id (as a string) -> bias added to its logit, clamped to [-100, 100].
+    # OpenAI's: token id (as a string) -> bias added to its logit, clamped to [-100, 100]. These
+    # three are checked by SamplingParams (400 naming the field); here only the server's caps.
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LOGIT_BIAS_TOKENS)
     allowed_token_ids: Optional[list[int]] = None  # vLLM's extra: sample only among these
-    bad_words: Optional[list[str]] = Field(None, max_length=MAX_STOP_STRINGS)  # vLLM's extra
+    bad_words: Optional[
+        list[Annotated[str, Field(max_length=MAX_STOP_STRING_CHARS)]]
+    ] = Field(None, max_length=MAX_STOP_STRINGS)  # vLLM's extra
     response_format: Optional[ResponseFormat] = None
     # vLLM's extra: StructuredOutputsParams' fields (json, regex, choice, grammar, json_object)
     structured_outputs: Optional[dict[str, Any]] = None
@@ -178,42 +180,6 @@ class SamplingFields(RequestModel):
         if fmt.type == "json_object":
             return {"json_object": True}
         return {"json": fmt.json_schema.schema_}
-
-    @field_validator("bad_words")
-    @classmethod
-    def _check_bad_words(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        for word in v or ():
-            if not word.strip() or len(word) > MAX_STOP_STRING_CHARS:
-                raise ValueError(
-                    f"bad_words must be non-blank strings of at most {MAX_STOP_STRING_CHARS} "
-                    "characters"
-                )
-        return v
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _check_logit_bias(cls, v: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
-        if v is None:
-            return None
-        out = {}
-        for key, bias in v.items():
-            try:
-                token = int(key)
-            except ValueError:
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
-            if token < 0:
-                raise ValueError(f"logit_bias keys must be token ids >= 0, got {key!r}")
-            if not math.isfinite(bias):
-                raise ValueError("logit_bias values must be finite")
-            out[str(token)] = min(100.0, max(-100.0, bias))
-        return out
-
-    @field_validator("allowed_token_ids")
-    @classmethod
-    def _check_allowed(cls, v: Optional[list[int]]) -> Optional[list[int]]:
-        if v is not None and (not v or any(t < 0 for t in v)):
-            raise ValueError("allowed_token_ids must be a non-empty list of token ids >= 0")
-        return v
 
     @field_validator("stop")
     @classmethod

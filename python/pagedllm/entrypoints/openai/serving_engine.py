@@ -225,7 +225,8 @@ class OpenAIServing:
         logprobs: Optional[int],
         prompt_logprobs: Optional[int],
     ) -> Any:
-        from pagedllm.sampling_params import SamplingParams  # the engine's class (vLLM's API)
+        # The engine's class (vLLM's API); it validates every field and names the bad one.
+        from pagedllm.sampling_params import SamplingParams, SamplingParamsError
 
         kwargs: dict[str, Any] = dict(n=req.n, max_tokens=max_tokens)
         # Pass only what the client set, so the engine's own defaults stay in force.
@@ -259,7 +260,9 @@ class OpenAIServing:
         if req.include_stop_str_in_output:
             kwargs["include_stop_str_in_output"] = True
         try:
-            params = SamplingParams(**kwargs)
+            params = SamplingParams.from_optional(**kwargs)  # clamps logit_bias, as vLLM's
+        except SamplingParamsError as exc:
+            raise BadRequestError(str(exc), param=exc.field) from exc
         except (ValueError, TypeError) as exc:
             raise BadRequestError(str(exc)) from exc
         outside = params.token_id_outside(self.ctx.vocab_size)
