@@ -258,15 +258,14 @@ class SamplingParams:
             return 0
         return max(len(s) for s in self.stop) - 1
 
-    def token_id_outside(self, vocab_size: int) -> Optional[tuple[str, int]]:
-        """The first (field, token id) of logit_bias / allowed_token_ids that the model's
-        vocabulary [0, vocab_size) lacks, or None (checked where the vocabulary is known)."""
+    def check_token_ids(self, vocab_size: int) -> None:
+        """SamplingParamsError if logit_bias or allowed_token_ids name a token outside the
+        model's vocabulary [0, vocab_size) (checked where the vocabulary is known)."""
         for name, tokens in (("logit_bias", self.logit_bias or ()),
                              ("allowed_token_ids", self.allowed_token_ids or ())):
             for t in tokens:
-                if t >= vocab_size:
-                    return name, t
-        return None
+                _check(t < vocab_size, name,
+                       f"has token id {t}, outside the vocabulary [0, {vocab_size})")
 
     def clone(self) -> "SamplingParams":
         return copy.deepcopy(self)

@@ -212,9 +212,9 @@ def test_logit_bias_and_allowed_token_ids(llm):
     tokens = _ids(llm.generate([PROMPTS[3]], allowed, use_tqdm=False)[0])
     assert len(tokens) == 24 and set(tokens) <= {5, 9, 23}
     vocab = llm.llm_engine.engine_core.vocab_size
-    with pytest.raises(ValueError, match=f"logit_bias: token id {vocab} is outside"):
+    with pytest.raises(ValueError, match=f"logit_bias has token id {vocab}, outside"):
         llm.generate([PROMPTS[0]], SamplingParams(logit_bias={vocab: 1.0}), use_tqdm=False)
-    with pytest.raises(ValueError, match="allowed_token_ids: token id"):
+    with pytest.raises(ValueError, match=f"allowed_token_ids has token id {vocab + 3}, outside"):
         llm.generate([PROMPTS[0]], SamplingParams(allowed_token_ids=[1, vocab + 3]),
                      use_tqdm=False)
 

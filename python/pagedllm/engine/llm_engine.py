@@ -232,10 +232,7 @@ class LLMEngine:
             raise ValueError(
                 f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})"
             )
-        outside = params.token_id_outside(vocab)
-        if outside:
-            raise ValueError(f"{outside[0]}: token id {outside[1]} is outside the vocabulary "
-                             f"[0, {vocab})")
+        params.check_token_ids(vocab)
         if len(ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt: {len(ids)} tokens leaves no room under max_model_len {self.max_model_len}"

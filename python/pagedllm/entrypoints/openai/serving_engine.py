@@ -261,17 +261,11 @@ class OpenAIServing:
             kwargs["include_stop_str_in_output"] = True
         try:
             params = SamplingParams.from_optional(**kwargs)  # clamps logit_bias, as vLLM's
+            params.check_token_ids(self.ctx.vocab_size)
         except SamplingParamsError as exc:
             raise BadRequestError(str(exc), param=exc.field) from exc
         except (ValueError, TypeError) as exc:
             raise BadRequestError(str(exc)) from exc
-        outside = params.token_id_outside(self.ctx.vocab_size)
-        if outside:
-            raise BadRequestError(
-                f"{outside[0]}: token id {outside[1]} is outside the vocabulary "
-                f"[0, {self.ctx.vocab_size})",
-                param=outside[0],
-            )
         return params
 
     def start_calls(
