@@ -126,10 +126,6 @@ class GrammarState:
         """Advance by one generated token; False if the grammar does not allow it."""
         return bool(self._matcher.accept_token(int(token_id)))
 
-    @property
-    def is_terminated(self) -> bool:
-        return bool(self._matcher.is_terminated())
-
 
 def allowed_mask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Bitmask [W] int32 (bit j of word w: token 32 w + j may come next) -> bool [vocab_size]."""
