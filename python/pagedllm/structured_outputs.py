@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object")
 
 
 @dataclass
@@ -32,7 +32,7 @@ class StructuredOutputsParams:
     disable_any_whitespace: bool = False  # JSON without free whitespace between tokens
 
     def __post_init__(self) -> None:
-        given = [k for k in _KINDS if getattr(self, k) is not None]
+        given = [k for k in STRUCTURED_OUTPUT_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
                 "structured_outputs: exactly one of json, regex, choice, grammar or json_object "
@@ -105,7 +105,7 @@ class GrammarCompiler:
                 return self._compiler.compile_grammar(ebnf)
             return self._compiler.compile_grammar(params.grammar)
         except (RuntimeError, ValueError, TypeError) as exc:
-            kind = next(k for k in _KINDS if getattr(params, k) is not None)
+            kind = next(k for k in STRUCTURED_OUTPUT_KINDS if getattr(params, k) is not None)
             raise ValueError(f"structured_outputs.{kind}: {exc}") from exc
 
 

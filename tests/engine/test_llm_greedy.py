@@ -138,6 +138,19 @@ def test_chat_applies_template(tiny_qwen3, tokenizer_of):
     assert [o.outputs[0].token_ids for o in two] == [out.outputs[0].token_ids] * 2
 
 
+def test_chat_passes_tools_to_the_template(tiny_qwen3):
+    llm = LLM(model=str(tiny_qwen3), **engine_kwargs())
+    template = ("{% for t in tools or [] %}[{{ t.function.name }}]{% endfor %}"
+                "{% for m in messages %}{{ m.content }}{% endfor %}")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    messages = [{"role": "user", "content": "Hello there"}]
+    params = SamplingParams(temperature=0, max_tokens=1)
+    out = llm.chat(messages, params, use_tqdm=False, chat_template=template, tools=tools)[0]
+    assert out.prompt == "[get_weather]Hello there"
+    plain = llm.chat(messages, params, use_tqdm=False, chat_template=template)[0]
+    assert plain.prompt == "Hello there"
+
+
 def test_tqdm_bar_reports_tokens_per_second(tiny_llama, capsys):
     llm = LLM(model=str(tiny_llama), **engine_kwargs())
     llm.generate(PROMPTS[:3], SamplingParams(max_tokens=4), use_tqdm=True)

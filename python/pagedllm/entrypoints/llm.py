@@ -83,8 +83,10 @@ class LLM:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         chat_template_kwargs: Optional[dict[str, Any]] = None,
+        tools: Optional[list[dict[str, Any]]] = None,
     ) -> list[RequestOutput]:
-        """Apply the tokenizer's chat template to each conversation, then generate."""
+        """Apply the tokenizer's chat template to each conversation, then generate. `tools`
+        (OpenAI-style tool dicts) reach the template as its `tools` variable."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
         prompts: list[PromptType] = []
@@ -95,6 +97,7 @@ class LLM:
                 chat_template=chat_template,
                 add_generation_prompt=add_generation_prompt and not continue_final_message,
                 continue_final_message=continue_final_message,
+                **({"tools": tools} if tools is not None else {}),
                 **(chat_template_kwargs or {}),
             )
             # The template writes the special tokens itself: do not add BOS twice.

@@ -197,8 +197,10 @@ def build_app(
     async def tokenize(req: TokenizeRequest) -> JSONResponse:
         base.check_model(req.model)
         if req.messages is not None:
+            tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
             ids = render_chat(
-                ctx.tokenizer, req.messages, ctx.chat_template, req.add_generation_prompt
+                ctx.tokenizer, req.messages, ctx.chat_template, req.add_generation_prompt,
+                tools=tools,
             )
         else:
             ids = ctx.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
@@ -287,6 +289,8 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
         metrics=ServerMetrics(names[0]),
         max_num_waiting=getattr(args, "max_num_waiting", None),
         chat_template=_load_chat_template(getattr(args, "chat_template", None)),
+        enable_auto_tool_choice=bool(getattr(args, "enable_auto_tool_choice", False)),
+        tool_call_parser=getattr(args, "tool_call_parser", None),
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
+
 
 def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Server flags (vLLM's names), then every EngineArgs flag."""
@@ -30,6 +32,19 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="answer 503 while more than this many requests wait for the engine",
     )
     g.add_argument("--chat-template", default=None, help="chat template file or Jinja text")
+    g.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='allow tool_choice "auto" (the default when a request has tools); needs '
+        "--tool-call-parser",
+    )
+    g.add_argument(
+        "--tool-call-parser",
+        default=None,
+        choices=sorted(TOOL_PARSERS),
+        help="how the model writes tool calls: hermes (Qwen2.5/3, Hermes, ChatML tool "
+        "templates) or llama3_json (Llama 3.1-3.3)",
+    )
     g.add_argument(
         "--metrics-public", action="store_true", help="serve /metrics without the API key"
     )
@@ -59,3 +74,6 @@ def validate_server_args(args: argparse.Namespace) -> None:
         raise ValueError("max_num_waiting: must be >= 0")
     if args.shutdown_timeout < 0:
         raise ValueError("shutdown_timeout: must be >= 0")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ValueError("enable_auto_tool_choice: --enable-auto-tool-choice needs "
+                         "--tool-call-parser")

@@ -9,6 +9,7 @@ serving classes, which know the tokenizer.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal, Optional, Union
@@ -23,6 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from pagedllm.entrypoints.openai.tool_calls import EMPTY_PARAMETERS, required_calls_schema
+from pagedllm.structured_outputs import STRUCTURED_OUTPUT_KINDS
+
 # Limits that protect the server from requests that would exhaust it (issue 6).
 MAX_BODY_BYTES = 8 * 1024 * 1024  # larger bodies get 413 before JSON parsing
 MAX_N = 128  # choices per prompt (OpenAI's own cap)
@@ -34,6 +38,7 @@ MAX_TOKENS_CAP = 1 << 20  # absolute ceiling; the real one is max_model_len - pr
 MAX_MESSAGES = 4096
 MAX_SEED = (1 << 63) - 1
 MAX_LOGIT_BIAS_TOKENS = 1024
+MAX_TOOLS = 512
 
 
 def random_id(prefix: str) -> str:
@@ -247,6 +252,58 @@ class CompletionRequest(SamplingFields):
         return self
 
 
+class FunctionDefinition(OpenAIBaseModel):
+    name: str = Field(..., min_length=1, max_length=256)
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None  # a JSON schema of the arguments object
+    strict: Optional[bool] = None
+
+
+class ChatTool(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class MessageFunctionCall(OpenAIBaseModel):
+    name: str
+    arguments: Optional[Union[str, dict[str, Any]]] = None
+
+
+class MessageToolCall(OpenAIBaseModel):
+    """A call in an earlier assistant turn, as the client sends the conversation back."""
+
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: MessageFunctionCall
+
+    def template_dict(self) -> dict[str, Any]:
+        # Chat templates want the arguments as a mapping (transformers' convention), where
+        # OpenAI sends JSON text. Text that is not a JSON object becomes {} rather than failing
+        # every later turn of the conversation that carries it.
+        args = self.function.arguments
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                args = {}
+        if not isinstance(args, dict):
+            args = {}
+        out: dict[str, Any] = {"type": "function",
+                               "function": {"name": self.function.name, "arguments": args}}
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+
 class ChatContentPart(OpenAIBaseModel):
     type: str
     text: Optional[str] = None
@@ -256,6 +313,19 @@ class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Union[str, list[ChatContentPart]]] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[MessageToolCall]] = None  # an assistant turn's calls
+    tool_call_id: Optional[str] = None  # a tool turn: the call it answers
+
+    def template_dict(self) -> dict[str, Any]:
+        """This message as chat templates read it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            out["tool_calls"] = [call.template_dict() for call in self.tool_calls]
+        return out
 
     def text(self) -> str:
         if self.content is None:
@@ -278,12 +348,68 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    tools: Optional[list[ChatTool]] = Field(None, max_length=MAX_TOOLS)
+    # None: "auto" when tools are given, else "none" (OpenAI's defaults).
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = True
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> "ChatCompletionRequest":
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> "ChatCompletionRequest":
+        if self.tools is not None and not self.tools:
+            raise ValueError("tools must not be an empty array: give at least one tool or "
+                             "leave the field out")
+        mode = self.tool_choice_mode
+        if mode != "none" and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if mode == "named":
+            name = self.tool_choice.function.name
+            if all(tool.function.name != name for tool in self.tools):
+                raise ValueError(f"tool_choice names function {name!r}, which is not in tools")
+        if mode in ("named", "required") and self._has_own_constraint():
+            raise ValueError("give either tool_choice 'required' / a named function or "
+                             "response_format / structured_outputs constraints, not both")
+        return self
+
+    def _has_own_constraint(self) -> bool:
+        # structured_outputs may carry only options (disable_any_whitespace) for the tools'
+        # schema, as vLLM allows; a constraint of its own would clash with it.
+        if self.response_format is not None and self.response_format.type != "text":
+            return True
+        return any(self.structured_outputs.get(kind) is not None
+                   for kind in STRUCTURED_OUTPUT_KINDS) if self.structured_outputs else False
+
+    @property
+    def tool_choice_mode(self) -> str:
+        """"none", "auto", "required" or "named"."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        if self.tool_choice is None:
+            return "auto" if self.tools else "none"
+        return self.tool_choice
+
+    @property
+    def structured_constraint(self) -> Optional[dict[str, Any]]:
+        # "required" and named calls are generated under their JSON schema.
+        mode = self.tool_choice_mode
+        options = dict(self.structured_outputs or {})
+        if mode == "required":
+            parallel = self.parallel_tool_calls is not False
+            return {**options, "json": required_calls_schema(self.tools, parallel)}
+        if mode == "named":
+            name = self.tool_choice.function.name
+            tool = next(t for t in self.tools if t.function.name == name)
+            return {**options, "json": tool.function.parameters or EMPTY_PARAMETERS}
+        return super().structured_constraint
+
+    def template_tools(self) -> Optional[list[dict[str, Any]]]:
+        """The tools as chat templates read them (also under tool_choice "none", as vLLM)."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
 
     @property
     def requested_max_tokens(self) -> Optional[int]:
@@ -300,6 +426,7 @@ class TokenizeRequest(RequestModel):
     messages: Optional[list[ChatMessage]] = Field(None, max_length=MAX_MESSAGES)
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    tools: Optional[list[ChatTool]] = Field(None, max_length=MAX_TOOLS)
 
     @model_validator(mode="after")
     def _one_input(self) -> "TokenizeRequest":
@@ -360,9 +487,21 @@ class ChatChoiceLogprobs(OpenAIBaseModel):
     content: Optional[list[ChatTokenLogprob]] = None
 
 
+class FunctionCall(OpenAIBaseModel):
+    name: str
+    arguments: str  # a JSON object as text
+
+
+class ToolCall(OpenAIBaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatResponseMessage(OpenAIBaseModel):
     role: str = "assistant"
     content: Optional[str] = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)  # vLLM sends [] when none
 
 
 class ChatCompletionChoice(OpenAIBaseModel):
@@ -382,10 +521,28 @@ class ChatCompletionResponse(OpenAIBaseModel):
     usage: UsageInfo
 
 
+class DeltaFunctionCall(OmitNoneModel):
+    _omit_if_none = ("name", "arguments")
+    name: Optional[str] = None
+    arguments: Optional[str] = None
+
+
+class DeltaToolCall(OmitNoneModel):
+    """A call's piece in a stream: the first piece carries id, type and name, later ones more
+    of the arguments text (OpenAI's framing)."""
+
+    _omit_if_none = ("id", "type")
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(OmitNoneModel):
-    _omit_if_none = ("role", "content")
+    _omit_if_none = ("role", "content", "tool_calls")
     role: Optional[str] = None
     content: Optional[str] = None
+    tool_calls: Optional[list[DeltaToolCall]] = None
 
 
 class ChatStreamChoice(OpenAIBaseModel):

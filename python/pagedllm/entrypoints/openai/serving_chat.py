@@ -2,7 +2,8 @@
 
 The stream opens each choice with a `{"role": "assistant", "content": ""}` delta, then one chunk
 per new text piece; finish_reason rides on the last content chunk; a usage chunk (no choices)
-follows when stream_options.include_usage is set.
+follows when stream_options.include_usage is set. With tools, answers may be tool calls
+(tool_calls.py says when); their stream chunks carry `tool_calls` deltas instead of content.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from pagedllm.entrypoints.openai.protocol import (
     ChatStreamChoice,
     ChatTokenLogprob,
     ChatTopLogprob,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
     UsageInfo,
     random_id,
 )
@@ -41,6 +46,13 @@ from pagedllm.entrypoints.openai.serving_engine import (
     top_entries,
 )
 from pagedllm.entrypoints.openai.streaming import SSE_DONE, FastChunks, sse_event
+from pagedllm.entrypoints.openai.tool_calls import (
+    ToolCallDelta,
+    ToolCallStream,
+    ToolChoice,
+    tool_call_id,
+)
+from pagedllm.entrypoints.openai.tool_parsers import make_tool_parser
 
 # Arguments of apply_chat_template a client must not override through chat_template_kwargs.
 _RESERVED_TEMPLATE_KWARGS = {
@@ -56,6 +68,7 @@ _RESERVED_TEMPLATE_KWARGS = {
     "tokenizer_kwargs",
     "return_assistant_tokens_mask",
     "continue_final_message",
+    "tools",  # the request's own field
 }
 
 
@@ -65,8 +78,10 @@ def render_chat(
     chat_template: Optional[str],
     add_generation_prompt: bool,
     template_kwargs: Optional[dict] = None,
+    tools: Optional[list[dict]] = None,
 ) -> list[int]:
-    """Token ids of the conversation rendered by the chat template (400 on any template problem)."""
+    """Token ids of the conversation rendered by the chat template (400 on any template problem).
+    `tools` (OpenAI's tool objects as dicts) reach the template as its `tools` variable."""
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise BadRequestError(
@@ -75,7 +90,7 @@ def render_chat(
             param="messages",
         )
     try:
-        conversation = [{"role": m.role, "content": m.text()} for m in messages]
+        conversation = [m.template_dict() for m in messages]
     except ValueError as exc:
         raise BadRequestError(str(exc), param="messages") from exc
     extra = {
@@ -83,6 +98,8 @@ def render_chat(
         for k, v in (template_kwargs or {}).items()
         if isinstance(k, str) and k not in _RESERVED_TEMPLATE_KWARGS
     }
+    if tools is not None:
+        extra["tools"] = tools
     try:
         text = tokenizer.apply_chat_template(
             conversation,
@@ -112,12 +129,14 @@ class ChatChoiceState:
 class OpenAIServingChat(OpenAIServing):
     async def create(self, req: ChatCompletionRequest) -> tuple[Any, Optional[AsyncIterator[str]]]:
         model = self.check_model(req.model)
+        tools = self.tool_choice(req)
         ids = render_chat(
             self.ctx.tokenizer,
             req.messages,
             self.ctx.chat_template,
             req.add_generation_prompt,
             req.chat_template_kwargs,
+            req.template_tools(),
         )
         prompt = PreparedPrompt(ids, None)
         requested = req.requested_max_tokens
@@ -126,15 +145,32 @@ class OpenAIServingChat(OpenAIServing):
         max_tokens = self.resolve_max_tokens(len(ids), requested, "max_tokens")
         num_logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = self.sampling_params(req, max_tokens, logprobs=num_logprobs, prompt_logprobs=None)
+        if tools.parser is not None and tools.parser.keeps_special_tokens:
+            params.skip_special_tokens = False  # its markers may be special tokens
         request_id = random_id("chatcmpl")
         created = int(time.time())
         calls = self.start_calls([prompt], params, request_id)
         if req.stream:
-            return None, self.stream(req, model, request_id, created, prompt, calls)
+            return None, self.stream(req, model, request_id, created, prompt, calls, tools)
         try:
-            return await self.full(req, model, request_id, created, prompt, calls), None
+            return await self.full(req, model, request_id, created, prompt, calls, tools), None
         finally:
             self.release_calls(calls)
+
+    def tool_choice(self, req: ChatCompletionRequest) -> ToolChoice:
+        mode = req.tool_choice_mode
+        parser = None
+        if mode == "auto":
+            if not (self.ctx.enable_auto_tool_choice and self.ctx.tool_call_parser):
+                raise BadRequestError(
+                    '"auto" tool choice requires --enable-auto-tool-choice and '
+                    "--tool-call-parser to be set (or give tool_choice \"none\", "
+                    '"required" or a named function)',
+                    param="tool_choice",
+                )
+            parser = make_tool_parser(self.ctx.tool_call_parser)
+        named = req.tool_choice.function.name if mode == "named" else None
+        return ToolChoice(mode, named, parser, req.parallel_tool_calls is not False)
 
     async def full(
         self,
@@ -144,6 +180,7 @@ class OpenAIServingChat(OpenAIServing):
         created: int,
         prompt: PreparedPrompt,
         calls: list[EngineCall],
+        tools: ToolChoice,
     ) -> ChatCompletionResponse:
         timer = RequestTimer(self.ctx.metrics)
         timer.on_prompt(len(prompt.token_ids))
@@ -174,12 +211,26 @@ class OpenAIServingChat(OpenAIServing):
                 logprobs = ChatChoiceLogprobs(
                     content=self.logprob_items(comp.token_ids, comp.logprobs, req.top_logprobs or 0)
                 )
+            message = ChatResponseMessage(role="assistant", content=comp.text)
+            finish_reason = comp.finish_reason
+            if tools.answers_with_calls:
+                answer = tools.parse(comp.text)
+                message = ChatResponseMessage(
+                    role="assistant",
+                    content=answer.content,
+                    tool_calls=[
+                        ToolCall(id=tool_call_id(), function=FunctionCall(name=c.name,
+                                                                          arguments=c.arguments))
+                        for c in answer.calls
+                    ],
+                )
+                finish_reason = tools.finish_reason(finish_reason, bool(answer.calls))
             choices.append(
                 ChatCompletionChoice(
                     index=j,
-                    message=ChatResponseMessage(role="assistant", content=comp.text),
+                    message=message,
                     logprobs=logprobs,
-                    finish_reason=comp.finish_reason,
+                    finish_reason=finish_reason,
                     stop_reason=comp.stop_reason,
                 )
             )
@@ -204,8 +255,10 @@ class OpenAIServingChat(OpenAIServing):
         created: int,
         prompt: PreparedPrompt,
         calls: list[EngineCall],
+        tools: ToolChoice,
     ) -> AsyncIterator[str]:
         fast = FastChunks(request_id, created, model, "chat.completion.chunk")
+        tool_streams: dict[int, ToolCallStream] = {}
         timer = RequestTimer(self.ctx.metrics)
         timer.on_prompt(len(prompt.token_ids))
         states: dict[int, ChatChoiceState] = {}
@@ -234,6 +287,14 @@ class OpenAIServingChat(OpenAIServing):
                     st.num_tokens = len(comp.token_ids)
                     delta = comp.text[st.text_len :] if len(comp.text) >= st.text_len else ""
                     st.text_len = max(st.text_len, len(comp.text))
+                    finish = comp.finish_reason
+                    news: Optional[ToolCallDelta] = None
+                    if tools.answers_with_calls:
+                        tool_stream = tool_streams.setdefault(comp.index, ToolCallStream(tools))
+                        news = (tool_stream.finish(comp.text) if finish is not None
+                                else tool_stream.feed(comp.text))
+                        delta = news.content
+                        finish = tools.finish_reason(finish, tool_stream.called)
                     logprobs = None
                     if req.logprobs and comp.logprobs is not None:
                         upto = len(comp.token_ids)
@@ -245,18 +306,18 @@ class OpenAIServingChat(OpenAIServing):
                             )
                         )
                         st.num_logprobs = upto
-                    finish = comp.finish_reason
                     if finish is not None:
                         st.finished = True
-                    if not delta and finish is None:
+                    if (not delta and finish is None and logprobs is None
+                            and not (news and news.calls)):
                         continue
-                    if logprobs is None:
+                    if logprobs is None and news is None:
                         yield fast.chat(comp.index, delta, finish, comp.stop_reason)
                         continue
                     yield chunk(
                         ChatStreamChoice(
                             index=comp.index,
-                            delta=DeltaMessage(content=delta),
+                            delta=_delta_message(delta, news),
                             logprobs=logprobs,
                             finish_reason=finish,
                             stop_reason=comp.stop_reason,
@@ -314,3 +375,20 @@ class OpenAIServingChat(OpenAIServing):
                 )
             )
         return items
+
+
+def _delta_message(content: str, news: Optional[ToolCallDelta]) -> DeltaMessage:
+    if news is None or not news.calls:
+        return DeltaMessage(content=content)
+    return DeltaMessage(
+        content=content or None,
+        tool_calls=[
+            DeltaToolCall(
+                index=index,
+                id=call_id,
+                type="function" if call_id is not None else None,
+                function=DeltaFunctionCall(name=name, arguments=arguments),
+            )
+            for index, call_id, name, arguments in news.calls
+        ],
+    )

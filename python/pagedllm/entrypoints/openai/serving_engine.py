@@ -47,6 +47,8 @@ class ServerContext:
     max_num_waiting: Optional[int] = None
     chat_template: Optional[str] = None
     on_engine_dead: Any = None  # callable(): ask the server to exit non-zero
+    enable_auto_tool_choice: bool = False  # tool_choice "auto" allowed (needs a parser)
+    tool_call_parser: Optional[str] = None  # a name in tool_parsers.TOOL_PARSERS
 
 
 @dataclass
