@@ -223,6 +223,21 @@ def test_chat(client):
     assert stream[-1].usage.completion_tokens == 16
 
 
+def test_chat_stream_logprobs_cover_every_token(client):
+    """Tokens that add no text yet (part of a UTF-8 character) still get their logprobs."""
+    messages = [{"role": "user", "content": "Emoji test: 😀🎉🚀"}]
+    kw = dict(model=MODEL, messages=messages, max_tokens=24, temperature=0.0, logprobs=True,
+              top_logprobs=1, extra_body={"ignore_eos": True})
+    full = client.chat.completions.create(**kw).choices[0]
+    chunks = [c.choices[0] for c in client.chat.completions.create(stream=True, **kw)
+              if c.choices]
+    streamed = [t for c in chunks if c.logprobs for t in c.logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [
+        (t.token, t.logprob) for t in full.logprobs.content]
+    assert len(streamed) == 24
+    assert "".join(c.delta.content or "" for c in chunks) == full.message.content
+
+
 async def test_async_client_concurrent(aclient):
     async def one(i: int) -> str:
         out = await aclient.completions.create(
