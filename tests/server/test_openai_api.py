@@ -223,6 +223,20 @@ def test_chat(client):
     assert stream[-1].usage.completion_tokens == 16
 
 
+def test_completion_stream_logprobs_cover_every_token(client):
+    """As for chat: a token that adds no text yet still gets its logprobs in the stream."""
+    kw = dict(model=MODEL, prompt="Emoji test: 😀🎉🚀", max_tokens=24, temperature=0.0,
+              logprobs=1, extra_body={"ignore_eos": True})
+    full = client.completions.create(**kw).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **kw) if c.choices]
+    tokens = [t for c in chunks if c.logprobs for t in c.logprobs.tokens]
+    values = [v for c in chunks if c.logprobs for v in c.logprobs.token_logprobs]
+    offsets = [o for c in chunks if c.logprobs for o in c.logprobs.text_offset]
+    assert (tokens, values, offsets) == (full.logprobs.tokens, full.logprobs.token_logprobs,
+                                         full.logprobs.text_offset)
+    assert len(tokens) == 24 and "".join(c.text for c in chunks) == full.text
+
+
 def test_chat_stream_logprobs_cover_every_token(client):
     """Tokens that add no text yet (part of a UTF-8 character) still get their logprobs."""
     messages = [{"role": "user", "content": "Emoji test: 😀🎉🚀"}]

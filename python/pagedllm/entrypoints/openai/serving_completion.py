@@ -252,7 +252,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     finish = comp.finish_reason
                     if finish is not None:
                         st.finished = True
-                    if not delta and finish is None:
+                    if not delta and finish is None and not (logprobs and logprobs.tokens):
                         continue  # nothing printable yet (e.g. half a UTF-8 character)
                     if logprobs is None:
                         yield fast.completion(i * req.n + comp.index, delta, finish,
