@@ -39,3 +39,10 @@ def tiny_qwen2(tiny_model_dirs: dict[str, Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen3(tiny_model_dirs: dict[str, Path]) -> Path:
     return tiny_model_dirs["qwen3"]
+
+
+@pytest.fixture(scope="session")
+def tiny_thinking_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen3 with `<think>` / `</think>` as whole tokens, as thinking models have."""
+    return make_tiny_model("qwen3", tmp_path_factory.mktemp("thinking") / "qwen3",
+                           added_tokens=("<think>", "</think>"))

@@ -111,13 +111,29 @@ class GrammarCompiler:
 
 class GrammarState:
     """One sequence's position in its grammar, and the bitmask of its next allowed tokens
-    (`bitmask` [ceil(V / 32)] int32 on the host, refreshed in place by fill())."""
+    (`bitmask` [ceil(V / 32)] int32 on the host, refreshed in place by fill()).
 
-    def __init__(self, compiled: Any, vocab_size: int) -> None:
+    With `reasoning_end` (a thinking model's end-of-reasoning token) the grammar is inactive
+    until that token is generated: the reasoning is free, the answer after it constrained."""
+
+    def __init__(self, compiled: Any, vocab_size: int,
+                 reasoning_end: Optional[int] = None) -> None:
         xgr = _xgrammar()
         self._matcher = xgr.GrammarMatcher(compiled)
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)  # [1, W] int32
         self.bitmask = self._bitmask[0]  # [W]
+        self._reasoning_end = reasoning_end
+
+    @property
+    def active(self) -> bool:
+        return self._reasoning_end is None
+
+    def see_reasoning_token(self, token_id: int) -> bool:
+        """While inactive: note a generated token; True when it ended the reasoning."""
+        if token_id == self._reasoning_end:
+            self._reasoning_end = None
+            return True
+        return False
 
     def fill(self) -> None:
         self._matcher.fill_next_token_bitmask(self._bitmask, 0)

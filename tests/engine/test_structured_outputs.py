@@ -120,3 +120,66 @@ def test_missing_xgrammar_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar -> ImportError
     with pytest.raises(ValueError, match=r'pip install "pagedllm\[structured\]"'):
         GrammarCompiler(tokenizer=None, vocab_size=10, stop_token_ids=[0])
+
+
+# ---- thinking models: the grammar starts after the reasoning (reasoning_parser) --------------
+
+CHOICES = ["yes", "no"]
+
+
+@pytest.fixture(scope="module")
+def thinking(tiny_thinking_qwen3):
+    pytest.importorskip("xgrammar")
+    llm = LLM(model=str(tiny_thinking_qwen3), reasoning_parser="qwen3", **engine_kwargs())
+    tok = llm.get_tokenizer()
+    start, end = (tok.convert_tokens_to_ids(t) for t in ("<think>", "</think>"))
+    return llm, start, end
+
+
+def _choice_after(llm, prompt, end_bias, max_tokens=12):
+    params = SamplingParams(temperature=0, max_tokens=max_tokens,
+                            structured_outputs={"choice": CHOICES},
+                            logit_bias={end_bias[0]: end_bias[1]} if end_bias else None)
+    return llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
+
+
+def test_grammar_waits_for_the_end_of_reasoning(thinking):
+    llm, start, end = thinking
+    tok = llm.get_tokenizer()
+    # Reasoning is free: with the grammar waiting, the model's own tokens come out unchanged.
+    free = llm.generate(["Hello there"], SamplingParams(temperature=0, max_tokens=8),
+                        use_tqdm=False)[0].outputs[0]
+    waiting = _choice_after(llm, "Hello there", None, max_tokens=8)
+    assert end not in free.token_ids and waiting.token_ids == free.token_ids
+    # The bias makes </think> the first token; the answer after it is held to the choice.
+    out = _choice_after(llm, "Hello there", (end, 100.0))
+    assert out.token_ids[0] == end and out.finish_reason == "stop"
+    assert tok.decode(out.token_ids[1:], skip_special_tokens=True) in CHOICES
+    assert out.token_ids.count(end) == 1  # once the grammar applies, the bias cannot win
+
+
+def test_grammar_applies_at_once_when_the_prompt_ended_the_reasoning(thinking):
+    llm, start, end = thinking
+    tok = llm.get_tokenizer()
+    # A template that turns thinking off writes an empty <think></think> into the prompt.
+    ended = {"prompt_token_ids": tok.encode("Hello there") + [start, end]}
+    out = _choice_after(llm, ended, (end, 100.0))
+    assert end not in out.token_ids and out.text in CHOICES
+    # Reasoning opened in the prompt and not closed: the output still starts in it.
+    opened = {"prompt_token_ids": tok.encode("Hello there") + [start]}
+    assert _choice_after(llm, opened, (end, 100.0)).token_ids[0] == end
+
+
+def test_without_reasoning_parser_the_grammar_applies_from_the_first_token(tiny_thinking_qwen3):
+    pytest.importorskip("xgrammar")
+    llm = LLM(model=str(tiny_thinking_qwen3), **engine_kwargs())
+    end = llm.get_tokenizer().convert_tokens_to_ids("</think>")
+    out = _choice_after(llm, "Hello there", (end, 100.0))
+    assert end not in out.token_ids and out.text in CHOICES
+
+
+def test_reasoning_parser_needs_its_tokens(tiny_llama):
+    with pytest.raises(ValueError, match="no single token for '<think>'"):
+        LLM(model=str(tiny_llama), reasoning_parser="qwen3", **engine_kwargs())
+    with pytest.raises(ValueError, match="unknown parser"):
+        LLM(model=str(tiny_llama), reasoning_parser="nope", **engine_kwargs())

@@ -179,7 +179,7 @@ def test_auto_tool_choice_parses_the_models_calls(client):
     # Without a call in the answer, "auto" answers with the text "none" gives (hermes keeps
     # special tokens in the text: its markers may be special).
     plain = _chat(client, tools=TOOLS, max_tokens=8)
-    assert plain.choices[0].message.tool_calls == []
+    assert not plain.choices[0].message.tool_calls
     assert plain.choices[0].finish_reason == "length"
     none = _chat(client, tools=TOOLS, max_tokens=8, tool_choice="none",
                  extra_body={"skip_special_tokens": False})
@@ -189,7 +189,7 @@ def test_auto_tool_choice_parses_the_models_calls(client):
 def test_tool_choice_none_answers_with_content(client):
     resp = _chat(client, tools=TOOLS, tool_choice="none", max_tokens=8)
     choice = resp.choices[0]
-    assert choice.message.tool_calls == [] and choice.finish_reason == "length"
+    assert not choice.message.tool_calls and choice.finish_reason == "length"
     assert choice.message.content
 
 

@@ -15,8 +15,8 @@ from pagedllm.entrypoints.openai.tool_parsers import (
     Llama3JsonToolParser,
     ParsedToolCall,
     make_tool_parser,
-    marker_prefix_overlap,
 )
+from pagedllm.text_markers import marker_prefix_overlap
 
 WEATHER = ParsedToolCall("get_weather", '{"city": "Paris"}')
 TIME = ParsedToolCall("get_time", '{"zone": "CET", "exact": true}')

@@ -19,6 +19,7 @@ from pagedllm.config import (
     ParallelConfig,
     SchedulerConfig,
 )
+from pagedllm.reasoning import REASONING_PARSERS
 
 
 @dataclass
@@ -51,6 +52,9 @@ class EngineArgs:
     scheduling_policy: str = "fcfs"
     async_scheduling: bool = True
     admission_reserve_blocks_per_running: int = 1
+    # Structured outputs start after the reasoning of a thinking model (pagedllm.reasoning);
+    # the server also splits answers into reasoning and content with it.
+    reasoning_parser: Optional[str] = None
 
     # -- CLI ----------------------------------------------------------------------------------
     @staticmethod
@@ -141,6 +145,14 @@ class EngineArgs:
             help="admit a waiting request only if this many free KV blocks per running request "
             "remain after it (0: whenever its blocks fit; default 1: halves preempt/readmit "
             "churn when a workload outgrows the KV cache)",
+        )
+        g.add_argument(
+            "--reasoning-parser",
+            type=str,
+            default=d.reasoning_parser,
+            choices=sorted(REASONING_PARSERS),
+            help="the model thinks in <think>...</think> first: structured outputs constrain "
+            "only what follows, and the server answers the reasoning in message.reasoning",
         )
         return parser
 

@@ -242,10 +242,12 @@ class EngineCore:
         max_tokens: int,
         bad_words_token_ids: Sequence[Sequence[int]] = (),
         compiled_grammar: Any = None,
+        grammar_after_token: Optional[int] = None,
     ) -> None:
         """Queue one sequence. `max_tokens` is already resolved (never None); bad_words_token_ids
         are params.bad_words tokenized and compiled_grammar params.structured_outputs compiled
-        (LLMEngine does both: the core has no tokenizer)."""
+        (LLMEngine does both: the core has no tokenizer). grammar_after_token: the grammar
+        applies only once this token (a thinking model's end of reasoning) was generated."""
         generator = None
         if params.seed is not None and params.temperature >= 1e-5:
             generator = torch.Generator(device=self.device)
@@ -272,7 +274,7 @@ class EngineCore:
         if compiled_grammar is not None:
             from pagedllm.structured_outputs import GrammarState
 
-            req.grammar = GrammarState(compiled_grammar, self.vocab_size)
+            req.grammar = GrammarState(compiled_grammar, self.vocab_size, grammar_after_token)
         self._init_sampling_row(req)
         self.requests[handle] = req
         self._never_scheduled.add(handle)
@@ -315,7 +317,7 @@ class EngineCore:
         if p.logit_bias:
             req.row.bias_token_ids = self._host_tensor(list(p.logit_bias), torch.long)
             req.row.bias_values = self._host_tensor(list(p.logit_bias.values()), torch.float32)
-        if req.grammar is not None:
+        if req.grammar is not None and req.grammar.active:
             req.row.grammar_bitmask = req.grammar.bitmask
         req.columns = row_columns(req.row)
         if banned:
@@ -570,7 +572,9 @@ class EngineCore:
         self._refresh_banned()
         if self._grammar_handles:  # the tokens each sampled structured sequence may take now
             for h in self._grammar_handles.intersection(sample_handles.tolist()):
-                self.requests[h].grammar.fill()
+                grammar = self.requests[h].grammar
+                if grammar.active:
+                    grammar.fill()
         last = self._last_batch_handles
         if (
             last is not None
@@ -680,7 +684,12 @@ class EngineCore:
             tok = new_tokens[i]
             if tok >= 0:
                 req.output_token_ids.append(tok)
-                if req.grammar is not None and not req.grammar.accept(tok):
+                if req.grammar is not None and not req.grammar.active:
+                    if req.grammar.see_reasoning_token(tok):  # reasoning over: mask from now
+                        req.row.grammar_bitmask = req.grammar.bitmask
+                        req.columns = row_columns(req.row)
+                        self._last_batch = None
+                elif req.grammar is not None and not req.grammar.accept(tok):
                     # Only a token the mask let through can be drawn; if the grammar still
                     # refuses it (e.g. EOS once it terminated, with ignore_eos), stop masking
                     # rather than mask everything.

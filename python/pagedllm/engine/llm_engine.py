@@ -98,6 +98,7 @@ class LLMEngine:
         tokenizer: Any = None,
         log_stats: bool = True,
         skip_tokenizer_init: bool = False,
+        reasoning_parser: Optional[str] = None,
     ) -> None:
         self.config = config
         self.model_config = config.model_config
@@ -109,6 +110,8 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.output_processor = OutputProcessor(tokenizer)
         self._compiler: Any = None  # structured outputs' GrammarCompiler, on first use
+        # (start, end) token ids of a thinking model's reasoning: grammars wait for its end.
+        self._think_ids = self._reasoning_token_ids(reasoning_parser)
         self._next_handle = 1
         self._time_output = 0.0
         self._last_log = (time.monotonic(), 0, 0)  # (when, prompt tokens, generation tokens)
@@ -123,6 +126,7 @@ class LLMEngine:
             max_logprobs=engine_args.max_logprobs,
             log_stats=not engine_args.disable_log_stats,
             skip_tokenizer_init=engine_args.skip_tokenizer_init,
+            reasoning_parser=engine_args.reasoning_parser,
         )
 
     # -- model info -----------------------------------------------------------------------------
@@ -174,9 +178,10 @@ class LLMEngine:
             params = params.clone()
             params.priority = priority
         bad_words_ids = self._bad_words_token_ids(params.bad_words) if params.bad_words else []
-        grammar = None
+        grammar = grammar_after = None
         if params.structured_outputs is not None:
             grammar = self._grammar_compiler().compile(params.structured_outputs)
+            grammar_after = self._reasoning_end_pending(ids)
         max_tokens = params.max_tokens
         room = self.max_model_len - len(ids)
         max_tokens = room if max_tokens is None else min(max_tokens, room)
@@ -189,13 +194,43 @@ class LLMEngine:
                     child_params = params.clone()
                     child_params.seed = params.seed + index  # distinct but reproducible samples
                 self.engine_core.add_request(handle, ids, child_params, arrival_time, max_tokens,
-                                             bad_words_ids, grammar)
+                                             bad_words_ids, grammar, grammar_after)
                 added.append(handle)
         except Exception:
             for h in added:
                 self.engine_core.abort_request(h)
             raise
         self.output_processor.add_request(request_id, text, ids, params, handles, arrival_time)
+
+    def _reasoning_token_ids(self, parser_name: Optional[str]) -> Optional[tuple[int, int]]:
+        if not parser_name:
+            return None
+        from pagedllm.reasoning import make_reasoning_parser
+
+        parser = make_reasoning_parser(parser_name)
+        if self.tokenizer is None:
+            raise ValueError("reasoning_parser: needs a tokenizer (skip_tokenizer_init is set)")
+        ids = []
+        for marker in (parser.START, parser.END):
+            encoded = self.tokenizer.encode(marker, add_special_tokens=False)
+            if len(encoded) != 1:
+                raise ValueError(f"reasoning_parser {parser_name!r}: the tokenizer has no "
+                                 f"single token for {marker!r} (got {encoded})")
+            ids.append(encoded[0])
+        return ids[0], ids[1]
+
+    def _reasoning_end_pending(self, prompt_ids: list[int]) -> Optional[int]:
+        """The token that ends the reasoning the output starts in, or None when the prompt has
+        already ended it (e.g. a template that turned thinking off) or there is no parser."""
+        if self._think_ids is None:
+            return None
+        start, end = self._think_ids
+        for tok in reversed(prompt_ids):
+            if tok == end:
+                return None
+            if tok == start:
+                break
+        return end
 
     def _grammar_compiler(self) -> Any:
         """Structured outputs' compiler for this tokenizer, built on first use."""

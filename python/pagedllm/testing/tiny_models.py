@@ -138,10 +138,12 @@ def _sharpen_weights(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0, vocab_size: int = 512,
-                    **overrides: Any) -> Path:
+                    added_tokens: tuple[str, ...] = (), **overrides: Any) -> Path:
     """Write a complete tiny HF model directory for `arch` into `out_dir` and return its path.
 
-    `overrides` replace config fields (e.g. num_hidden_layers=3, tie_word_embeddings=False).
+    `added_tokens` get the last ids of the vocabulary as whole (non-special) tokens, as thinking
+    models' `<think>` / `</think>` are. `overrides` replace config fields (e.g.
+    num_hidden_layers=3, tie_word_embeddings=False).
     """
     from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
@@ -160,7 +162,9 @@ def make_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0, vocab_size
     generation = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     generation.save_pretrained(out)
 
-    raw = _train_tokenizer(vocab_size)
+    raw = _train_tokenizer(vocab_size - len(added_tokens))
+    if added_tokens:
+        raw.add_tokens(list(added_tokens))
     adds_bos = arch in ("opt", "llama")   # as the real tokenizers of these families do
     if adds_bos:
         _add_bos_post_processor(raw)

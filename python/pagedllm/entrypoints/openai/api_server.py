@@ -291,6 +291,7 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
         chat_template=_load_chat_template(getattr(args, "chat_template", None)),
         enable_auto_tool_choice=bool(getattr(args, "enable_auto_tool_choice", False)),
         tool_call_parser=getattr(args, "tool_call_parser", None),
+        reasoning_parser=getattr(args, "reasoning_parser", None),
     )
 
 

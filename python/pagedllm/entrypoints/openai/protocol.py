@@ -315,6 +315,8 @@ class ChatMessage(OpenAIBaseModel):
     name: Optional[str] = None
     tool_calls: Optional[list[MessageToolCall]] = None  # an assistant turn's calls
     tool_call_id: Optional[str] = None  # a tool turn: the call it answers
+    reasoning: Optional[str] = None  # an assistant turn's reasoning, as this server answers it
+    reasoning_content: Optional[str] = None  # its older name
 
     def template_dict(self) -> dict[str, Any]:
         """This message as chat templates read it."""
@@ -325,6 +327,9 @@ class ChatMessage(OpenAIBaseModel):
             out["tool_call_id"] = self.tool_call_id
         if self.tool_calls:
             out["tool_calls"] = [call.template_dict() for call in self.tool_calls]
+        reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
+        if reasoning is not None:
+            out["reasoning_content"] = reasoning  # the name thinking models' templates read
         return out
 
     def text(self) -> str:
@@ -352,6 +357,7 @@ class ChatCompletionRequest(SamplingFields):
     # None: "auto" when tools are given, else "none" (OpenAI's defaults).
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = True
+    include_reasoning: bool = True  # with --reasoning-parser: answer message.reasoning
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> "ChatCompletionRequest":
@@ -498,10 +504,12 @@ class ToolCall(OpenAIBaseModel):
     function: FunctionCall
 
 
-class ChatResponseMessage(OpenAIBaseModel):
+class ChatResponseMessage(OmitNoneModel):
+    _omit_if_none = ("tool_calls",)
     role: str = "assistant"
     content: Optional[str] = None
-    tool_calls: list[ToolCall] = Field(default_factory=list)  # vLLM sends [] when none
+    tool_calls: Optional[list[ToolCall]] = None  # left out when there are none, as vLLM does
+    reasoning: Optional[str] = None  # vLLM's field (--reasoning-parser)
 
 
 class ChatCompletionChoice(OpenAIBaseModel):
@@ -539,9 +547,10 @@ class DeltaToolCall(OmitNoneModel):
 
 
 class DeltaMessage(OmitNoneModel):
-    _omit_if_none = ("role", "content", "tool_calls")
+    _omit_if_none = ("role", "content", "reasoning", "tool_calls")
     role: Optional[str] = None
     content: Optional[str] = None
+    reasoning: Optional[str] = None
     tool_calls: Optional[list[DeltaToolCall]] = None
 
 

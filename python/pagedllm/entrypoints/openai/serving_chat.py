@@ -4,6 +4,7 @@ The stream opens each choice with a `{"role": "assistant", "content": ""}` delta
 per new text piece; finish_reason rides on the last content chunk; a usage chunk (no choices)
 follows when stream_options.include_usage is set. With tools, answers may be tool calls
 (tool_calls.py says when); their stream chunks carry `tool_calls` deltas instead of content.
+With --reasoning-parser the reasoning comes apart from the content (chat_answer.py).
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ from pagedllm.entrypoints.openai.serving_engine import (
     top_entries,
 )
 from pagedllm.entrypoints.openai.streaming import SSE_DONE, FastChunks, sse_event
-from pagedllm.entrypoints.openai.tool_calls import (
-    ToolCallDelta,
-    ToolCallStream,
-    ToolChoice,
-    tool_call_id,
+from pagedllm.entrypoints.openai.chat_answer import (
+    ChatAnswerDelta,
+    ChatAnswerFormat,
+    ChatAnswerStream,
 )
+from pagedllm.entrypoints.openai.tool_calls import ToolChoice, tool_call_id
 from pagedllm.entrypoints.openai.tool_parsers import make_tool_parser
+from pagedllm.reasoning import make_reasoning_parser
 
 # Arguments of apply_chat_template a client must not override through chat_template_kwargs.
 _RESERVED_TEMPLATE_KWARGS = {
@@ -130,6 +132,12 @@ class OpenAIServingChat(OpenAIServing):
     async def create(self, req: ChatCompletionRequest) -> tuple[Any, Optional[AsyncIterator[str]]]:
         model = self.check_model(req.model)
         tools = self.tool_choice(req)
+        reasoner = None
+        if self.ctx.reasoning_parser:
+            reasoner = make_reasoning_parser(self.ctx.reasoning_parser)
+            if not reasoner.thinks(req.chat_template_kwargs):
+                reasoner = None
+        fmt = ChatAnswerFormat(tools, reasoner, req.include_reasoning)
         ids = render_chat(
             self.ctx.tokenizer,
             req.messages,
@@ -151,9 +159,9 @@ class OpenAIServingChat(OpenAIServing):
         created = int(time.time())
         calls = self.start_calls([prompt], params, request_id)
         if req.stream:
-            return None, self.stream(req, model, request_id, created, prompt, calls, tools)
+            return None, self.stream(req, model, request_id, created, prompt, calls, fmt)
         try:
-            return await self.full(req, model, request_id, created, prompt, calls, tools), None
+            return await self.full(req, model, request_id, created, prompt, calls, fmt), None
         finally:
             self.release_calls(calls)
 
@@ -180,7 +188,7 @@ class OpenAIServingChat(OpenAIServing):
         created: int,
         prompt: PreparedPrompt,
         calls: list[EngineCall],
-        tools: ToolChoice,
+        fmt: ChatAnswerFormat,
     ) -> ChatCompletionResponse:
         timer = RequestTimer(self.ctx.metrics)
         timer.on_prompt(len(prompt.token_ids))
@@ -211,26 +219,21 @@ class OpenAIServingChat(OpenAIServing):
                 logprobs = ChatChoiceLogprobs(
                     content=self.logprob_items(comp.token_ids, comp.logprobs, req.top_logprobs or 0)
                 )
-            message = ChatResponseMessage(role="assistant", content=comp.text)
-            finish_reason = comp.finish_reason
-            if tools.answers_with_calls:
-                answer = tools.parse(comp.text)
-                message = ChatResponseMessage(
-                    role="assistant",
-                    content=answer.content,
-                    tool_calls=[
-                        ToolCall(id=tool_call_id(), function=FunctionCall(name=c.name,
-                                                                          arguments=c.arguments))
-                        for c in answer.calls
-                    ],
-                )
-                finish_reason = tools.finish_reason(finish_reason, bool(answer.calls))
+            answer = fmt.final(comp.text, comp.finish_reason)
+            tool_calls = [
+                ToolCall(id=tool_call_id(), function=FunctionCall(name=c.name,
+                                                                  arguments=c.arguments))
+                for c in answer.calls
+            ]
+            message = ChatResponseMessage(role="assistant", content=answer.content,
+                                          reasoning=answer.reasoning,
+                                          tool_calls=tool_calls or None)
             choices.append(
                 ChatCompletionChoice(
                     index=j,
                     message=message,
                     logprobs=logprobs,
-                    finish_reason=finish_reason,
+                    finish_reason=answer.finish_reason,
                     stop_reason=comp.stop_reason,
                 )
             )
@@ -255,10 +258,10 @@ class OpenAIServingChat(OpenAIServing):
         created: int,
         prompt: PreparedPrompt,
         calls: list[EngineCall],
-        tools: ToolChoice,
+        fmt: ChatAnswerFormat,
     ) -> AsyncIterator[str]:
         fast = FastChunks(request_id, created, model, "chat.completion.chunk")
-        tool_streams: dict[int, ToolCallStream] = {}
+        answers: dict[int, ChatAnswerStream] = {}
         timer = RequestTimer(self.ctx.metrics)
         timer.on_prompt(len(prompt.token_ids))
         states: dict[int, ChatChoiceState] = {}
@@ -288,13 +291,11 @@ class OpenAIServingChat(OpenAIServing):
                     delta = comp.text[st.text_len :] if len(comp.text) >= st.text_len else ""
                     st.text_len = max(st.text_len, len(comp.text))
                     finish = comp.finish_reason
-                    news: Optional[ToolCallDelta] = None
-                    if tools.answers_with_calls:
-                        tool_stream = tool_streams.setdefault(comp.index, ToolCallStream(tools))
-                        news = (tool_stream.finish(comp.text) if finish is not None
-                                else tool_stream.feed(comp.text))
-                        delta = news.content
-                        finish = tools.finish_reason(finish, tool_stream.called)
+                    news: Optional[ChatAnswerDelta] = None
+                    if not fmt.is_plain_text:
+                        answer = answers.setdefault(comp.index, ChatAnswerStream(fmt))
+                        news = answer.feed(comp.text, finish)
+                        delta, finish = news.content, news.finish_reason
                     logprobs = None
                     if req.logprobs and comp.logprobs is not None:
                         upto = len(comp.token_ids)
@@ -309,7 +310,7 @@ class OpenAIServingChat(OpenAIServing):
                     if finish is not None:
                         st.finished = True
                     if (not delta and finish is None and logprobs is None
-                            and not (news and news.calls)):
+                            and (news is None or news.empty)):
                         continue
                     if logprobs is None and news is None:
                         yield fast.chat(comp.index, delta, finish, comp.stop_reason)
@@ -377,12 +378,13 @@ class OpenAIServingChat(OpenAIServing):
         return items
 
 
-def _delta_message(content: str, news: Optional[ToolCallDelta]) -> DeltaMessage:
-    if news is None or not news.calls:
+def _delta_message(content: str, news: Optional[ChatAnswerDelta]) -> DeltaMessage:
+    if news is None or not (news.calls or news.reasoning):
         return DeltaMessage(content=content)
     return DeltaMessage(
         content=content or None,
-        tool_calls=[
+        reasoning=news.reasoning or None,
+        tool_calls=None if not news.calls else [
             DeltaToolCall(
                 index=index,
                 id=call_id,

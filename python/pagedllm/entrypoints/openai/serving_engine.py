@@ -49,6 +49,7 @@ class ServerContext:
     on_engine_dead: Any = None  # callable(): ask the server to exit non-zero
     enable_auto_tool_choice: bool = False  # tool_choice "auto" allowed (needs a parser)
     tool_call_parser: Optional[str] = None  # a name in tool_parsers.TOOL_PARSERS
+    reasoning_parser: Optional[str] = None  # a name in pagedllm.reasoning.REASONING_PARSERS
 
 
 @dataclass

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from pagedllm.text_markers import marker_prefix_overlap
+
 _DECODER = json.JSONDecoder()
 
 
@@ -29,14 +31,6 @@ class ParsedToolCall:
 class ToolParse:
     content: Optional[str]  # None: the model wrote only calls
     calls: list[ParsedToolCall]
-
-
-def marker_prefix_overlap(text: str, marker: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
-    for size in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
 
 
 def call_from_object(obj: Any, arguments_keys: tuple[str, ...]) -> ParsedToolCall:
