@@ -16,7 +16,8 @@ from pagedllm.layers.attention import Attention
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
                                     RowParallelLinear, default_weight_loader)
-from pagedllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters_from_config
+from pagedllm.layers.rotary_embedding import (RotaryEmbedding, rope_parameters_from_config,
+                                              rope_scaled_max_positions)
 from pagedllm.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.worker.attention_metadata import AttentionMetadata
 
@@ -39,13 +40,15 @@ class DecoderOptions:
 
 
 def make_rotary_embedding(config: Any) -> RotaryEmbedding:
-    """The model's rotary table ([max_position_embeddings, rotary_dim] float32)."""
+    """The model's rotary table ([max positions, rotary_dim] float32): max_position_embeddings
+    rows, or more where the rope scaling reaches further (YaRN)."""
     head_dim = head_dim_of(config)
     rope_params = rope_parameters_from_config(config)
     rotary_dim = int(head_dim * rope_params.get(
         "partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
-    return RotaryEmbedding(head_dim, rotary_dim, config.max_position_embeddings, rope_params,
-                           is_neox_style=True)
+    max_positions = max(config.max_position_embeddings,
+                        rope_scaled_max_positions(rope_params) or 0)
+    return RotaryEmbedding(head_dim, rotary_dim, max_positions, rope_params, is_neox_style=True)
 
 
 class LlamaAttention(nn.Module):
