@@ -33,7 +33,7 @@ def _check_greedy(llm, model, tokenizer, prompts, max_new=MAX_NEW, n=1):
     return outs
 
 
-@pytest.mark.parametrize("arch", ["opt", "llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["opt", "llama", "qwen3", "phi3"])
 def test_greedy_matches_hf_all_prompts_together(arch, tiny_model_dirs, hf_model, tokenizer_of):
     path = tiny_model_dirs[arch]
     llm = LLM(model=str(path), **engine_kwargs())

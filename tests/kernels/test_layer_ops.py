@@ -121,7 +121,8 @@ def test_fused_add_rms_norm_rejects_bad_partials():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("is_neox", (True, False))
-@pytest.mark.parametrize("head_size,rot_dim", [(64, 64), (128, 128), (80, 40)])
+# (128, 96): Phi-4-mini's partial rotary (factor 0.75).
+@pytest.mark.parametrize("head_size,rot_dim", [(64, 64), (128, 128), (80, 40), (128, 96)])
 def test_rotary_embedding(device, dtype, is_neox, head_size, rot_dim):
     tokens, hq, hkv, max_pos = 37, 8, 2, 4096
     inv_freq = 1.0 / (10000 ** (torch.arange(0, rot_dim, 2).float() / rot_dim))
@@ -192,7 +193,8 @@ def _rope_table(rot_dim: int, max_pos: int, device) -> torch.Tensor:
 @pytest.mark.parametrize("is_neox", (True, False))
 @pytest.mark.parametrize("norm", (False, True))
 @pytest.mark.parametrize("tokens,head_size,rot_dim,hq,hkv", [
-    (37, 128, 128, 16, 8), (5, 64, 64, 4, 4), (23, 80, 40, 40, 8), (300, 128, 128, 32, 8)])
+    (37, 128, 128, 16, 8), (5, 64, 64, 4, 4), (23, 80, 40, 40, 8), (300, 128, 128, 32, 8),
+    (19, 128, 96, 24, 8)])
 def test_rotary_writes_the_kv_cache(device, dtype, is_neox, norm, tokens, head_size, rot_dim,
                                     hq, hkv):
     # The layer's path: q, k, v as column slices of one qkv output; the rotated key and the value

@@ -37,8 +37,8 @@ def test_rotary_table_matches_transformers(scaling):
 
 
 def test_unknown_rope_type_is_rejected():
-    with pytest.raises(ValueError, match="rope_scaling.*yarn"):
-        RotaryEmbedding(64, 64, 16, {"rope_theta": 1e4, "rope_type": "yarn", "factor": 2.0})
+    with pytest.raises(ValueError, match="rope_scaling.*mrope"):
+        RotaryEmbedding(64, 64, 16, {"rope_theta": 1e4, "rope_type": "mrope", "factor": 2.0})
 
 
 def test_kv_cache_sizing():

@@ -95,7 +95,7 @@ def test_unsupported_architecture_lists_supported(tiny_llama, tmp_path):
     message = str(info.value)
     assert "GPT2LMHeadModel" in message
     for arch in ("OPTForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
-                 "Qwen2ForCausalLM", "Qwen3ForCausalLM"):
+                 "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"):
         assert arch in message
     assert supported_architectures() == sorted(supported_architectures())
 

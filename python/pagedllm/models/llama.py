@@ -16,7 +16,8 @@ from pagedllm.layers.attention import Attention
 from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
                                     RowParallelLinear, default_weight_loader)
-from pagedllm.layers.rotary_embedding import RotaryEmbedding, rope_parameters_from_config
+from pagedllm.layers.rotary_embedding import (RotaryEmbedding, rope_parameters_from_config,
+                                              rope_scaled_max_positions)
 from pagedllm.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.worker.attention_metadata import AttentionMetadata
 
@@ -39,13 +40,15 @@ class DecoderOptions:
 
 
 def make_rotary_embedding(config: Any) -> RotaryEmbedding:
-    """The model's rotary table ([max_position_embeddings, rotary_dim] float32)."""
+    """The model's rotary table ([max positions, rotary_dim] float32): max_position_embeddings
+    rows, or more where the rope scaling reaches further (YaRN)."""
     head_dim = head_dim_of(config)
     rope_params = rope_parameters_from_config(config)
     rotary_dim = int(head_dim * rope_params.get(
         "partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
-    return RotaryEmbedding(head_dim, rotary_dim, config.max_position_embeddings, rope_params,
-                           is_neox_style=True)
+    max_positions = max(config.max_position_embeddings,
+                        rope_scaled_max_positions(rope_params) or 0)
+    return RotaryEmbedding(head_dim, rotary_dim, max_positions, rope_params, is_neox_style=True)
 
 
 class LlamaAttention(nn.Module):
@@ -185,10 +188,16 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
 
+    def fused_checkpoint_params(self) -> tuple:
+        """(name fragment, ((shard id, rows), ...)) for checkpoint tensors that hold several of
+        our shards stacked along dim 0 (Phi-3's qkv_proj); none in Llama checkpoints."""
+        return ()
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         load_named_weights(self, weights, self.stacked_params,
                            skip=lambda n: "rotary_emb.inv_freq" in n
-                           or (self.tie_word_embeddings and n.startswith("lm_head.")))
+                           or (self.tie_word_embeddings and n.startswith("lm_head.")),
+                           fused_params=self.fused_checkpoint_params())
 
 
 class MistralForCausalLM(LlamaForCausalLM):
@@ -198,13 +207,32 @@ class MistralForCausalLM(LlamaForCausalLM):
 
 
 def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
-                       stacked_params, skip) -> None:
+                       stacked_params, skip, fused_params=()) -> None:
     """Copy checkpoint tensors into `model`'s parameters through their weight loaders; raise
-    ValueError naming any parameter the checkpoint did not provide or any unknown tensor."""
+    ValueError naming any parameter the checkpoint did not provide or any unknown tensor.
+
+    stacked_params: (our parameter, checkpoint name, shard id) for checkpoint tensors that are
+    one shard of a parameter of ours. fused_params: (name fragment, ((shard id, rows), ...)) for
+    checkpoint tensors that hold all the shards of a parameter of the same name, stacked along
+    dim 0 in that order; each part goes through the weight loader on its own, which keeps this
+    rank's rows of every shard under tensor parallelism."""
     params = dict(model.named_parameters())
     loaded: set[str] = set()
     for name, tensor in weights:
         if skip(name):
+            continue
+        fused = next((shards for fragment, shards in fused_params if fragment in name), None)
+        if fused is not None:
+            if name not in params:
+                raise ValueError(f"checkpoint tensor {name!r} matches no model parameter")
+            rows = [n for _, n in fused]
+            if tensor.shape[0] != sum(rows):
+                raise ValueError(f"checkpoint tensor {name!r} has {tensor.shape[0]} rows; "
+                                 f"expected {sum(rows)} ({' + '.join(map(str, rows))})")
+            param = params[name]
+            for (shard_id, _), part in zip(fused, tensor.split(rows, dim=0)):
+                param.weight_loader(param, part, shard_id)
+            loaded.add(name)
             continue
         for ours, theirs, shard_id in stacked_params:
             if theirs in name:

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from pagedllm.config import ModelConfig
+from pagedllm.layers.rotary_embedding import (rope_parameters_from_config,
+                                              rope_scaled_max_positions)
 from pagedllm.models import gguf_loader
 from pagedllm.models.registry import resolve_model_class
 
@@ -65,7 +67,12 @@ def resolve_model_config(model_config: ModelConfig,
 
 
 def derived_max_model_len(hf_config: Any) -> int:
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+    """The model's longest sequence: its maximum positions, or further where its rope scaling
+    reaches further (YaRN: original_max_position_embeddings * factor)."""
+    if getattr(hf_config, "max_position_embeddings", None):
+        scaled = rope_scaled_max_positions(rope_parameters_from_config(hf_config))
+        return max(int(hf_config.max_position_embeddings), scaled or 0)
+    for key in ("n_positions", "max_seq_len", "seq_length"):
         value = getattr(hf_config, key, None)
         if value:
             return int(value)
@@ -107,6 +114,8 @@ def build_model(model_config: ModelConfig, device: torch.device, tp_rank: int = 
     if gguf_path is not None and not gguf_loader.has_output_weight(gguf_path):
         hf_config.tie_word_embeddings = True   # the file stores no separate LM head
     _, model_class = resolve_model_class(getattr(hf_config, "architectures", None))
+    # Read by rope_parameters_from_config: LongRoPE picks its factors by the longest sequence.
+    hf_config.engine_max_model_len = model_config.max_model_len
     with _default_dtype(model_config.torch_dtype), torch.device(device):
         model = model_class(hf_config, tp_rank=tp_rank, tp_size=tp_size)
     if model_config.load_format == "dummy":

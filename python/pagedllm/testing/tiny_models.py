@@ -20,7 +20,7 @@ PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
-SUPPORTED_ARCHS = ("opt", "llama", "qwen2", "qwen3")
+SUPPORTED_ARCHS = ("opt", "llama", "qwen2", "qwen3", "phi3")
 
 # ChatML-like template over the tiny vocabulary's special tokens.
 CHAT_TEMPLATE = (
@@ -83,7 +83,7 @@ def _add_bos_post_processor(tokenizer) -> None:
 
 
 def _config(arch: str, vocab_size: int, overrides: dict[str, Any]):
-    from transformers import LlamaConfig, OPTConfig, Qwen2Config, Qwen3Config
+    from transformers import LlamaConfig, OPTConfig, Phi3Config, Qwen2Config, Qwen3Config
 
     common = dict(vocab_size=vocab_size, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
                   eos_token_id=EOS_ID, max_position_embeddings=512)
@@ -111,6 +111,13 @@ def _config(arch: str, vocab_size: int, overrides: dict[str, Any]):
         kwargs = dict(decoder, rope_theta=1_000_000.0, tie_word_embeddings=True)
         kwargs.update(overrides)
         return Qwen3Config(**kwargs), ["Qwen3ForCausalLM"]
+    if arch == "phi3":
+        # Phi3Config has no head_dim (heads are hidden / num_attention_heads): 128 / 4 = 32.
+        # Its checkpoint fuses q/k/v into qkv_proj and gate/up into gate_up_proj.
+        kwargs = {k: v for k, v in decoder.items() if k != "head_dim"}
+        kwargs.update(hidden_size=128, rope_theta=10000.0, tie_word_embeddings=False)
+        kwargs.update(overrides)
+        return Phi3Config(**kwargs), ["Phi3ForCausalLM"]
     raise ValueError(f"arch: unknown tiny architecture {arch!r}; supported: {SUPPORTED_ARCHS}")
 
 
