@@ -62,7 +62,7 @@ def _greedy(runner, prompts, max_tokens) -> list[list[int]]:
     return [outputs[h] for h in range(len(prompts))]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_tp2_greedy_equals_tp1(tiny_model_dirs, arch):
     model_dir = tiny_model_dirs[arch]
     expected = _greedy(_make_runner(_config(model_dir, 1)), PROMPTS, MAX_TOKENS)
