@@ -75,6 +75,15 @@ def test_logits_match_transformers(tiny_model_dirs, chunk):
                                rtol=0, atol=1e-4)
 
 
+def test_gemma_3_1b_head_layout_matches_transformers(tmp_path):
+    # gemma-3-1b's attention: head_dim 256, one KV head, query_pre_attn_scalar 256.
+    path = make_tiny_model("gemma3", tmp_path / "hd256", seed=5, head_dim=256,
+                           num_attention_heads=2, num_key_value_heads=1,
+                           query_pre_attn_scalar=256)
+    torch.testing.assert_close(all_position_logits(path, chunk=7), hf_all_position_logits(path),
+                               rtol=0, atol=1e-4)
+
+
 def test_layers_get_their_window_and_rotary_table(tiny_model_dirs):
     model = runner_for(tiny_model_dirs["gemma3"]).model
     windows = [layer.self_attn.attn.sliding_window for layer in model.model.layers]
