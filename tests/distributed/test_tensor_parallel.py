@@ -63,7 +63,7 @@ def _greedy(runner, prompts, max_tokens) -> list[list[int]]:
 
 
 # phi3: the checkpoint's fused qkv_proj / gate_up_proj split into each rank's rows.
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3", "gemma3"])
 def test_tp2_greedy_equals_tp1(tiny_model_dirs, arch):
     model_dir = tiny_model_dirs[arch]
     expected = _greedy(_make_runner(_config(model_dir, 1)), PROMPTS, MAX_TOKENS)

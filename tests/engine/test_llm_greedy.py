@@ -33,16 +33,19 @@ def _check_greedy(llm, model, tokenizer, prompts, max_new=MAX_NEW, n=1):
     return outs
 
 
-@pytest.mark.parametrize("arch", ["opt", "llama", "qwen3", "phi3"])
+@pytest.mark.parametrize("arch", ["opt", "llama", "qwen3", "phi3", "gemma3"])
 def test_greedy_matches_hf_all_prompts_together(arch, tiny_model_dirs, hf_model, tokenizer_of):
     path = tiny_model_dirs[arch]
     llm = LLM(model=str(path), **engine_kwargs())
     _check_greedy(llm, hf_model(path), tokenizer_of(path), PROMPTS)
 
 
-def test_greedy_with_chunked_prefill(tiny_llama, hf_model, tokenizer_of):
-    llm = LLM(model=str(tiny_llama), **engine_kwargs(max_num_batched_tokens=32))
-    _check_greedy(llm, hf_model(tiny_llama), tokenizer_of(tiny_llama), PROMPTS)
+# gemma3: chunks and cached prefixes longer than its local layers' 12-token sliding window.
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_greedy_with_chunked_prefill(arch, tiny_model_dirs, hf_model, tokenizer_of):
+    path = tiny_model_dirs[arch]
+    llm = LLM(model=str(path), **engine_kwargs(max_num_batched_tokens=32))
+    _check_greedy(llm, hf_model(path), tokenizer_of(path), PROMPTS)
     assert llm.llm_engine.get_stats().num_steps > MAX_NEW + 5  # prompts really came in chunks
 
 
@@ -69,12 +72,15 @@ def test_greedy_with_admission_reserve_under_cache_pressure(tiny_qwen3, hf_model
     assert llm.llm_engine.get_stats().num_blocks_used == 0
 
 
-def test_greedy_with_shared_prefixes_hits_the_prefix_cache(tiny_llama, hf_model, tokenizer_of):
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_greedy_with_shared_prefixes_hits_the_prefix_cache(arch, tiny_model_dirs, hf_model,
+                                                           tokenizer_of):
+    path = tiny_model_dirs[arch]
     prefix = "The scheduler decides which requests run in each step of the engine. " * 2
     prompts = [prefix + p for p in PROMPTS[:16]]
-    llm = LLM(model=str(tiny_llama), **engine_kwargs(max_num_batched_tokens=64))
-    _check_greedy(llm, hf_model(tiny_llama), tokenizer_of(tiny_llama), prompts[:1])
-    _check_greedy(llm, hf_model(tiny_llama), tokenizer_of(tiny_llama), prompts)
+    llm = LLM(model=str(path), **engine_kwargs(max_num_batched_tokens=64))
+    _check_greedy(llm, hf_model(path), tokenizer_of(path), prompts[:1])
+    _check_greedy(llm, hf_model(path), tokenizer_of(path), prompts)
     stats = llm.llm_engine.get_stats()
     assert stats.prefix_cache_hits > 0
     outs = llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)

@@ -39,11 +39,13 @@ class DecoderOptions:
         self.qk_norm = qk_norm
 
 
-def make_rotary_embedding(config: Any) -> RotaryEmbedding:
+def make_rotary_embedding(config: Any, rope_params: Optional[dict] = None) -> RotaryEmbedding:
     """The model's rotary table ([max positions, rotary_dim] float32): max_position_embeddings
-    rows, or more where the rope scaling reaches further (YaRN)."""
+    rows, or more where the rope scaling reaches further (YaRN). rope_params: instead of the
+    config's own (models with a table per layer type pass each one's)."""
     head_dim = head_dim_of(config)
-    rope_params = rope_parameters_from_config(config)
+    if rope_params is None:
+        rope_params = rope_parameters_from_config(config)
     rotary_dim = int(head_dim * rope_params.get(
         "partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
     max_positions = max(config.max_position_embeddings,
@@ -52,8 +54,12 @@ def make_rotary_embedding(config: Any) -> RotaryEmbedding:
 
 
 class LlamaAttention(nn.Module):
+    # o_proj's output goes straight into a residual add + RMSNorm, which can sum split-K partials.
+    output_into_fused_norm = True
+
     def __init__(self, config: Any, layer_idx: int, options: DecoderOptions, tp_rank: int,
-                 tp_size: int, sliding_window: Optional[int], rotary_emb: RotaryEmbedding):
+                 tp_size: int, sliding_window: Optional[int], rotary_emb: RotaryEmbedding,
+                 scale: Optional[float] = None):
         super().__init__()
         hidden = config.hidden_size
         self.head_dim = head_dim_of(config)
@@ -69,10 +75,15 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, hidden,
                                         bias=getattr(config, "attention_bias", False),
                                         tp_rank=tp_rank, tp_size=tp_size)
-        self.rotary_emb = rotary_emb   # shared by all layers: one cos/sin table per model
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
+        # Shared by the layers: one cos/sin table per model (Gemma 3: per layer type).
+        self.rotary_emb = rotary_emb
+        # scale: the attention logits' (Gemma: query_pre_attn_scalar ** -0.5), by default
+        # head_dim ** -0.5.
+        self.attn = Attention(self.num_heads, self.head_dim,
+                              self.head_dim ** -0.5 if scale is None else scale,
                               self.num_kv_heads, sliding_window=sliding_window)
-        # Qwen3's per-head RMSNorm of q and k (None elsewhere), fused into the rotation.
+        # Qwen3's / Gemma 3's per-head RMSNorm of q and k (None elsewhere), fused into the
+        # rotation.
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if options.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if options.qk_norm else None
 
@@ -89,25 +100,34 @@ class LlamaAttention(nn.Module):
         q, k = self.rotary_emb(positions, q, k, self.q_norm, self.k_norm, **cache)
         out = self.attn(q, k, v, kv_cache, meta, kv_written=fused)  # [T, Hq * D]
         # Into post_attention_layernorm's residual add: may come back as split-K partials.
-        return self.o_proj(out, into_fused_norm=True)
+        return self.o_proj(out, into_fused_norm=self.output_into_fused_norm)
 
 
 class LlamaMLP(nn.Module):
+    # down_proj's output goes straight into a residual add + RMSNorm (see LlamaAttention).
+    output_into_fused_norm = True
+
     def __init__(self, config: Any, tp_rank: int, tp_size: int):
         super().__init__()
-        if config.hidden_act != "silu":
-            raise ValueError(f"hidden_act: only 'silu' is supported, got {config.hidden_act!r}")
+        self.act = self.make_activation(config)
         bias = getattr(config, "mlp_bias", False)
         inter = config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter, inter],
                                                        bias=bias, tp_rank=tp_rank, tp_size=tp_size)
         self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=bias,
                                            tp_rank=tp_rank, tp_size=tp_size)
-        self.act = SiluAndMul()
+
+    @staticmethod
+    def make_activation(config: Any) -> nn.Module:
+        """The gated activation of [gate | up] -> [I]."""
+        if config.hidden_act != "silu":
+            raise ValueError(f"hidden_act: only 'silu' is supported, got {config.hidden_act!r}")
+        return SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Into the next layer's input_layernorm (or the final norm), with the residual.
-        return self.down_proj(self.act(self.gate_up_proj(x)), into_fused_norm=True)
+        return self.down_proj(self.act(self.gate_up_proj(x)),
+                              into_fused_norm=self.output_into_fused_norm)
 
 
 class LlamaDecoderLayer(nn.Module):

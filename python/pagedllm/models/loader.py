@@ -53,9 +53,13 @@ def resolve_model_config(model_config: ModelConfig,
         model_config.gguf_path = None
         hf_config = AutoConfig.from_pretrained(
             path, trust_remote_code=model_config.trust_remote_code, revision=model_config.revision)
+    _, model_class = resolve_model_class(getattr(hf_config, "architectures", None))  # fail early
+    if hasattr(model_class, "text_only_config"):
+        # A vision-language checkpoint served text-only: the engine runs on its language model's
+        # config (vocabulary, KV heads, layers, max positions).
+        hf_config = model_class.text_only_config(hf_config)
     model_config.model_path = path
     model_config.hf_config = hf_config
-    resolve_model_class(getattr(hf_config, "architectures", None))   # fail early if unsupported
     model_config.torch_dtype = choose_dtype(model_config.dtype, hf_config, torch.device(device))
     derived = derived_max_model_len(hf_config)
     if model_config.max_model_len is None:

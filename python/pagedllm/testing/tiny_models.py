@@ -20,7 +20,14 @@ PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
-SUPPORTED_ARCHS = ("opt", "llama", "qwen2", "qwen3", "phi3")
+SUPPORTED_ARCHS = ("opt", "llama", "qwen2", "qwen3", "phi3", "gemma3")
+# Built on request only (not by the test session's fixture): a Gemma 3 vision-language
+# checkpoint with a tiny vision tower, whose language model pagedllm serves text-only.
+MULTIMODAL_ARCHS = ("gemma3_multimodal",)
+
+# The tiny Gemma 3's sliding window: shorter than most test prompts, so the local layers' window
+# really cuts their context.
+GEMMA3_SLIDING_WINDOW = 12
 
 # ChatML-like template over the tiny vocabulary's special tokens.
 CHAT_TEMPLATE = (
@@ -83,7 +90,8 @@ def _add_bos_post_processor(tokenizer) -> None:
 
 
 def _config(arch: str, vocab_size: int, overrides: dict[str, Any]):
-    from transformers import LlamaConfig, OPTConfig, Phi3Config, Qwen2Config, Qwen3Config
+    from transformers import (Gemma3Config, Gemma3TextConfig, LlamaConfig, OPTConfig, Phi3Config,
+                              Qwen2Config, Qwen3Config)
 
     common = dict(vocab_size=vocab_size, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
                   eos_token_id=EOS_ID, max_position_embeddings=512)
@@ -118,16 +126,43 @@ def _config(arch: str, vocab_size: int, overrides: dict[str, Any]):
         kwargs.update(hidden_size=128, rope_theta=10000.0, tie_word_embeddings=False)
         kwargs.update(overrides)
         return Phi3Config(**kwargs), ["Phi3ForCausalLM"]
-    raise ValueError(f"arch: unknown tiny architecture {arch!r}; supported: {SUPPORTED_ARCHS}")
+    if arch in ("gemma3", "gemma3_multimodal"):
+        # Local, global, local: both layer types and both rotary tables, the global one scaled
+        # as in gemma-3-4b+. query_pre_attn_scalar differs from head_dim, as in gemma-3-27b.
+        kwargs = dict(decoder, num_hidden_layers=3, hidden_activation="gelu_pytorch_tanh",
+                      layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                      sliding_window=GEMMA3_SLIDING_WINDOW, query_pre_attn_scalar=24,
+                      rope_parameters={
+                          "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                          "full_attention": {"rope_type": "linear", "factor": 8.0,
+                                             "rope_theta": 1_000_000.0}},
+                      tie_word_embeddings=True)
+        del kwargs["hidden_act"]
+        kwargs.update(overrides)
+        if arch == "gemma3":
+            return Gemma3TextConfig(**kwargs), ["Gemma3ForCausalLM"]
+        # A 28-pixel image in 14-pixel patches: 2 x 2 patches pooled to 4 tokens per image.
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=28, patch_size=14)
+        return (Gemma3Config(text_config=kwargs, vision_config=vision, mm_tokens_per_image=4),
+                ["Gemma3ForConditionalGeneration"])
+    raise ValueError(f"arch: unknown tiny architecture {arch!r}; supported: "
+                     f"{SUPPORTED_ARCHS + MULTIMODAL_ARCHS}")
 
 
 # Projections that write into the residual stream.
 _RESIDUAL_WRITERS = ("o_proj", "down_proj", "out_proj", "fc2")
+# Gemma normalizes each block's output before its residual add, so these norms' gains (not the
+# writers' std) set how much the layers weigh against the sqrt(hidden)-scaled embedding.
+_GEMMA_POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
+_GEMMA_POST_NORM_GAIN = 4.0   # below ~2 the tied head only echoes the last token
 
 
-def _sharpen_weights(model: torch.nn.Module, seed: int) -> None:
+def _sharpen_weights(model: torch.nn.Module, seed: int, gemma: bool = False) -> None:
     """Re-draw matrices with a larger std than HF's 0.02 so logits are far from ties; norms keep
-    random gains around 1 so that norm weights are exercised too."""
+    random gains around 1 so that norm weights are exercised too. gemma: the language model's
+    norms store gain - 1 (Gemma's RMSNorm multiplies by 1 + weight), the post-block ones
+    _GEMMA_POST_NORM_GAIN."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -139,7 +174,12 @@ def _sharpen_weights(model: torch.nn.Module, seed: int) -> None:
                     std *= 3.0   # layers outweigh the token's own embedding (tied heads echo it)
                 param.copy_(torch.randn(param.shape, generator=gen) * std)
             elif "norm" in name and name.endswith("weight"):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
+                gain = 1.0
+                gemma_norm = gemma and "vision_tower" not in name
+                if gemma_norm and any(k in name for k in _GEMMA_POST_NORMS):
+                    gain = _GEMMA_POST_NORM_GAIN
+                stored = gain - 1.0 if gemma_norm else gain
+                param.copy_(stored + 0.1 * torch.randn(param.shape, generator=gen))
             else:  # biases
                 param.copy_(0.1 * torch.randn(param.shape, generator=gen))
 
@@ -154,8 +194,9 @@ def make_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0, vocab_size
     """
     from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-    if arch not in SUPPORTED_ARCHS:
-        raise ValueError(f"arch: unknown tiny architecture {arch!r}; supported: {SUPPORTED_ARCHS}")
+    if arch not in SUPPORTED_ARCHS + MULTIMODAL_ARCHS:
+        raise ValueError(f"arch: unknown tiny architecture {arch!r}; supported: "
+                         f"{SUPPORTED_ARCHS + MULTIMODAL_ARCHS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -163,7 +204,7 @@ def make_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0, vocab_size
     config.architectures = architectures
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    _sharpen_weights(model, seed)
+    _sharpen_weights(model, seed, gemma=arch.startswith("gemma"))
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     generation = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
@@ -172,12 +213,14 @@ def make_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0, vocab_size
     raw = _train_tokenizer(vocab_size - len(added_tokens))
     if added_tokens:
         raw.add_tokens(list(added_tokens))
-    adds_bos = arch in ("opt", "llama")   # as the real tokenizers of these families do
+    # As the real tokenizers of these families do.
+    adds_bos = arch in ("opt", "llama", "gemma3", "gemma3_multimodal")
     if adds_bos:
         _add_bos_post_processor(raw)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-        clean_up_tokenization_spaces=False, model_max_length=config.max_position_embeddings,
+        clean_up_tokenization_spaces=False,
+        model_max_length=config.get_text_config().max_position_embeddings,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
