@@ -15,6 +15,11 @@ from typing import Any, AsyncIterator, Optional
 
 import jinja2
 
+from pagedllm.entrypoints.openai.chat_answer import (
+    ChatAnswerDelta,
+    ChatAnswerFormat,
+    ChatAnswerStream,
+)
 from pagedllm.entrypoints.openai.errors import APIError, BadRequestError, sse_error_event
 from pagedllm.entrypoints.openai.metrics import RequestTimer
 from pagedllm.entrypoints.openai.protocol import (
@@ -47,11 +52,6 @@ from pagedllm.entrypoints.openai.serving_engine import (
     top_entries,
 )
 from pagedllm.entrypoints.openai.streaming import SSE_DONE, FastChunks, sse_event
-from pagedllm.entrypoints.openai.chat_answer import (
-    ChatAnswerDelta,
-    ChatAnswerFormat,
-    ChatAnswerStream,
-)
 from pagedllm.entrypoints.openai.tool_calls import ToolChoice, tool_call_id
 from pagedllm.entrypoints.openai.tool_parsers import make_tool_parser
 from pagedllm.reasoning import make_reasoning_parser
