@@ -142,10 +142,13 @@ def test_longrope_table_follows_max_model_len(partial, attention_factor):
     long = make_rotary_embedding(config)
     assert_table_matches(long, hf, torch.arange(600))
     assert not torch.allclose(long.cos_sin_cache[:512], short.cos_sin_cache[:512])
-    # Without the loader's value: max_position_embeddings (8192 > 512), the long factors.
+    # The table has one row per served position.
+    assert short.cos_sin_cache.shape[0] == 512 and long.cos_sin_cache.shape[0] == 600
+    # Without the loader's value: max_position_embeddings (8192 > 512) rows, the long factors.
     del config.engine_max_model_len
-    torch.testing.assert_close(make_rotary_embedding(config).cos_sin_cache,
-                               long.cos_sin_cache, rtol=0, atol=0)
+    full = make_rotary_embedding(config).cos_sin_cache
+    assert full.shape[0] == 8192
+    torch.testing.assert_close(full[:600], long.cos_sin_cache, rtol=0, atol=0)
 
 
 def test_longrope_factor_count_is_checked():
