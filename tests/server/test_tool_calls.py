@@ -1,7 +1,7 @@
 """Tool calling over HTTP with the OpenAI client: tools reach the chat template, named and
-"required" calls are generated under their schemas, "auto" calls are parsed (hermes) from what
-the model wrote — here forced with a regex, since a random tiny model never writes a call by
-itself — and streams add up to the full answers."""
+"required" calls are generated under their schemas, "auto" calls are parsed (hermes, and
+qwen3_coder on a second server) from what the model wrote — here forced with a regex, since a
+random tiny model never writes a call by itself — and streams add up to the full answers."""
 
 from __future__ import annotations
 
@@ -44,14 +44,13 @@ FORCED_CALL = ('Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city":
                '"days": 2}}\n</tool_call>')
 
 
-@pytest.fixture(scope="module")
-def tool_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+def _serve_tools(model: Path, tmp_path_factory: pytest.TempPathFactory, parser: str):
     template = tmp_path_factory.mktemp("tools") / "template.jinja"
     template.write_text(TOOL_TEMPLATE)
-    proc = ServerProcess(str(tiny_llama), "--max-model-len", "512", "--served-model-name", "tiny",
+    proc = ServerProcess(str(model), "--max-model-len", "512", "--served-model-name", "tiny",
                          "--dtype", "float32", "--device", "cpu", "--chat-template",
                          str(template), "--enable-auto-tool-choice", "--tool-call-parser",
-                         "hermes")
+                         parser)
     yield proc
     code = proc.stop()
     proc.close()
@@ -59,8 +58,19 @@ def tool_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def tool_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+    yield from _serve_tools(tiny_llama, tmp_path_factory, "hermes")
+
+
+@pytest.fixture(scope="module")
 def client(tool_server) -> openai.OpenAI:
     return openai.OpenAI(base_url=tool_server.base_url, api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def qwen3_coder_client(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+    for proc in _serve_tools(tiny_llama, tmp_path_factory, "qwen3_coder"):
+        yield openai.OpenAI(base_url=proc.base_url, api_key="none", max_retries=0)
 
 
 # A random model fills free JSON whitespace forever: the tool-choice schemas take
@@ -72,6 +82,12 @@ def _chat(client, stream=False, **kw):
     kw.setdefault("messages", MESSAGES)
     kw.setdefault("max_tokens", 64)
     return client.chat.completions.create(model="tiny", temperature=0, stream=stream, **kw)
+
+
+def _forcing(text: str) -> dict:
+    """structured_outputs that make the model write exactly `text`."""
+    return {"structured_outputs": {"regex": text.replace(".", r"\.").replace("{", r"\{")
+                                   .replace("}", r"\}")}}
 
 
 def _collect_stream(chunks) -> tuple[str, list[dict], str]:
@@ -162,8 +178,7 @@ def test_required_tool_choice(client, parallel):
 
 
 def test_auto_tool_choice_parses_the_models_calls(client):
-    forced = {"structured_outputs": {"regex": FORCED_CALL.replace(".", r"\.").replace("{", r"\{")
-                                     .replace("}", r"\}")}}
+    forced = _forcing(FORCED_CALL)
     resp = _chat(client, tools=TOOLS, extra_body=forced, max_tokens=200)
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -184,6 +199,26 @@ def test_auto_tool_choice_parses_the_models_calls(client):
     none = _chat(client, tools=TOOLS, max_tokens=8, tool_choice="none",
                  extra_body={"skip_special_tokens": False})
     assert plain.choices[0].message.content == none.choices[0].message.content
+
+
+def test_qwen3_coder_calls_are_typed_by_the_requests_tools(qwen3_coder_client):
+    """The parser is made per request with its tools: `days` (an enum of integers) is a
+    number in the arguments, though the model wrote text."""
+    forced = _forcing("Sure.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nLyon\n"
+                      "</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n"
+                      "</tool_call>")
+    resp = _chat(qwen3_coder_client, tools=TOOLS, extra_body=forced, max_tokens=200)
+    choice = resp.choices[0]
+    assert (choice.finish_reason, choice.message.content) == ("tool_calls", "Sure.")
+    (call,) = choice.message.tool_calls
+    assert call.id.startswith("chatcmpl-tool-")
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather", {"city": "Lyon", "days": 2})
+    content, calls, finish = _collect_stream(_chat(qwen3_coder_client, stream=True, tools=TOOLS,
+                                                   extra_body=forced, max_tokens=200))
+    assert (content, finish) == ("Sure.", "tool_calls")
+    assert [(c["name"], c["arguments"]) for c in calls] == [
+        ("get_weather", call.function.arguments)]
 
 
 def test_tool_choice_none_answers_with_content(client):

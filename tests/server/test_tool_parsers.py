@@ -4,6 +4,7 @@ them at every split of the text, and the request validation of tools / tool_choi
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -11,10 +12,17 @@ from pydantic import ValidationError
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest
 from pagedllm.entrypoints.openai.tool_calls import ToolCallStream, ToolChoice
 from pagedllm.entrypoints.openai.tool_parsers import (
+    TOOL_PARSERS,
+    DeepSeekV3ToolParser,
     HermesToolParser,
     Llama3JsonToolParser,
+    MistralToolParser,
     ParsedToolCall,
+    PythonicToolParser,
+    Qwen3CoderToolParser,
     make_tool_parser,
+    tool_call_ids,
+    typed_value,
 )
 from pagedllm.text_markers import marker_prefix_overlap
 
@@ -61,16 +69,216 @@ LLAMA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text, content, calls", HERMES_CASES)
-def test_hermes_parse(text, content, calls):
-    got = HermesToolParser().parse(text)
+MISTRAL_CASES = [
+    ("Sunny in Paris.\n\n", "Sunny in Paris.\n\n", []),
+    # Tokenizers before v11: a JSON array of calls.
+    ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+     '{"name": "get_time", "arguments": {"zone": "CET", "exact": true}}]', None, [WEATHER, TIME]),
+    # ... or one call object; text after the JSON is dropped, arguments as text are decoded.
+    ('[TOOL_CALLS] {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"} </s>', None,
+     [WEATHER]),
+    # v11 on: name[ARGS]{...} after each marker; content loses the blanks before the calls.
+    ('Let me check.\n[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time[ARGS]'
+     '{"zone": "CET", "exact": true}', "Let me check.", [WEATHER, TIME]),
+    ('\n [TOOL_CALLS]get_weather{"city": "Paris"} and then some prose', None, [WEATHER]),
+    ('Ünïcödé [TOOL_CALLS]get_weather[ARGS]{"city": "Zürich"}', "Ünïcödé",
+     [ParsedToolCall("get_weather", '{"city": "Zürich"}')]),
+    # Malformed, cut short or empty: the whole answer is content.
+    ('[TOOL_CALLS]get_weather[ARGS]{"city": ', '[TOOL_CALLS]get_weather[ARGS]{"city": ', []),
+    ("[TOOL_CALLS]get_weather", "[TOOL_CALLS]get_weather", []),
+    ("[TOOL_CALLS][ARGS]{}", "[TOOL_CALLS][ARGS]{}", []),
+    ('[TOOL_CALLS]f[ARGS]["a"]', '[TOOL_CALLS]f[ARGS]["a"]', []),
+    ('[TOOL_CALLS][{"arguments": {}}]', '[TOOL_CALLS][{"arguments": {}}]', []),
+    ("[TOOL_CALLS][]", "[TOOL_CALLS][]", []),
+    ("Ends with a partial [TOOL_CA", "Ends with a partial [TOOL_CA", []),
+]
+
+PYTHONIC_CASES = [
+    ("Paris is sunny.", "Paris is sunny.", []),
+    ('[get_weather(city="Paris"), get_time(zone="CET", exact=True)]', None, [WEATHER, TIME]),
+    # JSON's names, Llama 4's wrapper and blanks around the list.
+    ("\n<|python_start|>[get_time(zone='CET', exact=true)]<|python_end|>\n", None, [TIME]),
+    ('[search.web(query="Zürich", tags=("a", "b"), limits={"max": -3, "min": 1.5}, page=None)]',
+     None, [ParsedToolCall("search.web", '{"query": "Zürich", "tags": ["a", "b"], '
+                                         '"limits": {"max": -3, "min": 1.5}, "page": null}')]),
+    ('[get_weather(city="a) b")]', None, [ParsedToolCall("get_weather", '{"city": "a) b"}')]),
+    # Anything but a list of calls with literal keyword arguments is content.
+    ('Sure: [get_weather(city="Paris")]', 'Sure: [get_weather(city="Paris")]', []),
+    ('[get_weather("Paris")]', '[get_weather("Paris")]', []),
+    ("[get_weather(city=lookup())]", "[get_weather(city=lookup())]", []),
+    ("[get_weather(city=paris)]", "[get_weather(city=paris)]", []),
+    ('[get_weather(city=f"{x}")]', '[get_weather(city=f"{x}")]', []),
+    ("[1, 2] is a list", "[1, 2] is a list", []),
+    ("[]", "[]", []),
+    ('[get_weather(city="Par', '[get_weather(city="Par', []),
+    ("<|python_sta", "<|python_sta", []),
+]
+
+# Qwen3-Coder's values are text: the request's tools type them.
+TOOL_SCHEMAS = {
+    "get_weather": {"type": "object", "properties": {"city": {"type": "string"}}},
+    "get_time": {"type": "object", "properties": {"zone": {"enum": ["CET", "UTC"]},
+                                                  "exact": {"type": "boolean"}}},
+}
+QWEN3_WEATHER = ("<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+                 "</function>\n</tool_call>")
+QWEN3_CODER_CASES = [
+    ("Paris is sunny.", "Paris is sunny.", []),
+    (QWEN3_WEATHER, None, [WEATHER]),
+    ("I'll check.\n\n" + QWEN3_WEATHER + "\n<tool_call>\n<function=get_time>\n<parameter=zone>\n"
+     "CET\n</parameter>\n<parameter=exact>\ntrue\n</parameter>\n</function>\n</tool_call>",
+     "I'll check.", [WEATHER, TIME]),
+    # <tool_call>, </tool_call> and a </parameter> before the next tag may be missing.
+    ("<function=get_time>\n<parameter=zone>\nCET\n<parameter=exact>\n1\n</parameter>\n"
+     "</function>", None, [TIME]),
+    # Values keep their inner lines; parameters the schema does not know stay text.
+    ("<tool_call>\n<function=run>\n<parameter=code>\ndef f():\n    return 1\n</parameter>\n"
+     "<parameter=n>\n3\n</parameter>\n</function>\n</tool_call>", None,
+     [ParsedToolCall("run", '{"code": "def f():\\n    return 1", "n": "3"}')]),
+    ("Ünïcödé <tool_call>\n<function=get_weather>\n<parameter=city>\nZürich\n</parameter>\n"
+     "</function>\n</tool_call>", "Ünïcödé", [ParsedToolCall("get_weather", '{"city": "Zürich"}')]),
+    # Cut short, malformed, or not this format: content.
+    ("<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n",
+     "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n", []),
+    ("<tool_call>\n<function=>\n</function>\n</tool_call>",
+     "<tool_call>\n<function=>\n</function>\n</tool_call>", []),
+    ('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>',
+     '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>', []),
+    ("Ends with a partial <tool_ca", "Ends with a partial <tool_ca", []),
+    ("Ends with a partial <functio", "Ends with a partial <functio", []),
+]
+
+DS_CALLS, DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+
+
+def _ds_call(name: str, arguments: str, kind: str = "function") -> str:
+    return (f"<｜tool▁call▁begin｜>{kind}<｜tool▁sep｜>{name}\n```json\n{arguments}\n```"
+            "<｜tool▁call▁end｜>")
+
+
+DEEPSEEK_V3_CASES = [
+    ("Paris is sunny.", "Paris is sunny.", []),
+    (DS_CALLS + _ds_call("get_weather", '{"city": "Paris"}') + DS_CALLS_END, None, [WEATHER]),
+    ("Let me check.\n" + DS_CALLS + _ds_call("get_weather", '{"city": "Paris"}') + "\n"
+     + _ds_call("get_time", '{"zone": "CET", "exact": true}') + DS_CALLS_END, "Let me check.",
+     [WEATHER, TIME]),
+    ("Ünïcödé" + DS_CALLS + _ds_call("get_weather", '{"city": "Zürich"}'), "Ünïcödé",
+     [ParsedToolCall("get_weather", '{"city": "Zürich"}')]),
+    # As in vLLM the JSON is one line; other kinds, cut-short calls, bad JSON: content.
+    (DS_CALLS + _ds_call("get_weather", '{\n"city": "Paris"\n}'),
+     DS_CALLS + _ds_call("get_weather", '{\n"city": "Paris"\n}'), []),
+    (DS_CALLS + _ds_call("get_weather", '{"city": "Paris"}', kind="tool"),
+     DS_CALLS + _ds_call("get_weather", '{"city": "Paris"}', kind="tool"), []),
+    (DS_CALLS + _ds_call("get_weather", '{"city": "Paris"}')[:-8],
+     DS_CALLS + _ds_call("get_weather", '{"city": "Paris"}')[:-8], []),
+    (DS_CALLS + _ds_call("get_weather", "Paris"), DS_CALLS + _ds_call("get_weather", "Paris"), []),
+    (DS_CALLS + DS_CALLS_END, DS_CALLS + DS_CALLS_END, []),
+    ("Ends with a partial <｜tool▁calls", "Ends with a partial <｜tool▁calls", []),
+]
+
+# Every parser with its table; the stream must add up to each answer.
+PARSER_CASES = [
+    (HermesToolParser(), HERMES_CASES),
+    (Llama3JsonToolParser(), LLAMA_CASES),
+    (MistralToolParser(), MISTRAL_CASES),
+    (PythonicToolParser(), PYTHONIC_CASES),
+    (Qwen3CoderToolParser(TOOL_SCHEMAS), QWEN3_CODER_CASES),
+    (DeepSeekV3ToolParser(), DEEPSEEK_V3_CASES),
+]
+PARSE_CASES = [(parser, *case) for parser, cases in PARSER_CASES for case in cases]
+
+
+@pytest.mark.parametrize("parser, text, content, calls", PARSE_CASES,
+                         ids=[f"{p.name}-{i}" for i, (p, *_) in enumerate(PARSE_CASES)])
+def test_parse(parser, text, content, calls):
+    got = parser.parse(text)
     assert (got.content, got.calls) == (content, calls)
 
 
-@pytest.mark.parametrize("text, content, calls", LLAMA_CASES)
-def test_llama3_json_parse(text, content, calls):
-    got = Llama3JsonToolParser().parse(text)
-    assert (got.content, got.calls) == (content, calls)
+@pytest.mark.parametrize("parser, cases", PARSER_CASES, ids=[p.name for p, _ in PARSER_CASES])
+def test_complete_calls_of_every_prefix_lead_the_final_calls(parser, cases):
+    for text, _, calls in cases:
+        ends = []
+        for end in range(len(text) + 1):
+            whole = parser.complete_calls(text[:end])
+            assert whole == calls[:len(whole)], (text[:end], text)
+            ends.append(parser.content_end(text[:end]))
+        assert ends == sorted(ends) and all(0 <= e <= len(text) for e in ends), text
+
+
+def test_pythonic_list_then_text_is_content():
+    # Not in the stream table: a stream has sent the list's whole calls before the text came.
+    parser = PythonicToolParser()
+    for text in ('[get_weather(city="Paris")] and more', '[get_weather(city="Paris")]; x = 1'):
+        assert parser.parse(text).calls == [] and parser.parse(text).content == text
+        assert parser.complete_calls(text) == [WEATHER]
+
+
+@pytest.mark.parametrize("text, schema, value", [
+    ("5", {"type": "integer"}, 5),
+    (" 5 ", {"type": "integer"}, 5),
+    ("5", {"type": "string"}, "5"),
+    ("5", {}, "5"),
+    ("2.50", {"type": "number"}, 2.5),
+    ("3.0", {"type": "number"}, 3),
+    ("True", {"type": "boolean"}, True),
+    ("0", {"type": "boolean"}, False),
+    ("null", {"type": ["integer", "null"]}, None),
+    ("7", {"type": ["integer", "null"]}, 7),
+    ('{"a": [1]}', {"type": "object"}, {"a": [1]}),
+    ("[1, 2]", {"type": "array"}, [1, 2]),
+    ("[1, 2]", {"type": "string"}, "[1, 2]"),
+    ("3", {"enum": [1, 2, 3]}, 3),
+    ("4", {"anyOf": [{"type": "integer"}, {"type": "string"}]}, 4),
+    ("four", {"anyOf": [{"type": "integer"}, {"type": "string"}]}, "four"),
+    # Nothing the schema allows reads it: any JSON it is, else the text.
+    ("yes", {"type": "boolean"}, "yes"),
+    ("[1]", {"type": "integer"}, [1]),
+    ("NaN", {"type": "number"}, "NaN"),
+    ("1e999", {"type": "number"}, "1e999"),
+])
+def test_qwen3_coder_types_values_by_schema(text, schema, value):
+    got = typed_value(text, schema)
+    assert got == value and type(got) is type(value)
+
+
+def test_qwen3_coder_without_tools_keeps_text():
+    text = QWEN3_CODER_CASES[2][0]
+    untyped = make_tool_parser("qwen3_coder").parse(text).calls
+    assert untyped[1] == ParsedToolCall("get_time", '{"zone": "CET", "exact": "true"}')
+    typed = make_tool_parser("qwen3_coder", TOOL_SCHEMAS).parse(text).calls
+    assert typed == [WEATHER, TIME]
+
+
+def test_request_tool_schemas():
+    req = _request(tools=TOOLS)
+    assert req.tool_schemas() == {"get_weather": TOOLS[0]["function"]["parameters"],
+                                  "get_time": {}}
+    assert _request().tool_schemas() == {}
+
+
+def test_call_ids_follow_the_servers_parser():
+    assert re.fullmatch(r"[A-Za-z0-9]{9}", tool_call_ids("mistral")())
+    assert tool_call_ids("hermes")().startswith("chatcmpl-tool-")
+    assert tool_call_ids(None)().startswith("chatcmpl-tool-")
+    ids = {tool_call_ids("mistral")() for _ in range(20)}
+    assert len(ids) == 20
+    # The stream names "auto" and named calls with the choice's ids.
+    parser = MistralToolParser()
+    auto = ToolChoice("auto", parser=parser, call_id=parser.new_call_id)
+    _, calls, _ = _replay(auto, MISTRAL_CASES[1][0], 5)
+    named = ToolChoice("named", named="get_weather", call_id=parser.new_call_id)
+    _, named_calls, _ = _replay(named, '{"city": "Paris"}', 5)
+    assert all(re.fullmatch(r"[A-Za-z0-9]{9}", c["id"]) for c in calls + named_calls)
+
+
+def test_every_parser_is_registered():
+    assert sorted(TOOL_PARSERS) == ["deepseek_v3", "hermes", "llama3_json", "llama4_pythonic",
+                                    "mistral", "pythonic", "qwen3_coder"]
+    assert all(make_tool_parser(name).name == name for name in TOOL_PARSERS)
+    special = {name for name, cls in TOOL_PARSERS.items() if cls.keeps_special_tokens}
+    assert special == {"hermes", "mistral", "qwen3_coder", "deepseek_v3"}
+
 
 
 def test_marker_prefix_overlap():
@@ -110,8 +318,7 @@ def _replay(choice: ToolChoice, text: str, step: int) -> tuple[str, list[dict], 
     return content, [calls[i] for i in sorted(calls)], stream.called
 
 
-@pytest.mark.parametrize("parser, cases", [(HermesToolParser(), HERMES_CASES),
-                                           (Llama3JsonToolParser(), LLAMA_CASES)])
+@pytest.mark.parametrize("parser, cases", PARSER_CASES, ids=[p.name for p, _ in PARSER_CASES])
 @pytest.mark.parametrize("step", [1, 3, 7, 1000])
 def test_auto_stream_adds_up_to_the_full_answer(parser, cases, step):
     choice = ToolChoice("auto", parser=parser)

@@ -43,7 +43,8 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         choices=sorted(TOOL_PARSERS),
         help="how the model writes tool calls: hermes (Qwen2.5/3, Hermes, ChatML tool "
-        "templates) or llama3_json (Llama 3.1-3.3)",
+        "templates), llama3_json (Llama 3.1-3.3), pythonic / llama4_pythonic (Llama 3.2 / 4), "
+        "mistral, qwen3_coder or deepseek_v3",
     )
     g.add_argument(
         "--metrics-public", action="store_true", help="serve /metrics without the API key"

@@ -413,6 +413,10 @@ class ChatCompletionRequest(SamplingFields):
             return {**options, "json": tool.function.parameters or EMPTY_PARAMETERS}
         return super().structured_constraint
 
+    def tool_schemas(self) -> dict[str, dict[str, Any]]:
+        """Each tool's parameters schema by function name, for parsers that type arguments."""
+        return {tool.function.name: tool.function.parameters or {} for tool in self.tools or ()}
+
     def template_tools(self) -> Optional[list[dict[str, Any]]]:
         """The tools as chat templates read them (also under tool_choice "none", as vLLM)."""
         return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None

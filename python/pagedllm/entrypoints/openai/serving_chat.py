@@ -52,8 +52,8 @@ from pagedllm.entrypoints.openai.serving_engine import (
     top_entries,
 )
 from pagedllm.entrypoints.openai.streaming import SSE_DONE, FastChunks, sse_event
-from pagedllm.entrypoints.openai.tool_calls import ToolChoice, tool_call_id
-from pagedllm.entrypoints.openai.tool_parsers import make_tool_parser
+from pagedllm.entrypoints.openai.tool_calls import ToolChoice
+from pagedllm.entrypoints.openai.tool_parsers import make_tool_parser, tool_call_ids
 from pagedllm.reasoning import make_reasoning_parser
 
 # Arguments of apply_chat_template a client must not override through chat_template_kwargs.
@@ -176,9 +176,10 @@ class OpenAIServingChat(OpenAIServing):
                     '"required" or a named function)',
                     param="tool_choice",
                 )
-            parser = make_tool_parser(self.ctx.tool_call_parser)
+            parser = make_tool_parser(self.ctx.tool_call_parser, req.tool_schemas())
         named = req.tool_choice.function.name if mode == "named" else None
-        return ToolChoice(mode, named, parser, req.parallel_tool_calls is not False)
+        return ToolChoice(mode, named, parser, req.parallel_tool_calls is not False,
+                          call_id=tool_call_ids(self.ctx.tool_call_parser))
 
     async def full(
         self,
@@ -221,8 +222,8 @@ class OpenAIServingChat(OpenAIServing):
                 )
             answer = fmt.final(comp.text, comp.finish_reason)
             tool_calls = [
-                ToolCall(id=tool_call_id(), function=FunctionCall(name=c.name,
-                                                                  arguments=c.arguments))
+                ToolCall(id=fmt.tools.call_id(), function=FunctionCall(name=c.name,
+                                                                       arguments=c.arguments))
                 for c in answer.calls
             ]
             message = ChatResponseMessage(role="assistant", content=answer.content,

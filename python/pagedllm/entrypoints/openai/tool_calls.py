@@ -15,23 +15,19 @@ normally; a named call keeps the engine's reason.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pagedllm.entrypoints.openai.tool_parsers import (
     ParsedToolCall,
     ToolCallParser,
     ToolParse,
     call_from_object,
+    tool_call_id,
 )
 
 _DECODER = json.JSONDecoder()
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
-
-
-def tool_call_id() -> str:
-    return f"chatcmpl-tool-{uuid.uuid4().hex}"
 
 
 def _parameters(tool: Any) -> dict:
@@ -90,6 +86,8 @@ class ToolChoice:
     named: Optional[str] = None  # the function for "named"
     parser: Optional[ToolCallParser] = None  # for "auto"
     parallel_tool_calls: bool = True
+    # Makes the ids of the calls, in every mode (tool_parsers.tool_call_ids).
+    call_id: Callable[[], str] = tool_call_id
 
     @property
     def answers_with_calls(self) -> bool:
@@ -154,7 +152,8 @@ class ToolCallStream:
     def _send_calls(self, delta: ToolCallDelta, calls: list[ParsedToolCall]) -> None:
         limit = len(calls) if self.choice.parallel_tool_calls else min(len(calls), 1)
         for call in calls[self.calls_sent:limit]:
-            delta.calls.append((self.calls_sent, tool_call_id(), call.name, call.arguments))
+            delta.calls.append((self.calls_sent, self.choice.call_id(), call.name,
+                                call.arguments))
             self.calls_sent += 1
 
     def feed(self, text: str) -> ToolCallDelta:
@@ -163,7 +162,7 @@ class ToolCallStream:
         mode = self.choice.mode
         if mode == "named":
             if self.named_id is None:
-                self.named_id = tool_call_id()
+                self.named_id = self.choice.call_id()
                 delta.calls.append((0, self.named_id, self.choice.named, ""))
             if len(text) > self.named_sent:
                 delta.calls.append((0, None, None, text[self.named_sent:]))
