@@ -22,8 +22,8 @@ from pagedllm.entrypoints.openai.tool_parsers import (
     Qwen3CoderToolParser,
     make_tool_parser,
     tool_call_ids,
-    typed_value,
 )
+from pagedllm.entrypoints.openai.tool_parsers.qwen3_coder import typed_value
 from pagedllm.text_markers import marker_prefix_overlap
 
 WEATHER = ParsedToolCall("get_weather", '{"city": "Paris"}')
