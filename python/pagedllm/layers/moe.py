@@ -120,9 +120,10 @@ class MoEExperts(nn.Module):
             rows = slice(start, start + count)
             inner = self.act(F.linear(x[rows], self.gate_up_proj[expert]))   # [n, I / tp]
             expert_out = F.linear(inner, self.down_proj[expert])             # [n, H]
-            # Weighted in float32, stored in the model's dtype. (transformers, in 16 bits: Qwen
-            # MoE rounds the weights first, Mixtral rounds only the sum.) Alike in float32.
-            out[rows] = expert_out.float() * pair_weights[rows]
+            # One kernel: weighted in float32 (the weights' dtype), stored in the model's.
+            # (transformers in 16 bits: Qwen MoE rounds the weights first, Mixtral rounds only
+            # the sum.) Alike in float32.
+            torch.mul(expert_out, pair_weights[rows], out=out[rows])
             start += count
         # Back to (token, k) order and summed over k rather than index_add_ onto the tokens:
         # CUDA's index_add_ adds atomically in no fixed order (run-to-run differences in 16-bit),
