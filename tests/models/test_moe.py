@@ -130,6 +130,16 @@ def test_all_tokens_on_one_expert_and_no_tokens():
     assert block(x[:0]).shape == (0, HIDDEN)
 
 
+def test_block_in_bfloat16_stays_near_float32():
+    block = random_block(4, False, seed=9)
+    x = torch.randn(13, HIDDEN, generator=torch.Generator().manual_seed(10))
+    expected = block(x)
+    block.to(torch.bfloat16)
+    ours = block(x.bfloat16())
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), expected, rtol=0.05, atol=0.05)
+
+
 def test_routing_math_of_each_family():
     logits = torch.randn(7, EXPERTS, generator=torch.Generator().manual_seed(5))
     # Mixtral: the renormalized top-k of the softmax is the softmax of the top-k logits.
