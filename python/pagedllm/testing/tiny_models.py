@@ -180,7 +180,7 @@ _RESIDUAL_WRITERS = ("o_proj", "down_proj", "out_proj", "fc2")
 _GEMMA_POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
 _GEMMA_POST_NORM_GAIN = 4.0   # below ~2 the tied head only echoes the last token
 # MoE routers ([E, H] "mlp.gate.weight"): logits this many times larger than a plain layer's keep
-# the k-th and (k+1)-th experts' scores apart, so rounding never flips which experts run.
+# the k-th and (k+1)-th experts' scores apart, so rounding rarely flips which experts run.
 _ROUTER_STD_SCALE = 4.0
 
 
