@@ -62,8 +62,11 @@ def _greedy(runner, prompts, max_tokens) -> list[list[int]]:
     return [outputs[h] for h in range(len(prompts))]
 
 
-# phi3: the checkpoint's fused qkv_proj / gate_up_proj split into each rank's rows.
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3", "gemma3"])
+# phi3: the checkpoint's fused qkv_proj / gate_up_proj split into each rank's rows. MoE models:
+# every expert's intermediate dim split, one all-reduce per expert block (qwen2_moe: with its
+# shared expert's partial sum).
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3", "gemma3", "qwen3_moe", "mixtral",
+                                  "qwen2_moe"])
 def test_tp2_greedy_equals_tp1(tiny_model_dirs, arch):
     model_dir = tiny_model_dirs[arch]
     expected = _greedy(_make_runner(_config(model_dir, 1)), PROMPTS, MAX_TOKENS)

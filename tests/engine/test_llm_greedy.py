@@ -23,9 +23,11 @@ def _check_greedy(llm, model, tokenizer, prompts, max_new=MAX_NEW, n=1):
         assert out.prompt_token_ids == ids and out.finished
         expected = hf_generate_greedy(model, ids, max_new)
         assert len(out.outputs) == n
+        # EOS ends generate's output, also as the max_new-th token (then a stop, not a length).
+        stopped = expected[-1:] == [tokenizer.eos_token_id]
         for comp in out.outputs:
             assert comp.token_ids == expected, prompt
-            assert comp.finish_reason == ("length" if len(expected) == max_new else "stop")
+            assert comp.finish_reason == ("stop" if stopped else "length")
             assert comp.text == tokenizer.decode(
                 expected[:-1] if comp.finish_reason == "stop" else expected,
                 skip_special_tokens=True,
@@ -33,7 +35,8 @@ def _check_greedy(llm, model, tokenizer, prompts, max_new=MAX_NEW, n=1):
     return outs
 
 
-@pytest.mark.parametrize("arch", ["opt", "llama", "qwen3", "phi3", "gemma3"])
+@pytest.mark.parametrize("arch", ["opt", "llama", "qwen3", "phi3", "gemma3", "qwen3_moe",
+                                  "mixtral", "qwen2_moe"])
 def test_greedy_matches_hf_all_prompts_together(arch, tiny_model_dirs, hf_model, tokenizer_of):
     path = tiny_model_dirs[arch]
     llm = LLM(model=str(path), **engine_kwargs())
@@ -41,7 +44,8 @@ def test_greedy_matches_hf_all_prompts_together(arch, tiny_model_dirs, hf_model,
 
 
 # gemma3: chunks and cached prefixes longer than its local layers' 12-token sliding window.
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+# MoE models: each step groups another mix of prompt chunks and decodes by expert.
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen3_moe", "mixtral", "qwen2_moe"])
 def test_greedy_with_chunked_prefill(arch, tiny_model_dirs, hf_model, tokenizer_of):
     path = tiny_model_dirs[arch]
     llm = LLM(model=str(path), **engine_kwargs(max_num_batched_tokens=32))

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _check_divisible(total: int, tp_size: int, what: str) -> int:
+def check_divisible(total: int, tp_size: int, what: str) -> int:
     if total % tp_size != 0:
         raise ValueError(f"tensor_parallel_size: {what}={total} is not divisible by {tp_size}")
     return total // tp_size
 
 
-def _all_reduce(x: torch.Tensor) -> torch.Tensor:
-    # UNTESTED until the tensor-parallel issue: sums partial row-parallel outputs across ranks.
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """Sums the ranks' partial outputs (row-parallel linears, MoE experts) in place."""
     torch.distributed.all_reduce(x)
     return x
 
@@ -60,7 +60,7 @@ class ReplicatedLinear(LinearBase):
         self._make_params(output_size, input_size, bias)
 
     def weight_loader(self, param, loaded, shard_id=None):
-        _copy_checked(param.data, loaded)
+        copy_checked(param.data, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -71,12 +71,12 @@ class ColumnParallelLinear(LinearBase):
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True, **kwargs):
         super().__init__(input_size, output_size, bias, **kwargs)
-        self.output_size_per_rank = _check_divisible(output_size, self.tp_size, "output_size")
+        self.output_size_per_rank = check_divisible(output_size, self.tp_size, "output_size")
         self._make_params(self.output_size_per_rank, input_size, bias)
 
     def weight_loader(self, param, loaded, shard_id=None):
         n = param.shape[0]
-        _copy_checked(param.data, loaded.narrow(0, self.tp_rank * n, n))
+        copy_checked(param.data, loaded.narrow(0, self.tp_rank * n, n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -97,7 +97,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         sizes = [s // self.tp_size for s in self.output_sizes]
         offset = sum(sizes[:shard_id])
         n = sizes[shard_id]
-        _copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, self.tp_rank * n, n))
+        copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, self.tp_rank * n, n))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -108,13 +108,13 @@ class QKVParallelLinear(ColumnParallelLinear):
                  bias: bool = True, tp_rank: int = 0, tp_size: int = 1,
                  params_dtype: Optional[torch.dtype] = None):
         self.head_dim = head_dim
-        self.num_heads = _check_divisible(num_heads, tp_size, "num_attention_heads")
+        self.num_heads = check_divisible(num_heads, tp_size, "num_attention_heads")
         if num_kv_heads >= tp_size:
-            self.num_kv_heads = _check_divisible(num_kv_heads, tp_size, "num_key_value_heads")
+            self.num_kv_heads = check_divisible(num_kv_heads, tp_size, "num_key_value_heads")
             self.kv_replicas = 1
         else:
             self.num_kv_heads = 1
-            self.kv_replicas = _check_divisible(tp_size, num_kv_heads, "tp_size over kv heads")
+            self.kv_replicas = check_divisible(tp_size, num_kv_heads, "tp_size over kv heads")
         # Sized so that output_size / tp_size is exactly this rank's rows.
         total = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp_size
         super().__init__(hidden_size, total, bias, tp_rank=tp_rank, tp_size=tp_size,
@@ -131,7 +131,7 @@ class QKVParallelLinear(ColumnParallelLinear):
             offset, n, src = q_rows + kv_rows, kv_rows, self.tp_rank // self.kv_replicas
         else:
             raise ValueError(f"shard_id must be 'q', 'k' or 'v', got {shard_id!r}")
-        _copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, src * n, n))
+        copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, src * n, n))
 
 
 # Split-K for the skinny GEMMs of a decode step whose output feeds a residual-add + RMSNorm.
@@ -190,16 +190,16 @@ class RowParallelLinear(LinearBase):
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
                  reduce_results: bool = True, **kwargs):
         super().__init__(input_size, output_size, bias, **kwargs)
-        self.input_size_per_rank = _check_divisible(input_size, self.tp_size, "input_size")
+        self.input_size_per_rank = check_divisible(input_size, self.tp_size, "input_size")
         self.reduce_results = reduce_results
         self._make_params(output_size, self.input_size_per_rank, bias)
 
     def weight_loader(self, param, loaded, shard_id=None):
         if param.dim() == 1:   # bias: full on every rank
-            _copy_checked(param.data, loaded)
+            copy_checked(param.data, loaded)
             return
         n = param.shape[1]
-        _copy_checked(param.data, loaded.narrow(1, self.tp_rank * n, n))
+        copy_checked(param.data, loaded.narrow(1, self.tp_rank * n, n))
 
     def forward(self, x: torch.Tensor, into_fused_norm: bool = False):
         """x [T, K] -> [T, N]. into_fused_norm: the caller hands the result straight to
@@ -212,7 +212,7 @@ class RowParallelLinear(LinearBase):
             return F.linear(x, self.weight, self.bias)
         out = F.linear(x, self.weight)
         if self.reduce_results:
-            out = _all_reduce(out)
+            out = all_reduce(out)
         if self.bias is not None:
             out = out + self.bias
         return out
@@ -232,7 +232,7 @@ class RowParallelLinear(LinearBase):
         return SplitKPartials(torch.bmm(xs, ws, out_dtype=torch.float32), x.dtype)
 
 
-def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
+def copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
     if dst.shape != src.shape:
         raise ValueError(f"checkpoint tensor of shape {tuple(src.shape)} does not fit parameter "
                          f"slice of shape {tuple(dst.shape)}")
@@ -242,4 +242,4 @@ def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor,
                           shard_id: object = None) -> None:
     """For parameters without a layer-specific loader (norms, OPT's positional table)."""
-    _copy_checked(param.data, loaded)
+    copy_checked(param.data, loaded)

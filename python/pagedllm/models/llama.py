@@ -1,11 +1,13 @@
 """Llama-family decoder (Llama 2/3/3.x, Mistral) over the paged KV cache.
 
-The same blocks serve Qwen2 (q/k/v bias) and Qwen3 (per-head q/k RMSNorm): see models/qwen.py.
+The same blocks serve Qwen2 (q/k/v bias) and Qwen3 (per-head q/k RMSNorm): see models/qwen.py;
+with expert blocks as the MLPs (make_mlp), the MoE models: models/qwen_moe.py, models/mixtral.py.
 Parameter names follow Hugging Face except q/k/v -> qkv_proj and gate/up -> gate_up_proj, which
 load_weights() stacks.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Optional
 
 import torch
@@ -110,15 +112,20 @@ class LlamaMLP(nn.Module):
     # down_proj's output goes straight into a residual add + RMSNorm (see LlamaAttention).
     output_into_fused_norm = True
 
-    def __init__(self, config: Any, tp_rank: int, tp_size: int):
+    def __init__(self, config: Any, tp_rank: int, tp_size: int,
+                 intermediate_size: Optional[int] = None, reduce_results: bool = True):
+        """intermediate_size: other than config.intermediate_size (an MoE's shared expert);
+        reduce_results=False leaves the output as this rank's partial sum, for the caller to
+        add to others before one all-reduce."""
         super().__init__()
         self.act = self.make_activation(config)
         bias = getattr(config, "mlp_bias", False)
-        inter = config.intermediate_size
+        inter = intermediate_size or config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter, inter],
                                                        bias=bias, tp_rank=tp_rank, tp_size=tp_size)
         self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=bias,
-                                           tp_rank=tp_rank, tp_size=tp_size)
+                                           reduce_results=reduce_results, tp_rank=tp_rank,
+                                           tp_size=tp_size)
 
     @staticmethod
     def make_activation(config: Any) -> nn.Module:
@@ -135,11 +142,13 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: Any, layer_idx: int, options: DecoderOptions, tp_rank: int,
-                 tp_size: int, sliding_window: Optional[int], rotary_emb: RotaryEmbedding):
+                 tp_size: int, sliding_window: Optional[int], rotary_emb: RotaryEmbedding,
+                 mlp: Optional[nn.Module] = None):
+        """mlp: x [T, H] -> [T, H] in place of LlamaMLP (an MoE block)."""
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_idx, options, tp_rank, tp_size,
                                         sliding_window, rotary_emb)
-        self.mlp = LlamaMLP(config, tp_rank, tp_size)
+        self.mlp = mlp if mlp is not None else LlamaMLP(config, tp_rank, tp_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -157,13 +166,17 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaModel(nn.Module):
     def __init__(self, config: Any, options: DecoderOptions, tp_rank: int, tp_size: int,
-                 sliding_windows: list[Optional[int]]):
+                 sliding_windows: list[Optional[int]],
+                 mlps: Optional[list[Optional[nn.Module]]] = None):
+        """mlps: per layer, the MLP (None: LlamaMLP)."""
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                    tp_rank=tp_rank, tp_size=tp_size)
         rotary_emb = make_rotary_embedding(config)
+        mlps = mlps or [None] * config.num_hidden_layers
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, options, tp_rank, tp_size, sliding_windows[i], rotary_emb)
+            LlamaDecoderLayer(config, i, options, tp_rank, tp_size, sliding_windows[i], rotary_emb,
+                              mlps[i])
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -188,12 +201,16 @@ class LlamaForCausalLM(nn.Module):
         (".qkv_proj.", ".v_proj.", "v"),
         (".gate_up_proj.", ".gate_proj.", 0), (".gate_up_proj.", ".up_proj.", 1),
     )
+    # (our stacked parameter, checkpoint name, part) of MoE experts (layers/moe.py); none here.
+    expert_params: tuple[tuple[str, str, str], ...] = ()
 
     def __init__(self, config: Any, tp_rank: int = 0, tp_size: int = 1):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, self.options, tp_rank, tp_size,
-                                self.sliding_windows(config))
+        mlps = [self.make_mlp(config, i, tp_rank, tp_size)
+                for i in range(config.num_hidden_layers)]
+        self.model = LlamaModel(config, self.decoder_options(config), tp_rank, tp_size,
+                                self.sliding_windows(config), mlps)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
                                       tp_rank=tp_rank, tp_size=tp_size)
@@ -204,6 +221,15 @@ class LlamaForCausalLM(nn.Module):
     def sliding_windows(config: Any) -> list[Optional[int]]:
         """Per-layer sliding window (None = full attention). Llama has none."""
         return [None] * config.num_hidden_layers
+
+    def decoder_options(self, config: Any) -> DecoderOptions:
+        """The family's options (Qwen2-MoE reads its q/k/v bias from the config)."""
+        return self.options
+
+    def make_mlp(self, config: Any, layer_idx: int, tp_rank: int,
+                 tp_size: int) -> Optional[nn.Module]:
+        """Layer `layer_idx`'s MLP; None: LlamaMLP (MoE models return their expert blocks)."""
+        return None
 
     def forward(self, input_ids, positions, kv_caches, meta):
         return self.model(input_ids, positions, kv_caches, meta)
@@ -220,7 +246,8 @@ class LlamaForCausalLM(nn.Module):
         load_named_weights(self, weights, self.stacked_params,
                            skip=lambda n: "rotary_emb.inv_freq" in n
                            or (self.tie_word_embeddings and n.startswith("lm_head.")),
-                           fused_params=self.fused_checkpoint_params())
+                           fused_params=self.fused_checkpoint_params(),
+                           expert_params=self.expert_params)
 
 
 class MistralForCausalLM(LlamaForCausalLM):
@@ -229,8 +256,12 @@ class MistralForCausalLM(LlamaForCausalLM):
         return [getattr(config, "sliding_window", None)] * config.num_hidden_layers
 
 
+# One expert's tensor in a checkpoint: (prefix up to "experts").(expert id).(name).
+_EXPERT_TENSOR = re.compile(r"(.*\.experts)\.(\d+)\.(.+)")
+
+
 def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
-                       stacked_params, skip, fused_params=()) -> None:
+                       stacked_params, skip, fused_params=(), expert_params=()) -> None:
     """Copy checkpoint tensors into `model`'s parameters through their weight loaders; raise
     ValueError naming any parameter the checkpoint did not provide or any unknown tensor.
 
@@ -238,11 +269,30 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
     one shard of a parameter of ours. fused_params: (name fragment, ((shard id, rows), ...)) for
     checkpoint tensors that hold all the shards of a parameter of the same name, stacked along
     dim 0 in that order; each part goes through the weight loader on its own, which keeps this
-    rank's rows of every shard under tensor parallelism."""
+    rank's rows of every shard under tensor parallelism. expert_params: (our parameter under
+    `experts.`, checkpoint name under `experts.{e}.`, part) for MoE checkpoints that store each
+    expert apart: `...experts.{e}.<name>` loads with shard id (e, part) into `...experts.<ours>`,
+    whose every expert and part must then come; a missing one is named as the checkpoint
+    would name it."""
     params = dict(model.named_parameters())
     loaded: set[str] = set()
+    by_checkpoint_name = {theirs: (ours, part) for ours, theirs, part in expert_params}
+    expert_parts: dict[str, set[tuple[int, str]]] = {}   # our parameter -> (expert, part) loaded
     for name, tensor in weights:
         if skip(name):
+            continue
+        match = _EXPERT_TENSOR.fullmatch(name) if expert_params else None
+        if match is not None:
+            prefix, expert, theirs = match.group(1), int(match.group(2)), match.group(3)
+            if theirs not in by_checkpoint_name:
+                raise ValueError(f"checkpoint tensor {name!r} matches no model parameter")
+            ours, part = by_checkpoint_name[theirs]
+            target = f"{prefix}.{ours}"
+            if target not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no parameter {target!r}")
+            param = params[target]
+            param.weight_loader(param, tensor, (expert, part))
+            expert_parts.setdefault(target, set()).add((expert, part))
             continue
         fused = next((shards for fragment, shards in fused_params if fragment in name), None)
         if fused is not None:
@@ -272,7 +322,14 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
             param = params[name]
             getattr(param, "weight_loader", default_weight_loader)(param, tensor)
             loaded.add(name)
-    missing = sorted(set(params) - loaded)
+    missing = sorted(set(params) - loaded - set(expert_parts))
+    for target, parts in expert_parts.items():
+        if target in loaded:    # also came whole
+            continue
+        prefix, ours = target.rsplit(".", 1)
+        absent = [f"{prefix}.{e}.{theirs}" for e in range(params[target].shape[0])
+                  for o, theirs, part in expert_params if o == ours and (e, part) not in parts]
+        missing += absent
     if missing:
         raise ValueError(f"checkpoint is missing weights: {missing[:10]}"
                          f"{' ...' if len(missing) > 10 else ''}")

@@ -6,7 +6,7 @@ from typing import Any, Optional
 from pagedllm.models.llama import DecoderOptions, LlamaForCausalLM
 
 
-def _qwen_sliding_windows(config: Any) -> list[Optional[int]]:
+def qwen_sliding_windows(config: Any) -> list[Optional[int]]:
     # Qwen configs carry a sliding_window value but only use it when use_sliding_window is set,
     # and then only on the layers marked "sliding_attention".
     num_layers = config.num_hidden_layers
@@ -23,9 +23,9 @@ def _qwen_sliding_windows(config: Any) -> list[Optional[int]]:
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
     options = DecoderOptions(qkv_bias=True)
-    sliding_windows = staticmethod(_qwen_sliding_windows)
+    sliding_windows = staticmethod(qwen_sliding_windows)
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     options = DecoderOptions(qk_norm=True)
-    sliding_windows = staticmethod(_qwen_sliding_windows)
+    sliding_windows = staticmethod(qwen_sliding_windows)

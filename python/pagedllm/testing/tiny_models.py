@@ -20,7 +20,8 @@ PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
-SUPPORTED_ARCHS = ("opt", "llama", "qwen2", "qwen3", "phi3", "gemma3")
+SUPPORTED_ARCHS = ("opt", "llama", "qwen2", "qwen3", "phi3", "gemma3", "qwen3_moe", "mixtral",
+                   "qwen2_moe")
 # Built on request only (not by the test session's fixture): a Gemma 3 vision-language
 # checkpoint with a tiny vision tower, whose language model pagedllm serves text-only.
 MULTIMODAL_ARCHS = ("gemma3_multimodal",)
@@ -90,8 +91,9 @@ def _add_bos_post_processor(tokenizer) -> None:
 
 
 def _config(arch: str, vocab_size: int, overrides: dict[str, Any]):
-    from transformers import (Gemma3Config, Gemma3TextConfig, LlamaConfig, OPTConfig, Phi3Config,
-                              Qwen2Config, Qwen3Config)
+    from transformers import (Gemma3Config, Gemma3TextConfig, LlamaConfig, MixtralConfig,
+                              OPTConfig, Phi3Config, Qwen2Config, Qwen2MoeConfig, Qwen3Config,
+                              Qwen3MoeConfig)
 
     common = dict(vocab_size=vocab_size, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
                   eos_token_id=EOS_ID, max_position_embeddings=512)
@@ -126,6 +128,27 @@ def _config(arch: str, vocab_size: int, overrides: dict[str, Any]):
         kwargs.update(hidden_size=128, rope_theta=10000.0, tie_word_embeddings=False)
         kwargs.update(overrides)
         return Phi3Config(**kwargs), ["Phi3ForCausalLM"]
+    if arch == "qwen3_moe":
+        # Experts, dense, experts (mlp_only_layers), 2 of 8 experts per token renormalized as
+        # in Qwen3-30B-A3B; the experts' intermediate size is a quarter of the dense MLP's.
+        kwargs = dict(decoder, num_hidden_layers=3, mlp_only_layers=[1], num_experts=8,
+                      num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                      rope_theta=1_000_000.0, tie_word_embeddings=True)
+        kwargs.update(overrides)
+        return Qwen3MoeConfig(**kwargs), ["Qwen3MoeForCausalLM"]
+    if arch == "mixtral":
+        # intermediate_size is each expert's; every layer has experts, top-2 of 8.
+        kwargs = dict(decoder, intermediate_size=32, num_local_experts=8, num_experts_per_tok=2,
+                      rope_theta=1_000_000.0, tie_word_embeddings=False)
+        kwargs.update(overrides)
+        return MixtralConfig(**kwargs), ["MixtralForCausalLM"]
+    if arch == "qwen2_moe":
+        # As Qwen1.5-MoE: q/k/v bias, top-4 weights not renormalized, a shared expert.
+        kwargs = dict(decoder, num_experts=8, num_experts_per_tok=4, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=64, norm_topk_prob=False,
+                      rope_theta=1_000_000.0, tie_word_embeddings=False)
+        kwargs.update(overrides)
+        return Qwen2MoeConfig(**kwargs), ["Qwen2MoeForCausalLM"]
     if arch in ("gemma3", "gemma3_multimodal"):
         # Local, global, local: both layer types and both rotary tables, the global one scaled
         # as in gemma-3-4b+. query_pre_attn_scalar differs from head_dim, as in gemma-3-27b.
@@ -156,6 +179,9 @@ _RESIDUAL_WRITERS = ("o_proj", "down_proj", "out_proj", "fc2")
 # writers' std) set how much the layers weigh against the sqrt(hidden)-scaled embedding.
 _GEMMA_POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
 _GEMMA_POST_NORM_GAIN = 4.0   # below ~2 the tied head only echoes the last token
+# MoE routers ([E, H] "mlp.gate.weight"): logits this many times larger than a plain layer's keep
+# the k-th and (k+1)-th experts' scores apart, so rounding rarely flips which experts run.
+_ROUTER_STD_SCALE = 4.0
 
 
 def _sharpen_weights(model: torch.nn.Module, seed: int, gemma: bool = False) -> None:
@@ -172,6 +198,8 @@ def _sharpen_weights(model: torch.nn.Module, seed: int, gemma: bool = False) -> 
                     std = 0.4
                 elif any(k in name for k in _RESIDUAL_WRITERS):
                     std *= 3.0   # layers outweigh the token's own embedding (tied heads echo it)
+                elif name.endswith("mlp.gate.weight"):
+                    std *= _ROUTER_STD_SCALE
                 param.copy_(torch.randn(param.shape, generator=gen) * std)
             elif "norm" in name and name.endswith("weight"):
                 gain = 1.0
@@ -214,7 +242,7 @@ def make_tiny_model(arch: str, out_dir: str | Path, *, seed: int = 0, vocab_size
     if added_tokens:
         raw.add_tokens(list(added_tokens))
     # As the real tokenizers of these families do.
-    adds_bos = arch in ("opt", "llama", "gemma3", "gemma3_multimodal")
+    adds_bos = arch in ("opt", "llama", "gemma3", "gemma3_multimodal", "mixtral")
     if adds_bos:
         _add_bos_post_processor(raw)
     tokenizer = PreTrainedTokenizerFast(

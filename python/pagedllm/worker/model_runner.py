@@ -9,7 +9,8 @@ GPU path:
 - KV blocks come from gpu_memory_utilization after profile_run() of max_num_batched_tokens, with
   the decode CUDA graphs' memory counted first;
 - pure-decode plans replay a CUDA graph captured per padded batch size (cuda_graphs.py);
-  enforce_eager turns graphs off.
+  enforce_eager turns graphs off, and so does a model with supports_cuda_graphs = False (MoE
+  models: their expert matmuls are sized by the routing, read on the host).
 """
 from __future__ import annotations
 
@@ -81,6 +82,10 @@ class ModelRunner:
     def load_model(self) -> None:
         self.model = build_model(self.model_config, self.device, tp_rank=self.rank,
                                  tp_size=self.parallel_config.tensor_parallel_size)
+        if (self.device.type == "cuda" and not self.device_config.enforce_eager
+                and not model_supports_cuda_graphs(self.model)):
+            logger.info("%s: decode steps run eagerly (no CUDA graphs): its forward has shapes "
+                        "that depend on the data", type(self.model).__name__)
 
     @property
     def max_blocks_per_seq(self) -> int:
@@ -188,6 +193,7 @@ class ModelRunner:
         from pagedllm.ops import cuda_attention_supported
 
         return (self.device.type == "cuda" and not self.device_config.enforce_eager
+                and model_supports_cuda_graphs(self.model)
                 and cuda_attention_supported(self.kv_spec.head_dim, self.dtype))
 
     # ---- one step ----------------------------------------------------------------------------
@@ -285,6 +291,12 @@ def _synthetic_prefill_plan(lengths: list[int], block_size: int, max_blocks: int
         sampled_seq_indices=np.arange(num_seqs, dtype=np.int32),
         handles=np.arange(num_seqs, dtype=np.int64), preempted_handles=np.zeros(0, np.int64),
     )
+
+
+def model_supports_cuda_graphs(model: Optional[torch.nn.Module]) -> bool:
+    """False for models whose forward reads values on the host to size its work (MoE expert
+    grouping): a graph capture cannot include that read, and a replay would keep its sizes."""
+    return bool(getattr(model, "supports_cuda_graphs", True))
 
 
 def _eos_token_ids(model_config: ModelConfig) -> list[int]:
