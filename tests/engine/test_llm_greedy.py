@@ -168,3 +168,21 @@ def test_tqdm_bar_reports_tokens_per_second(tiny_llama, capsys):
     assert "Processed prompts" in err and "3/3" in err and "output:" in err and "toks/s" in err
     llm.generate(PROMPTS[:3], SamplingParams(max_tokens=4), use_tqdm=False)
     assert "Processed prompts" not in capsys.readouterr().err
+
+
+def test_cache_salt_separates_prefix_cache_hits(tiny_llama):
+    llm = LLM(model=str(tiny_llama), **engine_kwargs())
+    prompt = PROMPTS[11] * 2  # several full blocks
+
+    def hits_after(salt):
+        before = llm.llm_engine.get_stats().prefix_cache_hits
+        params = SamplingParams(temperature=0, max_tokens=2, cache_salt=salt)
+        out = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+        return llm.llm_engine.get_stats().prefix_cache_hits - before, out
+
+    assert hits_after("a")[0] == 0
+    hits_b, out_b = hits_after("b")
+    assert hits_b == 0                                 # another salt: nothing shared
+    hits_a, out_a = hits_after("a")
+    assert hits_a > 0 and out_a == out_b               # the same salt hits, same tokens
+    assert hits_after(None)[0] == 0                    # unsalted does not see salted blocks

@@ -166,6 +166,13 @@ class SamplingFields(RequestModel):
     response_format: Optional[ResponseFormat] = None
     # vLLM's extra: StructuredOutputsParams' fields (json, regex, choice, grammar, json_object)
     structured_outputs: Optional[dict[str, Any]] = None
+    # vLLM's extras: lower runs first (--scheduling-policy priority); a salt that keeps this
+    # request's prompt out of other salts' prefix-cache hits; keep only the prompt's last N
+    # tokens (-1: as many as the context leaves room for); answer the token ids too.
+    priority: int = Field(0, ge=-(1 << 31), le=(1 << 31) - 1)
+    cache_salt: Optional[str] = Field(None, min_length=1, max_length=1024)
+    truncate_prompt_tokens: Optional[int] = Field(None, ge=-1, le=MAX_TOKENS_CAP)
+    return_token_ids: bool = False
 
     @model_validator(mode="after")
     def _check_one_constraint(self) -> "SamplingFields":
@@ -353,6 +360,12 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    # vLLM's extras: the reply continues the last (assistant) message instead of starting a new
+    # one; the rendered prompt also gets the tokenizer's special tokens (BOS) added.
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    # OpenAI's; also turns a thinking template's enable_thinking off for "none" (as vLLM).
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
     tools: Optional[list[ChatTool]] = Field(None, max_length=MAX_TOOLS)
     # None: "auto" when tools are given, else "none" (OpenAI's defaults).
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
@@ -364,6 +377,21 @@ class ChatCompletionRequest(SamplingFields):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
+
+    @model_validator(mode="after")
+    def _check_continuation(self) -> "ChatCompletionRequest":
+        if self.continue_final_message and self.add_generation_prompt:
+            raise ValueError("continue_final_message needs add_generation_prompt to be false: "
+                             "the reply continues the last message")
+        return self
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """chat_template_kwargs, with reasoning_effort's switch unless the client set its own."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            kwargs.setdefault("reasoning_effort", self.reasoning_effort)
+            kwargs.setdefault("enable_thinking", self.reasoning_effort != "none")
+        return kwargs
 
     @model_validator(mode="after")
     def _check_tools(self) -> "ChatCompletionRequest":
@@ -466,12 +494,17 @@ class CompletionLogprobs(OpenAIBaseModel):
     top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
 
 
-class CompletionChoice(OpenAIBaseModel):
+class CompletionChoice(OmitNoneModel):
+    _omit_if_none = ("prompt_token_ids", "token_ids")
     index: int
     text: str
     logprobs: Optional[CompletionLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Optional[Union[int, str]] = None
+    # return_token_ids (vLLM's): the prompt's ids (a stream's first chunk of the prompt) and the
+    # generated ids (a stream: those new in the chunk).
+    prompt_token_ids: Optional[list[int]] = None
+    token_ids: Optional[list[int]] = None
 
 
 class CompletionResponse(OpenAIBaseModel):
@@ -516,12 +549,14 @@ class ChatResponseMessage(OmitNoneModel):
     reasoning: Optional[str] = None  # vLLM's field (--reasoning-parser)
 
 
-class ChatCompletionChoice(OpenAIBaseModel):
+class ChatCompletionChoice(OmitNoneModel):
+    _omit_if_none = ("token_ids",)
     index: int
     message: ChatResponseMessage
     logprobs: Optional[ChatChoiceLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Optional[Union[int, str]] = None
+    token_ids: Optional[list[int]] = None  # return_token_ids (vLLM's)
 
 
 class ChatCompletionResponse(OpenAIBaseModel):
@@ -531,6 +566,7 @@ class ChatCompletionResponse(OpenAIBaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
+    prompt_token_ids: Optional[list[int]] = None  # return_token_ids (vLLM's)
 
 
 class DeltaFunctionCall(OmitNoneModel):
@@ -558,22 +594,25 @@ class DeltaMessage(OmitNoneModel):
     tool_calls: Optional[list[DeltaToolCall]] = None
 
 
-class ChatStreamChoice(OpenAIBaseModel):
+class ChatStreamChoice(OmitNoneModel):
+    _omit_if_none = ("token_ids",)
     index: int
     delta: DeltaMessage
     logprobs: Optional[ChatChoiceLogprobs] = None
     finish_reason: Optional[str] = None
     stop_reason: Optional[Union[int, str]] = None
+    token_ids: Optional[list[int]] = None  # return_token_ids: the ids new in this chunk
 
 
 class ChatCompletionChunk(OmitNoneModel):
-    _omit_if_none = ("usage",)
+    _omit_if_none = ("usage", "prompt_token_ids")
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     choices: list[ChatStreamChoice]
     usage: Optional[UsageInfo] = None
+    prompt_token_ids: Optional[list[int]] = None  # return_token_ids: on the first chunk
 
 
 class CompletionChunk(OmitNoneModel):

@@ -81,9 +81,13 @@ def render_chat(
     add_generation_prompt: bool,
     template_kwargs: Optional[dict] = None,
     tools: Optional[list[dict]] = None,
+    continue_final_message: bool = False,
+    add_special_tokens: bool = False,
 ) -> list[int]:
     """Token ids of the conversation rendered by the chat template (400 on any template problem).
-    `tools` (OpenAI's tool objects as dicts) reach the template as its `tools` variable."""
+    `tools` (OpenAI's tool objects as dicts) reach the template as its `tools` variable;
+    `continue_final_message` leaves the last message open for the reply to continue;
+    `add_special_tokens` adds the tokenizer's own (BOS) to what the template wrote."""
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise BadRequestError(
@@ -108,6 +112,7 @@ def render_chat(
             chat_template=template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
             **extra,
         )
     except (jinja2.TemplateError, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -116,8 +121,8 @@ def render_chat(
         ) from exc
     if not isinstance(text, str):
         raise BadRequestError("The chat template did not produce text.", param="messages")
-    # The template writes the special tokens (BOS) itself.
-    return tokenizer.encode(text, add_special_tokens=False)
+    # The template writes the special tokens (BOS) itself, unless the client asks for them.
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 @dataclass
@@ -135,7 +140,7 @@ class OpenAIServingChat(OpenAIServing):
         reasoner = None
         if self.ctx.reasoning_parser:
             reasoner = make_reasoning_parser(self.ctx.reasoning_parser)
-            if not reasoner.thinks(req.chat_template_kwargs):
+            if not reasoner.thinks(req.template_kwargs()):
                 reasoner = None
         fmt = ChatAnswerFormat(tools, reasoner, req.include_reasoning)
         ids = render_chat(
@@ -143,9 +148,12 @@ class OpenAIServingChat(OpenAIServing):
             req.messages,
             self.ctx.chat_template,
             req.add_generation_prompt,
-            req.chat_template_kwargs,
+            req.template_kwargs(),
             req.template_tools(),
+            continue_final_message=req.continue_final_message,
+            add_special_tokens=req.add_special_tokens,
         )
+        ids = self.truncate_prompt(ids, req.truncate_prompt_tokens)
         prompt = PreparedPrompt(ids, None)
         requested = req.requested_max_tokens
         if requested == 0:
@@ -236,6 +244,7 @@ class OpenAIServingChat(OpenAIServing):
                     logprobs=logprobs,
                     finish_reason=answer.finish_reason,
                     stop_reason=comp.stop_reason,
+                    token_ids=list(comp.token_ids) if req.return_token_ids else None,
                 )
             )
         n_prompt = len(prompt.token_ids)
@@ -249,6 +258,7 @@ class OpenAIServingChat(OpenAIServing):
                 completion_tokens=completion_tokens,
                 total_tokens=n_prompt + completion_tokens,
             ),
+            prompt_token_ids=list(prompt.token_ids) if req.return_token_ids else None,
         )
 
     async def stream(
@@ -268,9 +278,10 @@ class OpenAIServingChat(OpenAIServing):
         states: dict[int, ChatChoiceState] = {}
         completion_tokens = 0
 
-        def chunk(choice: ChatStreamChoice) -> str:
+        def chunk(choice: ChatStreamChoice, prompt_ids: Optional[list[int]] = None) -> str:
             return sse_event(
-                ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice])
+                ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice],
+                                    prompt_token_ids=prompt_ids)
             )
 
         try:
@@ -278,7 +289,8 @@ class OpenAIServingChat(OpenAIServing):
             for j in range(req.n):
                 states[j] = ChatChoiceState()
                 yield chunk(
-                    ChatStreamChoice(index=j, delta=DeltaMessage(role="assistant", content=""))
+                    ChatStreamChoice(index=j, delta=DeltaMessage(role="assistant", content="")),
+                    list(prompt.token_ids) if req.return_token_ids and j == 0 else None,
                 )
             async for _, out in merge_async_iterators(*calls):
                 for comp in out.outputs:
@@ -288,6 +300,8 @@ class OpenAIServingChat(OpenAIServing):
                     n_new = len(comp.token_ids) - st.num_tokens
                     timer.on_tokens(n_new)
                     completion_tokens += max(n_new, 0)
+                    new_ids = (list(comp.token_ids[st.num_tokens:]) if req.return_token_ids
+                               else None)
                     st.num_tokens = len(comp.token_ids)
                     delta = comp.text[st.text_len :] if len(comp.text) >= st.text_len else ""
                     st.text_len = max(st.text_len, len(comp.text))
@@ -310,10 +324,10 @@ class OpenAIServingChat(OpenAIServing):
                         st.num_logprobs = upto
                     if finish is not None:
                         st.finished = True
-                    if (not delta and finish is None and logprobs is None
+                    if (not delta and finish is None and logprobs is None and not new_ids
                             and (news is None or news.empty)):
                         continue
-                    if logprobs is None and news is None:
+                    if logprobs is None and news is None and new_ids is None:
                         yield fast.chat(comp.index, delta, finish, comp.stop_reason)
                         continue
                     yield chunk(
@@ -323,6 +337,7 @@ class OpenAIServingChat(OpenAIServing):
                             logprobs=logprobs,
                             finish_reason=finish,
                             stop_reason=comp.stop_reason,
+                            token_ids=new_ids,
                         )
                     )
                 if out.finished:

@@ -45,6 +45,7 @@ class ChoiceState:
     text_offset: int = 0  # characters of text already sent (for logprobs.text_offset)
     echoed: bool = False
     finished: bool = False
+    sent_prompt_ids: bool = False  # return_token_ids: the first chunk carries the prompt's
     token_ids: list[int] = field(default_factory=list)
 
 
@@ -81,6 +82,10 @@ class OpenAIServingCompletion(OpenAIServing):
                     raise BadRequestError("The prompt is empty.", param="prompt")
                 self.check_token_ids(item, "prompt")
                 prompts.append(PreparedPrompt(list(item), None))
+        if req.truncate_prompt_tokens is not None:
+            # The text no longer matches a cut prompt, so echo answers its tokens' text.
+            prompts = [PreparedPrompt(self.truncate_prompt(p.token_ids, req.truncate_prompt_tokens),
+                                      None) for p in prompts]
         return prompts
 
     async def create(self, req: CompletionRequest) -> tuple[Any, Optional[AsyncIterator[str]]]:
@@ -185,6 +190,8 @@ class OpenAIServingCompletion(OpenAIServing):
                         logprobs=logprobs,
                         finish_reason=comp.finish_reason,
                         stop_reason=comp.stop_reason,
+                        prompt_token_ids=list(prompt.token_ids) if req.return_token_ids else None,
+                        token_ids=list(comp.token_ids) if req.return_token_ids else None,
                     )
                 )
         prompt_tokens = sum(len(p.token_ids) for p in prompts)
@@ -252,9 +259,13 @@ class OpenAIServingCompletion(OpenAIServing):
                     finish = comp.finish_reason
                     if finish is not None:
                         st.finished = True
-                    if not delta and finish is None and not (logprobs and logprobs.tokens):
+                    if (not delta and finish is None and not (logprobs and logprobs.tokens)
+                            and not (req.return_token_ids and new_tokens)):
                         continue  # nothing printable yet (e.g. half a UTF-8 character)
-                    if logprobs is None:
+                    prompt_ids = None
+                    if req.return_token_ids and not st.sent_prompt_ids:
+                        prompt_ids, st.sent_prompt_ids = list(prompts[i].token_ids), True
+                    if logprobs is None and not req.return_token_ids:
                         yield fast.completion(i * req.n + comp.index, delta, finish,
                                               comp.stop_reason)
                         continue
@@ -269,6 +280,8 @@ class OpenAIServingCompletion(OpenAIServing):
                                 logprobs=logprobs,
                                 finish_reason=finish,
                                 stop_reason=comp.stop_reason,
+                                prompt_token_ids=prompt_ids,
+                                token_ids=new_tokens if req.return_token_ids else None,
                             )
                         ],
                     )

@@ -196,6 +196,20 @@ class OpenAIServing:
                     f"token id {t!r} is outside the vocabulary [0, {vocab})", param=param
                 )
 
+    def truncate_prompt(self, ids: list[int], keep: Optional[int]) -> list[int]:
+        """vLLM's truncate_prompt_tokens: the prompt's last `keep` tokens (-1: as many as leave
+        room for one generated token); more than that room is a 400."""
+        if keep is None:
+            return ids
+        room = self.ctx.max_model_len - 1
+        if keep == -1:
+            keep = room
+        if keep > room:
+            raise BadRequestError(
+                f"truncate_prompt_tokens={keep} leaves no room to generate: it may be at most "
+                f"max_model_len - 1 = {room}", param="truncate_prompt_tokens")
+        return ids[-keep:] if keep else []
+
     def resolve_max_tokens(self, prompt_len: int, max_tokens: Optional[int], param: str) -> int:
         """Checks prompt + max_tokens against max_model_len; None means 'fill the context'."""
         limit = self.ctx.max_model_len
@@ -249,7 +263,10 @@ class OpenAIServing:
             "allowed_token_ids": req.allowed_token_ids,
             "bad_words": req.bad_words,
             "structured_outputs": req.structured_constraint,
+            "cache_salt": req.cache_salt,
         }
+        if req.priority:
+            kwargs["priority"] = req.priority
         if req.top_k is not None:
             # 0 and -1 both mean "off"; a k beyond the vocabulary is the whole vocabulary.
             optional["top_k"] = -1 if req.top_k <= 0 else min(req.top_k, self.ctx.vocab_size)
