@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -55,6 +56,9 @@ class EngineArgs:
     # Structured outputs start after the reasoning of a thinking model (pagedllm.reasoning);
     # the server also splits answers into reasoning and content with it.
     reasoning_parser: Optional[str] = None
+    # Sampling defaults from the model's generation_config.json (engine/generation_defaults.py).
+    generation_config: str = "auto"
+    override_generation_config: Optional[dict] = None
 
     # -- CLI ----------------------------------------------------------------------------------
     @staticmethod
@@ -153,6 +157,21 @@ class EngineArgs:
             choices=sorted(REASONING_PARSERS),
             help="the model thinks in <think>...</think> first: structured outputs constrain "
             "only what follows, and the server answers the reasoning in message.reasoning",
+        )
+        g.add_argument(
+            "--generation-config",
+            type=str,
+            default=d.generation_config,
+            help="'auto': requests default to the sampling values of the model's "
+            "generation_config.json (temperature, top_p, top_k, ...); 'vllm': neutral defaults; "
+            "or a directory holding a generation_config.json",
+        )
+        g.add_argument(
+            "--override-generation-config",
+            type=json.loads,
+            default=d.override_generation_config,
+            help='JSON of sampling defaults that win over the generation config, e.g. '
+            '\'{"temperature": 0.5}\'',
         )
         return parser
 

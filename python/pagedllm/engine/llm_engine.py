@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional, Union
 from pagedllm.config import EngineConfig
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.core import EngineCore, StepFailedError
+from pagedllm.engine.generation_defaults import model_sampling_defaults
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
@@ -99,6 +100,8 @@ class LLMEngine:
         log_stats: bool = True,
         skip_tokenizer_init: bool = False,
         reasoning_parser: Optional[str] = None,
+        generation_config: str = "auto",
+        override_generation_config: Optional[dict] = None,
     ) -> None:
         self.config = config
         self.model_config = config.model_config
@@ -112,6 +115,9 @@ class LLMEngine:
         self._compiler: Any = None  # structured outputs' GrammarCompiler, on first use
         # (start, end) token ids of a thinking model's reasoning: grammars wait for its end.
         self._think_ids = self._reasoning_token_ids(reasoning_parser)
+        # What requests leave unset defaults to (vLLM's get_diff_sampling_param).
+        self.default_sampling_params = model_sampling_defaults(
+            self.model_config.model_path, generation_config, override_generation_config)
         self._next_handle = 1
         self._time_output = 0.0
         self._last_log = (time.monotonic(), 0, 0)  # (when, prompt tokens, generation tokens)
@@ -127,6 +133,8 @@ class LLMEngine:
             log_stats=not engine_args.disable_log_stats,
             skip_tokenizer_init=engine_args.skip_tokenizer_init,
             reasoning_parser=engine_args.reasoning_parser,
+            generation_config=engine_args.generation_config,
+            override_generation_config=engine_args.override_generation_config,
         )
 
     # -- model info -----------------------------------------------------------------------------

@@ -28,7 +28,8 @@ class LLM:
         return self.llm_engine.get_tokenizer()
 
     def get_default_sampling_params(self) -> SamplingParams:
-        return SamplingParams()
+        """The model's own sampling defaults (its generation_config.json), else vLLM's."""
+        return SamplingParams.from_optional(**self.llm_engine.default_sampling_params)
 
     def generate(
         self,

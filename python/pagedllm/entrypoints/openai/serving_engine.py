@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional, Sequence
 
 import anyio
@@ -50,6 +50,8 @@ class ServerContext:
     enable_auto_tool_choice: bool = False  # tool_choice "auto" allowed (needs a parser)
     tool_call_parser: Optional[str] = None  # a name in tool_parsers.TOOL_PARSERS
     reasoning_parser: Optional[str] = None  # a name in pagedllm.reasoning.REASONING_PARSERS
+    # The model's sampling defaults for what a request leaves unset (generation_defaults.py).
+    default_sampling: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -222,7 +224,9 @@ class OpenAIServing:
                     f"{prompt_len} tokens.",
                     param=param,
                 )
-            return limit - prompt_len
+            # The model's own max_new_tokens, if it ships one, caps the fill (as vLLM).
+            return min(limit - prompt_len,
+                       self.ctx.default_sampling.get("max_tokens", limit - prompt_len))
         if prompt_len + max_tokens > limit:
             raise BadRequestError(
                 f"This model's maximum context length is {limit} tokens; you requested "
@@ -246,7 +250,9 @@ class OpenAIServing:
         from pagedllm.sampling_params import SamplingParams, SamplingParamsError
 
         kwargs: dict[str, Any] = dict(n=req.n, max_tokens=max_tokens)
-        # Pass only what the client set, so the engine's own defaults stay in force.
+        # Pass only what the client set; the model's defaults (generation_config.json) fill in
+        # the sampling values it left unset, then the engine's own defaults stay in force.
+        defaults = self.ctx.default_sampling
         optional = {
             "temperature": req.temperature,
             "top_p": req.top_p,
@@ -267,9 +273,14 @@ class OpenAIServing:
         }
         if req.priority:
             kwargs["priority"] = req.priority
-        if req.top_k is not None:
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty"):
+            if optional[name] is None:
+                optional[name] = defaults.get(name)
+        top_k = req.top_k if req.top_k is not None else defaults.get("top_k")
+        if top_k is not None:
             # 0 and -1 both mean "off"; a k beyond the vocabulary is the whole vocabulary.
-            optional["top_k"] = -1 if req.top_k <= 0 else min(req.top_k, self.ctx.vocab_size)
+            optional["top_k"] = -1 if top_k <= 0 else min(top_k, self.ctx.vocab_size)
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         if req.ignore_eos:
             kwargs["ignore_eos"] = True
