@@ -18,26 +18,15 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig
 from transformers.activations import ACT2FN
 
 from pagedllm import LLM, SamplingParams
-from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
 from pagedllm.layers.activation import GeluTanhAndMul
 from pagedllm.models.gemma3 import (Gemma3ForCausalLM, layer_types_of,
                                     rope_parameters_by_layer_type)
+from pagedllm.testing.cpu_runner import cpu_runner as runner_for
 from pagedllm.testing.plans import HandPlanner
 from pagedllm.testing.tiny_models import GEMMA3_SLIDING_WINDOW, make_tiny_model
-from pagedllm.worker.model_runner import ModelRunner
 
 BLOCK_SIZE = 16
 TOKENS = list(range(7, 52))   # 45 tokens: well past the 12-token window, over three blocks
-
-
-def runner_for(path, **model_kwargs) -> ModelRunner:
-    runner = ModelRunner(ModelConfig(model=str(path), **model_kwargs),
-                         CacheConfig(block_size=BLOCK_SIZE, kv_cache_space_bytes=8 << 20),
-                         DeviceConfig(device="cpu"), ParallelConfig(),
-                         scheduler_config=SchedulerConfig(max_num_seqs=4))
-    runner.load_model()
-    runner.allocate_kv_cache(runner.determine_num_blocks())
-    return runner
 
 
 def all_position_logits(path, chunk: int = len(TOKENS)) -> torch.Tensor:

@@ -11,25 +11,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from pagedllm.config import ModelConfig
 from pagedllm.models.loader import resolve_model_config
 from pagedllm.models.registry import supported_architectures
+from pagedllm.testing.cpu_runner import cpu_runner as runner_for
 from pagedllm.testing.plans import HandPlanner
 from pagedllm.testing.tiny_models import make_tiny_model
 from pagedllm.worker.model_runner import ModelRunner
 
 BLOCK_SIZE = 16
 TOKENS = list(range(7, 52))   # 45 tokens: three blocks, the last one partial
-
-
-def runner_for(path, **model_kwargs) -> ModelRunner:
-    runner = ModelRunner(ModelConfig(model=str(path), **model_kwargs),
-                         CacheConfig(block_size=BLOCK_SIZE, kv_cache_space_bytes=8 << 20),
-                         DeviceConfig(device="cpu"), ParallelConfig(),
-                         scheduler_config=SchedulerConfig(max_num_seqs=4))
-    runner.load_model()
-    runner.allocate_kv_cache(runner.determine_num_blocks())
-    return runner
 
 
 def all_position_logits(runner: ModelRunner, tokens=TOKENS) -> torch.Tensor:

@@ -7,22 +7,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig
+from pagedllm.testing.cpu_runner import cpu_runner
 from pagedllm.testing.plans import HandPlanner
 from pagedllm.testing.tiny_models import SUPPORTED_ARCHS
 from pagedllm.worker.model_runner import ModelRunner
 
 BLOCK_SIZE = 16
-
-
-def make_runner(path, **model_kwargs) -> ModelRunner:
-    runner = ModelRunner(ModelConfig(model=str(path), **model_kwargs),
-                         CacheConfig(block_size=BLOCK_SIZE, kv_cache_space_bytes=8 << 20),
-                         DeviceConfig(device="cpu"), ParallelConfig(),
-                         scheduler_config=SchedulerConfig(max_num_seqs=8))
-    runner.load_model()
-    runner.allocate_kv_cache(runner.determine_num_blocks())
-    return runner
 
 
 def hf_model(path):
@@ -41,7 +32,7 @@ def hf_logits(model, tokens) -> torch.Tensor:
 
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
 def test_mixed_batches_match_transformers_logits(tiny_model_dirs, arch):
-    runner = make_runner(tiny_model_dirs[arch])
+    runner = cpu_runner(tiny_model_dirs[arch], max_num_seqs=8)
     hf = hf_model(tiny_model_dirs[arch])
     planner = HandPlanner(runner.num_blocks, BLOCK_SIZE, runner.max_blocks_per_seq)
     prompts = random_prompts([1, 7, 16, 33, 40])
@@ -81,7 +72,7 @@ def test_mixed_batches_match_transformers_logits(tiny_model_dirs, arch):
 
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
 def test_greedy_generation_matches_hf_generate(tiny_model_dirs, arch):
-    runner = make_runner(tiny_model_dirs[arch])
+    runner = cpu_runner(tiny_model_dirs[arch], max_num_seqs=8)
     hf = hf_model(tiny_model_dirs[arch])
     prompts = random_prompts([3, 11, 20, 29], seed=1)
     ours = greedy_generate(runner, prompts, 16)
@@ -106,7 +97,7 @@ def greedy_generate(runner: ModelRunner, prompts, max_new_tokens: int) -> list[l
 
 
 def test_eos_and_metadata_from_model(tiny_llama):
-    runner = make_runner(tiny_llama)
+    runner = cpu_runner(tiny_llama, max_num_seqs=8)
     assert runner.eos_token_id == 2
     assert runner.vocab_size == 512
     assert runner.max_model_len == 512
@@ -117,7 +108,7 @@ def test_eos_and_metadata_from_model(tiny_llama):
 
 
 def test_empty_plan_and_no_sampled_rows(tiny_qwen3):
-    runner = make_runner(tiny_qwen3)
+    runner = cpu_runner(tiny_qwen3, max_num_seqs=8)
     planner = HandPlanner(runner.num_blocks, BLOCK_SIZE, runner.max_blocks_per_seq)
     partial = planner.plan([(0, [5, 6, 7])], sample_all=False)
     assert runner.execute_model(partial).shape == (0, 512)
@@ -130,7 +121,7 @@ def test_empty_plan_and_no_sampled_rows(tiny_qwen3):
 def test_logits_rows_in_any_order_match_the_all_rows_step(tiny_llama):
     # A decode step sampling every row in order skips the row gather; rows asked for in another
     # order (or a subset) go through it. Both must give the same logits per row.
-    runner = make_runner(tiny_llama)
+    runner = cpu_runner(tiny_llama, max_num_seqs=8)
     planner = HandPlanner(runner.num_blocks, BLOCK_SIZE, runner.max_blocks_per_seq)
     runner.execute_model(planner.plan([(0, list(range(3, 20))), (1, [4, 5]), (2, [9] * 30)]))
     decode = planner.plan([(0, [7]), (1, [8]), (2, [6])])
@@ -148,7 +139,7 @@ def test_logits_rows_in_any_order_match_the_all_rows_step(tiny_llama):
 
 
 def test_null_slots_are_not_written(tiny_llama):
-    runner = make_runner(tiny_llama)
+    runner = cpu_runner(tiny_llama, max_num_seqs=8)
     planner = HandPlanner(runner.num_blocks, BLOCK_SIZE, runner.max_blocks_per_seq)
     runner.execute_model(planner.plan([(0, list(range(3, 40)))]))
     assert all(torch.count_nonzero(cache[:, 0]) == 0 for cache in runner.kv_caches)
@@ -171,7 +162,7 @@ def test_execute_before_setup_raises(tiny_opt):
 
 
 def test_profile_run_runs_full_budget_forward(tiny_llama):
-    runner = make_runner(tiny_llama)
+    runner = cpu_runner(tiny_llama, max_num_seqs=8)
     logits = runner.profile_run(1100)   # 3 sequences: 512, 512, 76 tokens
     assert logits.shape == (8, 512)
     assert torch.isfinite(logits).all()
@@ -180,7 +171,7 @@ def test_profile_run_runs_full_budget_forward(tiny_llama):
 def test_profile_run_plans_no_more_sequences_than_a_step_holds(tiny_llama, monkeypatch):
     """max_num_seqs 8 x max_model_len 512 = 4096 tokens is the largest real step: a larger
     budget profiles 8 full prompts, not 20 (the step input buffers are sized for 8 rows)."""
-    runner = make_runner(tiny_llama)
+    runner = cpu_runner(tiny_llama, max_num_seqs=8)
     seen = {}
     monkeypatch.setattr(runner, "execute_model",
                         lambda plan, rows: seen.update(seqs=plan.num_seqs, tokens=plan.num_tokens))

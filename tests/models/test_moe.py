@@ -11,14 +11,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
-from pagedllm.layers.moe import DOWN, GATE, UP, MoEExperts, SparseMoeBlock, route
+from pagedllm.layers.moe import MoEExperts, SparseMoeBlock, route
 from pagedllm.models.loader import iterate_checkpoint_weights
 from pagedllm.models.qwen_moe import Qwen2MoeBlock, is_sparse_layer
 from pagedllm.models.registry import resolve_model_class
+from pagedllm.testing.cpu_runner import copy_with_edited_weights
+from pagedllm.testing.cpu_runner import cpu_runner as runner_for
 from pagedllm.testing.plans import HandPlanner
 from pagedllm.worker import model_runner
 from pagedllm.worker.model_runner import ModelRunner
@@ -27,16 +28,6 @@ MOE_ARCHS = ("qwen3_moe", "mixtral", "qwen2_moe")
 BLOCK_SIZE = 16
 TOKENS = list(range(7, 52))
 HIDDEN, INTER, EXPERTS = 16, 12, 6
-
-
-def runner_for(path, **device) -> ModelRunner:
-    runner = ModelRunner(ModelConfig(model=str(path)),
-                         CacheConfig(block_size=BLOCK_SIZE, kv_cache_space_bytes=8 << 20),
-                         DeviceConfig(device="cpu", **device), ParallelConfig(),
-                         scheduler_config=SchedulerConfig(max_num_seqs=4))
-    runner.load_model()
-    runner.allocate_kv_cache(runner.determine_num_blocks())
-    return runner
 
 
 def prompt_logits(runner: ModelRunner, tokens: list[int]) -> torch.Tensor:
@@ -49,14 +40,6 @@ def prompt_logits(runner: ModelRunner, tokens: list[int]) -> torch.Tensor:
 def hf_prompt_logits(path, tokens: list[int]) -> torch.Tensor:
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return hf(torch.tensor([tokens])).logits[0]
-
-
-def edited_copy(src, dst, edit):
-    shutil.copytree(src, dst)
-    weights = load_file(dst / "model.safetensors")
-    edit(weights)
-    save_file(weights, dst / "model.safetensors")
-    return dst
 
 
 def random_block(top_k: int, renormalize: bool, seed: int = 0, tp_rank: int = 0,
@@ -271,14 +254,15 @@ def test_each_rank_loads_its_slice_of_every_expert(tiny_model_dirs, tp_size):
      r"layers\.1\.mlp\.experts\.0\.w3\.weight"),
 ])
 def test_missing_expert_tensor_is_named(tiny_model_dirs, tmp_path, arch, removed, named):
-    broken = edited_copy(tiny_model_dirs[arch], tmp_path / "broken", lambda w: w.pop(removed))
+    broken = copy_with_edited_weights(tiny_model_dirs[arch], tmp_path / "broken",
+                                      lambda w: w.pop(removed))
     with pytest.raises(ValueError, match=rf"missing weights: \['model\.{named}'\]"):
         runner_for(broken)
 
 
 def test_missing_router_and_stray_expert_tensors_are_errors(tiny_model_dirs, tmp_path):
     path = tiny_model_dirs["qwen3_moe"]
-    no_router = edited_copy(path, tmp_path / "no_router",
+    no_router = copy_with_edited_weights(path, tmp_path / "no_router",
                             lambda w: w.pop("model.layers.0.mlp.gate.weight"))
     with pytest.raises(ValueError, match=r"missing weights.*layers\.0\.mlp\.gate\.weight"):
         runner_for(no_router)
@@ -286,16 +270,16 @@ def test_missing_router_and_stray_expert_tensors_are_errors(tiny_model_dirs, tmp
     def add(name):
         return lambda w: w.update({name: w["model.layers.0.mlp.experts.0.up_proj.weight"] * 1})
 
-    unknown = edited_copy(path, tmp_path / "unknown",
+    unknown = copy_with_edited_weights(path, tmp_path / "unknown",
                           add("model.layers.0.mlp.experts.0.w9.weight"))
     with pytest.raises(ValueError, match=r"experts\.0\.w9\.weight' matches no model parameter"):
         runner_for(unknown)
-    extra = edited_copy(path, tmp_path / "extra",
+    extra = copy_with_edited_weights(path, tmp_path / "extra",
                         add("model.layers.0.mlp.experts.8.up_proj.weight"))
     with pytest.raises(ValueError, match="expert 8 is out of range: the layer has 8 experts"):
         runner_for(extra)
     # Experts on a layer that has none (layer 1 is dense).
-    dense = edited_copy(path, tmp_path / "dense",
+    dense = copy_with_edited_weights(path, tmp_path / "dense",
                         add("model.layers.1.mlp.experts.0.up_proj.weight"))
     with pytest.raises(ValueError, match=r"has no parameter 'model\.layers\.1\.mlp\.experts\."
                                          r"gate_up_proj'"):
@@ -311,7 +295,7 @@ def test_misshapen_stacked_experts_are_errors(tiny_model_dirs, tmp_path):
     def truncate(weights):
         weights[name] = weights[name][:, :40].clone()
 
-    broken = edited_copy(stacked, tmp_path / "broken", truncate)
+    broken = copy_with_edited_weights(stacked, tmp_path / "broken", truncate)
     with pytest.raises(ValueError, match=r"stacked gate_up_proj of shape \(8, 40, 64\): expected "
                                          r"\[8, 64, hidden\]"):
         runner_for(broken)

@@ -3,34 +3,24 @@
 missing or misshapen tensor is a clear error. Phi-3 GGUF files are refused by name."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from pagedllm.config import ModelConfig
 from pagedllm.models.loader import iterate_checkpoint_weights, resolve_model_config
 from pagedllm.models.phi3 import Phi3ForCausalLM
+from pagedllm.testing.cpu_runner import copy_with_edited_weights
+from pagedllm.testing.cpu_runner import cpu_runner as runner_for
 from pagedllm.testing.plans import HandPlanner
-from pagedllm.worker.model_runner import ModelRunner
 
 BLOCK_SIZE = 16
 TOKENS = list(range(7, 52))
 QKV = "model.layers.{}.self_attn.qkv_proj.weight"
 GATE_UP = "model.layers.{}.mlp.gate_up_proj.weight"
-
-
-def runner_for(path) -> ModelRunner:
-    runner = ModelRunner(ModelConfig(model=str(path)),
-                         CacheConfig(block_size=BLOCK_SIZE, kv_cache_space_bytes=8 << 20),
-                         DeviceConfig(device="cpu"), ParallelConfig(),
-                         scheduler_config=SchedulerConfig(max_num_seqs=4))
-    runner.load_model()
-    runner.allocate_kv_cache(runner.determine_num_blocks())
-    return runner
 
 
 def test_fused_checkpoint_tensors_load_and_match_transformers(tiny_model_dirs):
@@ -78,16 +68,8 @@ def test_each_tensor_parallel_rank_takes_its_rows_of_every_part(tiny_model_dirs,
         assert torch.equal(params[GATE_UP.format(1)], expected_gate_up)
 
 
-def _edited_copy(src, dst, edit):
-    shutil.copytree(src, dst)
-    weights = load_file(dst / "model.safetensors")
-    edit(weights)
-    save_file(weights, dst / "model.safetensors")
-    return dst
-
-
 def test_missing_fused_tensor_is_named(tiny_model_dirs, tmp_path):
-    broken = _edited_copy(tiny_model_dirs["phi3"], tmp_path / "broken",
+    broken = copy_with_edited_weights(tiny_model_dirs["phi3"], tmp_path / "broken",
                           lambda w: w.pop(QKV.format(1)))
     with pytest.raises(ValueError, match=r"missing weights.*layers\.1\.self_attn\.qkv_proj"):
         runner_for(broken)
@@ -97,7 +79,7 @@ def test_misshapen_fused_tensor_is_named(tiny_model_dirs, tmp_path):
     def truncate(weights):
         weights[GATE_UP.format(0)] = weights[GATE_UP.format(0)][:200].clone()
 
-    broken = _edited_copy(tiny_model_dirs["phi3"], tmp_path / "broken", truncate)
+    broken = copy_with_edited_weights(tiny_model_dirs["phi3"], tmp_path / "broken", truncate)
     with pytest.raises(ValueError, match=r"layers\.0\.mlp\.gate_up_proj\.weight' has 200 rows; "
                                          r"expected 256 \(128 \+ 128\)"):
         runner_for(broken)
