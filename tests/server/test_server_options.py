@@ -1,6 +1,6 @@
-"""A server with --api-key, --metrics-public and a model without a chat template: auth on every
-route, the missing-template 400, the CLI clients, and a graceful exit 0 on SIGINT with a stream
-in flight."""
+"""A server with --api-key, --metrics-public (and --metrics-prefix vllm:) and a model without a
+chat template: auth on every route, the missing-template 400, the CLI clients, and a graceful
+exit 0 on SIGINT with a stream in flight."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def keyed_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
         "--api-key",
         KEY,
         "--metrics-public",
+        "--metrics-prefix",
+        "vllm:",
         "--max-model-len",
         "256",
         "--served-model-name",
@@ -77,7 +79,12 @@ def test_auth_required_401(keyed_server, method, path, headers):
 
 def test_auth_ok_and_public_routes(keyed_server):
     assert httpx.get(keyed_server.url + "/health").status_code == 200
-    assert httpx.get(keyed_server.url + "/metrics").status_code == 200  # --metrics-public
+    metrics = httpx.get(keyed_server.url + "/metrics")  # --metrics-public
+    assert metrics.status_code == 200
+    # --metrics-prefix vllm: vLLM's names, for dashboards made for vLLM.
+    assert "vllm:num_requests_running{" in metrics.text
+    assert "vllm:kv_cache_usage_perc{" in metrics.text
+    assert "pagedllm:" not in metrics.text
     assert httpx.get(keyed_server.url + "/v1/models", headers=AUTH).status_code == 200
     resp = httpx.post(
         keyed_server.url + "/v1/completions",

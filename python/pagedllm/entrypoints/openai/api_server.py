@@ -38,6 +38,7 @@ from pagedllm.entrypoints.openai.errors import (
     internal_error_response,
     validation_error_message,
 )
+from pagedllm.entrypoints.openai.metrics import PREFIX as METRICS_PREFIX
 from pagedllm.entrypoints.openai.metrics import ServerMetrics
 from pagedllm.entrypoints.openai.middleware import BodyLimitAndAuthMiddleware
 from pagedllm.entrypoints.openai.protocol import (
@@ -286,7 +287,7 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
         model_path=model_path,
         max_model_len=max_len,
         vocab_size=vocab,
-        metrics=ServerMetrics(names[0]),
+        metrics=ServerMetrics(names[0], getattr(args, "metrics_prefix", None) or METRICS_PREFIX),
         max_num_waiting=getattr(args, "max_num_waiting", None),
         chat_template=_load_chat_template(getattr(args, "chat_template", None)),
         enable_auto_tool_choice=bool(getattr(args, "enable_auto_tool_choice", False)),

@@ -50,6 +50,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--metrics-public", action="store_true", help="serve /metrics without the API key"
     )
     g.add_argument(
+        "--metrics-prefix",
+        default="pagedllm:",
+        help="prefix of the /metrics names (vLLM's names after it); 'vllm:' serves dashboards "
+        "made for vLLM unchanged",
+    )
+    g.add_argument(
         "--shutdown-timeout",
         type=float,
         default=10.0,

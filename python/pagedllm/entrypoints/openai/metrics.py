@@ -60,6 +60,8 @@ _ITL_BUCKETS = (
     5.0,
 )
 
+# Metric names are vLLM's under this prefix; `--metrics-prefix vllm:` keeps dashboards made for
+# vLLM working unchanged.
 PREFIX = "pagedllm:"
 
 
@@ -77,93 +79,94 @@ def _stat(stats: Any, *names: str, default: float = 0.0) -> float:
 class _EngineCounters:
     """Cumulative engine counters exposed as prometheus counters (values owned by the engine)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.values: dict[str, tuple[str, float]] = {}
 
     def collect(self):  # called by the registry on every scrape
         for name, (doc, value) in self.values.items():
-            family = CounterMetricFamily(PREFIX + name, doc)
+            family = CounterMetricFamily(self.prefix + name, doc)
             family.add_metric([], value)
             yield family
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, prefix: str = PREFIX) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
         self.model_name = model_name
         r = self.registry
         self.num_running = Gauge(
-            PREFIX + "num_requests_running", "Requests in the running batch.", labels, registry=r
+            prefix + "num_requests_running", "Requests in the running batch.", labels, registry=r
         )
         self.num_waiting = Gauge(
-            PREFIX + "num_requests_waiting", "Requests waiting to be scheduled.", labels, registry=r
+            prefix + "num_requests_waiting", "Requests waiting to be scheduled.", labels, registry=r
         )
         self.kv_usage = Gauge(
-            PREFIX + "kv_cache_usage_perc",
+            prefix + "kv_cache_usage_perc",
             "Fraction of KV blocks in use (0..1).",
             labels,
             registry=r,
         )
         self.kv_blocks_used = Gauge(
-            PREFIX + "kv_cache_blocks_used", "KV blocks referenced by requests.", labels, registry=r
+            prefix + "kv_cache_blocks_used", "KV blocks referenced by requests.", labels, registry=r
         )
         self.kv_blocks_total = Gauge(
-            PREFIX + "kv_cache_blocks_total", "Usable KV blocks.", labels, registry=r
+            prefix + "kv_cache_blocks_total", "Usable KV blocks.", labels, registry=r
         )
         self.prefix_hit_rate = Gauge(
-            PREFIX + "prefix_cache_hit_rate",
+            prefix + "prefix_cache_hit_rate",
             "Prefix-cache hits / queries in prompt tokens (cumulative).",
             labels,
             registry=r,
         )
         self.in_flight = Gauge(
-            PREFIX + "http_requests_pending",
+            prefix + "http_requests_pending",
             "Prompts admitted by the server that have no output yet "
             "(limited by --max-num-waiting).",
             labels,
             registry=r,
         )
         self.prompt_tokens = Counter(
-            PREFIX + "prompt_tokens", "Prompt tokens processed.", labels, registry=r
+            prefix + "prompt_tokens", "Prompt tokens processed.", labels, registry=r
         )
         self.generation_tokens = Counter(
-            PREFIX + "generation_tokens", "Tokens generated.", labels, registry=r
+            prefix + "generation_tokens", "Tokens generated.", labels, registry=r
         )
         self.request_success = Counter(
-            PREFIX + "request_success",
+            prefix + "request_success",
             "Requests finished, by reason.",
             labels + ["finished_reason"],
             registry=r,
         )
         self.request_aborted = Counter(
-            PREFIX + "request_aborted",
+            prefix + "request_aborted",
             "Engine requests aborted before finishing (client gone, cancelled or failed).",
             labels,
             registry=r,
         )
         self.request_errors = Counter(
-            PREFIX + "request_errors",
+            prefix + "request_errors",
             "Requests answered with an error.",
             labels + ["status"],
             registry=r,
         )
         self.ttft = Histogram(
-            PREFIX + "time_to_first_token_seconds",
+            prefix + "time_to_first_token_seconds",
             "Time to first token.",
             labels,
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.itl = Histogram(
-            PREFIX + "inter_token_latency_seconds",
+            prefix + "inter_token_latency_seconds",
             "Time between consecutive output chunks of one request.",
             labels,
             buckets=_ITL_BUCKETS,
             registry=r,
         )
         self.e2e = Histogram(
-            PREFIX + "e2e_request_latency_seconds",
+            prefix + "e2e_request_latency_seconds",
             "End-to-end request latency.",
             labels,
             buckets=_LATENCY_BUCKETS,
@@ -186,7 +189,7 @@ class ServerMetrics:
             self.in_flight,
         ):
             metric.labels(model_name)
-        self._engine_counters = _EngineCounters()
+        self._engine_counters = _EngineCounters(prefix)
         r.register(self._engine_counters)
         # The per-token series, bound once: labels() costs ~10 us and runs for every token.
         self.ttft_series = self.ttft.labels(model_name)
