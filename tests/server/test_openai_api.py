@@ -345,3 +345,11 @@ def test_structured_outputs_and_response_format(client, tiny_llama):
     )
     assert not plain.choices[0].message.content.lstrip().startswith("{")
     assert shaped.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_cors_allows_every_origin_by_default(server):
+    """As vLLM: without --allowed-origins any page may call the API from a browser."""
+    resp = httpx.options(server.url + "/v1/completions", headers={
+        "Origin": "https://anywhere.example", "Access-Control-Request-Method": "POST"})
+    assert resp.status_code == 200
+    assert resp.headers["access-control-allow-origin"] in ("*", "https://anywhere.example")

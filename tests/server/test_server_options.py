@@ -37,6 +37,8 @@ def keyed_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
         "--metrics-public",
         "--metrics-prefix",
         "vllm:",
+        "--allowed-origins",
+        '["https://app.example"]',
         "--max-model-len",
         "256",
         "--served-model-name",
@@ -93,6 +95,20 @@ def test_auth_ok_and_public_routes(keyed_server):
         json={"model": "tiny", "prompt": "hi", "max_tokens": 2},
     )
     assert resp.status_code == 200, resp.text
+
+def test_cors_preflight_needs_no_key_and_names_the_origin(keyed_server):
+    url = keyed_server.url + "/v1/chat/completions"
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    ok = httpx.options(url, headers=preflight)
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["access-control-allow-origin"] == "https://app.example"
+    other = httpx.options(url, headers=dict(preflight, Origin="https://evil.example"))
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    # A real cross-origin call still needs the key; its 401 carries the CORS header.
+    denied = httpx.get(keyed_server.url + "/v1/models", headers={"Origin": "https://app.example"})
+    assert denied.status_code == 401
+    assert denied.headers["access-control-allow-origin"] == "https://app.example"
 
 
 def test_missing_chat_template_400(keyed_server):
@@ -215,3 +231,4 @@ def test_startup_log_names_model_dtype_device_blocks(server):
     line = next(x for x in server.log().splitlines() if "max_model_len" in x)
     assert "served as tiny" in line and "max_model_len 256" in line
     assert "dtype torch.float32" in line and "device cpu" in line and "KV blocks" in line
+

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 import pagedllm
 from pagedllm.entrypoints.openai.cli_args import add_server_args, validate_server_args
@@ -77,8 +78,10 @@ def _json(model: Any, status: int = 200) -> Response:
 
 
 def build_app(
-    ctx: ServerContext, *, api_key: Optional[str] = None, metrics_public: bool = False
+    ctx: ServerContext, *, api_key: Optional[str] = None, metrics_public: bool = False,
+    cors: Optional[dict] = None,
 ) -> FastAPI:
+    """The FastAPI app. `cors`: CORSMiddleware's allow_* arguments (None: no CORS headers)."""
     app = FastAPI(title="pagedllm OpenAI-compatible server", version=pagedllm.__version__)
     admission = AdmissionControl(ctx.max_num_waiting)
     completions = OpenAIServingCompletion(ctx, admission)
@@ -120,6 +123,10 @@ def build_app(
         public_paths=public,
         on_internal_error=internal_error,
     )
+    if cors is not None:
+        # Added last, so outermost: a browser's preflight (OPTIONS, no API key) is answered
+        # before the key check, and every answer, errors included, carries the CORS headers.
+        app.add_middleware(CORSMiddleware, **cors)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -380,7 +387,9 @@ async def run_server(
 
         ctx.on_engine_dead = on_engine_dead
         api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
-        app = build_app(ctx, api_key=api_key, metrics_public=args.metrics_public)
+        cors = dict(allow_origins=args.allowed_origins, allow_methods=args.allowed_methods,
+                    allow_headers=args.allowed_headers, allow_credentials=args.allow_credentials)
+        app = build_app(ctx, api_key=api_key, metrics_public=args.metrics_public, cors=cors)
         config = uvicorn.Config(
             app,
             log_level=args.uvicorn_log_level,

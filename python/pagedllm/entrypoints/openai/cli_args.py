@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
 
@@ -49,6 +50,15 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument(
         "--metrics-public", action="store_true", help="serve /metrics without the API key"
     )
+    # CORS, as vLLM: every origin by default, so browser clients can call the API.
+    g.add_argument("--allowed-origins", type=json.loads, default=["*"],
+                   help='JSON list of origins browsers may call from (default ["*"])')
+    g.add_argument("--allowed-methods", type=json.loads, default=["*"],
+                   help="JSON list of HTTP methods allowed cross-origin")
+    g.add_argument("--allowed-headers", type=json.loads, default=["*"],
+                   help="JSON list of request headers allowed cross-origin")
+    g.add_argument("--allow-credentials", action="store_true",
+                   help="let cross-origin requests carry credentials (cookies, auth headers)")
     g.add_argument(
         "--metrics-prefix",
         default="pagedllm:",
@@ -81,6 +91,10 @@ def validate_server_args(args: argparse.Namespace) -> None:
         raise ValueError("max_num_waiting: must be >= 0")
     if args.shutdown_timeout < 0:
         raise ValueError("shutdown_timeout: must be >= 0")
+    for name in ("allowed_origins", "allowed_methods", "allowed_headers"):
+        value = getattr(args, name)
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ValueError(f"{name}: expected a JSON list of strings, got {value!r}")
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ValueError("enable_auto_tool_choice: --enable-auto-tool-choice needs "
                          "--tool-call-parser")
