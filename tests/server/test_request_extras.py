@@ -151,3 +151,34 @@ def test_reasoning_effort_sets_the_thinking_switch():
                                 chat_template_kwargs={"enable_thinking": True})
     assert own.template_kwargs()["enable_thinking"] is True  # the client's own switch wins
     assert ChatCompletionRequest(messages=messages).template_kwargs() == {}
+
+
+def test_prompt_logprobs(client, server, tiny_llama):
+    from pagedllm import LLM, SamplingParams
+
+    ids = _tokens(server, prompt=PROMPT)
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 1, "prompt_logprobs": 2}
+    choice = httpx.post(server.url + "/v1/completions", json=body, timeout=30).json()["choices"][0]
+    got = choice["prompt_logprobs"]
+    assert len(got) == len(ids) and got[0] is None
+    for pos, entry in enumerate(got[1:], start=1):
+        assert str(ids[pos]) in entry and 2 <= len(entry) <= 3  # the token and the top 2
+        assert all(set(v) == {"logprob", "rank", "decoded_token"} for v in entry.values())
+    # The same figures as the engine's own (the server runs this model in float32 on the CPU).
+    llm = LLM(model=str(tiny_llama), device="cpu", dtype="float32", max_model_len=256,
+              kv_cache_space_bytes=8 << 20)
+    ref = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=2),
+                       use_tqdm=False)[0].prompt_logprobs
+    for entry, want in zip(got[1:], ref[1:]):
+        assert {int(t): round(v["logprob"], 4) for t, v in entry.items()} == {
+            t: round(lp.logprob, 4) for t, lp in want.items()}
+    # Chat answers them at the top level; streams refuse them, as vLLM.
+    messages = [{"role": "user", "content": "Hello there"}]
+    chat = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": messages, "max_tokens": 1, "prompt_logprobs": 1}).json()
+    assert len(chat["prompt_logprobs"]) == len(_tokens(server, messages=messages))
+    streamed = httpx.post(server.url + "/v1/completions", timeout=30, json=dict(body, stream=True))
+    assert streamed.status_code == 400 and "stream" in streamed.text
+    plain = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": messages, "max_tokens": 1}).json()
+    assert "prompt_logprobs" not in plain

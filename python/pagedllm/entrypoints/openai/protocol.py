@@ -173,6 +173,9 @@ class SamplingFields(RequestModel):
     cache_salt: Optional[str] = Field(None, min_length=1, max_length=1024)
     truncate_prompt_tokens: Optional[int] = Field(None, ge=-1, le=MAX_TOKENS_CAP)
     return_token_ids: bool = False
+    # vLLM's extra: the top-N logprobs of every prompt token (and the token's own), answered in
+    # `prompt_logprobs`; not with stream (as vLLM).
+    prompt_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @model_validator(mode="after")
     def _check_one_constraint(self) -> "SamplingFields":
@@ -216,6 +219,12 @@ class SamplingFields(RequestModel):
         if v is not None and any(t < 0 for t in v):
             raise ValueError("stop_token_ids must be >= 0")
         return v
+
+    @model_validator(mode="after")
+    def _check_prompt_logprobs(self) -> "SamplingFields":
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs are not available when stream is true")
+        return self
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> "SamplingFields":
@@ -494,8 +503,13 @@ class CompletionLogprobs(OpenAIBaseModel):
     top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
 
 
+# prompt_logprobs in answers: per prompt position, None (the first) or {token id: {"logprob",
+# "rank", "decoded_token"}}, as vLLM serializes them.
+PromptLogprobsJSON = list[Optional[dict[str, dict[str, Any]]]]
+
+
 class CompletionChoice(OmitNoneModel):
-    _omit_if_none = ("prompt_token_ids", "token_ids")
+    _omit_if_none = ("prompt_token_ids", "token_ids", "prompt_logprobs")
     index: int
     text: str
     logprobs: Optional[CompletionLogprobs] = None
@@ -505,6 +519,7 @@ class CompletionChoice(OmitNoneModel):
     # generated ids (a stream: those new in the chunk).
     prompt_token_ids: Optional[list[int]] = None
     token_ids: Optional[list[int]] = None
+    prompt_logprobs: Optional[PromptLogprobsJSON] = None  # vLLM's extra
 
 
 class CompletionResponse(OpenAIBaseModel):
@@ -559,7 +574,8 @@ class ChatCompletionChoice(OmitNoneModel):
     token_ids: Optional[list[int]] = None  # return_token_ids (vLLM's)
 
 
-class ChatCompletionResponse(OpenAIBaseModel):
+class ChatCompletionResponse(OmitNoneModel):
+    _omit_if_none = ("prompt_token_ids", "prompt_logprobs")
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -567,6 +583,7 @@ class ChatCompletionResponse(OpenAIBaseModel):
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
     prompt_token_ids: Optional[list[int]] = None  # return_token_ids (vLLM's)
+    prompt_logprobs: Optional[PromptLogprobsJSON] = None  # vLLM's extra
 
 
 class DeltaFunctionCall(OmitNoneModel):

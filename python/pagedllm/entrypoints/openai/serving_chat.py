@@ -47,6 +47,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     PreparedPrompt,
     logger,
     merge_async_iterators,
+    prompt_logprobs_json,
     sampled_logprob,
     token_text,
     top_entries,
@@ -160,7 +161,8 @@ class OpenAIServingChat(OpenAIServing):
             raise BadRequestError("max_tokens must be >= 1", param="max_tokens")
         max_tokens = self.resolve_max_tokens(len(ids), requested, "max_tokens")
         num_logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        params = self.sampling_params(req, max_tokens, logprobs=num_logprobs, prompt_logprobs=None)
+        params = self.sampling_params(req, max_tokens, logprobs=num_logprobs,
+                                      prompt_logprobs=req.prompt_logprobs)
         if tools.parser is not None and tools.parser.keeps_special_tokens:
             params.skip_special_tokens = False  # its markers may be special tokens
         request_id = random_id("chatcmpl")
@@ -203,8 +205,11 @@ class OpenAIServingChat(OpenAIServing):
         timer.on_prompt(len(prompt.token_ids))
         last: dict[int, Any] = {}
         seen: dict[int, int] = {}
+        prompt_logprobs = None
         try:
             async for _, out in merge_async_iterators(*calls):
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs = out.prompt_logprobs
                 for comp in out.outputs:
                     timer.on_tokens(len(comp.token_ids) - seen.get(comp.index, 0))
                     seen[comp.index] = len(comp.token_ids)
@@ -259,6 +264,7 @@ class OpenAIServingChat(OpenAIServing):
                 total_tokens=n_prompt + completion_tokens,
             ),
             prompt_token_ids=list(prompt.token_ids) if req.return_token_ids else None,
+            prompt_logprobs=prompt_logprobs_json(prompt_logprobs),
         )
 
     async def stream(

@@ -28,6 +28,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     PreparedPrompt,
     logger,
     merge_async_iterators,
+    prompt_logprobs_json,
     sampled_logprob,
     token_text,
     top_entries,
@@ -106,7 +107,8 @@ class OpenAIServingCompletion(OpenAIServing):
                 req,
                 mt,
                 logprobs=req.logprobs if want_logprobs else None,
-                prompt_logprobs=req.logprobs if (req.echo and want_logprobs) else None,
+                prompt_logprobs=(req.prompt_logprobs if req.prompt_logprobs is not None
+                                 else req.logprobs if (req.echo and want_logprobs) else None),
             )
             for mt in max_tokens
         ]
@@ -192,6 +194,8 @@ class OpenAIServingCompletion(OpenAIServing):
                         stop_reason=comp.stop_reason,
                         prompt_token_ids=list(prompt.token_ids) if req.return_token_ids else None,
                         token_ids=list(comp.token_ids) if req.return_token_ids else None,
+                        prompt_logprobs=(prompt_logprobs_json(prompt_logprobs.get(i))
+                                         if req.prompt_logprobs is not None else None),
                     )
                 )
         prompt_tokens = sum(len(p.token_ids) for p in prompts)

@@ -135,6 +135,21 @@ class EngineCall:
                     metrics.request_aborted.labels(metrics.model_name).inc()
 
 
+def prompt_logprobs_json(entries: Optional[list]) -> Optional[list]:
+    """An output's prompt_logprobs (per position None or {token id: Logprob}) as vLLM answers
+    them: token ids as keys, -inf as -9999.0 (JSON has no infinity)."""
+    if entries is None:
+        return None
+    return [
+        None if entry is None else {
+            str(tid): {"logprob": max(lp.logprob, -9999.0), "rank": lp.rank,
+                       "decoded_token": lp.decoded_token}
+            for tid, lp in entry.items()
+        }
+        for entry in entries
+    ]
+
+
 async def merge_async_iterators(*iterators: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
     """Yield (index, item) from several async iterators as they arrive; cancel the rest on exit."""
     if len(iterators) == 1:
