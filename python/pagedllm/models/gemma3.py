@@ -21,7 +21,8 @@ from pagedllm.layers.layernorm import RMSNorm
 from pagedllm.layers.rotary_embedding import RotaryEmbedding
 from pagedllm.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.models.llama import (DecoderOptions, LlamaAttention, LlamaForCausalLM, LlamaMLP,
-                                   load_named_weights, make_rotary_embedding)
+                                   load_named_weights, make_rotary_embedding,
+                                   run_decoder_stack)
 from pagedllm.worker.attention_metadata import AttentionMetadata
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -156,11 +157,7 @@ class Gemma3Model(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids) * self.embed_scale     # [T, H]
-        residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        return run_decoder_stack(self.layers, self.norm, hidden, positions, kv_caches, meta)
 
 
 class Gemma3ForCausalLM(nn.Module):

@@ -181,12 +181,20 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids, positions, kv_caches, meta):
-        hidden = self.embed_tokens(input_ids)                  # [T, H]
-        residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        return run_decoder_stack(self.layers, self.norm, self.embed_tokens(input_ids), positions,
+                                 kv_caches, meta)
+
+
+def run_decoder_stack(layers: Iterable[nn.Module], final_norm: nn.Module, hidden: torch.Tensor,
+                      positions: torch.Tensor, kv_caches: list[torch.Tensor],
+                      meta: AttentionMetadata) -> torch.Tensor:
+    """The embedded tokens [T, H] through the layers and the final norm. Each layer returns its
+    output and the residual un-added; the next layer's (or the final) fused add+norm adds them."""
+    residual = None
+    for layer, kv_cache in zip(layers, kv_caches):
+        hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+    hidden, _ = final_norm(hidden, residual)
+    return hidden
 
 
 class LlamaForCausalLM(nn.Module):
