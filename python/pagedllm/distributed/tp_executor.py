@@ -30,8 +30,12 @@ import torch.distributed as dist
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed.parallel_state import init_tensor_parallel
-from pagedllm.distributed.plan_broadcast import (broadcast_add_lora, broadcast_plan,
-                                                 broadcast_remove_lora, broadcast_shutdown)
+from pagedllm.distributed.plan_broadcast import (
+    broadcast_add_lora,
+    broadcast_plan,
+    broadcast_remove_lora,
+    broadcast_shutdown,
+)
 
 EXTERNAL_WORKERS_ENV = "PAGEDLLM_TP_EXTERNAL_WORKERS"
 

@@ -27,8 +27,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from pagedllm.lora.layers import (LoRALayer, PackedWeights, full_output_rows, is_row_parallel,
-                                  local_sizes)
+from pagedllm.lora.layers import (
+    LoRALayer,
+    PackedWeights,
+    full_output_rows,
+    is_row_parallel,
+    local_sizes,
+)
 from pagedllm.lora.request import LoRARequest
 
 CONFIG_FILE = "adapter_config.json"
@@ -173,16 +178,21 @@ def _where(request: LoRARequest) -> str:
 
 def _check_target_names(request: LoRARequest, settings: PeftSettings,
                         targets: dict[str, LoRATarget]) -> None:
-    """Every listed target module names a layer that takes LoRA here (a regex or "all-linear"
-    string is left to the tensors' check)."""
+    """At least one listed target module is a layer that takes LoRA here. As in PEFT, names
+    that match nothing in this model are allowed next to ones that do (a regex or "all-linear"
+    string is left to the tensors' check, which is exact)."""
     names = settings.target_modules
     if not isinstance(names, (list, tuple, set)):
         return
-    known = sorted({hf_name.rsplit(".", 1)[-1] for hf_name in targets})
-    for name in names:
-        if not any(hf_name == name or hf_name.endswith("." + name) for hf_name in targets):
-            raise LoRAAdapterError(f"{_where(request)}: target module {name!r} is not supported "
-                                   f"for this model (LoRA applies to: {', '.join(known)})")
+    if not any(hf_name == name or hf_name.endswith("." + name)
+               for name in names for hf_name in targets):
+        raise LoRAAdapterError(f"{_where(request)}: target modules {sorted(names)} are not "
+                               f"supported for this model (LoRA applies to: "
+                               f"{_supported(targets)})")
+
+
+def _supported(targets: dict[str, LoRATarget]) -> str:
+    return ", ".join(sorted({hf_name.rsplit(".", 1)[-1] for hf_name in targets}))
 
 
 def _read_tensors(request: LoRARequest, check: bool) -> dict[str, torch.Tensor]:
@@ -197,8 +207,8 @@ def _read_tensors(request: LoRARequest, check: bool) -> dict[str, torch.Tensor]:
         with safe_open(path, framework="pt") as f:
             if check:
                 return {k: torch.empty(f.get_slice(k).get_shape(), device="meta")
-                        for k in f.keys()}
-            return {k: f.get_tensor(k) for k in f.keys()}
+                        for k in f.keys()}  # noqa: SIM118 - a safe_open handle
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - a safe_open handle
     except Exception as e:  # noqa: BLE001 - a corrupt file: say which adapter
         raise LoRAAdapterError(f"{_where(request)}: cannot read {WEIGHTS_FILE}: {e}") from e
 
@@ -206,7 +216,7 @@ def _read_tensors(request: LoRARequest, check: bool) -> dict[str, torch.Tensor]:
 def _module_path(model: nn.Module, key: str) -> Optional[str]:
     """The Hugging Face module path a tensor name refers to, under our model's naming (Gemma 3
     vision-language checkpoints rename their language model); None when the model skips it."""
-    name = key[len(_KEY_PREFIX):] if key.startswith(_KEY_PREFIX) else key
+    name = key.removeprefix(_KEY_PREFIX)
     rename = getattr(model, "language_model_weights", None)
     if rename is not None:
         renamed = list(rename([(name, None)]))
@@ -231,8 +241,9 @@ def _pair_tensors(request: LoRARequest, model: nn.Module, layers: dict[str, LoRA
                                    "(embedding LoRA, DoRA and biases are not supported)")
         module = _module_path(model, key)
         if module is None or module not in targets:
-            raise LoRAAdapterError(f"{where}: tensor {key!r} adapts a module pagedllm cannot "
-                                   "apply LoRA to in this model")
+            raise LoRAAdapterError(f"{where}: tensor {key!r} adapts module "
+                                   f"{module or key!r}, which is not supported for this model "
+                                   f"(LoRA applies to: {_supported(targets)})")
         pairs.setdefault(module, {})["A" if key.endswith(_A_SUFFIX) else "B"] = tensor
     if not pairs:
         raise LoRAAdapterError(f"{where}: {WEIGHTS_FILE} holds no LoRA weights")

@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear,
-                                    QKVParallelLinear, RowParallelLinear, all_reduce)
+from pagedllm.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+    all_reduce,
+)
 
 # Token rows of one adapter in a step: one contiguous range, or a [n] int64 index on the device.
 Rows = Union[slice, torch.Tensor]

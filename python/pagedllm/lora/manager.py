@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pagedllm.config import LoRAConfig
-from pagedllm.lora.adapter import LoRAAdapter, lora_targets, load_adapter
+from pagedllm.lora.adapter import LoRAAdapter, load_adapter, lora_targets
 from pagedllm.lora.layers import LoRABatch, local_sizes, rows_on_device, wrap_lora_layers
 from pagedllm.lora.request import LoRARequest
 

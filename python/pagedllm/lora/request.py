@@ -9,13 +9,14 @@ from typing import Optional
 MAX_LORA_INT_ID = 2**31 - 1
 
 
-@dataclass
+@dataclass(eq=False)
 class LoRARequest:
     """A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
 
     lora_int_id identifies the adapter to the engine: the engine loads it once per id and reuses
     it, so one id must always name the same weights (a different path under a known id is
-    refused). lora_name is how clients call it (the server's `model` field)."""
+    refused). lora_name is how clients call it (the server's `model` field); as in vLLM, two
+    requests are equal (and hash alike) when their names are."""
 
     lora_name: str
     lora_int_id: int
@@ -31,6 +32,12 @@ class LoRARequest:
                              f"got {self.lora_int_id!r}")
         if not isinstance(self.lora_path, str) or not self.lora_path:
             raise ValueError("lora_path: must be a non-empty path to the adapter's directory")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LoRARequest) and other.lora_name == self.lora_name
+
+    def __hash__(self) -> int:
+        return hash(self.lora_name)
 
     # vLLM's aliases.
     @property
