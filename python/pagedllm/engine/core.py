@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from pagedllm.worker.sampler import (
     row_columns,
     token_logprobs,
 )
+
+if TYPE_CHECKING:
+    from pagedllm.lora.slots import LoRASlots
 
 _FINISH_REASONS = {1: "stop", 2: "length", 3: "abort"}  # core FinishReason -> vLLM string
 
@@ -240,7 +243,7 @@ class EngineCore:
         self._last_batch: Optional[SamplingBatch] = None
         # LoRA: adapters by id, as first given (validated); requests LoRASlots holds back (their
         # scheduler arguments); requests whose adapter failed to load, failed at the next step.
-        self._lora: Optional[Any] = None
+        self._lora: Optional[LoRASlots] = None
         self._known_loras: dict[int, LoRARequest] = {}
         self._held: dict[int, tuple[np.ndarray, Any]] = {}
         self._failed_admissions: dict[int, BaseException] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from pagedllm.worker.cuda_graphs import DecodeGraphs, capture_sizes
 from pagedllm.worker.input_buffers import CudaInputBuffers, StepInputs, build_cpu_inputs
 from pagedllm.worker.kv_cache import (KVCacheSpec, allocate_kv_caches, cpu_num_blocks,
                                       kv_cache_spec)
+
+if TYPE_CHECKING:
+    from pagedllm.lora.manager import LoRAManager
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ class ModelRunner:
         self.num_blocks = 0                         # set by allocate_kv_cache (null block incl.)
         self._cuda_buffers: Optional[CudaInputBuffers] = None
         self._decode_graphs: Optional[DecodeGraphs] = None
-        self.lora_manager: Any = None   # pagedllm.lora.manager.LoRAManager with lora_config
+        self.lora_manager: Optional[LoRAManager] = None   # with lora_config
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -114,7 +117,7 @@ class ModelRunner:
     def remove_lora(self, lora_int_id: int) -> bool:
         return self._require_lora().remove(lora_int_id)
 
-    def _require_lora(self) -> Any:
+    def _require_lora(self) -> LoRAManager:
         if self.lora_manager is None:
             raise ValueError("lora_request: LoRA is not enabled (start the engine with "
                              "enable_lora=True / --enable-lora)")
