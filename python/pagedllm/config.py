@@ -116,9 +116,28 @@ class DeviceConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Multi-LoRA serving (present only with enable_lora)."""
+
+    max_loras: int = 1                    # distinct adapters in one step
+    max_lora_rank: int = 16               # the largest adapter rank accepted
+    max_cpu_loras: Optional[int] = None   # adapters kept loaded (LRU); None: max_loras
+
+    def __post_init__(self) -> None:
+        _require(self.max_loras >= 1, "max_loras", "must be >= 1")
+        _require(self.max_lora_rank >= 1, "max_lora_rank", "must be >= 1")
+        if self.max_cpu_loras is None:
+            self.max_cpu_loras = self.max_loras
+        # Every adapter of a step must be loaded at once.
+        _require(self.max_cpu_loras >= self.max_loras, "max_cpu_loras",
+                 f"must be >= max_loras ({self.max_loras}), got {self.max_cpu_loras}")
+
+
+@dataclass
 class EngineConfig:
     model_config: ModelConfig
     cache_config: CacheConfig
     scheduler_config: SchedulerConfig
     parallel_config: ParallelConfig
     device_config: DeviceConfig
+    lora_config: Optional[LoRAConfig] = None   # None: LoRA off

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 
 @dataclass
@@ -43,7 +43,7 @@ class CompletionOutput:
     logprobs: Optional[SampleLogprobs]
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | None (running)
     stop_reason: Union[int, str, None] = None  # the stop string or stop token id that ended it
-    lora_request: None = None
+    lora_request: Any = None  # the request's LoRARequest, if any
 
     def finished(self) -> bool:
         return self.finish_reason is not None
@@ -66,7 +66,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: Optional[RequestMetrics] = None
-    lora_request: None = None
+    lora_request: Any = None  # the LoRARequest it ran with (pagedllm.lora), if any
     encoder_prompt: Optional[str] = None
     encoder_prompt_token_ids: Optional[list[int]] = None
     num_cached_tokens: Optional[int] = None

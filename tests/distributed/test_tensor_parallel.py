@@ -156,3 +156,35 @@ def test_externally_launched_worker_joins_through_env(tiny_llama, monkeypatch):
             worker.kill()
     expected = _greedy(_make_runner(_config(tiny_llama, 1)), PROMPTS[:2], 6)
     assert got == expected
+
+
+# phi3: an adapter on the fused qkv_proj / gate_up_proj, its B rows split per shard and rank.
+@pytest.mark.parametrize("arch,kinds", [("llama", ("all", "rslora")), ("phi3", ("fused",))])
+def test_lora_tp2_equals_tp1(tiny_model_dirs, tiny_lora, arch, kinds):
+    """Adapters under tensor parallelism: column-parallel layers keep their rows of B,
+    row-parallel ones their columns of A (summed by the all-reduce); adapters load on every
+    rank and the step's adapter ids travel with the plan. A mixed batch in 32-token steps."""
+    from pagedllm import LLM, SamplingParams
+    from pagedllm.lora import LoRARequest
+
+    loras = [LoRARequest(k, i + 1, str(tiny_lora(arch, k)[0])) for i, k in enumerate(kinds)]
+    prompts = ["hello world", "the quick brown fox jumps over the lazy dog", "a", "1 2 3 4 5",
+               "Paris is the capital of", "def main():"]
+    which = [loras[i % len(loras)] if i % 3 != 2 else None for i in range(len(prompts))]
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    kwargs = dict(model=str(tiny_model_dirs[arch]), dtype="float32", device="cpu",
+                  max_model_len=128, kv_cache_space_bytes=4 << 20, max_num_batched_tokens=32,
+                  enable_lora=True, max_loras=2)
+    expected = [o.outputs[0].token_ids for o in
+                LLM(**kwargs).generate(prompts, params, use_tqdm=False, lora_request=which)]
+    llm = LLM(tensor_parallel_size=2, **kwargs)
+    try:
+        got = [o.outputs[0].token_ids for o in
+               llm.generate(prompts, params, use_tqdm=False, lora_request=which)]
+        # Dropping an adapter reaches the workers too; the base model still runs.
+        assert llm.llm_engine.remove_lora(1)
+        base = llm.generate(prompts[:1], params, use_tqdm=False)
+    finally:
+        llm.llm_engine.shutdown()
+    assert got == expected
+    assert len(base[0].outputs[0].token_ids) == 8

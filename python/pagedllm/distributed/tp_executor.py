@@ -30,7 +30,12 @@ import torch.distributed as dist
 
 from pagedllm.config import EngineConfig
 from pagedllm.distributed.parallel_state import init_tensor_parallel
-from pagedllm.distributed.plan_broadcast import broadcast_plan, broadcast_shutdown
+from pagedllm.distributed.plan_broadcast import (
+    broadcast_add_lora,
+    broadcast_plan,
+    broadcast_remove_lora,
+    broadcast_shutdown,
+)
 
 EXTERNAL_WORKERS_ENV = "PAGEDLLM_TP_EXTERNAL_WORKERS"
 
@@ -72,7 +77,8 @@ class TPExecutor:
 
             self.runner = ModelRunner(config.model_config, config.cache_config,
                                       config.device_config, config.parallel_config, rank=0,
-                                      scheduler_config=config.scheduler_config)
+                                      scheduler_config=config.scheduler_config,
+                                      lora_config=config.lora_config)
             self.runner.load_model()
             own_blocks = self.runner.determine_num_blocks()
             blocks = self._wait_for("blocks", startup_timeout_s)
@@ -98,16 +104,42 @@ class TPExecutor:
     accepts_previous_tokens = False
 
     def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None,
-                      float32_logits: bool = True) -> torch.Tensor:
+                      float32_logits: bool = True,
+                      lora_ids: Optional[np.ndarray] = None) -> torch.Tensor:
+        self._check_usable()
+        rows = np.asarray(plan.logits_indices if logits_rows is None else logits_rows, np.int32)
+        try:
+            broadcast_plan(plan, rows, self._cpu_group, lora_ids)
+        except RuntimeError as e:
+            raise WorkerFailedError(f"tensor-parallel broadcast failed: {e}") from e
+        return self.runner.execute_model(plan, rows, float32_logits, lora_ids=lora_ids)
+
+    # LoRA adapters: checked on the driver only (same model, same files); loaded and dropped on
+    # every rank, the driver first, so that a bad adapter fails before any worker is told.
+    def check_lora(self, lora_request: Any) -> None:
+        self.runner.check_lora(lora_request)
+
+    def add_lora(self, lora_request: Any) -> None:
+        self._check_usable()
+        self.runner.add_lora(lora_request)
+        try:
+            broadcast_add_lora(lora_request, self._cpu_group)
+        except RuntimeError as e:
+            raise WorkerFailedError(f"tensor-parallel broadcast failed: {e}") from e
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        self._check_usable()
+        removed = self.runner.remove_lora(lora_int_id)
+        try:
+            broadcast_remove_lora(lora_int_id, self._cpu_group)
+        except RuntimeError as e:
+            raise WorkerFailedError(f"tensor-parallel broadcast failed: {e}") from e
+        return removed
+
+    def _check_usable(self) -> None:
         if self._closed:
             raise WorkerFailedError("tensor-parallel executor is shut down")
         self._check_workers_alive()
-        rows = np.asarray(plan.logits_indices if logits_rows is None else logits_rows, np.int32)
-        try:
-            broadcast_plan(plan, rows, self._cpu_group)
-        except RuntimeError as e:
-            raise WorkerFailedError(f"tensor-parallel broadcast failed: {e}") from e
-        return self.runner.execute_model(plan, rows, float32_logits)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _spawn_workers(self, port: int) -> None:

@@ -10,7 +10,8 @@ Handshake through the store (so that the driver never blocks on a rank that is a
   worker sets joined/<rank>  -> everyone joins the process group
   worker sets blocks/<rank>  (KV blocks that fit on its device) or error/<rank> (a traceback)
   driver sets num_blocks     (the minimum over ranks) -> workers allocate, set ready/<rank>
-Then the worker executes every plan the driver broadcasts until it is told to shut down.
+Then the worker executes every plan the driver broadcasts (and loads / drops the LoRA adapters
+it is told to) until it is told to shut down.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from pagedllm.distributed.parallel_state import init_tensor_parallel
-from pagedllm.distributed.plan_broadcast import receive_plan
+from pagedllm.distributed.plan_broadcast import receive_command
 
 # Test hook: a rank listed here raises while loading its model (startup-failure tests).
 FAIL_RANK_ENV = "PAGEDLLM_TP_TEST_FAIL_RANK"
@@ -41,7 +42,8 @@ def run_worker(rank: int, world_size: int, host: str, port: int, local_rank: int
 
         runner = ModelRunner(config.model_config, config.cache_config, config.device_config,
                              config.parallel_config, rank=rank,
-                             scheduler_config=config.scheduler_config)
+                             scheduler_config=config.scheduler_config,
+                             lora_config=config.lora_config)
         if os.environ.get(FAIL_RANK_ENV) == str(rank):
             raise RuntimeError(f"injected startup failure on rank {rank} ({FAIL_RANK_ENV})")
         runner.load_model()
@@ -52,11 +54,17 @@ def run_worker(rank: int, world_size: int, host: str, port: int, local_rank: int
     runner.allocate_kv_cache(int(store.get("num_blocks")))
     store.set(f"ready/{rank}", "1")
     while True:
-        item = receive_plan(cpu_group)
-        if item is None:
+        command = receive_command(cpu_group)
+        if command.kind == "shutdown":
             break
-        plan, rows = item
-        runner.execute_model(plan, rows)
+        if command.kind == "execute":
+            runner.execute_model(command.plan, command.rows, lora_ids=command.lora_ids)
+        elif command.kind == "add_lora":
+            # The driver loaded it first: a failure here (files gone since) ends this worker,
+            # and the driver's next step reports the dead rank.
+            runner.add_lora(command.lora_request)
+        elif command.kind == "remove_lora":
+            runner.remove_lora(command.lora_int_id)
     dist.destroy_process_group()
     return 0
 

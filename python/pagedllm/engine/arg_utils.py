@@ -16,6 +16,7 @@ from pagedllm.config import (
     CacheConfig,
     DeviceConfig,
     EngineConfig,
+    LoRAConfig,
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
@@ -59,6 +60,11 @@ class EngineArgs:
     # Sampling defaults from the model's generation_config.json (engine/generation_defaults.py).
     generation_config: str = "auto"
     override_generation_config: Optional[dict] = None
+    # Multi-LoRA serving (pagedllm.lora): requests may name a PEFT adapter.
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: Optional[int] = None
 
     # -- CLI ----------------------------------------------------------------------------------
     @staticmethod
@@ -173,6 +179,15 @@ class EngineArgs:
             help='JSON of sampling defaults that win over the generation config, e.g. '
             '\'{"temperature": 0.5}\'',
         )
+        g.add_argument("--enable-lora", action="store_true", default=d.enable_lora,
+                       help="serve PEFT LoRA adapters on top of the model (per request)")
+        g.add_argument("--max-loras", type=int, default=d.max_loras,
+                       help="distinct adapters in one step; requests for others wait")
+        g.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank,
+                       help="the largest adapter rank accepted")
+        g.add_argument("--max-cpu-loras", type=int, default=d.max_cpu_loras,
+                       help="adapters kept loaded between uses, least recently used dropped "
+                       "first (default: --max-loras)")
         return parser
 
     @classmethod
@@ -226,12 +241,17 @@ class EngineArgs:
         )
         parallel_config = ParallelConfig(tensor_parallel_size=self.tensor_parallel_size)
         device_config = DeviceConfig(device=self.device, enforce_eager=self.enforce_eager)
+        lora_config = None
+        if self.enable_lora:
+            lora_config = LoRAConfig(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                                     max_cpu_loras=self.max_cpu_loras)
         return EngineConfig(
             model_config=model_config,
             cache_config=cache_config,
             scheduler_config=scheduler_config,
             parallel_config=parallel_config,
             device_config=device_config,
+            lora_config=lora_config,
         )
 
     def to_dict(self) -> dict[str, Any]:

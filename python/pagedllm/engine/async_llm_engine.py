@@ -220,7 +220,8 @@ class AsyncLLMEngine:
         self._streams[request_id] = stream  # reserve the id before awaiting
         try:
             stats = await self._in_worker(
-                self._add_in_worker, request_id, prompt, sampling_params, arrival_time, priority
+                self._add_in_worker, request_id, prompt, sampling_params, arrival_time, priority,
+                lora_request,
             )
         except BaseException:
             self._streams.pop(request_id, None)
@@ -239,8 +240,9 @@ class AsyncLLMEngine:
         params: Optional[SamplingParams],
         arrival_time: float,
         priority: int,
+        lora_request: Any = None,
     ) -> EngineStats:
-        self.engine.add_request(request_id, prompt, params, arrival_time, priority)
+        self.engine.add_request(request_id, prompt, params, arrival_time, priority, lora_request)
         return self.engine.get_stats()
 
     async def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
@@ -261,6 +263,16 @@ class AsyncLLMEngine:
 
     async def reset_prefix_cache(self) -> bool:
         return await self._in_worker(self.engine.reset_prefix_cache)
+
+    # LoRA adapters (vLLM's methods), run between steps like every engine call.
+    async def add_lora(self, lora_request: Any) -> bool:
+        return await self._in_worker(self.engine.add_lora, lora_request)
+
+    async def remove_lora(self, lora_id: int) -> bool:
+        return await self._in_worker(self.engine.remove_lora, lora_id)
+
+    async def list_loras(self) -> set[int]:
+        return await self._in_worker(self.engine.list_loras)
 
     def generate(
         self,
@@ -288,15 +300,16 @@ class AsyncLLMEngine:
             raise ValueError(
                 "request_id: generate(prompt, sampling_params, request_id) needs an id"
             )
-        add = (prompt, sampling_params or SamplingParams(), priority)
+        add = (prompt, sampling_params or SamplingParams(), priority, lora_request)
         return self._stream_outputs(request_id, add=add)
 
     async def _stream_outputs(
-        self, request_id: str, add: Optional[tuple[Any, SamplingParams, int]]
+        self, request_id: str, add: Optional[tuple[Any, SamplingParams, int, Any]]
     ) -> AsyncGenerator[RequestOutput, None]:
         if add is not None:
-            prompt, params, priority = add
-            await self.add_request(request_id, prompt, params, priority=priority)
+            prompt, params, priority, lora_request = add
+            await self.add_request(request_id, prompt, params, priority=priority,
+                                   lora_request=lora_request)
         if self._dead_error is not None:
             raise self.dead_error
         stream = self._streams.get(request_id)

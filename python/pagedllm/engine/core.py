@@ -15,18 +15,24 @@ step n's tokens are applied first and step n+1 planned after, as in a plain step
 output processing still overlaps the device. Batches whose sampling reads the Python copy of a
 sequence's history (penalties, min_tokens and bad_words bans) or that need logprobs run the
 plain synchronous step.
+
+LoRA (config.lora_config): a request names its adapter with a LoRARequest. The adapter's id is
+folded into the request's prefix-cache salt (K/V computed under one adapter never serves another
+or the base model), LoRASlots keeps LoRA requests out of the scheduler until their adapter has
+one of max_loras slots, and each step passes the runner its sequences' adapter ids.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from pagedllm.config import EngineConfig
+from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import Logprob
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.sampler import (
@@ -38,7 +44,27 @@ from pagedllm.worker.sampler import (
     token_logprobs,
 )
 
+if TYPE_CHECKING:
+    from pagedllm.lora.slots import LoRASlots
+
 _FINISH_REASONS = {1: "stop", 2: "length", 3: "abort"}  # core FinishReason -> vLLM string
+
+# Starts the prefix-cache salts pagedllm makes up (for LoRA requests); no salt a user may give
+# maps onto one of them (see prefix_cache_salt).
+_SALT_MARK = "\x00"
+
+
+def prefix_cache_salt(user_salt: Optional[str], lora_int_id: int = 0) -> str:
+    """The request's cache_salt for the core's prefix cache: the user's own salt, with the
+    adapter folded in for LoRA requests so that K/V are shared only within one adapter.
+    One-to-one: adapter salts are MARK "lora<id>" MARK salt; a user salt that starts with MARK
+    gets a second MARK in front, and no adapter salt has MARK as its second character."""
+    salt = user_salt or ""
+    if lora_int_id:
+        return f"{_SALT_MARK}lora{lora_int_id}{_SALT_MARK}{salt}"
+    if salt.startswith(_SALT_MARK):
+        return _SALT_MARK + salt
+    return salt
 
 
 class StepFailedError(RuntimeError):
@@ -154,6 +180,7 @@ class EngineCore:
                 config.device_config,
                 config.parallel_config,
                 scheduler_config=config.scheduler_config,
+                lora_config=config.lora_config,
             )
             num_blocks = runner.initialize()
         else:
@@ -214,6 +241,19 @@ class EngineCore:
         # The last step's sampled handles ([N] int64) and batch, reused while they stay the same.
         self._last_batch_handles: Optional[np.ndarray] = None
         self._last_batch: Optional[SamplingBatch] = None
+        # LoRA: adapters by id, as first given (validated); requests LoRASlots holds back (their
+        # scheduler arguments); requests whose adapter failed to load, failed at the next step.
+        self._lora: Optional[LoRASlots] = None
+        self._known_loras: dict[int, LoRARequest] = {}
+        self._held: dict[int, tuple[np.ndarray, Any]] = {}
+        self._failed_admissions: dict[int, BaseException] = {}
+        if config.lora_config is not None:
+            from pagedllm.lora.slots import LoRASlots
+
+            lc = config.lora_config
+            self._lora = LoRASlots(lc.max_loras, lc.max_cpu_loras,
+                                   load=lambda i: self.runner.add_lora(self._known_loras[i]),
+                                   unload=self.runner.remove_lora)
         # Test hook: called before every model forward; an exception fails that step only.
         self.fault_injector: Optional[Callable[[], None]] = None
         # Cumulative counters and the last step's timing split (seconds).
@@ -243,11 +283,17 @@ class EngineCore:
         bad_words_token_ids: Sequence[Sequence[int]] = (),
         compiled_grammar: Any = None,
         grammar_after_token: Optional[int] = None,
+        lora_request: Optional[LoRARequest] = None,
     ) -> None:
         """Queue one sequence. `max_tokens` is already resolved (never None); bad_words_token_ids
         are params.bad_words tokenized and compiled_grammar params.structured_outputs compiled
         (LLMEngine does both: the core has no tokenizer). grammar_after_token: the grammar
-        applies only once this token (a thinking model's end of reasoning) was generated."""
+        applies only once this token (a thinking model's end of reasoning) was generated.
+        lora_request: the adapter to run with (ValueError if LoRA is off or it is unusable)."""
+        lora_id = 0
+        if lora_request is not None:
+            self.check_lora(lora_request)
+            lora_id = lora_request.lora_int_id
         generator = None
         if params.seed is not None and params.temperature >= 1e-5:
             generator = torch.Generator(device=self.device)
@@ -263,12 +309,15 @@ class EngineCore:
             stop_token_ids=stop_ids,
             priority=params.priority,
             arrival_time=arrival_time,
-            cache_salt=params.cache_salt or "",
+            cache_salt=prefix_cache_salt(params.cache_salt, lora_id),
             skip_prefix_cache=params.prompt_logprobs is not None,
         )
-        self.scheduler.add_request(
-            handle, np.asarray(prompt_token_ids, dtype=np.int32), core_params
-        )
+        token_ids = np.asarray(prompt_token_ids, dtype=np.int32)
+        if lora_id:
+            self._held[handle] = (token_ids, core_params)
+            self._lora.enqueue(handle, lora_id)
+        else:
+            self.scheduler.add_request(handle, token_ids, core_params)
         req = CoreRequest(handle, list(prompt_token_ids), params, self.eos_token_id, generator)
         req.bad_words_ids = [list(w) for w in bad_words_token_ids]
         if compiled_grammar is not None:
@@ -283,6 +332,79 @@ class EngineCore:
         if params.logprobs is not None:
             self._logprob_handles.add(handle)
         self.num_prompt_tokens += len(prompt_token_ids)
+        if lora_id:
+            failed = self._admit_lora_requests(step_boundary=False)
+            own = failed.pop(handle, None)
+            self._failed_admissions.update(failed)
+            if own is not None:
+                raise own
+
+    # -- LoRA -----------------------------------------------------------------------------------
+    def check_lora(self, lora_request: LoRARequest) -> None:
+        """ValueError unless this engine can serve the adapter: LoRA on, the id not taken by
+        another path, and the adapter valid for this model (its config and tensor shapes; read
+        once per id)."""
+        if self._lora is None:
+            raise ValueError("lora_request: LoRA is not enabled; start the engine with "
+                             "enable_lora=True (--enable-lora)")
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(f"lora_request: expected a LoRARequest, got "
+                             f"{type(lora_request).__name__}")
+        known = self._known_loras.get(lora_request.lora_int_id)
+        if known is not None:
+            if known.lora_path != lora_request.lora_path:
+                raise ValueError(
+                    f"lora_request: lora_int_id {known.lora_int_id} already names adapter "
+                    f"{known.lora_name!r} at {known.lora_path}; give each adapter its own id")
+            return
+        self.runner.check_lora(lora_request)
+        self._known_loras[lora_request.lora_int_id] = lora_request
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Check an adapter and load it ahead of its requests (vLLM's add_lora)."""
+        self.check_lora(lora_request)
+        self._lora.preload(lora_request.lora_int_id)
+        return True
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        """Unload an adapter and forget its id. False if it is unknown or still used by a
+        request (then nothing changes)."""
+        if self._lora is None or lora_int_id not in self._known_loras:
+            return False
+        if self._lora.in_use(lora_int_id):
+            return False
+        self._lora.unload(lora_int_id)
+        del self._known_loras[lora_int_id]
+        return True
+
+    def list_loras(self) -> set[int]:
+        """Ids of the adapters loaded now."""
+        return set(self._lora.loaded) if self._lora is not None else set()
+
+    @property
+    def num_lora_waiting(self) -> int:
+        """LoRA requests waiting for an adapter slot (not in the scheduler yet)."""
+        return len(self._held)
+
+    def _admit_lora_requests(self, step_boundary: bool) -> dict[int, BaseException]:
+        """Move the held requests LoRASlots lets in into the scheduler. Returns handle -> error
+        for requests whose adapter failed to load (already forgotten)."""
+        admitted, failed = self._lora.admit(step_boundary)
+        for h in admitted:
+            token_ids, core_params = self._held.pop(h)
+            self.scheduler.add_request(h, token_ids, core_params)
+        for h in failed:
+            self._forget(h)
+        return failed
+
+    def _lora_ids(self, plan_handles: np.ndarray) -> Optional[np.ndarray]:
+        """[S] int64 adapter id per planned sequence (0: none); None without LoRA sequences."""
+        if self._lora is None or not self._lora.admitted:
+            return None
+        lora_of = self._lora.lora_of
+        ids = np.fromiter((lora_of.get(h, 0) for h in plan_handles.tolist()), dtype=np.int64,
+                          count=len(plan_handles))
+        return ids if ids.any() else None
 
     def _init_sampling_row(self, req: CoreRequest) -> None:
         p = req.params
@@ -338,6 +460,10 @@ class EngineCore:
     def _forget(self, handle: int) -> None:
         """Drop everything remembered about a handle (finished, aborted or failed)."""
         self.requests.pop(handle, None)
+        if self._lora is not None:
+            self._lora.release(handle)   # frees its adapter's slot after its last request
+            self._held.pop(handle, None)
+            self._failed_admissions.pop(handle, None)
         self._never_scheduled.discard(handle)
         self._prompt_lp_handles.discard(handle)
         self._logprob_handles.discard(handle)
@@ -355,13 +481,26 @@ class EngineCore:
             self.scheduler.has_unfinished_requests()
             or self._in_flight is not None
             or bool(self._carried)
+            or bool(self._held)
+            or bool(self._failed_admissions)
         )
 
     # -- one step -----------------------------------------------------------------------------
     def step(self) -> list[CoreOutput]:
+        if self._lora is not None:
+            self._admit_before_step()
         if self.async_scheduling:
             return self._step_overlapped()
         return self._step_sync()
+
+    def _admit_before_step(self) -> None:
+        """Let held LoRA requests in; requests whose adapter failed to load fail this step
+        (before anything else runs, so no step in flight is touched)."""
+        failed = self._admit_lora_requests(step_boundary=True)
+        failed.update(self._failed_admissions)
+        self._failed_admissions = {}
+        if failed:
+            raise StepFailedError(list(failed), next(iter(failed.values())))
 
     def _needs_sync_step(self) -> bool:
         """Sampling that reads each sequence's latest tokens on the host, or logprobs."""
@@ -463,10 +602,13 @@ class EngineCore:
             if self.fault_injector is not None:
                 self.fault_injector()
             # Only runners that accept previous_tokens are asked to run plans made ahead.
-            ahead = {} if ahead_of is None else {
+            extra = {} if ahead_of is None else {
                 "previous_tokens": ahead_of.pending.device_token_ids}
+            lora_ids = self._lora_ids(plan_handles)
+            if lora_ids is not None:  # only LoRA runners are given it
+                extra["lora_ids"] = lora_ids
             logits = self.runner.execute_model(plan, plan.logits_indices, float32_logits=False,
-                                               **ahead)  # [N, V] model dtype
+                                               **extra)  # [N, V] model dtype
             pending = self.sampler.sample_async(logits, batch)
         except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
             raise self._failed(plan_handles, e) from e
@@ -516,8 +658,10 @@ class EngineCore:
         try:
             if self.fault_injector is not None:
                 self.fault_injector()
-            logits = self.runner.execute_model(plan, rows,
-                                               float32_logits=False)  # [len(rows), V] model dtype
+            lora_ids = self._lora_ids(plan_handles)
+            extra = {} if lora_ids is None else {"lora_ids": lora_ids}
+            logits = self.runner.execute_model(plan, rows, float32_logits=False,
+                                               **extra)  # [len(rows), V] model dtype
             num_plp = len(prompt_lp_rows)
             sampled = self.sampler.sample(logits[num_plp:], batch)
             prompt_lps = self._score_prompt(logits[:num_plp], prompt_lp_spans) if num_plp else {}

@@ -17,6 +17,7 @@ from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.core import EngineCore, StepFailedError
 from pagedllm.engine.generation_defaults import model_sampling_defaults
 from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.usage.usage_lib import UsageContext
@@ -168,8 +169,10 @@ class LLMEngine:
         params: Optional[SamplingParams] = None,
         arrival_time: Optional[float] = None,
         priority: int = 0,
+        lora_request: Optional[LoRARequest] = None,
     ) -> None:
-        """Queue a request. ValueError for a duplicate id or an invalid prompt/params."""
+        """Queue a request. ValueError for a duplicate id or an invalid prompt/params, or a
+        lora_request this engine cannot serve (LoRA off, an unusable adapter)."""
         if not isinstance(request_id, str):
             request_id = str(request_id)
         if self.output_processor.has_request(request_id):
@@ -180,6 +183,8 @@ class LLMEngine:
                 f"sampling_params: expected SamplingParams, got {type(params).__name__}"
             )
         arrival_time = time.time() if arrival_time is None else arrival_time
+        if lora_request is not None:
+            self.engine_core.check_lora(lora_request)
         text, ids = self.tokenize_prompt(prompt)
         self._validate(ids, params)
         if priority:
@@ -202,13 +207,27 @@ class LLMEngine:
                     child_params = params.clone()
                     child_params.seed = params.seed + index  # distinct but reproducible samples
                 self.engine_core.add_request(handle, ids, child_params, arrival_time, max_tokens,
-                                             bad_words_ids, grammar, grammar_after)
+                                             bad_words_ids, grammar, grammar_after, lora_request)
                 added.append(handle)
         except Exception:
             for h in added:
                 self.engine_core.abort_request(h)
             raise
-        self.output_processor.add_request(request_id, text, ids, params, handles, arrival_time)
+        self.output_processor.add_request(request_id, text, ids, params, handles, arrival_time,
+                                          lora_request)
+
+    # -- LoRA adapters (vLLM's methods) ------------------------------------------------------------
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Check an adapter and load it ahead of its requests; ValueError if unusable."""
+        return self.engine_core.add_lora(lora_request)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        """Unload an adapter; False if it is unknown or requests still use it."""
+        return self.engine_core.remove_lora(lora_id)
+
+    def list_loras(self) -> set[int]:
+        """Ids of the adapters loaded now."""
+        return self.engine_core.list_loras()
 
     def _reasoning_token_ids(self, parser_name: Optional[str]) -> Optional[tuple[int, int]]:
         if not parser_name:
@@ -373,7 +392,7 @@ class LLMEngine:
         steps = max(core.num_steps, 1)
         return EngineStats(
             num_running=s.num_running,
-            num_waiting=s.num_waiting,
+            num_waiting=s.num_waiting + core.num_lora_waiting,  # LoRA ones held for a slot
             num_blocks_total=s.num_blocks_total,
             num_blocks_used=s.num_blocks_used,
             num_blocks_free=s.num_blocks_free,

@@ -56,6 +56,7 @@ class RequestState:
     sent_prompt_logprobs: bool = False
     num_cached_tokens: int = 0
     error: Optional[BaseException] = None
+    lora_request: Any = None
 
     @property
     def finished(self) -> bool:
@@ -83,6 +84,7 @@ class OutputProcessor:
         params: SamplingParams,
         handles: list[int],
         arrival_time: float,
+        lora_request: Any = None,
     ) -> RequestState:
         children = []
         for index, handle in enumerate(handles):
@@ -101,6 +103,7 @@ class OutputProcessor:
             children,
             RequestMetrics(arrival_time=arrival_time, last_token_time=arrival_time),
         )
+        state.lora_request = lora_request
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None]
         self.requests[request_id] = state
@@ -294,6 +297,7 @@ class OutputProcessor:
             outputs=completions,
             finished=finished,
             metrics=state.metrics,
+            lora_request=state.lora_request,
             num_cached_tokens=state.num_cached_tokens,
         )
 
@@ -329,5 +333,6 @@ class OutputProcessor:
             outputs=[completion],
             finished=finished,
             metrics=state.metrics,
+            lora_request=state.lora_request,
             num_cached_tokens=state.num_cached_tokens,
         )

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence, Union
 
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.llm_engine import LLMEngine, PromptType
+from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.usage.usage_lib import UsageContext
@@ -39,8 +40,10 @@ class LLM:
         *,
         prompt_token_ids: Optional[list] = None,
         priority: Optional[list[int]] = None,
+        lora_request: Union[LoRARequest, Sequence[Optional[LoRARequest]], None] = None,
     ) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs come back in input order."""
+        """Run every prompt to completion; outputs come back in input order. lora_request: one
+        adapter for every prompt, or one (or None) per prompt (needs enable_lora)."""
         prompt_list = self._normalize_prompts(prompts, prompt_token_ids)
         if sampling_params is None:
             params_list = [self.get_default_sampling_params()] * len(prompt_list)
@@ -54,6 +57,13 @@ class LLM:
                 )
         if priority is not None and len(priority) != len(prompt_list):
             raise ValueError("priority: one value per prompt is needed")
+        if lora_request is None or isinstance(lora_request, LoRARequest):
+            lora_list = [lora_request] * len(prompt_list)
+        else:
+            lora_list = list(lora_request)
+            if len(lora_list) != len(prompt_list):
+                raise ValueError(
+                    f"lora_request: {len(lora_list)} given for {len(prompt_list)} prompts")
         # Only finished outputs are returned: FINAL_ONLY spares building a cumulative
         # RequestOutput for every running request on every step (as vLLM's LLM does).
         final_only: dict[int, SamplingParams] = {}
@@ -67,7 +77,8 @@ class LLM:
             for i, (prompt, params) in enumerate(zip(prompt_list, params_list)):
                 rid = str(next(self._counter))
                 self.llm_engine.add_request(
-                    rid, prompt, params, priority=priority[i] if priority else 0
+                    rid, prompt, params, priority=priority[i] if priority else 0,
+                    lora_request=lora_list[i],
                 )
                 ids.append(rid)
         except Exception:
@@ -85,9 +96,11 @@ class LLM:
         continue_final_message: bool = False,
         chat_template_kwargs: Optional[dict[str, Any]] = None,
         tools: Optional[list[dict[str, Any]]] = None,
+        lora_request: Union[LoRARequest, Sequence[Optional[LoRARequest]], None] = None,
     ) -> list[RequestOutput]:
         """Apply the tokenizer's chat template to each conversation, then generate. `tools`
-        (OpenAI-style tool dicts) reach the template as its `tools` variable."""
+        (OpenAI-style tool dicts) reach the template as its `tools` variable; lora_request as
+        in generate()."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
         prompts: list[PromptType] = []
@@ -104,7 +117,8 @@ class LLM:
             # The template writes the special tokens itself: do not add BOS twice.
             ids = tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm,
+                             lora_request=lora_request)
 
     # -- internals --------------------------------------------------------------------------------
     @staticmethod

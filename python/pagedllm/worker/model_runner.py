@@ -11,24 +11,33 @@ GPU path:
 - pure-decode plans replay a CUDA graph captured per padded batch size (cuda_graphs.py);
   enforce_eager turns graphs off, and so does a model with supports_cuda_graphs = False (MoE
   models: their expert matmuls are sized by the routing, read on the host).
+
+LoRA (lora_config set): the linear layers are wrapped after loading (pagedllm.lora); a step
+whose sequences use adapters passes their ids (lora_ids [S]) and runs eagerly, since its LoRA
+matmuls are sized by the step's token ranges; decode steps without adapters still replay the
+graphs, which were captured with no adapter active.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 
-from pagedllm.config import CacheConfig, DeviceConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from pagedllm.config import (CacheConfig, DeviceConfig, LoRAConfig, ModelConfig, ParallelConfig,
+                             SchedulerConfig)
 from pagedllm.models.loader import build_model, choose_dtype, resolve_model_config
 from pagedllm.worker.attention_metadata import AttentionMetadata
 from pagedllm.worker.cuda_graphs import DecodeGraphs, capture_sizes
 from pagedllm.worker.input_buffers import CudaInputBuffers, StepInputs, build_cpu_inputs
 from pagedllm.worker.kv_cache import (KVCacheSpec, allocate_kv_caches, cpu_num_blocks,
                                       kv_cache_spec)
+
+if TYPE_CHECKING:
+    from pagedllm.lora.manager import LoRAManager
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +58,10 @@ def resolve_device(device_config: DeviceConfig) -> torch.device:
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
                  device_config: DeviceConfig, parallel_config: ParallelConfig, rank: int = 0,
-                 *, scheduler_config: Optional[SchedulerConfig] = None):
+                 *, scheduler_config: Optional[SchedulerConfig] = None,
+                 lora_config: Optional[LoRAConfig] = None):
         self.model_config = model_config
+        self.lora_config = lora_config
         self.cache_config = cache_config
         self.device_config = device_config
         self.parallel_config = parallel_config
@@ -76,6 +87,7 @@ class ModelRunner:
         self.num_blocks = 0                         # set by allocate_kv_cache (null block incl.)
         self._cuda_buffers: Optional[CudaInputBuffers] = None
         self._decode_graphs: Optional[DecodeGraphs] = None
+        self.lora_manager: Optional[LoRAManager] = None   # with lora_config
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -86,6 +98,30 @@ class ModelRunner:
                 and not model_supports_cuda_graphs(self.model)):
             logger.info("%s: decode steps run eagerly (no CUDA graphs): its forward has shapes "
                         "that depend on the data", type(self.model).__name__)
+        if self.lora_config is not None:
+            from pagedllm.lora.manager import LoRAManager
+
+            self.lora_manager = LoRAManager(self.model, self.lora_config, self.device, self.dtype)
+            if self.device.type == "cuda" and not self.device_config.enforce_eager:
+                logger.info("LoRA: steps with adapters run eagerly; decode steps without "
+                            "adapters replay CUDA graphs")
+
+    # ---- LoRA adapters (the engine decides which are loaded; lora/slots.py) ---------------------
+
+    def check_lora(self, lora_request: Any) -> None:
+        self._require_lora().check(lora_request)
+
+    def add_lora(self, lora_request: Any) -> None:
+        self._require_lora().add(lora_request)
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        return self._require_lora().remove(lora_int_id)
+
+    def _require_lora(self) -> LoRAManager:
+        if self.lora_manager is None:
+            raise ValueError("lora_request: LoRA is not enabled (start the engine with "
+                             "enable_lora=True / --enable-lora)")
+        return self.lora_manager
 
     @property
     def max_blocks_per_seq(self) -> int:
@@ -132,12 +168,16 @@ class ModelRunner:
         torch.cuda.empty_cache()
         # Everything in use before profiling (weights, other processes, the CUDA context).
         in_use = total - free_before
+        # Adapters are loaded after the KV cache is allocated: room for the most that may be.
+        lora_reserve = self.lora_manager.max_memory_bytes() if self.lora_manager else 0
         budget = (total * self.cache_config.gpu_memory_utilization - in_use - activation_peak
-                  - graph_reserve)
+                  - graph_reserve - lora_reserve)
         logger.info("GPU memory: %.2f GiB total, %.2f GiB in use before profiling, activation "
                     "peak %.2f GiB, CUDA-graph reserve %.2f GiB, KV budget %.2f GiB",
                     total / 2**30, in_use / 2**30, activation_peak / 2**30,
                     graph_reserve / 2**30, budget / 2**30)
+        if lora_reserve:
+            logger.info("GPU memory: %.2f GiB kept for LoRA adapters", lora_reserve / 2**30)
         num_blocks = int(budget // self.kv_spec.bytes_per_block)
         if num_blocks < 2:
             raise ValueError(f"gpu_memory_utilization: {self.cache_config.gpu_memory_utilization}"
@@ -221,12 +261,14 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_model(self, plan: Any, logits_rows: Optional[np.ndarray] = None,
                       float32_logits: bool = True,
-                      previous_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      previous_tokens: Optional[torch.Tensor] = None,
+                      lora_ids: Optional[np.ndarray] = None) -> torch.Tensor:
         """Run the plan's tokens; logits [len(rows), vocab] for token rows `logits_rows`
         (default plan.logits_indices), on this runner's device: float32, or the model's dtype
         with float32_logits=False (the engine's sampler upcasts only where it must: one
         [N, V] copy less per step). previous_tokens [N_prev] int32 on this device: the last
-        step's sampled tokens, which a plan made ahead (plan.num_deferred > 0) takes as inputs."""
+        step's sampled tokens, which a plan made ahead (plan.num_deferred > 0) takes as inputs.
+        lora_ids [S] int (0: none): each sequence's adapter; None when no sequence has one."""
         self._require_model()
         if not self.kv_caches:
             raise RuntimeError("ModelRunner.allocate_kv_cache() must run before executing")
@@ -242,9 +284,20 @@ class ModelRunner:
         index = None
         if len(rows) and not all_rows:
             index = torch.from_numpy(rows).to(self.device, non_blocking=True)  # [N]
-        graph_size = self._decode_graphs.padded_size(plan) if self._decode_graphs else None
+        graph_size = None
+        if self._decode_graphs is not None and lora_ids is None:
+            graph_size = self._decode_graphs.padded_size(plan)
         if graph_size is not None:
             hidden = self._decode_graphs.run(plan, graph_size, previous_tokens)  # [T, H]
+        elif lora_ids is not None:
+            lora = self._require_lora()
+            lora.begin_step(np.asarray(plan.query_start_loc), np.asarray(lora_ids))
+            try:
+                inputs = self._prepare(plan, previous_tokens)
+                hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches,
+                                    inputs.meta)                        # [T, H]
+            finally:
+                lora.end_step()
         else:
             inputs = self._prepare(plan, previous_tokens)
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches,

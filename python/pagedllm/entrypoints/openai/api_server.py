@@ -4,10 +4,11 @@
     python -m pagedllm.entrypoints.openai.api_server --model MODEL ...
 
 Routes: /v1/completions, /v1/chat/completions, /v1/models, /health, /version, /tokenize,
-/detokenize, /metrics. Every route except /health (and /metrics with --metrics-public) needs
-the API key when one is set. SIGINT/SIGTERM stop accepting connections, let in-flight requests
-finish (aborting them after --shutdown-timeout), shut the engine down and exit 0; a dead engine
-makes the process exit 1. Prompts and request bodies are never logged at INFO.
+/detokenize, /metrics; with --enable-lora and PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING=1 also
+/v1/load_lora_adapter and /v1/unload_lora_adapter (serving_models.py). Every route except
+/health (and /metrics with --metrics-public) needs the API key when one is set.
+SIGINT/SIGTERM stop accepting connections, let in-flight requests finish (aborting them after
+--shutdown-timeout), shut the engine down and exit 0; a dead engine makes the process exit 1. Prompts and request bodies are never logged at INFO.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
     TokenizeRequest,
+    UnloadLoRAAdapterRequest,
 )
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, render_chat
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
@@ -57,6 +60,10 @@ from pagedllm.entrypoints.openai.serving_engine import (
     OpenAIServing,
     ServerContext,
     maybe_await,
+)
+from pagedllm.entrypoints.openai.serving_models import (
+    ServedLoRAs,
+    runtime_lora_updating_allowed,
 )
 from pagedllm.entrypoints.openai.streaming import (
     ClientDisconnected,
@@ -173,14 +180,32 @@ def build_app(
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        return _json(
-            ModelList(
-                data=[
-                    ModelCard(id=name, root=ctx.model_path, max_model_len=ctx.max_model_len)
-                    for name in ctx.served_model_names
-                ]
-            )
-        )
+        cards = [
+            ModelCard(id=name, root=ctx.model_path, max_model_len=ctx.max_model_len)
+            for name in ctx.served_model_names
+        ]
+        if ctx.loras is not None:
+            cards += [
+                ModelCard(id=name, root=lora.lora_path, parent=ctx.loras.parent_of(lora),
+                          max_model_len=ctx.max_model_len)
+                for name, lora in ctx.loras.adapters.items()
+            ]
+        return _json(ModelList(data=cards))
+
+    if ctx.loras is not None and runtime_lora_updating_allowed():
+        loras = ctx.loras
+
+        @app.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(req: LoadLoRAAdapterRequest) -> Response:
+            await loras.load(req.lora_name, req.lora_path, replace=req.load_inplace)
+            return Response(f"Success: LoRA adapter '{req.lora_name}' added successfully.",
+                            media_type="text/plain")
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload_lora_adapter(req: UnloadLoRAAdapterRequest) -> Response:
+            await loras.unload(req.lora_name)
+            return Response(f"Success: LoRA adapter '{req.lora_name}' removed successfully.",
+                            media_type="text/plain")
 
     @app.get("/health")
     async def health() -> Response:
@@ -287,6 +312,7 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
             default=2048,
         )
     )
+    loras = await _served_loras(engine, args, names)
     return ServerContext(
         engine=engine,
         tokenizer=tokenizer,
@@ -302,7 +328,23 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
         reasoning_parser=getattr(args, "reasoning_parser", None),
         default_sampling=dict(_first(engine, "engine.default_sampling_params",
                                      "default_sampling_params", default={})),
+        loras=loras,
     )
+
+
+async def _served_loras(engine: Any, args: argparse.Namespace,
+                        base_names: list[str]) -> Optional[ServedLoRAs]:
+    """With --enable-lora: the adapters of --lora-modules, each checked and loaded now (a bad
+    one stops the server from starting)."""
+    if not getattr(args, "enable_lora", False):
+        return None
+    loras = ServedLoRAs(engine, base_names)
+    for module in getattr(args, "lora_modules", None) or []:
+        try:
+            await loras.load(module.name, module.path, module.base_model_name)
+        except APIError as e:
+            raise ValueError(f"lora_modules: {module.name}: {e.message}") from e
+    return loras
 
 
 def describe_engine(engine: Any, model_config: Any, stats: Any) -> str:

@@ -4,8 +4,44 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
+
+
+@dataclass
+class LoRAModulePath:
+    name: str
+    path: str
+    base_model_name: Optional[str] = None
+
+
+def parse_lora_module(item: str) -> LoRAModulePath:
+    """`name=path`, or vLLM's JSON form {"name": ..., "path": ..., "base_model_name": ...}."""
+    if "=" in item and not item.lstrip().startswith("{"):
+        name, path = item.split("=", 1)
+        if not name or not path:
+            raise ValueError(f"lora_modules: expected name=path, got {item!r}")
+        return LoRAModulePath(name, path)
+    try:
+        fields = json.loads(item)
+        return LoRAModulePath(**fields)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"lora_modules: {item!r} is neither name=path nor a JSON object with "
+                         f"name, path and optionally base_model_name ({e})") from None
+
+
+class LoRAModulesAction(argparse.Action):
+    """--lora-modules name=path [name2=path2 ...] into a list of LoRAModulePath."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        try:
+            modules = [parse_lora_module(v) for v in values or () if v]
+        except ValueError as e:
+            parser.error(str(e))
+        setattr(namespace, self.dest, modules)
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -46,6 +82,15 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="how the model writes tool calls: hermes (Qwen2.5/3, Hermes, ChatML tool "
         "templates), llama3_json (Llama 3.1-3.3), pythonic / llama4_pythonic (Llama 3.2 / 4), "
         "mistral, qwen3_coder or deepseek_v3",
+    )
+    g.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=None,
+        action=LoRAModulesAction,
+        metavar="NAME=PATH",
+        help="LoRA adapters served as models of their own (needs --enable-lora): name=path, or "
+        'JSON {"name": ..., "path": ..., "base_model_name": ...}',
     )
     g.add_argument(
         "--metrics-public", action="store_true", help="serve /metrics without the API key"
@@ -95,6 +140,8 @@ def validate_server_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise ValueError(f"{name}: expected a JSON list of strings, got {value!r}")
+    if getattr(args, "lora_modules", None) and not getattr(args, "enable_lora", False):
+        raise ValueError("lora_modules: --lora-modules needs --enable-lora")
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ValueError("enable_auto_tool_choice: --enable-auto-tool-choice needs "
                          "--tool-call-parser")

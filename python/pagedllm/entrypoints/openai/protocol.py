@@ -648,9 +648,25 @@ class ModelCard(OpenAIBaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "pagedllm"
     root: Optional[str] = None
+    parent: Optional[str] = None  # a LoRA adapter's base model
     max_model_len: Optional[int] = None
 
 
 class ModelList(OpenAIBaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class LoadLoRAAdapterRequest(RequestModel):
+    """/v1/load_lora_adapter (vLLM's body)."""
+
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False  # reload a name already served, from this path
+
+
+class UnloadLoRAAdapterRequest(RequestModel):
+    """/v1/unload_lora_adapter (vLLM's body)."""
+
+    lora_name: str
+    lora_int_id: Optional[int] = None  # accepted for vLLM clients; the name decides

@@ -167,7 +167,7 @@ class OpenAIServingChat(OpenAIServing):
             params.skip_special_tokens = False  # its markers may be special tokens
         request_id = random_id("chatcmpl")
         created = int(time.time())
-        calls = self.start_calls([prompt], params, request_id)
+        calls = self.start_calls([prompt], params, request_id, self.lora_request(model))
         if req.stream:
             return None, self.stream(req, model, request_id, created, prompt, calls, fmt)
         try:

@@ -114,7 +114,7 @@ class OpenAIServingCompletion(OpenAIServing):
         ]
         request_id = random_id("cmpl")
         created = int(time.time())
-        calls = self.start_calls(prompts, params[0], request_id)
+        calls = self.start_calls(prompts, params[0], request_id, self.lora_request(model))
         for call, sp in zip(calls, params):
             call.params = sp
         if req.stream:

@@ -52,6 +52,7 @@ class ServerContext:
     reasoning_parser: Optional[str] = None  # a name in pagedllm.reasoning.REASONING_PARSERS
     # The model's sampling defaults for what a request leaves unset (generation_defaults.py).
     default_sampling: dict = field(default_factory=dict)
+    loras: Any = None  # serving_models.ServedLoRAs: adapters served as models (--enable-lora)
 
 
 @dataclass
@@ -85,12 +86,14 @@ class EngineCall:
     It holds one admission unit from construction until its first output (or its end)."""
 
     def __init__(
-        self, serving: "OpenAIServing", prompt_ids: list[int], params: Any, request_id: str
+        self, serving: "OpenAIServing", prompt_ids: list[int], params: Any, request_id: str,
+        lora_request: Any = None,
     ) -> None:
         self.serving = serving
         self.prompt_ids = prompt_ids
         self.params = params
         self.request_id = request_id
+        self.lora_request = lora_request
         self.finished = False
         self.started = False
         self._holds_admission = True
@@ -104,8 +107,9 @@ class EngineCall:
         engine = self.serving.ctx.engine
         gen = None
         try:
+            extra = {} if self.lora_request is None else {"lora_request": self.lora_request}
             gen = engine.generate(
-                {"prompt_token_ids": self.prompt_ids}, self.params, self.request_id
+                {"prompt_token_ids": self.prompt_ids}, self.params, self.request_id, **extra
             )
             async for output in gen:
                 self.started = True
@@ -194,12 +198,18 @@ class OpenAIServing:
     # ---- checks ------------------------------------------------------------------------
 
     def check_model(self, model: Optional[str]) -> str:
-        """The model name to answer with; 404 for a name this server does not serve."""
+        """The model name to answer with; 404 for a name this server does not serve (a LoRA
+        adapter's name is served: see lora_request)."""
         if model is None or model == "":
             return self.ctx.served_model_names[0]
-        if model not in self.ctx.served_model_names:
+        if model not in self.ctx.served_model_names and self.lora_request(model) is None:
             raise ModelNotFoundError(model)
         return model
+
+    def lora_request(self, model: str) -> Any:
+        """The LoRARequest of the adapter named `model`; None for the base model."""
+        loras = self.ctx.loras
+        return loras.get(model) if loras is not None else None
 
     def check_engine_alive(self) -> None:
         if getattr(self.ctx.engine, "errored", False):
@@ -315,14 +325,16 @@ class OpenAIServing:
         return params
 
     def start_calls(
-        self, prompts: Sequence[PreparedPrompt], params: Any, request_id: str
+        self, prompts: Sequence[PreparedPrompt], params: Any, request_id: str,
+        lora_request: Any = None,
     ) -> list[EngineCall]:
         """Admits all prompts of one HTTP request at once (503 if over --max-num-waiting)."""
         self.check_engine_alive()
         self.admission.admit(len(prompts))
         return [
             EngineCall(
-                self, p.token_ids, params, request_id if len(prompts) == 1 else f"{request_id}-{i}"
+                self, p.token_ids, params, request_id if len(prompts) == 1 else f"{request_id}-{i}",
+                lora_request,
             )
             for i, p in enumerate(prompts)
         ]
