@@ -50,7 +50,7 @@ def _serve_tools(model: Path, tmp_path_factory: pytest.TempPathFactory, parser: 
     proc = ServerProcess(str(model), "--max-model-len", "512", "--served-model-name", "tiny",
                          "--dtype", "float32", "--device", "cpu", "--chat-template",
                          str(template), "--enable-auto-tool-choice", "--tool-call-parser",
-                         parser)
+                         parser, "--enable-prompt-tokens-details")
     yield proc
     code = proc.stop()
     proc.close()
@@ -266,3 +266,21 @@ def test_auto_tool_choice_flag_needs_a_parser(tiny_llama):
     with pytest.raises(RuntimeError, match="--tool-call-parser"):
         ServerProcess(str(tiny_llama), "--device", "cpu", "--enable-auto-tool-choice",
                       startup_timeout=60)
+
+
+def test_usage_counts_cached_prompt_tokens(client):
+    """--enable-prompt-tokens-details (on this server): the prefix cache's share of the prompt."""
+    messages = [{"role": "user", "content": "Count the cached tokens of this prompt. " * 6}]
+    first = _chat(client, messages=messages, max_tokens=2).usage
+    again = _chat(client, messages=messages, max_tokens=2).usage
+    assert first.prompt_tokens_details.cached_tokens == 0
+    cached = again.prompt_tokens_details.cached_tokens
+    assert 0 < cached <= again.prompt_tokens and cached % 16 == 0  # whole 16-token blocks
+    streamed = list(client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=2, stream=True,
+        stream_options={"include_usage": True}))
+    assert streamed[-1].usage.prompt_tokens_details.cached_tokens == cached
+    completion = client.completions.create(model="tiny", prompt="Cached? " * 20, max_tokens=1)
+    assert completion.usage.prompt_tokens_details.cached_tokens == 0
+    completion = client.completions.create(model="tiny", prompt="Cached? " * 20, max_tokens=1)
+    assert completion.usage.prompt_tokens_details.cached_tokens > 0

@@ -326,6 +326,7 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
         enable_auto_tool_choice=bool(getattr(args, "enable_auto_tool_choice", False)),
         tool_call_parser=getattr(args, "tool_call_parser", None),
         reasoning_parser=getattr(args, "reasoning_parser", None),
+        enable_prompt_tokens_details=bool(getattr(args, "enable_prompt_tokens_details", False)),
         default_sampling=dict(_first(engine, "engine.default_sampling_params",
                                      "default_sampling_params", default={})),
         loras=loras,

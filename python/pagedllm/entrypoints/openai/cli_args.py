@@ -104,6 +104,9 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="JSON list of request headers allowed cross-origin")
     g.add_argument("--allow-credentials", action="store_true",
                    help="let cross-origin requests carry credentials (cookies, auth headers)")
+    g.add_argument("--enable-prompt-tokens-details", action="store_true",
+                   help="answer usage.prompt_tokens_details.cached_tokens (prompt tokens the "
+                   "prefix cache served)")
     g.add_argument(
         "--metrics-prefix",
         default="pagedllm:",

@@ -490,10 +490,16 @@ class DetokenizeRequest(RequestModel):
 # ---- responses -----------------------------------------------------------------------------
 
 
-class UsageInfo(OpenAIBaseModel):
+class PromptTokensDetails(OpenAIBaseModel):
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+
+class UsageInfo(OmitNoneModel):
+    _omit_if_none = ("prompt_tokens_details",)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: Optional[PromptTokensDetails] = None  # --enable-prompt-tokens-details
 
 
 class CompletionLogprobs(OpenAIBaseModel):

@@ -38,7 +38,6 @@ from pagedllm.entrypoints.openai.protocol import (
     DeltaToolCall,
     FunctionCall,
     ToolCall,
-    UsageInfo,
     random_id,
 )
 from pagedllm.entrypoints.openai.serving_engine import (
@@ -206,8 +205,10 @@ class OpenAIServingChat(OpenAIServing):
         last: dict[int, Any] = {}
         seen: dict[int, int] = {}
         prompt_logprobs = None
+        cached_tokens = 0
         try:
             async for _, out in merge_async_iterators(*calls):
+                cached_tokens = out.num_cached_tokens or cached_tokens
                 if out.prompt_logprobs is not None:
                     prompt_logprobs = out.prompt_logprobs
                 for comp in out.outputs:
@@ -258,11 +259,7 @@ class OpenAIServingChat(OpenAIServing):
             created=created,
             model=model,
             choices=choices,
-            usage=UsageInfo(
-                prompt_tokens=n_prompt,
-                completion_tokens=completion_tokens,
-                total_tokens=n_prompt + completion_tokens,
-            ),
+            usage=self.usage(n_prompt, completion_tokens, cached_tokens),
             prompt_token_ids=list(prompt.token_ids) if req.return_token_ids else None,
             prompt_logprobs=prompt_logprobs_json(prompt_logprobs),
         )
@@ -298,7 +295,9 @@ class OpenAIServingChat(OpenAIServing):
                     ChatStreamChoice(index=j, delta=DeltaMessage(role="assistant", content="")),
                     list(prompt.token_ids) if req.return_token_ids and j == 0 else None,
                 )
+            cached_tokens = 0
             async for _, out in merge_async_iterators(*calls):
+                cached_tokens = out.num_cached_tokens or cached_tokens
                 for comp in out.outputs:
                     st = states.setdefault(comp.index, ChatChoiceState())
                     if st.finished:
@@ -356,11 +355,7 @@ class OpenAIServingChat(OpenAIServing):
                         created=created,
                         model=model,
                         choices=[],
-                        usage=UsageInfo(
-                            prompt_tokens=n_prompt,
-                            completion_tokens=completion_tokens,
-                            total_tokens=n_prompt + completion_tokens,
-                        ),
+                        usage=self.usage(n_prompt, completion_tokens, cached_tokens),
                     )
                 )
         except APIError as err:

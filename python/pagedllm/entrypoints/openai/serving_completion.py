@@ -19,7 +19,6 @@ from pagedllm.entrypoints.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    UsageInfo,
     random_id,
 )
 from pagedllm.entrypoints.openai.serving_engine import (
@@ -141,8 +140,10 @@ class OpenAIServingCompletion(OpenAIServing):
         seen_tokens: dict[tuple[int, int], int] = {}
         for t, p in zip(timers, prompts):
             t.on_prompt(len(p.token_ids))
+        cached: dict[int, int] = {}  # prompt idx -> its tokens served by the prefix cache
         try:
             async for i, out in merge_async_iterators(*calls):
+                cached[i] = out.num_cached_tokens or cached.get(i, 0)
                 if out.prompt_logprobs is not None:
                     prompt_logprobs[i] = out.prompt_logprobs
                 for comp in out.outputs:
@@ -199,11 +200,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     )
                 )
         prompt_tokens = sum(len(p.token_ids) for p in prompts)
-        usage = UsageInfo(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
+        usage = self.usage(prompt_tokens, completion_tokens, sum(cached.values()))
         return CompletionResponse(
             id=request_id, created=created, model=model, choices=choices, usage=usage
         )
@@ -225,8 +222,10 @@ class OpenAIServingCompletion(OpenAIServing):
         completion_tokens = 0
         for t, p in zip(timers, prompts):
             t.on_prompt(len(p.token_ids))
+        cached: dict[int, int] = {}  # prompt idx -> its tokens served by the prefix cache
         try:
             async for i, out in merge_async_iterators(*calls):
+                cached[i] = out.num_cached_tokens or cached.get(i, 0)
                 for comp in out.outputs:
                     comp = self.visible(req, comp)
                     key = (i, comp.index)
@@ -295,11 +294,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     timers[i].on_finish(next(iter(reasons)) if len(reasons) == 1 else "mixed")
             if req.include_usage:
                 prompt_tokens = sum(len(p.token_ids) for p in prompts)
-                usage = UsageInfo(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                )
+                usage = self.usage(prompt_tokens, completion_tokens, sum(cached.values()))
                 yield sse_event(
                     CompletionChunk(
                         id=request_id, created=created, model=model, choices=[], usage=usage

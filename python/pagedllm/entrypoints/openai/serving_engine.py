@@ -24,7 +24,11 @@ from pagedllm.entrypoints.openai.errors import (
     OverloadedError,
 )
 from pagedllm.entrypoints.openai.metrics import ServerMetrics
-from pagedllm.entrypoints.openai.protocol import SamplingFields
+from pagedllm.entrypoints.openai.protocol import (
+    PromptTokensDetails,
+    SamplingFields,
+    UsageInfo,
+)
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -50,6 +54,7 @@ class ServerContext:
     enable_auto_tool_choice: bool = False  # tool_choice "auto" allowed (needs a parser)
     tool_call_parser: Optional[str] = None  # a name in tool_parsers.TOOL_PARSERS
     reasoning_parser: Optional[str] = None  # a name in pagedllm.reasoning.REASONING_PARSERS
+    enable_prompt_tokens_details: bool = False  # usage.prompt_tokens_details.cached_tokens
     # The model's sampling defaults for what a request leaves unset (generation_defaults.py).
     default_sampling: dict = field(default_factory=dict)
     loras: Any = None  # serving_models.ServedLoRAs: adapters served as models (--enable-lora)
@@ -222,6 +227,15 @@ class OpenAIServing:
                 raise BadRequestError(
                     f"token id {t!r} is outside the vocabulary [0, {vocab})", param=param
                 )
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> UsageInfo:
+        """Usage as OpenAI answers it; with --enable-prompt-tokens-details also how many prompt
+        tokens the prefix cache served."""
+        details = (PromptTokensDetails(cached_tokens=cached_tokens)
+                   if self.ctx.enable_prompt_tokens_details else None)
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         total_tokens=prompt_tokens + completion_tokens,
+                         prompt_tokens_details=details)
 
     def truncate_prompt(self, ids: list[int], keep: Optional[int]) -> list[int]:
         """vLLM's truncate_prompt_tokens: the prompt's last `keep` tokens (-1: as many as leave
