@@ -52,6 +52,9 @@ class ServerContext:
     reasoning_parser: Optional[str] = None  # a name in pagedllm.reasoning.REASONING_PARSERS
     # The model's sampling defaults for what a request leaves unset (generation_defaults.py).
     default_sampling: dict = field(default_factory=dict)
+    # /v1/responses keeps finished responses (previous_response_id) only when enabled.
+    enable_responses_store: bool = False
+    max_stored_responses: int = 1000
 
 
 @dataclass
