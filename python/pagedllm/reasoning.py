@@ -12,7 +12,7 @@ Invariant (for streams): `split_so_far` of a growing text never takes back what 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pagedllm.text_markers import marker_prefix_overlap
 
@@ -63,6 +63,29 @@ class ThinkReasoningParser:
         if end >= 0:
             return ReasoningSplit(body[:end], body[end + len(self.END):])
         return ReasoningSplit(body[:len(body) - marker_prefix_overlap(body, self.END)], None)
+
+
+    def count_reasoning_tokens(self, token_ids: Sequence[int], text: str, tokenizer: Any) -> int:
+        """How many generated tokens (`token_ids`, decoding to `text`) are reasoning: those
+        before the end marker, the markers not counted. Where the markers are not single
+        tokens, the reasoning text's own token count stands in."""
+        reasoning, _ = self.split(text)
+        if not reasoning:
+            return 0
+        start, end = (_single_token(tokenizer, marker) for marker in (self.START, self.END))
+        if end is None:
+            return len(tokenizer.encode(reasoning, add_special_tokens=False))
+        count = 0
+        for token in token_ids:
+            if token == end:
+                break
+            count += token != start
+        return count
+
+
+def _single_token(tokenizer: Any, text: str) -> Optional[int]:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
 
 
 class DeepSeekR1ReasoningParser(ThinkReasoningParser):

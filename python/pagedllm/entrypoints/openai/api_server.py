@@ -3,12 +3,13 @@
     pagedllm serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY] ...
     python -m pagedllm.entrypoints.openai.api_server --model MODEL ...
 
-Routes: /v1/completions, /v1/chat/completions, /v1/models, /health, /version, /tokenize,
-/detokenize, /metrics; with --enable-lora and PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING=1 also
-/v1/load_lora_adapter and /v1/unload_lora_adapter (serving_models.py). Every route except
-/health (and /metrics with --metrics-public) needs the API key when one is set.
-SIGINT/SIGTERM stop accepting connections, let in-flight requests finish (aborting them after
---shutdown-timeout), shut the engine down and exit 0; a dead engine makes the process exit 1. Prompts and request bodies are never logged at INFO.
+Routes: /v1/completions, /v1/chat/completions, /v1/responses (and GET /v1/responses/{id}),
+/v1/models, /health, /version, /tokenize, /detokenize, /metrics; with --enable-lora and
+PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING=1 also /v1/load_lora_adapter and /v1/unload_lora_adapter
+(serving_models.py). Every route except /health (and /metrics with --metrics-public) needs the
+API key when one is set. SIGINT/SIGTERM stop accepting connections, let in-flight requests
+finish (aborting them after --shutdown-timeout), shut the engine down and exit 0; a dead engine
+makes the process exit 1. Prompts and request bodies are never logged at INFO.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeRequest,
     UnloadLoRAAdapterRequest,
 )
+from pagedllm.entrypoints.openai.protocol_responses import ResponsesRequest
+from pagedllm.entrypoints.openai.response_store import ResponseStore
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, render_chat
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedllm.entrypoints.openai.serving_engine import (
@@ -65,6 +68,7 @@ from pagedllm.entrypoints.openai.serving_models import (
     ServedLoRAs,
     runtime_lora_updating_allowed,
 )
+from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagedllm.entrypoints.openai.streaming import (
     ClientDisconnected,
     DisconnectAwareStreamingResponse,
@@ -93,6 +97,8 @@ def build_app(
     admission = AdmissionControl(ctx.max_num_waiting)
     completions = OpenAIServingCompletion(ctx, admission)
     chat = OpenAIServingChat(ctx, admission)
+    store = ResponseStore(ctx.max_stored_responses) if ctx.enable_responses_store else None
+    responses = OpenAIServingResponses(ctx, admission, store)
     base = OpenAIServing(ctx, admission)
     app.state.ctx = ctx
     app.state.admission = admission
@@ -177,6 +183,14 @@ def build_app(
     @app.post("/v1/chat/completions")
     async def create_chat_completion(req: ChatCompletionRequest, raw: Request) -> Response:
         return await generate(raw, chat, req)
+
+    @app.post("/v1/responses")
+    async def create_response(req: ResponsesRequest, raw: Request) -> Response:
+        return await generate(raw, responses, req)
+
+    @app.get("/v1/responses/{response_id}")
+    async def retrieve_response(response_id: str) -> Response:
+        return _json(responses.retrieve(response_id))
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -330,6 +344,9 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
         default_sampling=dict(_first(engine, "engine.default_sampling_params",
                                      "default_sampling_params", default={})),
         loras=loras,
+        enable_responses_store=bool(getattr(args, "enable_responses_store", False)
+                                    or os.environ.get("VLLM_ENABLE_RESPONSES_API_STORE") == "1"),
+        max_stored_responses=int(getattr(args, "max_stored_responses", 1000)),
     )
 
 

@@ -93,6 +93,20 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         'JSON {"name": ..., "path": ..., "base_model_name": ...}',
     )
     g.add_argument(
+        "--enable-responses-store",
+        action="store_true",
+        help="keep finished /v1/responses answers in memory (store: true, OpenAI's default) so "
+        "previous_response_id can continue them; off by default, as vLLM's "
+        "VLLM_ENABLE_RESPONSES_API_STORE (also honoured)",
+    )
+    g.add_argument(
+        "--max-stored-responses",
+        type=int,
+        default=1000,
+        help="with --enable-responses-store: how many responses to keep (least recently used "
+        "go first)",
+    )
+    g.add_argument(
         "--metrics-public", action="store_true", help="serve /metrics without the API key"
     )
     # CORS, as vLLM: every origin by default, so browser clients can call the API.
@@ -145,6 +159,8 @@ def validate_server_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{name}: expected a JSON list of strings, got {value!r}")
     if getattr(args, "lora_modules", None) and not getattr(args, "enable_lora", False):
         raise ValueError("lora_modules: --lora-modules needs --enable-lora")
+    if args.max_stored_responses < 1:
+        raise ValueError("max_stored_responses: must be >= 1")
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ValueError("enable_auto_tool_choice: --enable-auto-tool-choice needs "
                          "--tool-call-parser")

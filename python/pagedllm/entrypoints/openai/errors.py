@@ -53,6 +53,15 @@ class ModelNotFoundError(APIError):
         )
 
 
+class ResponseNotFoundError(APIError):
+    """An id /v1/responses does not have (never stored, evicted, or unknown)."""
+
+    status = HTTPStatus.NOT_FOUND
+
+    def __init__(self, response_id: str, param: str) -> None:
+        super().__init__(f"Response with id '{response_id}' not found.", param=param)
+
+
 class AuthenticationError(APIError):
     status = HTTPStatus.UNAUTHORIZED
     err_type = "authentication_error"

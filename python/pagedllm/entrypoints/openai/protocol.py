@@ -134,11 +134,11 @@ class ResponseFormat(OpenAIBaseModel):
         return self
 
 
-class SamplingFields(RequestModel):
-    """Fields shared by /v1/completions and /v1/chat/completions."""
+class SamplingOptions(RequestModel):
+    """The sampling knobs every generating endpoint takes under the same names (completions,
+    chat, responses): OpenAI's and vLLM's extras."""
 
     model: Optional[str] = None
-    n: int = Field(1, ge=1, le=MAX_N)
     temperature: Optional[float] = _finite(default=None, ge=0.0, le=1e4)
     top_p: Optional[float] = _finite(default=None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(None, ge=-1, le=1 << 31)
@@ -149,8 +149,6 @@ class SamplingFields(RequestModel):
     seed: Optional[int] = Field(None, ge=-MAX_SEED - 1, le=MAX_SEED)
     stop: Optional[Union[str, list[str]]] = None
     stop_token_ids: Optional[list[int]] = Field(None, max_length=MAX_STOP_STRINGS)
-    stream: bool = False
-    stream_options: Optional[StreamOptions] = None
     user: Optional[str] = Field(None, max_length=1024)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_CAP)
@@ -163,38 +161,12 @@ class SamplingFields(RequestModel):
     bad_words: Optional[
         list[Annotated[str, Field(max_length=MAX_STOP_STRING_CHARS)]]
     ] = Field(None, max_length=MAX_STOP_STRINGS)  # vLLM's extra
-    response_format: Optional[ResponseFormat] = None
     # vLLM's extra: StructuredOutputsParams' fields (json, regex, choice, grammar, json_object)
     structured_outputs: Optional[dict[str, Any]] = None
     # vLLM's extras: lower runs first (--scheduling-policy priority); a salt that keeps this
-    # request's prompt out of other salts' prefix-cache hits; keep only the prompt's last N
-    # tokens (-1: as many as the context leaves room for); answer the token ids too.
+    # request's prompt out of other salts' prefix-cache hits.
     priority: int = Field(0, ge=-(1 << 31), le=(1 << 31) - 1)
     cache_salt: Optional[str] = Field(None, min_length=1, max_length=1024)
-    truncate_prompt_tokens: Optional[int] = Field(None, ge=-1, le=MAX_TOKENS_CAP)
-    return_token_ids: bool = False
-    # vLLM's extra: the top-N logprobs of every prompt token (and the token's own), answered in
-    # `prompt_logprobs`; not with stream (as vLLM).
-    prompt_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
-
-    @model_validator(mode="after")
-    def _check_one_constraint(self) -> "SamplingFields":
-        if (self.structured_outputs is not None and self.response_format is not None
-                and self.response_format.type != "text"):
-            raise ValueError("give either response_format or structured_outputs, not both")
-        return self
-
-    @property
-    def structured_constraint(self) -> Optional[dict[str, Any]]:
-        """The structured-outputs fields this request asks for, or None."""
-        if self.structured_outputs is not None:
-            return self.structured_outputs
-        fmt = self.response_format
-        if fmt is None or fmt.type == "text":
-            return None
-        if fmt.type == "json_object":
-            return {"json_object": True}
-        return {"json": fmt.json_schema.schema_}
 
     @field_validator("stop")
     @classmethod
@@ -219,6 +191,41 @@ class SamplingFields(RequestModel):
         if v is not None and any(t < 0 for t in v):
             raise ValueError("stop_token_ids must be >= 0")
         return v
+
+
+class SamplingFields(SamplingOptions):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    response_format: Optional[ResponseFormat] = None
+    # vLLM's extras: keep only the prompt's last N tokens (-1: as many as the context leaves
+    # room for); answer the token ids too.
+    truncate_prompt_tokens: Optional[int] = Field(None, ge=-1, le=MAX_TOKENS_CAP)
+    return_token_ids: bool = False
+    # vLLM's extra: the top-N logprobs of every prompt token (and the token's own), answered in
+    # `prompt_logprobs`; not with stream (as vLLM).
+    prompt_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _check_one_constraint(self) -> "SamplingFields":
+        if (self.structured_outputs is not None and self.response_format is not None
+                and self.response_format.type != "text"):
+            raise ValueError("give either response_format or structured_outputs, not both")
+        return self
+
+    @property
+    def structured_constraint(self) -> Optional[dict[str, Any]]:
+        """The structured-outputs fields this request asks for, or None."""
+        if self.structured_outputs is not None:
+            return self.structured_outputs
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return {"json_object": True}
+        return {"json": fmt.json_schema.schema_}
 
     @model_validator(mode="after")
     def _check_prompt_logprobs(self) -> "SamplingFields":

@@ -126,6 +126,25 @@ def render_chat(
 
 
 @dataclass
+class ChatPlan:
+    """What a chat request comes to before it reaches the engine (shared with /v1/responses)."""
+
+    model: str  # the name to answer with
+    prompt: PreparedPrompt
+    params: Any  # SamplingParams
+    fmt: ChatAnswerFormat  # how the answer's text is read
+
+
+@dataclass
+class FinishedChat:
+    """A non-streamed generation's end: each choice's last output, and the prompt's extras."""
+
+    completions: dict[int, Any]  # choice index -> its final CompletionOutput
+    prompt_logprobs: Optional[list] = None
+    num_cached_tokens: int = 0
+
+
+@dataclass
 class ChatChoiceState:
     text_len: int = 0
     num_tokens: int = 0
@@ -135,6 +154,23 @@ class ChatChoiceState:
 
 class OpenAIServingChat(OpenAIServing):
     async def create(self, req: ChatCompletionRequest) -> tuple[Any, Optional[AsyncIterator[str]]]:
+        plan = self.plan(req)
+        request_id = random_id("chatcmpl")
+        created = int(time.time())
+        calls = self.start_calls([plan.prompt], plan.params, request_id,
+                                 self.lora_request(plan.model))
+        if req.stream:
+            return None, self.stream(req, plan.model, request_id, created, plan.prompt, calls,
+                                     plan.fmt)
+        try:
+            return await self.full(req, plan.model, request_id, created, plan.prompt, calls,
+                                   plan.fmt), None
+        finally:
+            self.release_calls(calls)
+
+    def plan(self, req: ChatCompletionRequest, max_tokens_param: str = "max_tokens") -> ChatPlan:
+        """Checks and renders the request: its prompt, sampling params and answer format.
+        `max_tokens_param` names the length field in errors (endpoints call it differently)."""
         model = self.check_model(req.model)
         tools = self.tool_choice(req)
         reasoner = None
@@ -154,25 +190,40 @@ class OpenAIServingChat(OpenAIServing):
             add_special_tokens=req.add_special_tokens,
         )
         ids = self.truncate_prompt(ids, req.truncate_prompt_tokens)
-        prompt = PreparedPrompt(ids, None)
         requested = req.requested_max_tokens
         if requested == 0:
-            raise BadRequestError("max_tokens must be >= 1", param="max_tokens")
-        max_tokens = self.resolve_max_tokens(len(ids), requested, "max_tokens")
+            raise BadRequestError(f"{max_tokens_param} must be >= 1", param=max_tokens_param)
+        max_tokens = self.resolve_max_tokens(len(ids), requested, max_tokens_param)
         num_logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = self.sampling_params(req, max_tokens, logprobs=num_logprobs,
                                       prompt_logprobs=req.prompt_logprobs)
         if tools.parser is not None and tools.parser.keeps_special_tokens:
             params.skip_special_tokens = False  # its markers may be special tokens
-        request_id = random_id("chatcmpl")
-        created = int(time.time())
-        calls = self.start_calls([prompt], params, request_id, self.lora_request(model))
-        if req.stream:
-            return None, self.stream(req, model, request_id, created, prompt, calls, fmt)
+        return ChatPlan(model, PreparedPrompt(ids, None), params, fmt)
+
+    async def finish(self, calls: list[EngineCall], prompt: PreparedPrompt) -> FinishedChat:
+        """Runs the calls to their end (metrics on the way) and keeps each choice's last output."""
+        timer = RequestTimer(self.ctx.metrics)
+        timer.on_prompt(len(prompt.token_ids))
+        done = FinishedChat({})
+        seen: dict[int, int] = {}
         try:
-            return await self.full(req, model, request_id, created, prompt, calls, fmt), None
-        finally:
-            self.release_calls(calls)
+            async for _, out in merge_async_iterators(*calls):
+                if out.prompt_logprobs is not None:
+                    done.prompt_logprobs = out.prompt_logprobs
+                for comp in out.outputs:
+                    timer.on_tokens(len(comp.token_ids) - seen.get(comp.index, 0))
+                    seen[comp.index] = len(comp.token_ids)
+                    done.completions[comp.index] = comp
+                if out.finished:
+                    done.num_cached_tokens = getattr(out, "num_cached_tokens", None) or 0
+                    timer.on_finish(out.outputs[0].finish_reason if out.outputs else None)
+        except APIError:
+            raise
+        except Exception as exc:
+            self.on_engine_error(exc)
+            raise
+        return done
 
     def tool_choice(self, req: ChatCompletionRequest) -> ToolChoice:
         mode = req.tool_choice_mode
@@ -200,32 +251,11 @@ class OpenAIServingChat(OpenAIServing):
         calls: list[EngineCall],
         fmt: ChatAnswerFormat,
     ) -> ChatCompletionResponse:
-        timer = RequestTimer(self.ctx.metrics)
-        timer.on_prompt(len(prompt.token_ids))
-        last: dict[int, Any] = {}
-        seen: dict[int, int] = {}
-        prompt_logprobs = None
-        cached_tokens = 0
-        try:
-            async for _, out in merge_async_iterators(*calls):
-                cached_tokens = out.num_cached_tokens or cached_tokens
-                if out.prompt_logprobs is not None:
-                    prompt_logprobs = out.prompt_logprobs
-                for comp in out.outputs:
-                    timer.on_tokens(len(comp.token_ids) - seen.get(comp.index, 0))
-                    seen[comp.index] = len(comp.token_ids)
-                    last[comp.index] = comp
-                if out.finished:
-                    timer.on_finish(out.outputs[0].finish_reason if out.outputs else None)
-        except APIError:
-            raise
-        except Exception as exc:
-            self.on_engine_error(exc)
-            raise
+        done = await self.finish(calls, prompt)
         choices = []
         completion_tokens = 0
         for j in range(req.n):
-            comp = last.get(j)
+            comp = done.completions.get(j)
             if comp is None:
                 raise RuntimeError(f"engine returned no output for choice {j}")
             completion_tokens += len(comp.token_ids)
@@ -259,9 +289,9 @@ class OpenAIServingChat(OpenAIServing):
             created=created,
             model=model,
             choices=choices,
-            usage=self.usage(n_prompt, completion_tokens, cached_tokens),
+            usage=self.usage(n_prompt, completion_tokens, done.num_cached_tokens),
             prompt_token_ids=list(prompt.token_ids) if req.return_token_ids else None,
-            prompt_logprobs=prompt_logprobs_json(prompt_logprobs),
+            prompt_logprobs=prompt_logprobs_json(done.prompt_logprobs),
         )
 
     async def stream(

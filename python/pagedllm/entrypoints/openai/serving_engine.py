@@ -58,6 +58,9 @@ class ServerContext:
     # The model's sampling defaults for what a request leaves unset (generation_defaults.py).
     default_sampling: dict = field(default_factory=dict)
     loras: Any = None  # serving_models.ServedLoRAs: adapters served as models (--enable-lora)
+    # /v1/responses keeps finished responses (previous_response_id) only when enabled.
+    enable_responses_store: bool = False
+    max_stored_responses: int = 1000
 
 
 @dataclass
