@@ -116,7 +116,9 @@ def test_disconnect_mid_stream_frees_blocks(server):
     assert after["pagedllm:num_requests_running"] == 0
     assert time.monotonic() - closed_at < 5.0
     assert after["pagedllm:request_aborted_total"] == during["pagedllm:request_aborted_total"] + 1
-    assert after["pagedllm:request_success_total"] >= during["pagedllm:request_success_total"]
+    # No success sample exists before a first request finished (when this test runs alone).
+    success = "pagedllm:request_success_total"
+    assert after.get(success, 0.0) >= during.get(success, 0.0)
 
 
 def test_disconnect_non_streaming_aborts(server):
