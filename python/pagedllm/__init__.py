@@ -3,7 +3,9 @@
 __version__ = "0.1.0"
 
 from pagedllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
-from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.outputs import (CompletionOutput, EmbeddingOutput, EmbeddingRequestOutput,
+                              PoolingOutput, PoolingRequestOutput, RequestOutput)
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 # The engine classes import torch and the compiled core: load them on first use only, so that
@@ -30,6 +32,11 @@ __all__ = [
     "AsyncEngineArgs",
     "EngineArgs",
     "CompletionOutput",
+    "EmbeddingOutput",
+    "EmbeddingRequestOutput",
+    "PoolingOutput",
+    "PoolingParams",
+    "PoolingRequestOutput",
     "RequestOutput",
     "RequestOutputKind",
     "SamplingParams",

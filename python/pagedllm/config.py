@@ -134,6 +134,22 @@ class LoRAConfig:
 
 
 @dataclass
+class PoolerConfig:
+    """A pooling (embedding) engine: how a prompt's hidden states become one vector (present
+    only with runner "pooling"). pooling_type None: the model's sentence-transformers config
+    (1_Pooling/config.json) if it has one, else LAST."""
+
+    pooling_type: Optional[str] = None    # "LAST" | "MEAN"
+    use_activation: Optional[bool] = None  # L2-normalize; None: True (vLLM's embed default)
+
+    def __post_init__(self) -> None:
+        if self.pooling_type is not None:
+            self.pooling_type = self.pooling_type.upper()
+        _require(self.pooling_type in (None, "LAST", "MEAN"), "pooling_type",
+                 f"must be 'LAST' or 'MEAN', got {self.pooling_type!r}")
+
+
+@dataclass
 class EngineConfig:
     model_config: ModelConfig
     cache_config: CacheConfig
@@ -141,3 +157,4 @@ class EngineConfig:
     parallel_config: ParallelConfig
     device_config: DeviceConfig
     lora_config: Optional[LoRAConfig] = None   # None: LoRA off
+    pooler_config: Optional[PoolerConfig] = None   # None: a generating engine

@@ -80,3 +80,43 @@ class RequestOutput:
             f"finished={self.finished}, metrics={self.metrics}, "
             f"num_cached_tokens={self.num_cached_tokens})"
         )
+
+
+@dataclass
+class PoolingOutput:
+    """A pooling request's result: the pooled hidden state (a float32 tensor [H] on the CPU)."""
+
+    data: Any
+
+
+@dataclass
+class PoolingRequestOutput:
+    request_id: str
+    outputs: Any  # PoolingOutput (EmbeddingOutput for EmbeddingRequestOutput)
+    prompt_token_ids: list[int]
+    finished: bool
+    num_cached_tokens: int = 0
+    prompt: Optional[str] = None
+
+
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingOutput(hidden_size={self.hidden_size})"
+
+
+@dataclass
+class EmbeddingRequestOutput(PoolingRequestOutput):
+    @staticmethod
+    def from_base(out: PoolingRequestOutput) -> "EmbeddingRequestOutput":
+        data = out.outputs.data if out.outputs is not None else None
+        embedding = [] if data is None else data.tolist()
+        return EmbeddingRequestOutput(out.request_id, EmbeddingOutput(embedding),
+                                      out.prompt_token_ids, out.finished, out.num_cached_tokens,
+                                      out.prompt)

@@ -19,6 +19,7 @@ from pagedllm.config import (
     LoRAConfig,
     ModelConfig,
     ParallelConfig,
+    PoolerConfig,
     SchedulerConfig,
 )
 from pagedllm.reasoning import REASONING_PARSERS
@@ -65,6 +66,13 @@ class EngineArgs:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: Optional[int] = None
+    # Embeddings (vLLM's names): runner "pooling" (or convert "embed", or the older task
+    # "embed") makes a pooling engine; pooler_config {"pooling_type": "LAST"|"MEAN",
+    # "use_activation": bool} (vLLM's older "normalize" is read as use_activation).
+    runner: str = "auto"
+    convert: str = "auto"
+    pooler_config: Optional[dict] = None
+    task: Optional[str] = None
 
     # -- CLI ----------------------------------------------------------------------------------
     @staticmethod
@@ -188,6 +196,15 @@ class EngineArgs:
         g.add_argument("--max-cpu-loras", type=int, default=d.max_cpu_loras,
                        help="adapters kept loaded between uses, least recently used dropped "
                        "first (default: --max-loras)")
+        g.add_argument("--runner", choices=["auto", "generate", "pooling"], default=d.runner,
+                       help="'pooling': embed prompts (/v1/embeddings) instead of generating; "
+                       "'auto': generate")
+        g.add_argument("--convert", choices=["auto", "none", "embed"], default=d.convert,
+                       help="'embed': use the model as an embedding model (runner pooling)")
+        g.add_argument("--pooler-config", type=json.loads, default=d.pooler_config,
+                       help='JSON, e.g. \'{"pooling_type": "MEAN", "use_activation": true}\' '
+                       "(default: the model's sentence-transformers pooling, else LAST, "
+                       "normalized)")
         return parser
 
     @classmethod
@@ -246,6 +263,7 @@ class EngineArgs:
             lora_config = LoRAConfig(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
                                      max_cpu_loras=self.max_cpu_loras)
         return EngineConfig(
+            pooler_config=self._pooler_config(),
             model_config=model_config,
             cache_config=cache_config,
             scheduler_config=scheduler_config,
@@ -253,6 +271,33 @@ class EngineArgs:
             device_config=device_config,
             lora_config=lora_config,
         )
+
+    def _pooler_config(self) -> Optional[PoolerConfig]:
+        """The PoolerConfig of a pooling engine, None for a generating one."""
+        if self.runner not in ("auto", "generate", "pooling"):
+            raise ValueError(f"runner: must be 'auto', 'generate' or 'pooling', got "
+                             f"{self.runner!r}")
+        if self.convert not in ("auto", "none", "embed"):
+            raise ValueError(f"convert: must be 'auto', 'none' or 'embed', got {self.convert!r}")
+        if self.task not in (None, "auto", "generate", "embed", "embedding"):
+            raise ValueError(f"task: must be 'generate' or 'embed', got {self.task!r}")
+        wants_pooling = (self.runner == "pooling" or self.convert == "embed"
+                         or self.task in ("embed", "embedding"))
+        if not wants_pooling:
+            if self.pooler_config:
+                raise ValueError("pooler_config: needs runner 'pooling'")
+            return None
+        if self.runner == "generate":
+            raise ValueError("runner: 'generate' contradicts convert/task 'embed'")
+        if self.enable_lora or self.tensor_parallel_size > 1:
+            raise ValueError("runner: 'pooling' does not support LoRA or tensor parallelism")
+        pc = dict(self.pooler_config or {})
+        if "normalize" in pc:
+            pc.setdefault("use_activation", pc.pop("normalize"))
+        unknown = set(pc) - {"pooling_type", "use_activation"}
+        if unknown:
+            raise ValueError(f"pooler_config: unsupported keys {sorted(unknown)}")
+        return PoolerConfig(**pc)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

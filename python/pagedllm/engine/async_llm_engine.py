@@ -303,6 +303,24 @@ class AsyncLLMEngine:
         add = (prompt, sampling_params or SamplingParams(), priority, lora_request)
         return self._stream_outputs(request_id, add=add)
 
+    def encode(
+        self,
+        prompt: Any,
+        pooling_params: Any = None,
+        request_id: Optional[str] = None,
+        *,
+        priority: int = 0,
+        **_: Any,
+    ) -> AsyncGenerator[Any, None]:
+        """vLLM's encode: a pooling engine's request, streamed as one final
+        PoolingRequestOutput (outputs None if it was aborted)."""
+        from pagedllm.pooling_params import as_pooling_params
+
+        if request_id is None:
+            raise ValueError("request_id: encode(prompt, pooling_params, request_id) needs an id")
+        add = (prompt, as_pooling_params(pooling_params), priority, None)
+        return self._stream_outputs(request_id, add=add)
+
     async def _stream_outputs(
         self, request_id: str, add: Optional[tuple[Any, SamplingParams, int, Any]]
     ) -> AsyncGenerator[RequestOutput, None]:

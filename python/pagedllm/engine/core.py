@@ -20,6 +20,11 @@ LoRA (config.lora_config): a request names its adapter with a LoRARequest. The a
 folded into the request's prefix-cache salt (K/V computed under one adapter never serves another
 or the base model), LoRASlots keeps LoRA requests out of the scheduler until their adapter has
 one of max_loras slots, and each step passes the runner its sequences' adapter ids.
+
+Pooling engines (config.pooler_config): every request is a PoolingParams request that runs its
+prompt and ends. Such an engine steps with _step_pooling (no logits, no sampler): the runner
+returns the hidden states, the Pooler reduces them, and a placeholder token with max_tokens 1
+makes the scheduler finish each request whose prompt is done. Generating engines never reach it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from pagedllm.config import EngineConfig
 from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import Logprob
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.sampler import (
     PendingSample,
@@ -112,6 +118,7 @@ class CoreOutput:
     new_logprobs: Optional[list[dict[int, Logprob]]] = None
     new_prompt_logprobs: Optional[list[dict[int, Logprob]]] = None
     first_scheduled_time: Optional[float] = None
+    pooled: Optional[torch.Tensor] = None  # pooling requests: the result [H] (CPU, float32)
 
 
 @dataclass
@@ -187,6 +194,7 @@ class EngineCore:
             num_blocks = runner.num_blocks
         self.runner = runner
         self.num_blocks = num_blocks
+        self.pooler = self._make_pooler(config)
         self.max_model_len: int = int(runner.max_model_len)
         self.vocab_size: int = int(runner.vocab_size)
         self.eos_token_id: Optional[int] = runner.eos_token_id
@@ -266,6 +274,20 @@ class EngineCore:
         self.last_num_seqs = 0
         self.num_context_tokens = 0  # sum over steps of the plans' context lengths (KV read)
 
+    def _make_pooler(self, config: EngineConfig) -> Any:
+        """The Pooler of a pooling engine (None for a generating one)."""
+        pc = config.pooler_config
+        if pc is None:
+            return None
+        if config.parallel_config.tensor_parallel_size > 1 or config.lora_config is not None:
+            raise ValueError("runner 'pooling': not supported with tensor parallelism or LoRA")
+        from pagedllm.worker.pooler import Pooler, sentence_transformers_pooling
+
+        pooling_type = (pc.pooling_type
+                        or sentence_transformers_pooling(config.model_config.model_path)
+                        or "LAST")
+        return Pooler(pooling_type, True if pc.use_activation is None else pc.use_activation)
+
     def close(self) -> None:
         """Release what the runner holds outside this process (tensor-parallel workers)."""
         close = getattr(self.runner, "close", None)
@@ -290,6 +312,10 @@ class EngineCore:
         (LLMEngine does both: the core has no tokenizer). grammar_after_token: the grammar
         applies only once this token (a thinking model's end of reasoning) was generated.
         lora_request: the adapter to run with (ValueError if LoRA is off or it is unusable)."""
+        if isinstance(params, PoolingParams):
+            if lora_request is not None:
+                raise ValueError("lora_request: not supported for pooling requests")
+            return self._add_pooling_request(handle, prompt_token_ids, params, arrival_time)
         lora_id = 0
         if lora_request is not None:
             self.check_lora(lora_request)
@@ -338,6 +364,29 @@ class EngineCore:
             self._failed_admissions.update(failed)
             if own is not None:
                 raise own
+
+    def _add_pooling_request(self, handle: int, prompt_token_ids: list[int],
+                             params: PoolingParams, arrival_time: float) -> None:
+        if self.pooler is None:
+            raise ValueError("pooling_params: this engine generates; start it with "
+                             "runner='pooling' (--runner pooling) to embed")
+        # One placeholder token ends the request once its prompt has run (_step_pooling).
+        core_params = self._core.RequestParams(
+            max_tokens=1,
+            min_tokens=0,
+            ignore_eos=True,
+            eos_token_id=-1,
+            stop_token_ids=[],
+            priority=0,
+            arrival_time=arrival_time,
+            cache_salt="",
+            skip_prefix_cache=self.pooler.needs_all_positions,
+        )
+        self.scheduler.add_request(handle, np.asarray(prompt_token_ids, dtype=np.int32),
+                                   core_params)
+        self.requests[handle] = CoreRequest(handle, list(prompt_token_ids), params, None)
+        self._never_scheduled.add(handle)
+        self.num_prompt_tokens += len(prompt_token_ids)
 
     # -- LoRA -----------------------------------------------------------------------------------
     def check_lora(self, lora_request: LoRARequest) -> None:
@@ -471,6 +520,8 @@ class EngineCore:
         self._bad_words_handles.discard(handle)
         self._grammar_handles.discard(handle)
         self._penalty_handles.discard(handle)
+        if self.pooler is not None:
+            self.pooler.forget(handle)
 
     def abort_request(self, handle: int) -> bool:
         self._forget(handle)
@@ -489,6 +540,8 @@ class EngineCore:
     def step(self) -> list[CoreOutput]:
         if self._lora is not None:
             self._admit_before_step()
+        if self.pooler is not None:
+            return self._step_pooling()
         if self.async_scheduling:
             return self._step_overlapped()
         return self._step_sync()
@@ -685,6 +738,45 @@ class EngineCore:
         self.num_steps += 1
         self.time_model += t2 - t1
         self.time_host += (t1 - t0) + (t3 - t2)
+        return outputs
+
+    def _step_pooling(self) -> list[CoreOutput]:
+        """One step of a pooling engine: forward, pool, and end the requests whose prompt ran."""
+        t0 = time.perf_counter()
+        scheduled = self._schedule()
+        if scheduled is None:
+            return []
+        plan, plan_handles, sample_handles, first_sched = scheduled
+        handles = plan_handles.tolist()
+        prompt_lens = {h: len(self.requests[h].prompt_token_ids) for h in handles}
+        t1 = time.perf_counter()
+        try:
+            if self.fault_injector is not None:
+                self.fault_injector()
+            hidden = self.runner.execute_hidden(plan)  # [T, H]
+            pooled = self.pooler.pool_step(plan, handles, hidden, prompt_lens)
+            pooled = {h: self.pooler.finish(v, self.requests[h].params)
+                      for h, v in pooled.items()}
+        except Exception as e:  # noqa: BLE001 - anything from the forward fails only this step
+            raise self._failed(plan_handles, e) from e
+        t2 = time.perf_counter()
+        # The sampled rows are exactly the finished prompts; 0 is a placeholder token.
+        placeholder = np.zeros(len(sample_handles), dtype=np.int32)
+        step_outputs = self.scheduler.update(plan, placeholder)
+        outputs: list[CoreOutput] = []
+        num_cached = step_outputs.num_cached_tokens.tolist()
+        for i, h in enumerate(step_outputs.handles.tolist()):
+            if h not in self.requests or h not in pooled:
+                continue
+            outputs.append(CoreOutput(h, [], "length", None, num_cached[i],
+                                      first_scheduled_time=first_sched.get(h),
+                                      pooled=pooled[h]))
+            if int(step_outputs.finish_reasons[i]) == 0:  # cannot happen with max_tokens 1
+                self.scheduler.abort_request(h)
+            self._forget(h)
+        self.num_steps += 1
+        self.time_model += t2 - t1
+        self.time_host += (t1 - t0) + (time.perf_counter() - t2)
         return outputs
 
     def _mark_first_scheduled(self, plan_handles: np.ndarray) -> dict[int, float]:

@@ -19,6 +19,7 @@ from pagedllm.engine.generation_defaults import model_sampling_defaults
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import RequestOutput
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.usage.usage_lib import UsageContext
 
@@ -112,7 +113,14 @@ class LLMEngine:
         if tokenizer is None and not skip_tokenizer_init:
             tokenizer = load_tokenizer(config)
         self.tokenizer = tokenizer
-        self.output_processor = OutputProcessor(tokenizer)
+        # A pooling engine (runner "pooling") embeds prompts instead of generating.
+        self.runner_type = "pooling" if config.pooler_config is not None else "generate"
+        if self.runner_type == "pooling":
+            from pagedllm.engine.pooling_output_processor import PoolingOutputProcessor
+
+            self.output_processor: Any = PoolingOutputProcessor()
+        else:
+            self.output_processor = OutputProcessor(tokenizer)
         self._compiler: Any = None  # structured outputs' GrammarCompiler, on first use
         # (start, end) token ids of a thinking model's reasoning: grammars wait for its end.
         self._think_ids = self._reasoning_token_ids(reasoning_parser)
@@ -177,7 +185,12 @@ class LLMEngine:
             request_id = str(request_id)
         if self.output_processor.has_request(request_id):
             raise ValueError(f"request_id: {request_id!r} is already running")
+        if self.runner_type == "pooling":
+            return self._add_pooling_request(request_id, prompt, params, arrival_time)
         params = SamplingParams() if params is None else params
+        if isinstance(params, PoolingParams):
+            raise ValueError("pooling_params: embedding needs a pooling model; start the engine "
+                             "with runner='pooling' (--runner pooling)")
         if not isinstance(params, SamplingParams):
             raise ValueError(
                 f"sampling_params: expected SamplingParams, got {type(params).__name__}"
@@ -215,6 +228,35 @@ class LLMEngine:
             raise
         self.output_processor.add_request(request_id, text, ids, params, handles, arrival_time,
                                           lora_request)
+
+    def _add_pooling_request(self, request_id: str, prompt: PromptType,
+                             params: Optional[PoolingParams],
+                             arrival_time: Optional[float]) -> None:
+        params = PoolingParams() if params is None else params
+        if not isinstance(params, PoolingParams):
+            raise ValueError("sampling_params: this is a pooling model (runner 'pooling'); it "
+                             "embeds prompts and cannot generate. Start the engine with "
+                             "runner='generate' to generate")
+        hf_config = self.model_config.hf_config
+        params.verify(int(hf_config.hidden_size),
+                      bool(getattr(hf_config, "is_matryoshka", False)
+                           or getattr(hf_config, "matryoshka_dimensions", None)),
+                      self.model_config.model)
+        text, ids = self.tokenize_prompt(prompt)
+        if not ids:
+            raise ValueError("prompt: must not be empty")
+        vocab = self.engine_core.vocab_size
+        bad = [t for t in ids if not (0 <= t < vocab)]
+        if bad:
+            raise ValueError(
+                f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt: {len(ids)} tokens; a pooling prompt must be shorter than "
+                             f"max_model_len {self.max_model_len}")
+        arrival_time = time.time() if arrival_time is None else arrival_time
+        handle = self._new_handle()
+        self.engine_core.add_request(handle, ids, params, arrival_time, 1)
+        self.output_processor.add_request(request_id, text, ids, params, [handle], arrival_time)
 
     # -- LoRA adapters (vLLM's methods) ------------------------------------------------------------
     def add_lora(self, lora_request: LoRARequest) -> bool:

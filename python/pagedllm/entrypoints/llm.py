@@ -9,7 +9,8 @@ from typing import Any, Optional, Sequence, Union
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.llm_engine import LLMEngine, PromptType
 from pagedllm.lora.request import LoRARequest
-from pagedllm.outputs import RequestOutput
+from pagedllm.outputs import EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
+from pagedllm.pooling_params import PoolingParams, as_pooling_params
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.usage.usage_lib import UsageContext
 
@@ -44,6 +45,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in input order. lora_request: one
         adapter for every prompt, or one (or None) per prompt (needs enable_lora)."""
+        self._require_runner("generate", "LLM.generate()")
         prompt_list = self._normalize_prompts(prompts, prompt_token_ids)
         if sampling_params is None:
             params_list = [self.get_default_sampling_params()] * len(prompt_list)
@@ -101,6 +103,7 @@ class LLM:
         """Apply the tokenizer's chat template to each conversation, then generate. `tools`
         (OpenAI-style tool dicts) reach the template as its `tools` variable; lora_request as
         in generate()."""
+        self._require_runner("generate", "LLM.chat()")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
         prompts: list[PromptType] = []
@@ -120,7 +123,57 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm,
                              lora_request=lora_request)
 
+    def embed(
+        self,
+        prompts: Union[PromptType, Sequence[PromptType]],
+        pooling_params: Union[PoolingParams, Sequence[PoolingParams], None] = None,
+        use_tqdm: bool = True,
+        **_: Any,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt, in input order (needs runner='pooling')."""
+        self._require_runner("pooling", "LLM.embed()")
+        return [EmbeddingRequestOutput.from_base(o)
+                for o in self.encode(prompts, pooling_params, use_tqdm)]
+
+    def encode(
+        self,
+        prompts: Union[PromptType, Sequence[PromptType]],
+        pooling_params: Union[PoolingParams, Sequence[PoolingParams], None] = None,
+        use_tqdm: bool = True,
+        **_: Any,
+    ) -> list[PoolingRequestOutput]:
+        """The pooled hidden state (a tensor) of each prompt, in input order."""
+        self._require_runner("pooling", "LLM.encode()")
+        prompt_list = self._normalize_prompts(prompts, None)
+        if pooling_params is None or isinstance(pooling_params, (PoolingParams, dict)):
+            params_list = [as_pooling_params(pooling_params)] * len(prompt_list)
+        else:
+            params_list = [as_pooling_params(p) for p in pooling_params]
+            if len(params_list) != len(prompt_list):
+                raise ValueError(
+                    f"pooling_params: {len(params_list)} given for {len(prompt_list)} prompts")
+        ids = []
+        try:
+            for prompt, params in zip(prompt_list, params_list):
+                rid = str(next(self._counter))
+                self.llm_engine.add_request(rid, prompt, params)
+                ids.append(rid)
+        except Exception:
+            self.llm_engine.abort_request(ids)
+            raise
+        return self._run_engine(ids, use_tqdm)
+
     # -- internals --------------------------------------------------------------------------------
+    def _require_runner(self, runner: str, what: str) -> None:
+        """vLLM's rule: generating models generate, pooling models embed."""
+        if self.llm_engine.runner_type == runner:
+            return
+        if runner == "generate":
+            raise ValueError(f"{what} is only supported for generative models. Try passing "
+                             "`runner='generate'` to use the model as a generative model.")
+        raise ValueError(f"{what} is only supported for pooling (embedding) models. Try "
+                         "passing `runner='pooling'` to use the model as an embedding model.")
+
     @staticmethod
     def _normalize_prompts(prompts: Any, prompt_token_ids: Optional[list]) -> list[PromptType]:
         if prompts is None:
@@ -162,7 +215,8 @@ class LLM:
                 results[order[out.request_id]] = out
                 if bar is not None:
                     in_toks += len(out.prompt_token_ids or [])
-                    out_toks += sum(len(c.token_ids) for c in out.outputs)
+                    if isinstance(out, RequestOutput):
+                        out_toks += sum(len(c.token_ids) for c in out.outputs)
                     elapsed = max(time.perf_counter() - start, 1e-9)
                     bar.postfix = (
                         f"est. speed input: {in_toks / elapsed:.2f} toks/s, "

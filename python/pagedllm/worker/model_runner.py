@@ -284,30 +284,44 @@ class ModelRunner:
         index = None
         if len(rows) and not all_rows:
             index = torch.from_numpy(rows).to(self.device, non_blocking=True)  # [N]
-        graph_size = None
-        if self._decode_graphs is not None and lora_ids is None:
-            graph_size = self._decode_graphs.padded_size(plan)
-        if graph_size is not None:
-            hidden = self._decode_graphs.run(plan, graph_size, previous_tokens)  # [T, H]
-        elif lora_ids is not None:
-            lora = self._require_lora()
-            lora.begin_step(np.asarray(plan.query_start_loc), np.asarray(lora_ids))
-            try:
-                inputs = self._prepare(plan, previous_tokens)
-                hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches,
-                                    inputs.meta)                        # [T, H]
-            finally:
-                lora.end_step()
-        else:
-            inputs = self._prepare(plan, previous_tokens)
-            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches,
-                                inputs.meta)                            # [T, H]
+        hidden = self._forward(plan, previous_tokens, lora_ids)          # [T, H]
         if len(rows) == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
         if index is not None:
             hidden = hidden.index_select(0, index)                      # [N, H]
         logits = self.model.compute_logits(hidden)                      # [N, V] model dtype
         return logits.float() if float32_logits else logits
+
+
+    @torch.inference_mode()
+    def execute_hidden(self, plan: Any) -> torch.Tensor:
+        """Run the plan's tokens (writing their K/V) and return every row's hidden state after
+        the final norm, [T, H] in the model's dtype: what pooling (embedding) engines read."""
+        self._require_model()
+        if not self.kv_caches:
+            raise RuntimeError("ModelRunner.allocate_kv_cache() must run before executing")
+        return self._forward(plan, None, None)
+
+    def _forward(self, plan: Any, previous_tokens: Optional[torch.Tensor],
+                 lora_ids: Optional[np.ndarray]) -> torch.Tensor:
+        """The model forward of one plan: hidden states [T, H] (padded rows past T for a
+        replayed decode graph)."""
+        graph_size = None
+        if self._decode_graphs is not None and lora_ids is None:
+            graph_size = self._decode_graphs.padded_size(plan)
+        if graph_size is not None:
+            return self._decode_graphs.run(plan, graph_size, previous_tokens)
+        if lora_ids is not None:
+            lora = self._require_lora()
+            lora.begin_step(np.asarray(plan.query_start_loc), np.asarray(lora_ids))
+            try:
+                inputs = self._prepare(plan, previous_tokens)
+                return self.model(inputs.input_ids, inputs.positions, self.kv_caches,
+                                  inputs.meta)
+            finally:
+                lora.end_step()
+        inputs = self._prepare(plan, previous_tokens)
+        return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
 
 
 class _SyntheticPlan:

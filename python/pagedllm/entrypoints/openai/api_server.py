@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+from http import HTTPStatus
 from typing import Any, Callable, Optional
 
 import uvicorn
@@ -47,6 +48,7 @@ from pagedllm.entrypoints.openai.middleware import BodyLimitAndAuthMiddleware
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     DetokenizeRequest,
     LoadLoRAAdapterRequest,
     ModelCard,
@@ -58,6 +60,7 @@ from pagedllm.entrypoints.openai.protocol_responses import ResponsesRequest
 from pagedllm.entrypoints.openai.response_store import ResponseStore
 from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat, render_chat
 from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
 from pagedllm.entrypoints.openai.serving_engine import (
     AdmissionControl,
     OpenAIServing,
@@ -99,6 +102,7 @@ def build_app(
     chat = OpenAIServingChat(ctx, admission)
     store = ResponseStore(ctx.max_stored_responses) if ctx.enable_responses_store else None
     responses = OpenAIServingResponses(ctx, admission, store)
+    embeddings = OpenAIServingEmbedding(ctx, admission)
     base = OpenAIServing(ctx, admission)
     app.state.ctx = ctx
     app.state.admission = admission
@@ -164,6 +168,16 @@ def build_app(
             headers=getattr(exc, "headers", None),
         )
 
+    def require_runner(runner: str, api: str) -> None:
+        """vLLM serves only the APIs of its runner (the others are 404s); so does this."""
+        if ctx.runner_type == runner:
+            return
+        hint = ("it embeds; start the server with --runner generate to generate"
+                if runner == "generate" else
+                "it generates; start the server with --runner pooling to embed")
+        raise APIError(f"The model does not support the {api} API ({hint}).",
+                       status=HTTPStatus.NOT_FOUND)
+
     async def generate(raw: Request, serving: Any, req: Any) -> Response:
         async def work() -> tuple[Any, Any]:
             return await serving.create(req)
@@ -178,15 +192,23 @@ def build_app(
 
     @app.post("/v1/completions")
     async def create_completion(req: CompletionRequest, raw: Request) -> Response:
+        require_runner("generate", "Completions")
         return await generate(raw, completions, req)
 
     @app.post("/v1/chat/completions")
     async def create_chat_completion(req: ChatCompletionRequest, raw: Request) -> Response:
+        require_runner("generate", "Chat Completions")
         return await generate(raw, chat, req)
 
     @app.post("/v1/responses")
     async def create_response(req: ResponsesRequest, raw: Request) -> Response:
+        require_runner("generate", "Responses")
         return await generate(raw, responses, req)
+
+    @app.post("/v1/embeddings")
+    async def create_embedding(req: EmbeddingRequest, raw: Request) -> Response:
+        require_runner("pooling", "Embeddings")
+        return await generate(raw, embeddings, req)
 
     @app.get("/v1/responses/{response_id}")
     async def retrieve_response(response_id: str) -> Response:
@@ -347,6 +369,8 @@ async def build_context(engine: Any, args: argparse.Namespace) -> ServerContext:
         enable_responses_store=bool(getattr(args, "enable_responses_store", False)
                                     or os.environ.get("VLLM_ENABLE_RESPONSES_API_STORE") == "1"),
         max_stored_responses=int(getattr(args, "max_stored_responses", 1000)),
+        runner_type=str(_first(engine, "engine.runner_type", "runner_type",
+                               default="generate")),
     )
 
 

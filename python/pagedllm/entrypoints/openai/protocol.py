@@ -275,6 +275,51 @@ class CompletionRequest(SamplingFields):
         return self
 
 
+class EmbeddingRequest(RequestModel):
+    """POST /v1/embeddings (OpenAI's fields, plus vLLM's truncate_prompt_tokens and
+    use_activation / normalize)."""
+
+    model: Optional[str] = None
+    input: PromptInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = None
+    user: Optional[str] = None
+    truncate_prompt_tokens: Optional[int] = Field(None, ge=-1)
+    use_activation: Optional[bool] = None
+    normalize: Optional[bool] = None
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, v: PromptInput) -> PromptInput:
+        if isinstance(v, str):
+            return v
+        if len(v) == 0:
+            raise ValueError("input must not be empty")
+        if len(v) > MAX_PROMPTS_PER_REQUEST and not all(isinstance(x, int) for x in v):
+            raise ValueError(f"at most {MAX_PROMPTS_PER_REQUEST} inputs per request")
+        return v
+
+
+class EmbeddingData(OpenAIBaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(OpenAIBaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingResponse(OpenAIBaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage
+
+
 class FunctionDefinition(OpenAIBaseModel):
     name: str = Field(..., min_length=1, max_length=256)
     description: Optional[str] = None

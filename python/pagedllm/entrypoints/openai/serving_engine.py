@@ -29,6 +29,7 @@ from pagedllm.entrypoints.openai.protocol import (
     SamplingFields,
     UsageInfo,
 )
+from pagedllm.pooling_params import PoolingParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -61,6 +62,8 @@ class ServerContext:
     # /v1/responses keeps finished responses (previous_response_id) only when enabled.
     enable_responses_store: bool = False
     max_stored_responses: int = 1000
+    # "pooling": the engine embeds (/v1/embeddings); "generate": it generates (the rest).
+    runner_type: str = "generate"
 
 
 @dataclass
@@ -116,9 +119,10 @@ class EngineCall:
         gen = None
         try:
             extra = {} if self.lora_request is None else {"lora_request": self.lora_request}
-            gen = engine.generate(
-                {"prompt_token_ids": self.prompt_ids}, self.params, self.request_id, **extra
-            )
+            # Embedding requests (PoolingParams) go to the engine's encode.
+            call = engine.encode if isinstance(self.params, PoolingParams) else engine.generate
+            gen = call({"prompt_token_ids": self.prompt_ids}, self.params, self.request_id,
+                       **extra)
             async for output in gen:
                 self.started = True
                 self.release()
