@@ -243,13 +243,7 @@ class LLMEngine:
                            or getattr(hf_config, "matryoshka_dimensions", None)),
                       self.model_config.model)
         text, ids = self.tokenize_prompt(prompt)
-        if not ids:
-            raise ValueError("prompt: must not be empty")
-        vocab = self.engine_core.vocab_size
-        bad = [t for t in ids if not (0 <= t < vocab)]
-        if bad:
-            raise ValueError(
-                f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        self._check_prompt_ids(ids)
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt: {len(ids)} tokens; a pooling prompt must be shorter than "
                              f"max_model_len {self.max_model_len}")
@@ -327,7 +321,8 @@ class LLMEngine:
                     sequences.append(ids)
         return sequences
 
-    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+    def _check_prompt_ids(self, ids: list[int]) -> None:
+        """ValueError for an empty prompt or a token id outside the vocabulary."""
         if not ids:
             raise ValueError("prompt: must not be empty")
         vocab = self.engine_core.vocab_size
@@ -336,7 +331,10 @@ class LLMEngine:
             raise ValueError(
                 f"prompt_token_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})"
             )
-        params.check_token_ids(vocab)
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        self._check_prompt_ids(ids)
+        params.check_token_ids(self.engine_core.vocab_size)
         if len(ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt: {len(ids)} tokens leaves no room under max_model_len {self.max_model_len}"

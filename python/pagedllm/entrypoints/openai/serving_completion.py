@@ -63,30 +63,7 @@ class _PromptOnly:
 
 class OpenAIServingCompletion(OpenAIServing):
     def prepare_prompts(self, req: CompletionRequest) -> list[PreparedPrompt]:
-        tok = self.ctx.tokenizer
-        p = req.prompt
-        prompts: list[PreparedPrompt] = []
-        if isinstance(p, str):
-            raw: list[Any] = [p]
-        elif all(isinstance(x, int) for x in p):
-            raw = [list(p)]
-        else:
-            raw = list(p)
-        for item in raw:
-            if isinstance(item, str):
-                if item == "":
-                    raise BadRequestError("The prompt is empty.", param="prompt")
-                prompts.append(PreparedPrompt(tok.encode(item), item))
-            else:
-                if len(item) == 0:
-                    raise BadRequestError("The prompt is empty.", param="prompt")
-                self.check_token_ids(item, "prompt")
-                prompts.append(PreparedPrompt(list(item), None))
-        if req.truncate_prompt_tokens is not None:
-            # The text no longer matches a cut prompt, so echo answers its tokens' text.
-            prompts = [PreparedPrompt(self.truncate_prompt(p.token_ids, req.truncate_prompt_tokens),
-                                      None) for p in prompts]
-        return prompts
+        return self.prompt_inputs(req.prompt, "prompt", req.truncate_prompt_tokens)
 
     async def create(self, req: CompletionRequest) -> tuple[Any, Optional[AsyncIterator[str]]]:
         """(response, None) for a non-streaming request, (None, SSE generator) for a stream."""

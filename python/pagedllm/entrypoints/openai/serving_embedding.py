@@ -38,28 +38,7 @@ def encode_embedding(values: Any, encoding_format: str) -> Any:
 
 class OpenAIServingEmbedding(OpenAIServing):
     def prepare_inputs(self, req: EmbeddingRequest) -> list[PreparedPrompt]:
-        tok = self.ctx.tokenizer
-        value = req.input
-        if isinstance(value, str):
-            raw: list[Any] = [value]
-        elif all(isinstance(x, int) for x in value):
-            raw = [list(value)]
-        else:
-            raw = list(value)
-        prompts = []
-        for item in raw:
-            if isinstance(item, str):
-                if item == "":
-                    raise BadRequestError("The input is empty.", param="input")
-                prompts.append(PreparedPrompt(tok.encode(item), item))
-            else:
-                if len(item) == 0:
-                    raise BadRequestError("The input is empty.", param="input")
-                self.check_token_ids(item, "input")
-                prompts.append(PreparedPrompt(list(item), None))
-        if req.truncate_prompt_tokens is not None:
-            prompts = [PreparedPrompt(self.truncate_prompt(p.token_ids, req.truncate_prompt_tokens),
-                                      None) for p in prompts]
+        prompts = self.prompt_inputs(req.input, "input", req.truncate_prompt_tokens)
         limit = self.ctx.max_model_len
         for p in prompts:
             if len(p.token_ids) >= limit:

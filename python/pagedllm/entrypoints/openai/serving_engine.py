@@ -244,6 +244,33 @@ class OpenAIServing:
                          total_tokens=prompt_tokens + completion_tokens,
                          prompt_tokens_details=details)
 
+    def prompt_inputs(self, value: Any, param: str,
+                      truncate: Optional[int] = None) -> list[PreparedPrompt]:
+        """OpenAI's prompt forms (str | list[str] | list[int] | list[list[int]]) as prompts:
+        texts tokenized, token ids checked against the vocabulary, each cut to its last
+        `truncate` tokens when asked (truncate_prompt_tokens); 400s name `param`."""
+        tok = self.ctx.tokenizer
+        if isinstance(value, str):
+            raw: list[Any] = [value]
+        elif all(isinstance(x, int) for x in value):
+            raw = [list(value)]
+        else:
+            raw = list(value)
+        prompts: list[PreparedPrompt] = []
+        for item in raw:
+            if len(item) == 0:
+                raise BadRequestError(f"The {param} is empty.", param=param)
+            if isinstance(item, str):
+                prompts.append(PreparedPrompt(tok.encode(item), item))
+            else:
+                self.check_token_ids(item, param)
+                prompts.append(PreparedPrompt(list(item), None))
+        if truncate is not None:
+            # The text no longer matches a cut prompt, so echo answers its tokens' text.
+            prompts = [PreparedPrompt(self.truncate_prompt(p.token_ids, truncate), None)
+                       for p in prompts]
+        return prompts
+
     def truncate_prompt(self, ids: list[int], keep: Optional[int]) -> list[int]:
         """vLLM's truncate_prompt_tokens: the prompt's last `keep` tokens (-1: as many as leave
         room for one generated token); more than that room is a 400."""
