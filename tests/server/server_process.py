@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import httpx
 
@@ -138,3 +138,15 @@ class InProcessServer:
         if self._thread.is_alive():
             raise RuntimeError("in-process server did not stop")
         return self.exit_code
+
+
+def serve_for_fixture(model: str, *extra_args: str) -> Iterator[ServerProcess]:
+    """For pytest fixtures (`yield from`): a server that is stopped afterwards and must have
+    exited gracefully (0)."""
+    proc = ServerProcess(model, *extra_args)
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+        proc.close()
+        assert code == 0, f"server exit code {code}"

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from server_process import ServerProcess  # noqa: E402
+from server_process import serve_for_fixture  # noqa: E402
 
 INPUTS = ["Hello, world!", "The quick brown fox jumps over the lazy dog. " * 3, "A"]
 ENGINE = {"max_model_len": 256, "dtype": "float32", "device": "cpu"}
@@ -35,13 +35,9 @@ def embed_model(tiny_qwen3: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def embed_server(embed_model: Path):
-    proc = ServerProcess(str(embed_model), "--runner", "pooling", "--max-model-len", "256",
-                         "--served-model-name", "tiny-embed", "--dtype", "float32",
-                         "--device", "cpu")
-    yield proc
-    code = proc.stop()
-    proc.close()
-    assert code == 0, f"server exit code {code}"
+    yield from serve_for_fixture(str(embed_model), "--runner", "pooling", "--max-model-len",
+                                 "256", "--served-model-name", "tiny-embed", "--dtype",
+                                 "float32", "--device", "cpu")
 
 
 @pytest.fixture(scope="module")

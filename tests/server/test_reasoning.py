@@ -5,7 +5,6 @@ with --reasoning-parser on a tiny model that has <think> / </think> tokens."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import openai
@@ -19,7 +18,6 @@ from pagedllm.reasoning import (
     Qwen3ReasoningParser,
     make_reasoning_parser,
 )
-from server_process import ServerProcess
 
 SPLITS = [
     # (text, reasoning, content)
@@ -94,18 +92,6 @@ def test_tool_calls_after_reasoning(step):
 # ---- over HTTP --------------------------------------------------------------------------------
 
 MESSAGES = [{"role": "user", "content": "How much is 2 + 2?"}]
-
-
-@pytest.fixture(scope="module")
-def thinking_server(tiny_thinking_qwen3: Path):
-    pytest.importorskip("xgrammar")
-    proc = ServerProcess(str(tiny_thinking_qwen3), "--max-model-len", "256",
-                         "--served-model-name", "tiny", "--dtype", "float32", "--device", "cpu",
-                         "--reasoning-parser", "qwen3")
-    yield proc
-    code = proc.stop()
-    proc.close()
-    assert code == 0, f"server exit code {code}"
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pagedllm.entrypoints.openai.responses_output import ResponseEventStream, ou
 from pagedllm.entrypoints.openai.tool_calls import ToolChoice
 from pagedllm.entrypoints.openai.tool_parsers import HermesToolParser
 from pagedllm.reasoning import Qwen3ReasoningParser
-from server_process import ServerProcess
+from server_process import serve_for_fixture
 from test_metrics_and_load import scrape, wait_until_idle
 from test_tool_calls import FORCED_CALL, TOOL_TEMPLATE, WEATHER_PARAMS, _forcing
 
@@ -364,14 +364,11 @@ def test_stream_disconnect_aborts_the_request(server):
 def tool_server(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
     template = tmp_path_factory.mktemp("responses") / "template.jinja"
     template.write_text(TOOL_TEMPLATE)
-    proc = ServerProcess(str(tiny_llama), "--max-model-len", "512", "--served-model-name", MODEL,
-                         "--dtype", "float32", "--device", "cpu", "--chat-template",
-                         str(template), "--enable-auto-tool-choice", "--tool-call-parser",
-                         "hermes", "--enable-responses-store", "--max-stored-responses", "4")
-    yield proc
-    code = proc.stop()
-    proc.close()
-    assert code == 0, f"server exit code {code}"
+    yield from serve_for_fixture(str(tiny_llama), "--max-model-len", "512",
+                                 "--served-model-name", MODEL, "--dtype", "float32", "--device",
+                                 "cpu", "--chat-template", str(template),
+                                 "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                                 "--enable-responses-store", "--max-stored-responses", "4")
 
 
 @pytest.fixture(scope="module")
@@ -461,18 +458,6 @@ def test_previous_response_id_continues_the_conversation(tool_client, tool_serve
 
 
 # ---- a thinking model with --reasoning-parser ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def thinking_server(tiny_thinking_qwen3: Path):
-    pytest.importorskip("xgrammar")
-    proc = ServerProcess(str(tiny_thinking_qwen3), "--max-model-len", "256",
-                         "--served-model-name", MODEL, "--dtype", "float32", "--device", "cpu",
-                         "--reasoning-parser", "qwen3")
-    yield proc
-    code = proc.stop()
-    proc.close()
-    assert code == 0, f"server exit code {code}"
 
 
 def test_reasoning_items(thinking_server):

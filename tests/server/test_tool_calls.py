@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from server_process import ServerProcess
+from server_process import ServerProcess, serve_for_fixture
 
 # The tiny vocabulary's ChatML-like template, plus a system turn listing the tools and the
 # earlier calls written back in hermes format (arguments as the template's mapping).
@@ -47,14 +47,10 @@ FORCED_CALL = ('Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city":
 def _serve_tools(model: Path, tmp_path_factory: pytest.TempPathFactory, parser: str):
     template = tmp_path_factory.mktemp("tools") / "template.jinja"
     template.write_text(TOOL_TEMPLATE)
-    proc = ServerProcess(str(model), "--max-model-len", "512", "--served-model-name", "tiny",
-                         "--dtype", "float32", "--device", "cpu", "--chat-template",
-                         str(template), "--enable-auto-tool-choice", "--tool-call-parser",
-                         parser, "--enable-prompt-tokens-details")
-    yield proc
-    code = proc.stop()
-    proc.close()
-    assert code == 0, f"server exit code {code}"
+    yield from serve_for_fixture(str(model), "--max-model-len", "512", "--served-model-name",
+                                 "tiny", "--dtype", "float32", "--device", "cpu",
+                                 "--chat-template", str(template), "--enable-auto-tool-choice",
+                                 "--tool-call-parser", parser, "--enable-prompt-tokens-details")
 
 
 @pytest.fixture(scope="module")

@@ -247,6 +247,18 @@ class SamplingFields(SamplingOptions):
 PromptInput = Union[str, list[str], list[int], list[list[int]]]
 
 
+def _check_prompt_input(value: PromptInput, name: str) -> PromptInput:
+    """A prompt field in OpenAI's forms: not empty, at most MAX_PROMPTS_PER_REQUEST prompts
+    (a list of token ids is one prompt, whatever its length)."""
+    if isinstance(value, str):
+        return value
+    if len(value) == 0:
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > MAX_PROMPTS_PER_REQUEST and not all(isinstance(x, int) for x in value):
+        raise ValueError(f"at most {MAX_PROMPTS_PER_REQUEST} {name}s per request")
+    return value
+
+
 class CompletionRequest(SamplingFields):
     prompt: PromptInput
     max_tokens: Optional[int] = Field(16, ge=0, le=MAX_TOKENS_CAP)
@@ -258,13 +270,7 @@ class CompletionRequest(SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _check_prompt(cls, v: PromptInput) -> PromptInput:
-        if isinstance(v, str):
-            return v
-        if len(v) == 0:
-            raise ValueError("prompt must not be empty")
-        if len(v) > MAX_PROMPTS_PER_REQUEST and not all(isinstance(x, int) for x in v):
-            raise ValueError(f"at most {MAX_PROMPTS_PER_REQUEST} prompts per request")
-        return v
+        return _check_prompt_input(v, "prompt")
 
     @model_validator(mode="after")
     def _check_unsupported(self) -> "CompletionRequest":
@@ -284,20 +290,14 @@ class EmbeddingRequest(RequestModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = None
     user: Optional[str] = None
-    truncate_prompt_tokens: Optional[int] = Field(None, ge=-1)
+    truncate_prompt_tokens: Optional[int] = Field(None, ge=-1, le=MAX_TOKENS_CAP)
     use_activation: Optional[bool] = None
     normalize: Optional[bool] = None
 
     @field_validator("input")
     @classmethod
     def _check_input(cls, v: PromptInput) -> PromptInput:
-        if isinstance(v, str):
-            return v
-        if len(v) == 0:
-            raise ValueError("input must not be empty")
-        if len(v) > MAX_PROMPTS_PER_REQUEST and not all(isinstance(x, int) for x in v):
-            raise ValueError(f"at most {MAX_PROMPTS_PER_REQUEST} inputs per request")
-        return v
+        return _check_prompt_input(v, "input")
 
 
 class EmbeddingData(OpenAIBaseModel):
