@@ -173,10 +173,11 @@ class OpenAIServingChat(OpenAIServing):
         `max_tokens_param` names the length field in errors (endpoints call it differently)."""
         model = self.check_model(req.model)
         tools = self.tool_choice(req)
+        template_kwargs = req.template_kwargs()
         reasoner = None
         if self.ctx.reasoning_parser:
             reasoner = make_reasoning_parser(self.ctx.reasoning_parser)
-            if not reasoner.thinks(req.template_kwargs()):
+            if not reasoner.thinks(template_kwargs):
                 reasoner = None
         fmt = ChatAnswerFormat(tools, reasoner, req.include_reasoning)
         ids = render_chat(
@@ -184,7 +185,7 @@ class OpenAIServingChat(OpenAIServing):
             req.messages,
             self.ctx.chat_template,
             req.add_generation_prompt,
-            req.template_kwargs(),
+            template_kwargs,
             req.template_tools(),
             continue_final_message=req.continue_final_message,
             add_special_tokens=req.add_special_tokens,
