@@ -5,7 +5,9 @@
 # Stages: build, test (pytest -m gpu), nano (W-nano with CUDA graphs), eager (W-nano eager),
 # sync (W-nano with --no-async-scheduling: what the default async scheduling buys),
 # nprof (kernel profile of 10 W-nano decode steps),
-# peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark).
+# peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark),
+# moe (the MoE block's expert paths, then the Qwen3-30B-A3B shape end to end; MOE_BEFORE: a
+# package directory of older code to run the same workload with; MOE_PEER=1: HF generate too).
 # Wheels of packages the machine lacks travel in .whl/ (see the device tool's README).
 # Env: GPU_TEST_DIRS (pytest dirs of the test stage), W8B_TIMEOUT, W8B_ARGS (extra engine flags for 8b),
 # KERNEL_ARGS (case selection of the kernels stage), KERNEL_TIMEOUT, GPU_TEST_ARGS (extra pytest
@@ -75,5 +77,23 @@ if has kernels; then
   fi
   timeout ${KERNEL_TIMEOUT:-200} python3 benchmarks/kernels/paged_attention.py --out "$OUT/kernels.json" \
     --png "$OUT/decode_gbps.png" ${KERNEL_ARGS:-} > "$OUT/kernels.log" 2>&1; tail -30 "$OUT/kernels.log"
+fi
+if has moe; then
+  stage moe
+  timeout 90 python3 benchmarks/kernels/moe_block.py --out "$OUT/moe_block.json" > "$OUT/moe_block.log" 2>&1
+  cat "$OUT/moe_block.log"
+  MOE="--model-shape qwen3-30b-a3b --workload moe --dtype bfloat16 --max-model-len 2048"
+  timeout 150 python3 benchmarks/throughput.py $MOE --output-json "$OUT/moe.json" > "$OUT/moe.log" 2>&1
+  tail -32 "$OUT/moe.log"
+  if [ -n "${MOE_BEFORE:-}" ]; then
+    stage moe-before
+    PYTHONPATH="$MOE_BEFORE${PYTHONPATH:+:$PYTHONPATH}" timeout 170 python3 benchmarks/throughput.py $MOE \
+      --output-json "$OUT/moe_before.json" > "$OUT/moe_before.log" 2>&1; tail -32 "$OUT/moe_before.log"
+  fi
+  if [ -n "${MOE_PEER:-}" ]; then
+    stage moe-peer
+    (cd benchmarks && timeout 150 python3 hf_generate_peer.py --shape qwen3-30b-a3b --workload moe \
+       --num-prompts 64 --batch-size 64 > "$OUT/moe_hf.json" 2> "$OUT/moe_hf.log"); cat "$OUT/moe_hf.json"
+  fi
 fi
 stage done

@@ -21,6 +21,14 @@ SHAPES: dict[str, dict] = {
                        num_hidden_layers=28, num_attention_heads=16, tie_word_embeddings=True),
     "qwen3-8b": dict(_QWEN3_COMMON, hidden_size=4096, intermediate_size=12288,
                      num_hidden_layers=36, num_attention_heads=32, tie_word_embeddings=False),
+    # 128 experts of intermediate 768, 8 per token, in all 48 layers: 30.5B parameters, 3.3B
+    # active per token.
+    "qwen3-30b-a3b": dict(_QWEN3_COMMON, architectures=["Qwen3MoeForCausalLM"],
+                          model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144,
+                          num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+                          num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
+                          norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                          tie_word_embeddings=False),
     "llama-3.1-8b": dict(
         architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=128256,
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,

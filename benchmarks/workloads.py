@@ -30,4 +30,5 @@ def random_requests(num: int, input_min: int, input_max: int, output_min: int, o
 WORKLOADS = {
     "nano": (256, 100, 1024, 100, 1024),   # nano-vllm's: Qwen3-0.6B shape, seed 0
     "8b": (1000, 1024, 1024, 2048, 2048),  # vllm bench throughput style: Qwen3-8B shape
+    "moe": (256, 100, 512, 100, 512),      # shorter than nano: the MoE shape's eager baseline
 }

@@ -1,7 +1,8 @@
 """The model families and serving features added after the GPU path, on that path (skipped
 without CUDA). The tiny models' head_dim 32 has no CUDA attention kernel, so these tests build
 them at sizes the kernels serve: every architecture's float32 greedy tokens equal transformers'
-with CUDA graphs on (MoE models decode eagerly), Gemma 3 at head_dim 256 with its sliding
+with CUDA graphs on (float32 MoE models decode eagerly; bf16 ones run their experts grouped,
+inside graphs), Gemma 3 at head_dim 256 with its sliding
 windows, Phi-4-mini's partial rotary (96 of 128) through the fused K/V write; LoRA adapters and
 base requests in one batch equal transformers on the merged weights, and adapter-free decodes
 still replay graphs; pooling equals transformers' hidden states."""
@@ -94,7 +95,8 @@ def test_each_architecture_greedy_matches_transformers_on_the_cuda_path(kernel_s
     path = kernel_sized(arch)
     llm = _cuda_llm(path)
     runner = llm.llm_engine.engine_core.runner
-    # Graphs are captured only when the attention runs in our kernels; MoE blocks decode eagerly.
+    # Graphs are captured only when the attention runs in our kernels; float32 MoE experts
+    # loop over experts sized on the host, so those decode eagerly.
     assert (runner._decode_graphs is None) == (arch in MOE)
     prompts = _prompts(seed=len(arch))
     got = _greedy(llm, prompts)
@@ -105,7 +107,7 @@ def test_each_architecture_greedy_matches_transformers_on_the_cuda_path(kernel_s
 
 
 def test_moe_eager_tokens_equal_enforce_eager(kernel_sized):
-    """MoE engines refuse graphs by themselves; asking for eager changes nothing."""
+    """float32 MoE engines refuse graphs by themselves; asking for eager changes nothing."""
     path = kernel_sized("qwen3_moe")
     prompts = _prompts(seed=7)
     first = _cuda_llm(path)
@@ -159,3 +161,66 @@ def test_pooling_matches_transformers_hidden_states_on_cuda(kernel_sized, poolin
                                        torch.nn.functional.normalize(pooled, dim=-1),
                                        atol=1e-4, rtol=1e-3)
     _free(llm)
+
+
+def _moe_block(dtype, seed=0, hidden=256, inter=128, experts=16, top_k=4):
+    from pagedllm.layers.moe import SparseMoeBlock
+
+    gen = torch.Generator().manual_seed(seed)
+    block = SparseMoeBlock(hidden, experts, top_k, inter, renormalize=True)
+    with torch.no_grad():
+        block.gate.weight.copy_(torch.randn(experts, hidden, generator=gen))
+        block.experts.gate_up_proj.copy_(torch.randn(experts, 2 * inter, hidden, generator=gen)
+                                         / hidden ** 0.5)
+        block.experts.down_proj.copy_(torch.randn(experts, hidden, inter, generator=gen)
+                                      / inter ** 0.5)
+    return block.to(device="cuda", dtype=dtype)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 7, 64, 300])
+def test_moe_block_grouped_bf16_matches_the_loop_and_float32(num_tokens, monkeypatch):
+    import pagedllm.layers.moe as moe
+
+    block = _moe_block(torch.bfloat16)
+    assert block.experts.grouped and block.experts.supports_cuda_graphs   # bf16 on sm90
+    x = torch.randn(num_tokens, 256, generator=torch.Generator().manual_seed(num_tokens))
+    with torch.inference_mode():
+        grouped = block(x.cuda().bfloat16()).float()
+        monkeypatch.setattr(moe, "grouped_mm_on_device", lambda *args: False)
+        assert not block.experts.grouped
+        looped = block(x.cuda().bfloat16()).float()
+        exact = _moe_block(torch.float32)(x.cuda())      # float32 on CUDA: the loop
+    scale = exact.abs().mean().item()
+    torch.testing.assert_close(grouped, looped, rtol=0.02, atol=0.02 * scale)
+    torch.testing.assert_close(grouped, exact, rtol=0.03, atol=0.03 * scale)
+
+
+def test_moe_block_grouped_is_captured_by_a_cuda_graph():
+    """No host sync on the grouped path: the block captures, and a replay on new inputs (new
+    routing) gives the eager result bit for bit."""
+    block = _moe_block(torch.bfloat16, seed=1)
+    static_x = torch.zeros(48, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        block(static_x)                                      # warm-up outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = block(static_x)
+        for seed in (2, 3):
+            x = torch.randn(48, 256, generator=torch.Generator().manual_seed(seed))
+            static_x.copy_(x.cuda().bfloat16())
+            graph.replay()
+            assert torch.equal(static_out, block(static_x))
+
+
+def test_moe_bf16_decodes_in_cuda_graphs(kernel_sized):
+    path = kernel_sized("qwen3_moe")
+    prompts = _prompts(seed=9)               # 8 sequences: a captured batch size, no padding
+    graphs = _cuda_llm(path, dtype="bfloat16")
+    assert graphs.llm_engine.engine_core.runner._decode_graphs is not None
+    got = _greedy(graphs, prompts)
+    assert _replays(graphs) > 0
+    _free(graphs)
+    eager = _cuda_llm(path, dtype="bfloat16", enforce_eager=True)
+    assert _greedy(eager, prompts) == got
+    _free(eager)

@@ -2,7 +2,8 @@
 and the grouped expert computation against a per-token reference, tensor-parallel shards that
 sum to the whole, both checkpoint layouts (one tensor per expert as on the hub, stacked as
 transformers 5 keeps them) giving transformers' logits, loading errors that name the tensor, and
-decode CUDA graphs turned off for these models."""
+decode CUDA graphs only where the experts run grouped on the device. Block tests run both
+expert paths (grouped and the per-expert loop)."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+import pagedllm.layers.moe
 from pagedllm.layers.moe import MoEExperts, SparseMoeBlock, route
 from pagedllm.models.loader import iterate_checkpoint_weights
 from pagedllm.models.qwen_moe import Qwen2MoeBlock, is_sparse_layer
@@ -27,7 +29,7 @@ from pagedllm.worker.model_runner import ModelRunner
 MOE_ARCHS = ("qwen3_moe", "mixtral", "qwen2_moe")
 BLOCK_SIZE = 16
 TOKENS = list(range(7, 52))
-HIDDEN, INTER, EXPERTS = 16, 12, 6
+HIDDEN, INTER, EXPERTS = 16, 24, 6
 
 
 def prompt_logits(runner: ModelRunner, tokens: list[int]) -> torch.Tensor:
@@ -40,6 +42,14 @@ def prompt_logits(runner: ModelRunner, tokens: list[int]) -> torch.Tensor:
 def hf_prompt_logits(path, tokens: list[int]) -> torch.Tensor:
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return hf(torch.tensor([tokens])).logits[0]
+
+
+@pytest.fixture(params=["grouped", "loop"])
+def expert_path(request, monkeypatch) -> str:
+    """Runs the test with the experts' matmuls grouped (F.grouped_mm) and again looped."""
+    grouped = request.param == "grouped"
+    monkeypatch.setattr(pagedllm.layers.moe, "grouped_mm_on_device", lambda *args: grouped)
+    return request.param
 
 
 def random_block(top_k: int, renormalize: bool, seed: int = 0, tp_rank: int = 0,
@@ -76,7 +86,7 @@ def full_weights(block: SparseMoeBlock) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("top_k,renormalize", [(1, False), (2, True), (2, False), (4, True),
                                                (6, False)])
-def test_block_matches_a_per_token_reference(top_k, renormalize):
+def test_block_matches_a_per_token_reference(top_k, renormalize, expert_path):
     block = random_block(top_k, renormalize)
     gate_up, down = full_weights(block)
     for num_tokens in (1, 5, 37):
@@ -85,7 +95,7 @@ def test_block_matches_a_per_token_reference(top_k, renormalize):
         torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_experts_that_receive_no_tokens_are_skipped():
+def test_experts_that_receive_no_tokens_are_skipped(expert_path):
     block = random_block(2, True, seed=1)
     # Experts 1 and 4 score far below the others for every token: nothing routes to them.
     block.gate.weight[1] = -50.0 * block.gate.weight.abs().mean() * torch.ones(HIDDEN)
@@ -101,7 +111,7 @@ def test_experts_that_receive_no_tokens_are_skipped():
     torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_all_tokens_on_one_expert_and_no_tokens():
+def test_all_tokens_on_one_expert_and_no_tokens(expert_path):
     block = random_block(1, False, seed=2)
     x = torch.randn(6, HIDDEN, generator=torch.Generator().manual_seed(4)).abs()
     block.gate.weight.zero_()
@@ -113,7 +123,7 @@ def test_all_tokens_on_one_expert_and_no_tokens():
     assert block(x[:0]).shape == (0, HIDDEN)
 
 
-def test_block_in_bfloat16_stays_near_float32():
+def test_block_in_bfloat16_stays_near_float32(expert_path):
     block = random_block(4, False, seed=9)
     x = torch.randn(13, HIDDEN, generator=torch.Generator().manual_seed(10))
     expected = block(x)
@@ -177,7 +187,7 @@ def test_expert_block_refuses_other_activations_and_top_k():
         SparseMoeBlock(HIDDEN, EXPERTS, 2, INTER, True, hidden_act="gelu")
     with pytest.raises(ValueError, match="num_experts_per_tok: 7"):
         SparseMoeBlock(HIDDEN, EXPERTS, 7, INTER, True)
-    with pytest.raises(ValueError, match="moe intermediate_size=12 is not divisible by 5"):
+    with pytest.raises(ValueError, match="moe intermediate_size=24 is not divisible by 5"):
         MoEExperts(EXPERTS, HIDDEN, INTER, tp_rank=0, tp_size=5)
 
 
@@ -301,23 +311,27 @@ def test_misshapen_stacked_experts_are_errors(tiny_model_dirs, tmp_path):
         runner_for(broken)
 
 
-def test_decode_cuda_graphs_are_off_for_moe_models(tiny_model_dirs, monkeypatch, caplog):
-    # The decision only (no GPU here): as if on CUDA with an attention kernel for the heads.
+@pytest.mark.parametrize("grouped", [True, False])
+def test_decode_cuda_graphs_follow_the_expert_path(tiny_model_dirs, monkeypatch, caplog, grouped):
+    """Graphs for MoE models exactly when their experts run grouped on the device (bf16 on
+    sm90 in production); the decision only (no GPU here): as if on CUDA with an attention
+    kernel for the heads."""
     import pagedllm.ops
 
     monkeypatch.setattr(pagedllm.ops, "cuda_attention_supported", lambda *args: True)
+    monkeypatch.setattr(pagedllm.layers.moe, "grouped_mm_on_device", lambda *args: grouped)
     decisions, models = {}, {}
     for arch in ("llama",) + MOE_ARCHS:
         runner = runner_for(tiny_model_dirs[arch])
         runner.device = torch.device("cuda")
         decisions[arch] = runner._graphs_enabled()
         models[arch] = runner.model
-    assert decisions == {"llama": True, "qwen3_moe": False, "mixtral": False,
-                         "qwen2_moe": False}
-    assert not model_runner.model_supports_cuda_graphs(models["mixtral"])
+    assert decisions == {"llama": True, "qwen3_moe": grouped, "mixtral": grouped,
+                         "qwen2_moe": grouped}
+    assert model_runner.model_supports_cuda_graphs(models["mixtral"]) == grouped
     # The log line says so when the model is loaded for CUDA (not with enforce_eager).
     monkeypatch.setattr(model_runner, "build_model", lambda *args, **kwargs: models["mixtral"])
-    for eager, logged in ((False, True), (True, False)):
+    for eager, logged in ((False, not grouped), (True, False)):
         runner = runner_for(tiny_model_dirs["mixtral"], enforce_eager=eager)
         runner.device = torch.device("cuda")
         caplog.clear()
@@ -325,4 +339,13 @@ def test_decode_cuda_graphs_are_off_for_moe_models(tiny_model_dirs, monkeypatch,
             runner.load_model()
         said = "MixtralForCausalLM: decode steps run eagerly (no CUDA graphs)" in caplog.text
         assert said == logged
-        assert not runner._graphs_enabled()
+        assert runner._graphs_enabled() == (grouped and not eager)
+
+
+def test_grouped_path_needs_16_byte_rows(monkeypatch):
+    monkeypatch.setattr(pagedllm.layers.moe, "grouped_mm_on_device", lambda *args: True)
+    assert MoEExperts(4, 16, 12, params_dtype=torch.float32).grouped      # 48-byte rows
+    odd = MoEExperts(4, 16, 12, params_dtype=torch.bfloat16)              # 24-byte rows
+    assert not odd.grouped and not odd.supports_cuda_graphs
+    assert MoEExperts(4, 16, 32, params_dtype=torch.bfloat16).grouped
+    assert not MoEExperts(4, 20, 32, params_dtype=torch.bfloat16).grouped  # hidden 40 bytes

@@ -3,11 +3,17 @@ each token, the top_k of them run (each a SiLU-gated MLP) and their outputs are 
 routing weights.
 
 Torch ops on every device. The (token, expert) pairs are sorted by expert, so each expert reads
-its tokens as one contiguous block: one gate/up and one down matmul per expert that received
-tokens, then the weighted rows go back to token order and each token sums its k rows. The
-per-expert counts are read on the host (one sync per layer) and size those matmuls: the shapes
-follow the routing, which decode CUDA graphs cannot capture (models with these blocks set
-supports_cuda_graphs = False).
+its tokens as one contiguous block; then the weighted rows go back to token order and each token
+sums its k rows. The experts' matmuls run one of two ways:
+- grouped (torch's F.grouped_mm, given each expert's end row in the sorted pairs as a device
+  tensor): two kernels per layer whatever the routing, no host sync, so decode CUDA graphs can
+  capture the block. Used where torch runs it on the device: CPU, and bf16 on sm90 / sm100
+  (torch's CUTLASS kernels; its CUDA fallback for other dtypes and chips copies the offsets to
+  the host).
+- a loop elsewhere (float32 / fp16 on CUDA, older torch): the per-expert counts are read on the
+  host (one sync per layer) and size one gate/up and one down matmul per expert that received
+  tokens. Those shapes follow the routing, so such a block reports supports_cuda_graphs False
+  and the model decodes eagerly.
 
 Tensor parallelism: every rank holds every expert with its intermediate dimension split as in
 LlamaMLP (gate/up rows column-parallel, down columns row-parallel); the weighted sum of a rank's
@@ -70,6 +76,7 @@ class MoEExperts(nn.Module):
         self.gate_up_proj.weight_loader = self.weight_loader
         self.down_proj.weight_loader = self.weight_loader
         self.act = SiluAndMul()
+        self._expert_range: Optional[torch.Tensor] = None   # arange(E) on the weights' device
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
                       shard_id: Optional[tuple[int, str]] = None) -> None:
@@ -100,6 +107,21 @@ class MoEExperts(nn.Module):
             offset = 0 if part == GATE else n
             copy_checked(param.data[expert].narrow(0, offset, n), loaded.narrow(0, start, n))
 
+    @property
+    def grouped(self) -> bool:
+        """Whether the experts' matmuls run grouped on the device (module docstring). torch's
+        grouped kernels also want 16-byte rows (hidden and intermediate sizes)."""
+        weights = self.gate_up_proj
+        row_bytes = (weights.shape[-1] * weights.element_size(),
+                     self.intermediate_per_rank * weights.element_size())
+        return (all(n % 16 == 0 for n in row_bytes)
+                and grouped_mm_on_device(weights.device, weights.dtype))
+
+    @property
+    def supports_cuda_graphs(self) -> bool:
+        """Read by the model runner: only the grouped path has shapes independent of routing."""
+        return self.grouped
+
     def forward(self, hidden: torch.Tensor, weights: torch.Tensor,
                 expert_ids: torch.Tensor) -> torch.Tensor:
         """hidden [T, H], routing weights [T, k], expert ids [T, k] -> [T, H]: the weighted sum
@@ -107,11 +129,38 @@ class MoEExperts(nn.Module):
         num_tokens, top_k = expert_ids.shape
         flat_ids = expert_ids.reshape(-1)                                   # [T * k]
         # The pairs grouped by expert; stable, so each expert's tokens stay in order.
-        order = torch.argsort(flat_ids, stable=True)                        # [T * k]
+        sorted_ids, order = torch.sort(flat_ids, stable=True)               # [T * k] each
         tokens = order // top_k                                             # [T * k]
         pair_weights = weights.reshape(-1)[order].unsqueeze(-1)             # [T * k, 1]
-        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()  # host sync
         x = hidden.index_select(0, tokens)                                  # [T * k, H]
+        if self.grouped:
+            expert_out = self._grouped_experts(x, sorted_ids)
+            out = torch.empty_like(x)
+            torch.mul(expert_out, pair_weights, out=out)
+        else:
+            out = self._expert_loop(x, flat_ids, pair_weights)
+        # Back to (token, k) order and summed over k rather than index_add_ onto the tokens:
+        # CUDA's index_add_ adds atomically in no fixed order (run-to-run differences in 16-bit),
+        # and sum accumulates 16-bit rows in float32. transformers' default grouped_mm experts
+        # sum the same way.
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return out.index_select(0, inverse).view(num_tokens, top_k, hidden.shape[-1]).sum(dim=1)
+
+    def _grouped_experts(self, x: torch.Tensor, sorted_ids: torch.Tensor) -> torch.Tensor:
+        """x [P, H] (pairs sorted by expert), sorted_ids [P] -> unweighted outputs [P, H]."""
+        if self._expert_range is None or self._expert_range.device != x.device:
+            self._expert_range = torch.arange(self.num_experts, device=x.device)
+        # Expert e's rows end where ids > e begin (empty groups repeat the previous end).
+        ends = torch.searchsorted(sorted_ids, self._expert_range, right=True, out_int32=True)
+        inner = self.act(F.grouped_mm(x, self.gate_up_proj.transpose(1, 2), offs=ends))
+        return F.grouped_mm(inner, self.down_proj.transpose(1, 2), offs=ends)
+
+    def _expert_loop(self, x: torch.Tensor, flat_ids: torch.Tensor,
+                     pair_weights: torch.Tensor) -> torch.Tensor:
+        """One gate/up and one down matmul per expert with tokens, sized on the host; weighted
+        outputs [P, H]."""
+        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()  # host sync
         out = torch.empty_like(x)
         start = 0
         for expert, count in enumerate(counts):
@@ -125,13 +174,17 @@ class MoEExperts(nn.Module):
             # the sum.) Alike in float32.
             torch.mul(expert_out, pair_weights[rows], out=out[rows])
             start += count
-        # Back to (token, k) order and summed over k rather than index_add_ onto the tokens:
-        # CUDA's index_add_ adds atomically in no fixed order (run-to-run differences in 16-bit),
-        # and sum accumulates 16-bit rows in float32. transformers' default grouped_mm experts
-        # sum the same way.
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return out.index_select(0, inverse).view(num_tokens, top_k, hidden.shape[-1]).sum(dim=1)
+        return out
+
+
+def grouped_mm_on_device(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's F.grouped_mm runs without reading its offsets on the host here."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    if device.type == "cpu":
+        return True
+    return (device.type == "cuda" and dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(device)[0] in (9, 10))
 
 
 class SparseMoeBlock(nn.Module):

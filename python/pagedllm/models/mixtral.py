@@ -18,8 +18,6 @@ from pagedllm.models.llama import LlamaForCausalLM, MistralForCausalLM
 
 
 class MixtralForCausalLM(LlamaForCausalLM):
-    # The expert blocks' matmul shapes follow the routing (layers/moe.py): decode runs eagerly.
-    supports_cuda_graphs = False
     sliding_windows = staticmethod(MistralForCausalLM.sliding_windows)
     expert_params = expert_checkpoint_names("w1", "w3", "w2")
 

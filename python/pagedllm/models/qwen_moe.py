@@ -40,8 +40,6 @@ class QwenMoeBlock(SparseMoeBlock):
 class QwenMoeForCausalLM(LlamaForCausalLM):
     """What the two generations share: the layer plan and the checkpoint's expert names."""
 
-    # The expert blocks' matmul shapes follow the routing (layers/moe.py): decode runs eagerly.
-    supports_cuda_graphs = False
     expert_params = expert_checkpoint_names("gate_proj", "up_proj", "down_proj")
     expert_block = QwenMoeBlock
 

@@ -361,9 +361,12 @@ def _synthetic_prefill_plan(lengths: list[int], block_size: int, max_blocks: int
 
 
 def model_supports_cuda_graphs(model: Optional[torch.nn.Module]) -> bool:
-    """False for models whose forward reads values on the host to size its work (MoE expert
-    grouping): a graph capture cannot include that read, and a replay would keep its sizes."""
-    return bool(getattr(model, "supports_cuda_graphs", True))
+    """False when the model or one of its modules says supports_cuda_graphs = False: its forward
+    reads values on the host to size its work (MoE experts off the grouped path), which a graph
+    capture cannot include and a replay would keep the sizes of."""
+    if model is None:
+        return True
+    return all(getattr(m, "supports_cuda_graphs", True) for m in model.modules())
 
 
 def _eos_token_ids(model_config: ModelConfig) -> list[int]:
