@@ -21,6 +21,7 @@ partial outputs is all-reduced once per layer.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -177,8 +178,10 @@ class MoEExperts(nn.Module):
         return out
 
 
+@functools.lru_cache(maxsize=None)
 def grouped_mm_on_device(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's F.grouped_mm runs without reading its offsets on the host here."""
+    """Whether torch's F.grouped_mm runs without reading its offsets on the host here (asked by
+    every layer's forward, hence cached)."""
     if not hasattr(F, "grouped_mm"):
         return False
     if device.type == "cpu":

@@ -9,8 +9,8 @@ GPU path:
 - KV blocks come from gpu_memory_utilization after profile_run() of max_num_batched_tokens, with
   the decode CUDA graphs' memory counted first;
 - pure-decode plans replay a CUDA graph captured per padded batch size (cuda_graphs.py);
-  enforce_eager turns graphs off, and so does a model with supports_cuda_graphs = False (MoE
-  models: their expert matmuls are sized by the routing, read on the host).
+  enforce_eager turns graphs off, and so does a module with supports_cuda_graphs = False (MoE
+  experts off the grouped path: their matmuls are sized by the routing, read on the host).
 
 LoRA (lora_config set): the linear layers are wrapped after loading (pagedllm.lora); a step
 whose sequences use adapters passes their ids (lora_ids [S]) and runs eagerly, since its LoRA
