@@ -3,8 +3,8 @@ each token, the top_k of them run (each a SiLU-gated MLP) and their outputs are 
 routing weights.
 
 Torch ops on every device. The (token, expert) pairs are sorted by expert, so each expert reads
-its tokens as one contiguous block; then the weighted rows go back to token order and each token
-sums its k rows. The experts' matmuls run one of two ways:
+its tokens as one contiguous block; then the rows go back to token order, are weighted, and
+each token sums its k rows. The experts' matmuls run one of two ways:
 - grouped (torch's F.grouped_mm, given each expert's end row in the sorted pairs as a device
   tensor): two kernels per layer whatever the routing, no host sync, so decode CUDA graphs can
   capture the block. Used where torch runs it on the device: CPU, and bf16 on sm90 / sm100
@@ -131,22 +131,22 @@ class MoEExperts(nn.Module):
         flat_ids = expert_ids.reshape(-1)                                   # [T * k]
         # The pairs grouped by expert; stable, so each expert's tokens stay in order.
         sorted_ids, order = torch.sort(flat_ids, stable=True)               # [T * k] each
-        tokens = order // top_k                                             # [T * k]
-        pair_weights = weights.reshape(-1)[order].unsqueeze(-1)             # [T * k, 1]
-        x = hidden.index_select(0, tokens)                                  # [T * k, H]
+        x = hidden.index_select(0, order // top_k)                          # [T * k, H]
         if self.grouped:
             expert_out = self._grouped_experts(x, sorted_ids)
-            out = torch.empty_like(x)
-            torch.mul(expert_out, pair_weights, out=out)
         else:
-            out = self._expert_loop(x, flat_ids, pair_weights)
-        # Back to (token, k) order and summed over k rather than index_add_ onto the tokens:
-        # CUDA's index_add_ adds atomically in no fixed order (run-to-run differences in 16-bit),
-        # and sum accumulates 16-bit rows in float32. transformers' default grouped_mm experts
-        # sum the same way.
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return out.index_select(0, inverse).view(num_tokens, top_k, hidden.shape[-1]).sum(dim=1)
+            expert_out = self._expert_loop(x, sorted_ids)
+        # Back to (token, k) order: `order` is a permutation, so this scatter writes each row
+        # once (no atomics, unlike index_add_ onto the tokens, whose order of adds is not fixed
+        # on CUDA). Then each row is weighted in float32 (the weights' dtype) and stored in the
+        # model's dtype, and sum accumulates a token's k rows in float32, as transformers' default
+        # grouped_mm experts do. (transformers in 16 bits: Qwen MoE rounds the weights first,
+        # Mixtral only the sum. Alike in float32.)
+        pairs = torch.empty_like(expert_out)
+        pairs[order] = expert_out
+        pairs = pairs.view(num_tokens, top_k, hidden.shape[-1])
+        torch.mul(pairs, weights.unsqueeze(-1), out=pairs)
+        return pairs.sum(dim=1)
 
     def _grouped_experts(self, x: torch.Tensor, sorted_ids: torch.Tensor) -> torch.Tensor:
         """x [P, H] (pairs sorted by expert), sorted_ids [P] -> unweighted outputs [P, H]."""
@@ -157,11 +157,10 @@ class MoEExperts(nn.Module):
         inner = self.act(F.grouped_mm(x, self.gate_up_proj.transpose(1, 2), offs=ends))
         return F.grouped_mm(inner, self.down_proj.transpose(1, 2), offs=ends)
 
-    def _expert_loop(self, x: torch.Tensor, flat_ids: torch.Tensor,
-                     pair_weights: torch.Tensor) -> torch.Tensor:
-        """One gate/up and one down matmul per expert with tokens, sized on the host; weighted
-        outputs [P, H]."""
-        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()  # host sync
+    def _expert_loop(self, x: torch.Tensor, sorted_ids: torch.Tensor) -> torch.Tensor:
+        """x [P, H] (pairs sorted by expert), sorted_ids [P] -> unweighted outputs [P, H]: one
+        gate/up and one down matmul per expert with tokens, sized on the host."""
+        counts = torch.bincount(sorted_ids, minlength=self.num_experts).tolist()  # host sync
         out = torch.empty_like(x)
         start = 0
         for expert, count in enumerate(counts):
@@ -169,11 +168,7 @@ class MoEExperts(nn.Module):
                 continue
             rows = slice(start, start + count)
             inner = self.act(F.linear(x[rows], self.gate_up_proj[expert]))   # [n, I / tp]
-            expert_out = F.linear(inner, self.down_proj[expert])             # [n, H]
-            # One kernel: weighted in float32 (the weights' dtype), stored in the model's.
-            # (transformers in 16 bits: Qwen MoE rounds the weights first, Mixtral rounds only
-            # the sum.) Alike in float32.
-            torch.mul(expert_out, pair_weights[rows], out=out[rows])
+            torch.mm(inner, self.down_proj[expert].t(), out=out[rows])       # [n, H]
             start += count
         return out
 
