@@ -37,8 +37,9 @@ def _greedy_ids(llm, prompts, n):
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def _free(llm):
-    del llm
+def _release() -> None:
+    """Frees the GPU memory of engines the caller has just deleted (the caller must `del` its
+    own reference: a helper cannot)."""
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -63,7 +64,8 @@ def test_head_dim_without_cuda_kernel_runs_eagerly(tiny_llama):
     llm = _llm(tiny_llama, dtype="float32")      # head_dim 32: reference attention
     assert llm.llm_engine.engine_core.runner._decode_graphs is None
     assert len(_greedy_ids(llm, _prompts(3, 512, seed=4), 4)[0]) == 4
-    _free(llm)
+    del llm
+    _release()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -73,12 +75,14 @@ def test_cuda_graphs_on_and_off_give_identical_tokens(tiny_llama_d64, dtype):
     eager = _llm(tiny_llama, dtype=dtype, enforce_eager=True)
     assert eager.llm_engine.engine_core.runner._decode_graphs is None
     expected = _greedy_ids(eager, prompts, 24)
-    _free(eager)
+    del eager
+    _release()
     graphs = _llm(tiny_llama, dtype=dtype)
     runner = graphs.llm_engine.engine_core.runner
     assert runner._decode_graphs is not None and 40 <= runner._decode_graphs.sizes[-1]
     got = _greedy_ids(graphs, prompts, 24)
-    _free(graphs)
+    del graphs
+    _release()
     assert got == expected
 
 
@@ -99,7 +103,8 @@ def test_async_scheduling_gives_the_synchronous_tokens_with_graphs(tiny_llama_d6
         assert llm.llm_engine.engine_core.plans_ahead == mode
         outs = llm.generate(prompts, params, use_tqdm=False)
         results.append([list(o.outputs[0].token_ids) for o in outs])
-        _free(llm)
+        del llm
+        _release()
     assert results[1] == results[0]
     assert [len(r) for r in results[1]] == [p.max_tokens for p in params]
 
@@ -126,7 +131,8 @@ def test_real_shape_float32_greedy_matches_transformers(real_shape_dir):
     prompts = _prompts(8, 151936, seed=2, lo=10, hi=200)
     llm = _llm(real_shape_dir, dtype="float32")
     ours = _greedy_ids(llm, prompts, 32)
-    _free(llm)
+    del llm
+    _release()
     hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.float32).cuda().eval()
     expected = [hf_greedy(hf, p, 32, "cuda") for p in prompts]
     del hf
@@ -143,7 +149,8 @@ def test_real_shape_bf16_agreement_with_transformers_bf16(real_shape_dir):
     prompts = _prompts(64, 151936, seed=3, lo=10, hi=200)
     llm = _llm(real_shape_dir, dtype="bfloat16")
     ours = _greedy_ids(llm, prompts, 32)
-    _free(llm)
+    del llm
+    _release()
     hf = AutoModelForCausalLM.from_pretrained(real_shape_dir, dtype=torch.bfloat16).cuda().eval()
     hf_bf16 = [hf_greedy(hf, p, 32, "cuda") for p in prompts]
     del hf

@@ -64,8 +64,9 @@ def _hf_greedy(model_dir, prompts) -> list[list[int]]:
                         do_sample=False, pad_token_id=0)[0, len(p):].tolist() for p in prompts]
 
 
-def _free(llm: LLM) -> None:
-    del llm
+def _release() -> None:
+    """Frees the GPU memory of engines the caller has just deleted (the caller must `del` its
+    own reference: a helper cannot)."""
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -104,7 +105,8 @@ def test_each_architecture_greedy_matches_transformers_on_the_cuda_path(kernel_s
     if arch not in MOE:
         assert _replays(llm) > 0, "no decode step replayed a CUDA graph"
     assert got == _hf_greedy(path, prompts)
-    _free(llm)
+    del llm
+    _release()
 
 
 def test_moe_eager_tokens_equal_enforce_eager(kernel_sized):
@@ -113,10 +115,12 @@ def test_moe_eager_tokens_equal_enforce_eager(kernel_sized):
     prompts = _prompts(seed=7)
     first = _cuda_llm(path)
     a = _greedy(first, prompts)
-    _free(first)
+    del first
+    _release()
     second = _cuda_llm(path, enforce_eager=True)
     assert _greedy(second, prompts) == a
-    _free(second)
+    del second
+    _release()
 
 
 def test_lora_mixed_batch_on_the_cuda_path(kernel_sized, tmp_path):
@@ -141,7 +145,8 @@ def test_lora_mixed_batch_on_the_cuda_path(kernel_sized, tmp_path):
     assert _replays(llm) == 0
     assert _greedy(llm, prompts) == expected[0]
     assert _replays(llm) > 0
-    _free(llm)
+    del llm
+    _release()
 
 
 @pytest.mark.parametrize("pooling", ["LAST", "MEAN"])
@@ -161,7 +166,8 @@ def test_pooling_matches_transformers_hidden_states_on_cuda(kernel_sized, poolin
             torch.testing.assert_close(torch.tensor(out.outputs.embedding),
                                        torch.nn.functional.normalize(pooled, dim=-1),
                                        atol=1e-4, rtol=1e-3)
-    _free(llm)
+    del llm
+    _release()
 
 
 def _moe_block(dtype, seed=0, hidden=256, inter=128, experts=16, top_k=4):
@@ -229,7 +235,9 @@ def test_moe_bf16_decodes_in_cuda_graphs(kernel_sized):
     assert graphs.llm_engine.engine_core.runner._decode_graphs is not None
     got = _greedy(graphs, prompts)
     assert _replays(graphs) > 0
-    _free(graphs)
+    del graphs
+    _release()
     eager = _cuda_llm(path, dtype="bfloat16", enforce_eager=True)
     assert _greedy(eager, prompts) == got
-    _free(eager)
+    del eager
+    _release()
