@@ -55,11 +55,12 @@ def test_dead_engine_health_503_and_exit_nonzero(fresh_server):
         )
         assert resp.status_code == 503
         assert resp.json()["error"]["type"] == "engine_dead"
-        try:
-            health = c.get(url + "/health").status_code
-        except httpx.TransportError:
-            health = None  # already gone: also acceptable, it did not hang
-        assert health in (503, None)
+        for route in ("/health", "/ping"):
+            try:
+                health = c.get(url + route).status_code
+            except httpx.TransportError:
+                health = None  # already gone: also acceptable, it did not hang
+            assert health in (503, None), route
     deadline = time.monotonic() + 30
     while fresh_server._thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.1)

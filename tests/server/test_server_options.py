@@ -81,6 +81,9 @@ def test_auth_required_401(keyed_server, method, path, headers):
 
 def test_auth_ok_and_public_routes(keyed_server):
     assert httpx.get(keyed_server.url + "/health").status_code == 200
+    # /ping answers as /health (GET and POST, as vLLM), also without the key.
+    assert httpx.get(keyed_server.url + "/ping").status_code == 200
+    assert httpx.post(keyed_server.url + "/ping").status_code == 200
     metrics = httpx.get(keyed_server.url + "/metrics")  # --metrics-public
     assert metrics.status_code == 200
     # --metrics-prefix vllm: vLLM's names, for dashboards made for vLLM.

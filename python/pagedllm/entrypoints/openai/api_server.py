@@ -4,12 +4,13 @@
     python -m pagedllm.entrypoints.openai.api_server --model MODEL ...
 
 Routes: /v1/completions, /v1/chat/completions, /v1/responses (and GET /v1/responses/{id}),
-/v1/models, /health, /version, /tokenize, /detokenize, /metrics; with --enable-lora and
-PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING=1 also /v1/load_lora_adapter and /v1/unload_lora_adapter
-(serving_models.py). Every route except /health (and /metrics with --metrics-public) needs the
-API key when one is set. SIGINT/SIGTERM stop accepting connections, let in-flight requests
-finish (aborting them after --shutdown-timeout), shut the engine down and exit 0; a dead engine
-makes the process exit 1. Prompts and request bodies are never logged at INFO.
+/v1/models, /health (and /ping), /version, /tokenize, /detokenize, /metrics; with --enable-lora
+and PAGEDLLM_ALLOW_RUNTIME_LORA_UPDATING=1 also /v1/load_lora_adapter and
+/v1/unload_lora_adapter (serving_models.py). Every route except /health and /ping (and /metrics
+with --metrics-public) needs the API key when one is set. SIGINT/SIGTERM stop accepting
+connections, let in-flight requests finish (aborting them after --shutdown-timeout), shut the
+engine down and exit 0; a dead engine makes the process exit 1. Prompts and request bodies are
+never logged at INFO.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def build_app(
         record_error(500)
         return internal_error_response(f"Internal server error: {type(exc).__name__}")
 
-    public = {"/health"} | ({"/metrics"} if metrics_public else set())
+    public = {"/health", "/ping"} | ({"/metrics"} if metrics_public else set())
     app.add_middleware(
         BodyLimitAndAuthMiddleware,
         api_key=api_key,
@@ -243,7 +244,10 @@ def build_app(
             return Response(f"Success: LoRA adapter '{req.lora_name}' removed successfully.",
                             media_type="text/plain")
 
+    # /ping: the same answer for load balancers and SageMaker-style hosts (GET or POST), as vLLM.
     @app.get("/health")
+    @app.get("/ping")
+    @app.post("/ping")
     async def health() -> Response:
         try:
             await maybe_await(ctx.engine.check_health())
