@@ -78,10 +78,10 @@ def test_cuda_graphs_on_and_off_give_identical_tokens(tiny_llama_d64, dtype):
     del eager
     _release()
     graphs = _llm(tiny_llama, dtype=dtype)
-    runner = graphs.llm_engine.engine_core.runner
-    assert runner._decode_graphs is not None and 40 <= runner._decode_graphs.sizes[-1]
+    decode_graphs = graphs.llm_engine.engine_core.runner._decode_graphs
+    assert decode_graphs is not None and 40 <= decode_graphs.sizes[-1]
     got = _greedy_ids(graphs, prompts, 24)
-    del graphs
+    del graphs, decode_graphs
     _release()
     assert got == expected
 

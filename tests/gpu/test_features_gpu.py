@@ -2,10 +2,10 @@
 without CUDA). The tiny models' head_dim 32 has no CUDA attention kernel, so these tests build
 them at sizes the kernels serve: every architecture's float32 greedy tokens equal transformers'
 with CUDA graphs on (float32 MoE models decode eagerly; bf16 ones run their experts grouped,
-inside graphs), Gemma 3 at head_dim 256 with its sliding
-windows, Phi-4-mini's partial rotary (96 of 128) through the fused K/V write; LoRA adapters and
-base requests in one batch equal transformers on the merged weights, and adapter-free decodes
-still replay graphs; pooling equals transformers' hidden states."""
+inside graphs), Gemma 3 at head_dim 256 with its sliding windows, Phi-4-mini's partial rotary
+(96 of 128) through the fused K/V write; LoRA adapters and base requests in one batch equal
+transformers on the merged weights, and adapter-free decodes still replay graphs; pooling
+equals transformers' hidden states."""
 from __future__ import annotations
 
 import gc
@@ -96,10 +96,9 @@ def kernel_sized(tmp_path_factory):
 def test_each_architecture_greedy_matches_transformers_on_the_cuda_path(kernel_sized, arch):
     path = kernel_sized(arch)
     llm = _cuda_llm(path)
-    runner = llm.llm_engine.engine_core.runner
     # Graphs are captured only when the attention runs in our kernels; float32 MoE experts
     # loop over experts sized on the host, so those decode eagerly.
-    assert (runner._decode_graphs is None) == (arch in MOE)
+    assert (llm.llm_engine.engine_core.runner._decode_graphs is None) == (arch in MOE)
     prompts = _prompts(seed=len(arch))
     got = _greedy(llm, prompts)
     if arch not in MOE:
