@@ -281,3 +281,33 @@ class SamplingParams:
                 for t, b in bias.items()
             }
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+@dataclass
+class BeamSearchParams:
+    """vLLM's beam search parameters (LLM.beam_search; the search is pagedllm.beam_search).
+    Each step keeps the beam_width best of the 2 * beam_width likeliest continuations of every
+    beam, scored by cumulative logprob / (all tokens, prompt included) ** length_penalty."""
+
+    beam_width: int
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    length_penalty: float = 1.0
+    include_stop_str_in_output: bool = False
+    structured_outputs: Optional[Any] = None
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.beam_width, int) and not isinstance(self.beam_width, bool)
+               and self.beam_width >= 1, "beam_width",
+               f"must be an int >= 1, got {self.beam_width!r}")
+        _check(isinstance(self.max_tokens, int) and not isinstance(self.max_tokens, bool)
+               and self.max_tokens >= 1, "max_tokens",
+               f"must be an int >= 1, got {self.max_tokens!r}")
+        _check(_is_finite_number(self.temperature) and self.temperature >= 0, "temperature",
+               f"must be a finite number >= 0, got {self.temperature!r}")
+        _check(_is_finite_number(self.length_penalty), "length_penalty",
+               f"must be a finite number, got {self.length_penalty!r}")
+        _check(self.structured_outputs is None, "structured_outputs",
+               "is not supported with beam search")

@@ -88,6 +88,16 @@ class LLM:
             raise
         return self._run_engine(ids, use_tqdm)
 
+    def beam_search(self, prompts: Any, params: Any, lora_request: Any = None,
+                    use_tqdm: bool = False,
+                    concurrency_limit: Optional[int] = None) -> list[Any]:
+        """vLLM's beam search (pagedllm.beam_search): BeamSearchParams in, one BeamSearchOutput
+        per prompt, its beam_width best sequences first."""
+        from pagedllm.beam_search import beam_search
+
+        self._require_runner("generate", "LLM.beam_search()")
+        return beam_search(self, prompts, params, lora_request, use_tqdm, concurrency_limit)
+
     def chat(
         self,
         messages: Union[list[ChatMessage], list[list[ChatMessage]]],
