@@ -11,11 +11,12 @@ temperature); temperature only changes which extra sampled token the engine also
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence, Union
 
-from pagedllm.outputs import Logprob
+from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedllm.sampling_params import BeamSearchParams, SamplingParams
 
 if TYPE_CHECKING:
@@ -89,12 +90,7 @@ def beam_search(llm: "LLM", prompts: Sequence[Any], params: BeamSearchParams,
                 break
     outputs = []
     for search in searches:
-        for beam in search.beams:
-            beam.finish_reason = "length"
-        ranked = sorted(search.finished + search.beams, reverse=True,
-                        key=lambda b: beam_score(b.tokens, b.cum_logprob, eos,
-                                                 params.length_penalty))
-        best = ranked[:params.beam_width]
+        best = search.best(params, eos)
         for beam in best:
             if tokenizer is not None:
                 beam.text = tokenizer.decode(beam.tokens,
@@ -107,8 +103,36 @@ class _Search:
     """One prompt's live beams and finished (EOS-ended) beams."""
 
     def __init__(self, prompt_ids: list[int], lora: Optional["LoRARequest"]):
+        self.prompt_len = len(prompt_ids)
         self.beams = [BeamSearchSequence(list(prompt_ids), lora_request=lora)]
         self.finished: list[BeamSearchSequence] = []
+
+    def advance(self, tops: Sequence[dict[int, Logprob]], params: BeamSearchParams,
+                eos: Optional[int], stop_at_eos: bool) -> None:
+        """tops[i]: the next-token logprob dict of live beam i. Extends every beam by each of
+        its tokens; EOS extensions finish; the beam_width best of the rest live on."""
+        candidates = []
+        for beam, top in zip(self.beams, tops):
+            for token, logprob in top.items():
+                grown = BeamSearchSequence(beam.tokens + [token], beam.logprobs + [top],
+                                           beam.lora_request, beam.cum_logprob + logprob.logprob)
+                if stop_at_eos and token == eos:
+                    grown.finish_reason, grown.stop_reason = "stop", token
+                    self.finished.append(grown)
+                else:
+                    candidates.append(grown)
+        candidates.sort(reverse=True, key=lambda b: beam_score(b.tokens, b.cum_logprob, eos,
+                                                                 params.length_penalty))
+        self.beams = candidates[:params.beam_width]
+
+    def best(self, params: BeamSearchParams, eos: Optional[int]) -> list[BeamSearchSequence]:
+        """The search's answer: finished and live beams ranked together, beam_width of them."""
+        for beam in self.beams:
+            beam.finish_reason = "length"
+        ranked = sorted(self.finished + self.beams, reverse=True,
+                        key=lambda b: beam_score(b.tokens, b.cum_logprob, eos,
+                                                 params.length_penalty))
+        return ranked[:params.beam_width]
 
 
 def _step(llm: "LLM", batch: list[_Search], step_params: SamplingParams,
@@ -122,19 +146,54 @@ def _step(llm: "LLM", batch: list[_Search], step_params: SamplingParams,
     done = 0
     for search in batch:
         own = results[done:done + len(search.beams)]
-        candidates = []
-        for beam, result in zip(search.beams, own):
-            top = result.outputs[0].logprobs[0]
-            for token, logprob in top.items():
-                grown = BeamSearchSequence(beam.tokens + [token], beam.logprobs + [top],
-                                           beam.lora_request, beam.cum_logprob + logprob.logprob)
-                if stop_at_eos and token == eos:
-                    grown.finish_reason, grown.stop_reason = "stop", token
-                    search.finished.append(grown)
-                else:
-                    candidates.append(grown)
         done += len(search.beams)
-        candidates.sort(reverse=True, key=lambda b: beam_score(b.tokens, b.cum_logprob, eos,
-                                                                 params.length_penalty))
-        search.beams = candidates[:params.beam_width]
+        search.advance([r.outputs[0].logprobs[0] for r in own], params, eos, stop_at_eos)
     return True
+
+
+async def beam_search_stream(engine: Any, tokenizer: Any, prompt_ids: list[int],
+                             params: BeamSearchParams, request_id: str,
+                             lora_request: Optional["LoRARequest"] = None
+                             ) -> AsyncIterator[RequestOutput]:
+    """The server's beam search over an AsyncLLMEngine (vLLM's use_beam_search): the beams of
+    a step run as concurrent one-token requests `{request_id}-beam{step}-{i}`; yields one
+    finished RequestOutput whose outputs are the beam_width best beams (generated tokens only;
+    a final EOS is left out of the text, and of the tokens unless include_stop_str_in_output).
+    Cancelling the consumer aborts the step's requests (each stream aborts its own)."""
+    eos = None if tokenizer is None else tokenizer.eos_token_id
+    stop_at_eos = eos is not None and not params.ignore_eos
+    step_params = SamplingParams(logprobs=2 * params.beam_width, max_tokens=1,
+                                 temperature=params.temperature, detokenize=False)
+    extra = {} if lora_request is None else {"lora_request": lora_request}
+    search = _Search(prompt_ids, lora_request)
+
+    async def last(beam: BeamSearchSequence, rid: str) -> RequestOutput:
+        final = None
+        async for out in engine.generate({"prompt_token_ids": beam.tokens}, step_params, rid,
+                                         **extra):
+            final = out
+        return final
+
+    for step in range(params.max_tokens):
+        if not search.beams:
+            break
+        finals = await asyncio.gather(*(last(b, f"{request_id}-beam{step}-{i}")
+                                        for i, b in enumerate(search.beams)))
+        if any(f.outputs[0].finish_reason == "abort" for f in finals):
+            raise RuntimeError(f"beam search {request_id}: a step's request was aborted")
+        search.advance([f.outputs[0].logprobs[0] for f in finals], params, eos, stop_at_eos)
+    outputs = []
+    for i, beam in enumerate(search.best(params, eos)):
+        generated = beam.tokens[search.prompt_len:]
+        ends_in_eos = beam.finish_reason == "stop"
+        shown = generated[:-1] if ends_in_eos else generated
+        text = ("" if tokenizer is None
+                else tokenizer.decode(shown, skip_special_tokens=params.skip_special_tokens))
+        outputs.append(CompletionOutput(
+            index=i, text=text,
+            token_ids=generated if params.include_stop_str_in_output else shown,
+            cumulative_logprob=beam.cum_logprob, logprobs=beam.logprobs,
+            finish_reason=beam.finish_reason, stop_reason=beam.stop_reason))
+    yield RequestOutput(request_id=request_id, prompt=None, prompt_token_ids=list(prompt_ids),
+                        prompt_logprobs=None, outputs=outputs, finished=True,
+                        lora_request=lora_request)

@@ -207,6 +207,20 @@ class SamplingFields(SamplingOptions):
     # vLLM's extra: the top-N logprobs of every prompt token (and the token's own), answered in
     # `prompt_logprobs`; not with stream (as vLLM).
     prompt_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    # vLLM's extras: beam search with n beams (pagedllm.beam_search), scored by cumulative
+    # logprob / length ** length_penalty.
+    use_beam_search: bool = False
+    length_penalty: float = _finite(default=1.0, ge=-100.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _check_beam_search(self) -> "SamplingFields":
+        if self.use_beam_search:
+            for name in ("logprobs", "prompt_logprobs", "structured_outputs", "response_format"):
+                value = getattr(self, name, None)
+                if value not in (None, False) and not (
+                        name == "response_format" and value.type == "text"):
+                    raise ValueError(f"{name} is not supported with use_beam_search")
+        return self
 
     @model_validator(mode="after")
     def _check_one_constraint(self) -> "SamplingFields":

@@ -29,7 +29,9 @@ from pagedllm.entrypoints.openai.protocol import (
     SamplingFields,
     UsageInfo,
 )
+from pagedllm.beam_search import beam_search_stream
 from pagedllm.pooling_params import PoolingParams
+from pagedllm.sampling_params import BeamSearchParams
 
 logger = logging.getLogger("pagedllm.entrypoints.openai")
 
@@ -119,10 +121,14 @@ class EngineCall:
         gen = None
         try:
             extra = {} if self.lora_request is None else {"lora_request": self.lora_request}
-            # Embedding requests (PoolingParams) go to the engine's encode.
-            call = engine.encode if isinstance(self.params, PoolingParams) else engine.generate
-            gen = call({"prompt_token_ids": self.prompt_ids}, self.params, self.request_id,
-                       **extra)
+            if isinstance(self.params, BeamSearchParams):   # use_beam_search: many requests
+                gen = beam_search_stream(engine, self.serving.ctx.tokenizer, self.prompt_ids,
+                                         self.params, self.request_id, self.lora_request)
+            else:
+                # Embedding requests (PoolingParams) go to the engine's encode.
+                call = engine.encode if isinstance(self.params, PoolingParams) else engine.generate
+                gen = call({"prompt_token_ids": self.prompt_ids}, self.params, self.request_id,
+                           **extra)
             async for output in gen:
                 self.started = True
                 self.release()
@@ -321,6 +327,19 @@ class OpenAIServing:
     ) -> Any:
         # The engine's class (vLLM's API); it validates every field and names the bad one.
         from pagedllm.sampling_params import SamplingParams, SamplingParamsError
+
+        if req.use_beam_search:
+            temperature = req.temperature
+            if temperature is None:
+                temperature = self.ctx.default_sampling.get("temperature", 1.0)
+            try:
+                return BeamSearchParams(
+                    beam_width=req.n, max_tokens=max_tokens, ignore_eos=req.ignore_eos,
+                    temperature=temperature, length_penalty=req.length_penalty,
+                    include_stop_str_in_output=req.include_stop_str_in_output,
+                    skip_special_tokens=req.skip_special_tokens)
+            except SamplingParamsError as exc:
+                raise BadRequestError(str(exc), param=exc.field) from exc
 
         kwargs: dict[str, Any] = dict(n=req.n, max_tokens=max_tokens)
         # Pass only what the client set; the model's defaults (generation_config.json) fill in
