@@ -154,3 +154,19 @@ def test_disconnect_frees_blocks_within_one_step(local_server, slow_steps):
     # The abort lands at the next step boundary; +1 because the snapshot read at close may lag
     # the step that was running then. Without the abort this would be ~150 steps.
     assert stats.num_steps - steps_at_close <= 2
+
+
+def test_disconnect_stops_a_beam_search(local_server, slow_steps):
+    """use_beam_search runs one engine request per beam per step: a client that leaves must stop
+    the search, not only the step in flight (a runaway search would add ~50 steps a second)."""
+    engine = local_server.engine
+    body = {"model": "tiny", "prompt": "Leave early", "max_tokens": 100, "n": 2,
+            "ignore_eos": True, "use_beam_search": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(local_server.url + "/v1/completions", json=body, timeout=0.5)
+    steps_at_close = engine.get_stats().num_steps
+    assert steps_at_close > 5            # the search was under way
+    time.sleep(1.0)
+    stats = engine.get_stats()
+    assert stats.num_running == 0 and stats.num_blocks_used == 0
+    assert stats.num_steps - steps_at_close <= 3
