@@ -69,12 +69,8 @@ def beam_search(llm: "LLM", prompts: Sequence[Any], params: BeamSearchParams,
         if len(loras) != len(prompt_list):
             raise ValueError(f"lora_request: {len(loras)} given for {len(prompt_list)} prompts")
     tokenizer = llm.get_tokenizer()
-    eos = None if tokenizer is None else tokenizer.eos_token_id      # scores; ends beams
-    stop_at_eos = eos is not None and not params.ignore_eos
+    eos, stop_at_eos, step_params = _step_setup(tokenizer, params)
     engine = llm.llm_engine
-    # One token per step, its 2 * beam_width likeliest alternatives with their logprobs.
-    step_params = SamplingParams(logprobs=2 * params.beam_width, max_tokens=1,
-                                 temperature=params.temperature, detokenize=False)
     searches = [_Search(engine.tokenize_prompt(p)[1], lora)
                 for p, lora in zip(prompt_list, loras)]
     limit = concurrency_limit or max(len(searches), 1)
@@ -97,6 +93,16 @@ def beam_search(llm: "LLM", prompts: Sequence[Any], params: BeamSearchParams,
                                              skip_special_tokens=params.skip_special_tokens)
         outputs.append(BeamSearchOutput(best))
     return outputs
+
+
+def _step_setup(tokenizer: Any, params: BeamSearchParams
+                ) -> tuple[Optional[int], bool, SamplingParams]:
+    """(EOS id: scores and ends beams, whether EOS ends a beam, the params of one beam's step:
+    one token and its 2 * beam_width likeliest alternatives with their logprobs)."""
+    eos = None if tokenizer is None else tokenizer.eos_token_id
+    step_params = SamplingParams(logprobs=2 * params.beam_width, max_tokens=1,
+                                 temperature=params.temperature, detokenize=False)
+    return eos, eos is not None and not params.ignore_eos, step_params
 
 
 class _Search:
@@ -160,10 +166,7 @@ async def beam_search_stream(engine: Any, tokenizer: Any, prompt_ids: list[int],
     finished RequestOutput whose outputs are the beam_width best beams (generated tokens only;
     a final EOS is left out of the text, and of the tokens unless include_stop_str_in_output).
     Cancelling the consumer aborts the step's requests (each stream aborts its own)."""
-    eos = None if tokenizer is None else tokenizer.eos_token_id
-    stop_at_eos = eos is not None and not params.ignore_eos
-    step_params = SamplingParams(logprobs=2 * params.beam_width, max_tokens=1,
-                                 temperature=params.temperature, detokenize=False)
+    eos, stop_at_eos, step_params = _step_setup(tokenizer, params)
     extra = {} if lora_request is None else {"lora_request": lora_request}
     search = _Search(prompt_ids, lora_request)
 
