@@ -64,7 +64,9 @@ def test_chat_beams_equal_llm_beam_search(server, offline):
     assert [c["token_ids"] for c in data["choices"]] == want
 
 
-@pytest.mark.parametrize("extra", [{"logprobs": 2}, {"structured_outputs": {"regex": "a+"}},
+@pytest.mark.parametrize("extra", [{"logprobs": 2}, {"logprobs": 0}, {"prompt_logprobs": 1},
+                                   {"structured_outputs": {"regex": "a+"}},
+                                   {"response_format": {"type": "json_object"}},
                                    {"n": 2, "length_penalty": float("inf")}])
 def test_beam_search_refusals_are_400(server, extra):
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 4, "use_beam_search": True}

@@ -118,10 +118,8 @@ class MoEExperts(nn.Module):
         return (all(n % 16 == 0 for n in row_bytes)
                 and grouped_mm_on_device(weights.device, weights.dtype))
 
-    @property
-    def supports_cuda_graphs(self) -> bool:
-        """Read by the model runner: only the grouped path has shapes independent of routing."""
-        return self.grouped
+    # Read by the model runner: only the grouped path has shapes independent of the routing.
+    supports_cuda_graphs = grouped
 
     def forward(self, hidden: torch.Tensor, weights: torch.Tensor,
                 expert_ids: torch.Tensor) -> torch.Tensor:

@@ -214,12 +214,15 @@ class SamplingFields(SamplingOptions):
 
     @model_validator(mode="after")
     def _check_beam_search(self) -> "SamplingFields":
-        if self.use_beam_search:
-            for name in ("logprobs", "prompt_logprobs", "structured_outputs", "response_format"):
-                value = getattr(self, name, None)
-                if value not in (None, False) and not (
-                        name == "response_format" and value.type == "text"):
-                    raise ValueError(f"{name} is not supported with use_beam_search")
+        if not self.use_beam_search:
+            return self
+        if self.structured_constraint is not None:
+            raise ValueError("structured outputs (structured_outputs, response_format) are not "
+                             "supported with use_beam_search")
+        for name in ("logprobs", "prompt_logprobs"):   # completions: an int; chat: a bool
+            value = getattr(self, name, None)
+            if value is not None and value is not False:
+                raise ValueError(f"{name} is not supported with use_beam_search")
         return self
 
     @model_validator(mode="after")

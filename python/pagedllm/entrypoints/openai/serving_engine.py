@@ -120,11 +120,11 @@ class EngineCall:
         engine = self.serving.ctx.engine
         gen = None
         try:
-            extra = {} if self.lora_request is None else {"lora_request": self.lora_request}
             if isinstance(self.params, BeamSearchParams):   # use_beam_search: many requests
                 gen = beam_search_stream(engine, self.serving.ctx.tokenizer, self.prompt_ids,
                                          self.params, self.request_id, self.lora_request)
             else:
+                extra = {} if self.lora_request is None else {"lora_request": self.lora_request}
                 # Embedding requests (PoolingParams) go to the engine's encode.
                 call = engine.encode if isinstance(self.params, PoolingParams) else engine.generate
                 gen = call({"prompt_token_ids": self.prompt_ids}, self.params, self.request_id,
