@@ -22,11 +22,16 @@ from pagedllm.config import (
     PoolerConfig,
     SchedulerConfig,
 )
+from pagedllm.engine.vllm_options import (VllmOnlyFields, add_vllm_only_cli_args,
+                                          check_vllm_only_options)
 from pagedllm.reasoning import REASONING_PARSERS
 
 
 @dataclass
-class EngineArgs:
+class EngineArgs(VllmOnlyFields):
+    """vLLM's engine options. The fields of VllmOnlyFields (kv_cache_dtype, quantization, ...)
+    are vLLM options accepted only at values that change nothing here (engine/vllm_options.py)."""
+
     model: Optional[str] = None
     tokenizer: Optional[str] = None
     tokenizer_mode: str = "auto"
@@ -205,6 +210,7 @@ class EngineArgs:
                        help='JSON, e.g. \'{"pooling_type": "MEAN", "use_activation": true}\' '
                        "(default: the model's sentence-transformers pooling, else LAST, "
                        "normalized)")
+        add_vllm_only_cli_args(parser)
         return parser
 
     @classmethod
@@ -224,6 +230,7 @@ class EngineArgs:
         """Validate every field (ValueError names it) and build the EngineConfig."""
         if self.max_logprobs < 0:
             raise ValueError("max_logprobs: must be >= 0")
+        check_vllm_only_options(dataclasses.asdict(self))
         served = self.served_model_name
         if isinstance(served, list):
             served = served[0] if served else None

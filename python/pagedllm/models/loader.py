@@ -54,6 +54,7 @@ def resolve_model_config(model_config: ModelConfig,
         hf_config = AutoConfig.from_pretrained(
             path, trust_remote_code=model_config.trust_remote_code, revision=model_config.revision)
     _, model_class = resolve_model_class(getattr(hf_config, "architectures", None))  # fail early
+    _refuse_quantized(hf_config, path)
     if hasattr(model_class, "text_only_config"):
         # A vision-language checkpoint served text-only: the engine runs on its language model's
         # config (vocabulary, KV heads, layers, max positions).
@@ -68,6 +69,18 @@ def resolve_model_config(model_config: ModelConfig,
         raise ValueError(f"max_model_len: {model_config.max_model_len} exceeds the model's "
                          f"maximum of {derived} positions")
     return model_config
+
+
+def _refuse_quantized(hf_config: Any, path: str) -> None:
+    """A checkpoint with a quantization_config (AWQ, GPTQ, FP8, bitsandbytes, ...) holds packed
+    weights the models here cannot load: say so before loading fails on a weight's name."""
+    quant = getattr(hf_config, "quantization_config", None)
+    if not quant:
+        return
+    method = (quant.get("quant_method") if isinstance(quant, dict)
+              else getattr(quant, "quant_method", None))
+    raise ValueError(f"model: {path} is a quantized checkpoint (quantization_config.quant_method "
+                     f"= {method!r}); pagedllm serves unquantized bf16 / fp16 / fp32 weights only")
 
 
 def derived_max_model_len(hf_config: Any) -> int:
