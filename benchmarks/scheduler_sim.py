@@ -32,9 +32,28 @@ SHAPE_BYTES = {
 VOCAB = 151_936
 
 
+# Step-time model of W-8B on an H100 (main 6b895bf, 2026-12-05, benchmarks/RESULTS.md): least
+# squares over that run's 12,354 logged steps of wall ms = fixed + per sequence + per context token
+# read + per prompt/recomputed token; 50-step windows within 1.6% rms of the measured time.
+H100_W8B_STEP_MODEL = (7.136, 5.290e-3, 5.006e-5, 2.343e-2)
+
+
+def fit_step_model(step_log_path: str) -> tuple[float, float, float, float]:
+    """The step-time model's coefficients, fitted to a throughput.py --step-log file."""
+    with open(step_log_path) as f:
+        steps = json.load(f)
+    seqs = np.array([s["seqs"] for s in steps], dtype=float)
+    tokens = np.array([s["tokens"] for s in steps], dtype=float)
+    context = np.array([s["context_tokens"] for s in steps], dtype=float)
+    wall = np.array([s["wall_ms"] for s in steps], dtype=float)
+    x = np.stack([np.ones_like(seqs), seqs, context, tokens - seqs], axis=1)
+    return tuple(float(c) for c in np.linalg.lstsq(x, wall, rcond=None)[0])
+
+
 def replay(requests, num_blocks: int, max_num_seqs: int, max_num_batched_tokens: int,
            max_model_len: int, prefix_caching: bool, reserve: int = 0,
-           block_size: int = 16) -> dict:
+           block_size: int = 16,
+           step_model: tuple[float, float, float, float] = H100_W8B_STEP_MODEL) -> dict:
     config = core.SchedulerConfig(
         num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
@@ -46,13 +65,18 @@ def replay(requests, num_blocks: int, max_num_seqs: int, max_num_batched_tokens:
         scheduler.add_request(handle, np.asarray(req.prompt_token_ids, dtype=np.int32), params)
     sampled = np.full(max_num_seqs, 7, dtype=np.int32)  # [max_num_seqs] any valid token id
     steps = scheduled = context = 0
+    est_ms = 0.0
+    fixed_ms, per_seq_ms, per_context_ms, per_prompt_ms = step_model
     while scheduler.has_unfinished_requests():
         plan = scheduler.schedule()
         if plan.num_seqs == 0:
             raise RuntimeError("scheduler made no progress")
         steps += 1
+        step_context = int(plan.seq_lens.sum())
         scheduled += int(plan.num_tokens)
-        context += int(plan.seq_lens.sum())
+        context += step_context
+        est_ms += (fixed_ms + per_seq_ms * plan.num_seqs + per_context_ms * step_context
+                   + per_prompt_ms * (int(plan.num_tokens) - plan.num_seqs))
         scheduler.update(plan, sampled[: plan.num_sampled])
     scheduler.check_invariants()
     stats = scheduler.stats()
@@ -62,6 +86,7 @@ def replay(requests, num_blocks: int, max_num_seqs: int, max_num_batched_tokens:
         "max_num_seqs": max_num_seqs,
         "admission_reserve": reserve,
         "steps": steps,
+        "est_s": round(est_ms / 1e3, 1),
         "preemptions": int(stats.num_preemptions),
         "tokens_scheduled": scheduled,
         "tokens_recomputed": scheduled - minimal,
@@ -83,23 +108,27 @@ def main() -> None:
     parser.add_argument("--no-prefix-caching", action="store_true")
     parser.add_argument("--admission-reserve", type=int, nargs="+", default=[0],
                         help="admission_reserve_blocks_per_running values to replay")
+    parser.add_argument("--fit-step-log", default=None,
+                        help="fit the step-time model (est_s) to this --step-log file instead of "
+                             "the W-8B H100 model")
     parser.add_argument("--read-gbs", type=float, default=3001.1)
     args = parser.parse_args()
     shape = args.shape or ("qwen3-8b" if args.workload == "8b" else "qwen3-0.6b")
     weight_bytes, kv_bytes = SHAPE_BYTES[shape]
     num, in_lo, in_hi, out_lo, out_hi = WORKLOADS[args.workload]
     requests = random_requests(num, in_lo, in_hi, out_lo, out_hi, VOCAB, seed=0)
+    step_model = fit_step_model(args.fit_step_log) if args.fit_step_log else H100_W8B_STEP_MODEL
     results = []
     for seqs, reserve in [(s, r) for s in args.max_num_seqs for r in args.admission_reserve]:
         r = replay(requests, args.num_blocks, seqs, args.max_num_batched_tokens,
-                   args.max_model_len, not args.no_prefix_caching, reserve)
+                   args.max_model_len, not args.no_prefix_caching, reserve, step_model=step_model)
         floor_s = (r["steps"] * weight_bytes + r["context_tokens_read"] * kv_bytes) / (
             args.read_gbs * 1e9)
         r["hbm_floor_s"] = round(floor_s, 1)
         results.append(r)
         print(json.dumps(r), flush=True)
     print(json.dumps({"workload": args.workload, "shape": shape, "num_blocks": args.num_blocks,
-                      "results": results}, indent=1))
+                      "step_model_ms": step_model, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

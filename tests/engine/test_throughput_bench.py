@@ -57,3 +57,41 @@ def test_step_log_summary_groups_and_floor():
     assert big["floor_ms"] == pytest.approx(44.0)
     assert big["efficiency"] == pytest.approx(44.0 / 80.0, abs=1e-4)
     assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_scheduler_sim_step_model_fit_and_estimate(tmp_path):
+    # A step log made from known coefficients: the fit recovers them, and a replay's estimate
+    # is the model summed over its plans (checked against a replay priced by hand).
+    sim = load("scheduler_sim")
+    truth = (6.5, 4e-3, 5e-5, 2.5e-2)
+    rng = __import__("numpy").random.default_rng(0)
+    steps = []
+    for _ in range(200):
+        seqs = int(rng.integers(1, 256))
+        tokens = seqs + int(rng.integers(0, 2)) * int(rng.integers(1, 8000))
+        context = int(rng.integers(tokens, 600_000))
+        wall = truth[0] + truth[1] * seqs + truth[2] * context + truth[3] * (tokens - seqs)
+        steps.append({"seqs": seqs, "tokens": tokens, "context_tokens": context, "wall_ms": wall})
+    log = tmp_path / "steps.json"
+    log.write_text(json.dumps(steps))
+    assert sim.fit_step_model(str(log)) == pytest.approx(truth, rel=1e-6)
+
+    # The estimate is the model summed over the replay's plans. Pricing one term at a time at
+    # 1 s per unit makes each estimate a count: steps, sequence rows, context tokens, and prompt
+    # or recomputed tokens, which with the rows add up to every token scheduled.
+    requests = sim.random_requests(6, 20, 40, 3, 9, 50_000, seed=1)
+
+    def estimate(model):
+        # 8 blocks of 16 hold 7 * 16 tokens: too few for the ~50-token sequences, so it preempts.
+        return sim.replay(requests, num_blocks=8, max_num_seqs=4, max_num_batched_tokens=32,
+                          max_model_len=64, prefix_caching=True, step_model=model)
+
+    steps = estimate((1000.0, 0, 0, 0))
+    rows = estimate((0, 1000.0, 0, 0))
+    context = estimate((0, 0, 1000.0, 0))
+    prompt = estimate((0, 0, 0, 1000.0))
+    assert steps["preemptions"] > 0 and steps["tokens_recomputed"] > 0
+    assert steps["est_s"] == steps["steps"]
+    assert context["est_s"] == context["context_tokens_read"]
+    assert rows["est_s"] + prompt["est_s"] == steps["tokens_scheduled"]
+    assert rows["est_s"] >= steps["steps"]  # at least one row a step

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from pagedllm.config import EngineConfig
+from pagedllm.engine.preemption_warning import PreemptionWarning
 from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import Logprob
 from pagedllm.pooling_params import PoolingParams
@@ -230,6 +231,7 @@ class EngineCore:
             admission_reserve_blocks_per_running=sc.admission_reserve_blocks_per_running,
         )
         self.scheduler = _core.Scheduler(self.scheduler_config)
+        self.preemption_warning = PreemptionWarning(num_blocks, config.cache_config.block_size)
         self.sampler = Sampler(seed=config.model_config.seed)
         self.async_scheduling = sc.async_scheduling
         # Plan step n+1 before step n's tokens are read (benchmarks switch it off to compare).
@@ -627,7 +629,10 @@ class EngineCore:
         nothing is scheduled, else (plan, plan handles [S] int64, sampled handles [N] int64,
         first-scheduled times)."""
         plan = self.scheduler.schedule_ahead() if ahead else self.scheduler.schedule()
-        if plan is None or plan.num_seqs == 0:
+        if plan is None:
+            return None
+        self.preemption_warning.record(len(plan.preempted_handles))
+        if plan.num_seqs == 0:
             return None
         self.last_num_tokens, self.last_num_seqs = int(plan.num_tokens), int(plan.num_seqs)
         self.num_context_tokens += int(plan.seq_lens.sum())
