@@ -220,6 +220,7 @@ void init_core_bindings(py::module_& m) {
       .def_property_readonly("sampled_seq_indices",
                              [](PyBatchPlan& p) { return p.view(PyBatchPlan::kSampledSeqIndices); })
       .def_property_readonly("handles", [](PyBatchPlan& p) { return p.view(PyBatchPlan::kHandles); })
+      .def_property_readonly("num_preempted", [](const PyBatchPlan& p) { return p.plan->num_preempted; })
       .def_property_readonly("preempted_handles",
                              [](PyBatchPlan& p) { return p.view(PyBatchPlan::kPreemptedHandles); })
       .def_property_readonly("num_deferred", [](const PyBatchPlan& p) { return p.plan->num_deferred; })

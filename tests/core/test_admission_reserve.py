@@ -23,16 +23,20 @@ def _run(reserve: int, num_requests: int = 24, prompt_len: int = 40, max_tokens:
                                                             ignore_eos=True))
     outputs = {h: 0 for h in range(num_requests)}
     steps = 0
+    preempted = 0  # summed over the plans: what the engine's preemption warning counts
     while scheduler.has_unfinished_requests():
         plan = scheduler.schedule()
         assert plan.num_seqs > 0, "no progress"
+        assert plan.num_preempted == len(plan.preempted_handles)
+        preempted += plan.num_preempted
         step_outputs = scheduler.update(plan, np.full(plan.num_sampled, 5, dtype=np.int32))
         for h, tok in zip(step_outputs.handles.tolist(), step_outputs.new_token_ids.tolist()):
             outputs[h] += tok >= 0
         scheduler.check_invariants()
         steps += 1
         assert steps < 10_000
-    return scheduler.stats().num_preemptions, outputs
+    assert preempted == scheduler.stats().num_preemptions
+    return preempted, outputs
 
 
 def test_reserve_cuts_preemptions_and_loses_nothing() -> None:

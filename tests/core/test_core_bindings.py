@@ -58,6 +58,7 @@ def test_plan_views_have_the_documented_shapes_and_dtypes() -> None:
         assert arr.flags.c_contiguous and not arr.flags.writeable and not arr.flags.owndata, name
     assert plan.handles.dtype == np.int64 and plan.handles.tolist() == [1, 2]
     assert plan.preempted_handles.dtype == np.int64 and plan.preempted_handles.shape == (0,)
+    assert plan.num_preempted == 0
     assert plan.query_start_loc.tolist() == [0, 10, 13]
     assert plan.logits_indices.tolist() == [9, 12]
     assert plan.max_query_len == 10 and plan.max_seq_len == 10

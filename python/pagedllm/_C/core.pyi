@@ -110,6 +110,7 @@ class BatchPlan:
     logits_indices: npt.NDArray[np.int32]   # [N] token rows whose logits are sampled
     sampled_seq_indices: npt.NDArray[np.int32]  # [N] sequence row of each sampled token
     handles: npt.NDArray[np.int64]          # [S] request handle of each sequence row
+    num_preempted: int                      # P (len(preempted_handles), without making the view)
     preempted_handles: npt.NDArray[np.int64]  # [P] requests preempted while planning this step
     num_deferred: int                       # D, 0 unless made by schedule_ahead()
     deferred_rows: npt.NDArray[np.int32]    # [D] token rows whose input id is -1 here: the token
