@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_session.sh OUT_DIR "build peer eager 8b"  # a second call
 # Stages: build, test (pytest -m gpu), nano (W-nano with CUDA graphs), eager (W-nano eager),
 # sync (W-nano with --no-async-scheduling: what the default async scheduling buys),
-# nprof (kernel profile of 10 W-nano decode steps),
+# nprof (kernel profile of 10 W-nano decode steps), 8bprof (the same for W-8B's shape at 192
+# sequences of ~1,120 context tokens, the batch W-8B's cache holds),
 # peer (HF generate on W-nano), 8b (W-8B), kernels (decode/prefill attention benchmark),
 # moe (the MoE block's expert paths, then the Qwen3-30B-A3B shape end to end; MOE_BEFORE: a
 # package directory of older code to run the same workload with; MOE_PEER=1: HF generate too).
@@ -51,6 +52,12 @@ if has nprof; then
   stage nprof  # kernel table of 10 steady decode steps (figures of this run are not reported)
   timeout 200 python3 benchmarks/throughput.py $NANO --profile-steps 10 --profile-after 150 \
     > "$OUT/nano_profile.log" 2>&1; grep -A45 "== profile" "$OUT/nano_profile.log" | cut -c1-200
+fi
+if has 8bprof; then
+  stage 8bprof  # kernel table of 10 decode steps of W-8B's shape (figures of this run are not reported)
+  timeout 200 python3 benchmarks/throughput.py --model-shape qwen3-8b --dtype bfloat16 --max-model-len 3072 \
+    --gpu-memory-utilization 0.9 --input-len 1024 --output-len 300 --num-prompts 192 --profile-steps 10 \
+    --profile-after 120 > "$OUT/w8b_profile.log" 2>&1; grep -A30 "== profile" "$OUT/w8b_profile.log" | cut -c1-200
 fi
 if has eager; then
   stage eager

@@ -65,6 +65,10 @@ def replay(requests, num_blocks: int, max_num_seqs: int, max_num_batched_tokens:
         scheduler.add_request(handle, np.asarray(req.prompt_token_ids, dtype=np.int32), params)
     sampled = np.full(max_num_seqs, 7, dtype=np.int32)  # [max_num_seqs] any valid token id
     steps = scheduled = context = 0
+    # The tail: steps after the last one that left a request waiting. All of an offline batch's
+    # requests are then running; the last admitted runs its whole output from there, so a tail
+    # with a small batch is where a schedule loses (RESULTS.md, twentieth session).
+    last_waiting_step = tail_rows = 0
     est_ms = 0.0
     fixed_ms, per_seq_ms, per_context_ms, per_prompt_ms = step_model
     while scheduler.has_unfinished_requests():
@@ -77,6 +81,10 @@ def replay(requests, num_blocks: int, max_num_seqs: int, max_num_batched_tokens:
         context += step_context
         est_ms += (fixed_ms + per_seq_ms * plan.num_seqs + per_context_ms * step_context
                    + per_prompt_ms * (int(plan.num_tokens) - plan.num_seqs))
+        if scheduler.stats().num_waiting:
+            last_waiting_step, tail_rows = steps, 0
+        else:
+            tail_rows += plan.num_seqs
         scheduler.update(plan, sampled[: plan.num_sampled])
     scheduler.check_invariants()
     stats = scheduler.stats()
@@ -91,6 +99,8 @@ def replay(requests, num_blocks: int, max_num_seqs: int, max_num_batched_tokens:
         "tokens_scheduled": scheduled,
         "tokens_recomputed": scheduled - minimal,
         "context_tokens_read": context,
+        "tail_steps": steps - last_waiting_step,
+        "tail_mean_batch": round(tail_rows / max(steps - last_waiting_step, 1), 1),
         "prefix_cache_hits": int(stats.prefix_cache_hits),
     }
 

@@ -4,10 +4,12 @@
 // that a question about cuBLASLt is answered before any of it enters the engine.
 //
 // Also times cublasGemmEx (torch's call) and cuBLASLt's first pick with a 1 MiB workspace.
-// Build and run on the GPU machine (headers and library from the nvidia-cublas wheel torch uses):
+// Build and run on the GPU machine (headers and library from the nvidia-cublas wheel torch uses,
+// CUBLAS=$(python3 -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13'))")):
 //   nvcc -O2 -std=c++17 -arch=sm_90 -I$CUBLAS/include benchmarks/kernels/lt_algos.cu \
 //        -L$CUBLAS/lib -l:libcublasLt.so.13 -l:libcublas.so.13 -Xlinker -rpath=$CUBLAS/lib -o /tmp/lt_algos
-//   /tmp/lt_algos 32 144 244
+//   /tmp/lt_algos 32 144 244                          # Qwen3-0.6B's linears
+//   /tmp/lt_algos --8b --read-gbs 3020 128 192 256    # Qwen3-8B's, floor at an H100's read rate
 // Layout: torch's x [M, K] @ w[N, K]^T = out [M, N], row-major, i.e. column-major
 // out^T [N, M] = op_T(w as [K, N]) x (x^T as [K, M]). bf16 data, fp32 accumulation.
 #include <cublasLt.h>
@@ -20,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 #define CHECK_CUDA(x)                                                          \
@@ -43,7 +46,11 @@ namespace {
 
 struct Shape { const char* name; int n, k; };
 // Qwen3-0.6B's layer linears (hidden 1024, 16 x 128 query heads, 8 key/value heads, MLP 3072).
-const Shape kShapes[] = {{"qkv", 4096, 1024}, {"o", 1024, 2048}, {"gate_up", 6144, 1024}, {"down", 1024, 3072}};
+const std::vector<Shape> kShapes06b = {{"qkv", 4096, 1024}, {"o", 1024, 2048}, {"gate_up", 6144, 1024},
+                                       {"down", 1024, 3072}};
+// Qwen3-8B's (hidden 4096, 32 x 128 query heads, 8 key/value heads, MLP 12288).
+const std::vector<Shape> kShapes8b = {{"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 24576, 4096},
+                                      {"down", 4096, 12288}};
 constexpr size_t kWorkspace = 32u << 20;
 constexpr size_t kCycleBytes = 160u << 20;  // more than the L2: weights come from HBM
 
@@ -140,7 +147,21 @@ float max_diff(const Problem& p, const cublasLtMatmulAlgo_t& algo, const std::ve
 
 int main(int argc, char** argv) {
   std::vector<int> ms;
-  for (int i = 1; i < argc; ++i) ms.push_back(std::atoi(argv[i]));
+  const std::vector<Shape>* shapes = &kShapes06b;
+  float read_gbs = 4100.0f;  // the floor's read rate: the H200's measured figure unless given
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--8b") {
+      shapes = &kShapes8b;
+    } else if (arg == "--read-gbs" && i + 1 < argc) {
+      read_gbs = std::strtof(argv[++i], nullptr);
+    } else if (std::atoi(argv[i]) > 0) {
+      ms.push_back(std::atoi(argv[i]));
+    } else {
+      std::printf("usage: %s [--8b] [--read-gbs GB/s] M...\n", argv[0]);
+      return 2;
+    }
+  }
   if (ms.empty()) ms = {32, 144, 244};
   Problem p{};
   CHECK_LT(cublasLtCreate(&p.lt));
@@ -151,7 +172,7 @@ int main(int argc, char** argv) {
   CHECK_LT(cublasCreate(&p.blas));
   CHECK_LT(cublasSetStream(p.blas, p.stream));
   CHECK_LT(cublasSetWorkspace(p.blas, blas_workspace, kWorkspace));
-  for (const Shape& s : kShapes) {
+  for (const Shape& s : *shapes) {
     const size_t wbytes = size_t(s.n) * s.k * 2;
     const int copies = int(std::max<size_t>(1, (kCycleBytes + wbytes - 1) / wbytes));
     p.weights.assign(copies, nullptr);
@@ -213,7 +234,6 @@ int main(int argc, char** argv) {
                           attr(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID), max_diff(p, algo, ref, m, s.n)});
         }
       }
-      // Weight and activation bytes at ~4.1 TB/s, the H200's measured read rate.
       const float gemm_ex_us = time_calls(p, [&](int copy) { return run_gemm_ex(p, copy, m, s.n, s.k); });
       // The heuristic's first pick when the workspace is small (torch's cuBLASLt calls pass ~1 MiB).
       const size_t small_ws = 1u << 20;
@@ -223,7 +243,8 @@ int main(int argc, char** argv) {
       int small_count = 0;
       CHECK_LT(cublasLtMatmulAlgoGetHeuristic(p.lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &small_pick, &small_count));
       const float small_ws_us = small_count ? time_algo(p, small_pick.algo) : -1.0f;
-      const float floor_us = float(wbytes + size_t(m) * (s.k + s.n) * 2) / 4.1e6f;
+      // Weight and activation bytes at the read rate.
+      const float floor_us = float(wbytes + size_t(m) * (s.k + s.n) * 2) / (read_gbs * 1e3f);
       const Row first = rows.empty() ? Row{} : rows[0];
       std::sort(rows.begin(), rows.end(), [](const Row& l, const Row& r) { return l.us < r.us; });
       std::printf("%-8s M=%4d N=%5d K=%5d floor %5.1f us | heuristic #0 %6.2f us | best %6.2f us (%.2fx) of %zu "

@@ -96,3 +96,24 @@ def test_scheduler_sim_step_model_fit_and_estimate(tmp_path):
     assert context["est_s"] == context["context_tokens_read"]
     assert rows["est_s"] + prompt["est_s"] == steps["tokens_scheduled"]
     assert rows["est_s"] >= steps["steps"]  # at least one row a step
+
+
+def test_scheduler_sim_tail():
+    # The tail (steps after the last one that left a request waiting) holds at least the last
+    # admitted request's whole output; with room for everyone at once nothing ever waits after
+    # the first step's admissions, so the whole replay is tail.
+    sim = load("scheduler_sim")
+    requests = sim.random_requests(6, 20, 40, 3, 9, 50_000, seed=1)
+    tight = sim.replay(requests, num_blocks=8, max_num_seqs=4, max_num_batched_tokens=32,
+                       max_model_len=64, prefix_caching=True)
+    assert tight["preemptions"] > 0
+    assert min(r.output_len for r in requests) <= tight["tail_steps"] < tight["steps"]
+    assert 1 <= tight["tail_mean_batch"] <= 4
+    roomy = sim.replay(requests, num_blocks=64, max_num_seqs=8, max_num_batched_tokens=512,
+                       max_model_len=64, prefix_caching=True)
+    assert roomy["preemptions"] == 0
+    assert roomy["tail_steps"] == roomy["steps"]
+    # Unchunked and never preempted, a request is a row of output_len steps (prefill, then
+    # one decode step per further token).
+    total_rows = sum(r.output_len for r in requests)
+    assert roomy["tail_mean_batch"] == pytest.approx(total_rows / roomy["steps"], abs=0.05)

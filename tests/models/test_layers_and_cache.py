@@ -117,7 +117,8 @@ def test_padded_decode_batch_sizes():
     assert padded_batch_size(600) == 600
 
 
-def test_split_k_slices_rule():
+def test_split_k_slices_rule(monkeypatch):
+    import pagedllm.layers.linear as linear
     from pagedllm.layers.linear import SPLIT_K_MAX_ROWS, split_k_slices
 
     assert split_k_slices(64, 1024, 2048) == 4           # Qwen3-0.6B o_proj
@@ -127,6 +128,11 @@ def test_split_k_slices_rule():
     assert split_k_slices(SPLIT_K_MAX_ROWS + 1, 1024, 2048) == 1  # prefill-sized
     assert split_k_slices(0, 1024, 2048) == 1
     assert split_k_slices(16, 1024, 1000) == 1           # K/S not a multiple of 64
+    # The constants are read at call time (benchmarks/constant_ab.sh edits them for A/B runs).
+    monkeypatch.setattr(linear, "SPLIT_K_WIDE_MIN_K_OVER_N", 1)
+    assert split_k_slices(64, 4096, 4096) == 2
+    monkeypatch.setattr(linear, "SPLIT_K_MAX_ROWS", 256)
+    assert split_k_slices(192, 4096, 12288) == 2
 
 
 def test_row_parallel_linear_splits_only_on_cuda_half_precision():

@@ -149,6 +149,9 @@ class QKVParallelLinear(ColumnParallelLinear):
 # rows by linear_shapes.py + norm_shapes.py): 256 vs 128 rows, W-nano 25,240 / 25,459 against
 # 25,472 / 25,360 tok/s, equal mean step; the limit stays.
 SPLIT_K_MAX_ROWS = 128
+# Outputs wider than 2048 are split (in 2) only when K >= this many times N: a deep, narrow GEMM
+# (Qwen3-8B's down_proj) gained, a square one (its o_proj, 4096 x 4096) did not at M = 64.
+SPLIT_K_WIDE_MIN_K_OVER_N = 2
 _BMM_HAS_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")  # torch.bmm(..., out_dtype=)
 
 
@@ -161,7 +164,7 @@ def split_k_slices(rows: int, out_features: int, in_features: int) -> int:
         return 1
     if out_features <= 2048:
         slices = 4
-    elif in_features >= 2 * out_features:
+    elif in_features >= SPLIT_K_WIDE_MIN_K_OVER_N * out_features:
         slices = 2
     else:
         return 1
