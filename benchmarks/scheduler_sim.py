@@ -6,7 +6,9 @@ GPU run this reproduces that run's step and preemption counts exactly (a check o
     python benchmarks/scheduler_sim.py --workload 8b --num-blocks 24200 --max-num-seqs 128 192 256 \
         --admission-reserve 0 1 2
 
---num-blocks is what the GPU run allocated (its JSON's kv_blocks_total). The floor uses the
+--num-blocks is what the GPU run allocated (its JSON's kv_blocks_total); several sizes show how much
+a result owes to where the cohorts of a uniform workload fall against the cache (RESULTS.md,
+twentieth session). The floor uses the
 weight and K/V sizes of the model shape and a read bandwidth (default: the H100 figure measured
 in benchmarks/RESULTS.md), as throughput.py does.
 """
@@ -111,7 +113,7 @@ def main() -> None:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="8b")
     parser.add_argument("--shape", choices=sorted(SHAPE_BYTES), default=None,
                         help="default: qwen3-8b for workload 8b, qwen3-0.6b for nano")
-    parser.add_argument("--num-blocks", type=int, default=24200)
+    parser.add_argument("--num-blocks", type=int, nargs="+", default=[24200])
     parser.add_argument("--max-num-seqs", type=int, nargs="+", default=[256])
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--max-model-len", type=int, default=3072)
@@ -129,16 +131,20 @@ def main() -> None:
     requests = random_requests(num, in_lo, in_hi, out_lo, out_hi, VOCAB, seed=0)
     step_model = fit_step_model(args.fit_step_log) if args.fit_step_log else H100_W8B_STEP_MODEL
     results = []
-    for seqs, reserve in [(s, r) for s in args.max_num_seqs for r in args.admission_reserve]:
-        r = replay(requests, args.num_blocks, seqs, args.max_num_batched_tokens,
-                   args.max_model_len, not args.no_prefix_caching, reserve, step_model=step_model)
+    settings = [(b, s, r) for b in args.num_blocks for s in args.max_num_seqs
+                for r in args.admission_reserve]
+    for num_blocks, seqs, reserve in settings:
+        r = {"num_blocks": num_blocks}
+        r.update(replay(requests, num_blocks, seqs, args.max_num_batched_tokens,
+                        args.max_model_len, not args.no_prefix_caching, reserve,
+                        step_model=step_model))
         floor_s = (r["steps"] * weight_bytes + r["context_tokens_read"] * kv_bytes) / (
             args.read_gbs * 1e9)
         r["hbm_floor_s"] = round(floor_s, 1)
         results.append(r)
         print(json.dumps(r), flush=True)
-    print(json.dumps({"workload": args.workload, "shape": shape, "num_blocks": args.num_blocks,
-                      "step_model_ms": step_model, "results": results}, indent=1))
+    print(json.dumps({"workload": args.workload, "shape": shape, "step_model_ms": step_model,
+                      "results": results}, indent=1))
 
 
 if __name__ == "__main__":
