@@ -10,7 +10,6 @@ set -uo pipefail
 OUT=${1:?output dir}
 cd "$(dirname "$0")/.."
 bash benchmarks/gpu_session.sh "$OUT" build > /dev/null || exit 1
-timeout 150 python3 benchmarks/kernels/linear_shapes.py --shape qwen3-8b --batch 128 160 192 224 256 --split-k 2 4 --out "$OUT/lin.json > "$OUT/lin.log" 2>&1; cut -c1-260 "$OUT/lin.log
 export PYTHONUNBUFFERED=1
 echo "== per-call timings $(date -u +%H:%M:%S)"
 timeout 150 python3 benchmarks/kernels/linear_shapes.py --shape qwen3-8b --batch 128 160 192 224 256 \
@@ -23,7 +22,7 @@ cat "$OUT/norm_shapes.log"
 CUBLAS=$(python3 -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13'))")
 nvcc -O2 -std=c++17 -arch=sm_90 -I"$CUBLAS/include" benchmarks/kernels/lt_algos.cu -L"$CUBLAS/lib" \
   -l:libcublasLt.so.13 -l:libcublas.so.13 -Xlinker -rpath="$CUBLAS/lib" -o /tmp/lt_algos \
-  && timeout 90 /tmp/lt_algos --8b --read-gbs 3020 160 192 224 > "$OUT/lt_algos.log" 2>&1
+  && timeout 150 /tmp/lt_algos --8b --read-gbs 3020 128 160 192 224 256 > "$OUT/lt_algos.log" 2>&1
 grep -E "^[a-z_]+ +M=|GemmEx" "$OUT/lt_algos.log"
 LINEAR=$(python3 -c "import torch, pagedllm.layers.linear as m; print(m.__file__)")
 for rule in a b c; do
