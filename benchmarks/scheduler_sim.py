@@ -6,11 +6,10 @@ GPU run this reproduces that run's step and preemption counts exactly (a check o
     python benchmarks/scheduler_sim.py --workload 8b --num-blocks 24200 --max-num-seqs 128 192 256 \
         --admission-reserve 0 1 2
 
---num-blocks is what the GPU run allocated (its JSON's kv_blocks_total); several sizes show how much
-a result owes to where the cohorts of a uniform workload fall against the cache (RESULTS.md,
-twentieth session). The floor uses the
-weight and K/V sizes of the model shape and a read bandwidth (default: the H100 figure measured
-in benchmarks/RESULTS.md), as throughput.py does.
+--num-blocks is what the GPU run allocated (its JSON's kv_blocks_total); several sizes show how
+much a result owes to where the cohorts of a uniform workload fall against the cache (RESULTS.md,
+twentieth session). The floor uses the weight and K/V sizes of the model shape and a read
+bandwidth (default: the H100 figure measured in benchmarks/RESULTS.md), as throughput.py does.
 """
 from __future__ import annotations
 
