@@ -158,8 +158,8 @@ _BMM_HAS_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")  # torch.bmm(..., out_
 def split_k_slices(rows: int, out_features: int, in_features: int) -> int:
     """Slices of K for a [rows, in_features] x [in_features, out_features] GEMM; 1 = no split.
     N <= 2048: 4 slices (N = 1024 shapes: 1.4-1.8x faster at M <= 128). Wider outputs only when
-    K >= SPLIT_K_WIDE_MIN_K_OVER_N * N (2), in 2 slices (Qwen3-8B's down_proj: 33.0 -> 30.6 us at M = 64); a square
-    4096 x 4096 gained nothing at M = 64 (H200 figures, RESULTS.md)."""
+    K >= SPLIT_K_WIDE_MIN_K_OVER_N * N (2), in 2 slices (Qwen3-8B's down_proj: 33.0 -> 30.6 us
+    at M = 64); a square 4096 x 4096 gained nothing at M = 64 (H200 figures, RESULTS.md)."""
     if rows > SPLIT_K_MAX_ROWS or rows == 0:
         return 1
     if out_features <= 2048:
