@@ -85,8 +85,9 @@ class SchedulerConfig:
     # Admit a waiting request only if this many free KV blocks per running request remain
     # (the C++ SchedulerConfig field of the same name; 0 = admit whenever blocks fit). 1 by
     # default: on W-8B it halves the preemptions (977 -> 482) at the same number of steps. 16
-    # is 3.4% faster on W-8B (long outputs against a full cache) but holds back admission on
-    # mixed workloads (benchmarks/RESULTS.md, nineteenth session), so it is left to the user.
+    # was 3.4% faster on W-8B on the H100 (long outputs against a full cache), but replays at
+    # other cache sizes range from -2.1% to +3.0%, and on mixed workloads it only holds back
+    # admission (benchmarks/RESULTS.md, nineteenth and twentieth sessions): left to the user.
     admission_reserve_blocks_per_running: int = 1
 
     def __post_init__(self) -> None:
