@@ -47,8 +47,8 @@ class ModelConfig:
         _require(self.max_model_len is None or self.max_model_len > 0, "max_model_len",
                  "must be > 0")
         # torch generators take seeds in [-2^63, 2^64).
-        _require(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
-                                       and -2**63 <= self.seed < 2**64),
+        seed_is_int = isinstance(self.seed, int) and not isinstance(self.seed, bool)
+        _require(self.seed is None or (seed_is_int and -2**63 <= self.seed < 2**64),
                  "seed", f"must be an integer in [-2**63, 2**64) or None, got {self.seed!r}")
         if self.tokenizer is None:
             self.tokenizer = self.model
@@ -85,9 +85,9 @@ class SchedulerConfig:
     # Admit a waiting request only if this many free KV blocks per running request remain
     # (the C++ SchedulerConfig field of the same name; 0 = admit whenever blocks fit). 1 by
     # default: on W-8B it halves the preemptions (977 -> 482) at the same number of steps. 16
-    # was 3.4% faster on W-8B on the H100 (long outputs against a full cache), but replays at
-    # other cache sizes range from -2.1% to +3.0%, and on mixed workloads it only holds back
-    # admission (benchmarks/RESULTS.md, nineteenth and twentieth sessions): left to the user.
+    # was 3.2-3.4% faster on W-8B on two H100s (long outputs against a full cache), but
+    # replays at other cache sizes range from -2.1% to +3.0%, and on mixed workloads it only
+    # holds back admission (benchmarks/RESULTS.md, sessions 19-21): left to the user.
     admission_reserve_blocks_per_running: int = 1
 
     def __post_init__(self) -> None:

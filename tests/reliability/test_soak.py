@@ -9,7 +9,6 @@ import time
 
 import httpx
 import psutil
-import pytest
 
 from sse import wait_until_idle
 

@@ -147,7 +147,9 @@ class QKVParallelLinear(ColumnParallelLinear):
 # the two cancel out end to end (W-nano on the H200, RESULTS.md), hence the row limit. Measured
 # again in the fourteenth session (faster norm; split-K predicted 1.3 us per layer ahead at 244
 # rows by linear_shapes.py + norm_shapes.py): 256 vs 128 rows, W-nano 25,240 / 25,459 against
-# 25,472 / 25,360 tok/s, equal mean step; the limit stays.
+# 25,472 / 25,360 tok/s, equal mean step; the limit stays. And for Qwen3-8B on an H100 (21st
+# session): down_proj split up to 256 rows is 4.5 us faster in the graph at 192 rows, yet W-8B
+# 6,262 vs 6,257 tok/s (the next GEMM and the norm gave it back).
 SPLIT_K_MAX_ROWS = 128
 # Outputs wider than 2048 are split (in 2) only when K >= this many times N: a deep, narrow GEMM
 # (Qwen3-8B's down_proj) gained, a square one (its o_proj, 4096 x 4096) did not at M = 64.

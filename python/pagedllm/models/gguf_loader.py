@@ -154,7 +154,8 @@ def iterate_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch
         array = dequantize(tensor.data, tensor.tensor_type)
         # ggml lists dims fastest-first; HF wants them slowest-first.
         shape = [int(d) for d in reversed(tensor.shape.tolist())]
-        weight = torch.from_numpy(np.array(array, dtype=np.float32))  # writable copy.reshape(shape)
+        # np.array: a writable copy (torch warns on read-only memory).
+        weight = torch.from_numpy(np.array(array, dtype=np.float32)).reshape(shape)
         if arch == "llama" and name.endswith("self_attn.q_proj.weight"):
             weight = _unpermute_rotary_rows(weight, num_heads)
         elif arch == "llama" and name.endswith("self_attn.k_proj.weight"):
