@@ -631,7 +631,8 @@ class EngineCore:
         plan = self.scheduler.schedule_ahead() if ahead else self.scheduler.schedule()
         if plan is None:
             return None
-        self.preemption_warning.record(plan.num_preempted)
+        if plan.num_preempted:  # rare steps: only they read the scheduler's count
+            self.preemption_warning.record(self.scheduler.stats().num_preemptions)
         if plan.num_seqs == 0:
             return None
         self.last_num_tokens, self.last_num_seqs = int(plan.num_tokens), int(plan.num_seqs)

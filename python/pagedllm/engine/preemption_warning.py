@@ -20,16 +20,12 @@ class PreemptionWarning:
         self.cache_tokens = max(num_blocks - 1, 0) * block_size  # block 0 is the null block
         self.interval_s = interval_s
         self.clock = clock
-        self.total = 0
-        self._since_warning = 0
+        self._total_at_warning = 0  # the scheduler's count when the last warning was logged
         self._last_warning = None  # clock() of the last warning; None: never warned
 
-    def record(self, num_preempted: int) -> None:
-        """Called once per planned step with the number of requests it preempted."""
-        if num_preempted <= 0:
-            return
-        self.total += num_preempted
-        self._since_warning += num_preempted
+    def record(self, total_preemptions: int) -> None:
+        """Called after a step that preempted, with the scheduler's running count (the one
+        source of the count: what each warning reports is derived from it)."""
         now = self.clock()
         if self._last_warning is not None and now - self._last_warning < self.interval_s:
             return
@@ -39,6 +35,6 @@ class PreemptionWarning:
             "(a higher gpu_memory_utilization, more GPUs) or fewer concurrent sequences "
             "(max_num_seqs) avoid it; with long outputs, a larger "
             "--admission-reserve-blocks-per-running (e.g. 16) makes repeated preemption rarer.",
-            self._since_warning, self.total, self.cache_tokens)
-        self._since_warning = 0
+            total_preemptions - self._total_at_warning, total_preemptions, self.cache_tokens)
+        self._total_at_warning = total_preemptions
         self._last_warning = now
